@@ -1,0 +1,320 @@
+//! The etcd key schema.
+//!
+//! Each service has a directory, its *service path* (nerve's `etcd_path`, synapse's
+//! discovery `path`; by default `/nerve/services/<service>`). nerve writes one key per
+//! registered service under it:
+//!
+//! ```text
+//! <service path>/<instance_id>_<lease id, 16 lower-case hex digits>
+//! /nerve/services/web/web-01_694d7a1b2c3d4e5f
+//! ```
+//!
+//! The lease id makes the key unique per nerve *process*: two nerves with the same
+//! `instance_id` (a hitless nerve restart, a copy-pasted config) write different keys, so
+//! neither can delete the other's registration.
+//!
+//! Readers accept a valid registration under *any* key below the service path (other
+//! tools and older nerves write their own shapes); only keys in nerve's own shape get
+//! the key/value identity check.
+
+use std::fmt;
+
+use crate::names::{validate_name, InstanceId, NameError};
+use crate::registration::{Registration, RegistrationError};
+
+/// Longest accepted service path.
+const MAX_PATH_LEN: usize = 512;
+
+/// Why a key or a service path was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    #[error("service path must start with '/'")]
+    NotAbsolute,
+    #[error("service path must not be '/' alone or end with '/'")]
+    TrailingSlash,
+    #[error("service path is longer than {MAX_PATH_LEN} bytes")]
+    TooLong,
+    #[error("service path segment {index}: {source}")]
+    BadSegment {
+        index: usize,
+        #[source]
+        source: NameError,
+    },
+    #[error("key is not valid UTF-8")]
+    InvalidUtf8,
+    #[error("key is not below the service path")]
+    OutsidePrefix,
+}
+
+/// A service's directory in etcd, e.g. `/nerve/services/web`. Stored without a trailing
+/// slash; [`ServicePath::dir`] gives the watch prefix, which always ends in `/` so that
+/// `/svc/web` never matches `/svc/web2/…`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ServicePath(String);
+
+impl ServicePath {
+    /// Validates a path: absolute, segments in the name grammar (SmartStack paths like
+    /// `/nerve/services/web/services` pass). A single trailing `/` is tolerated and
+    /// dropped, as users write both forms.
+    pub fn new(path: &str) -> Result<Self, KeyError> {
+        let Some(rest) = path.strip_prefix('/') else {
+            return Err(KeyError::NotAbsolute);
+        };
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        if rest.is_empty() || rest.ends_with('/') {
+            return Err(KeyError::TrailingSlash);
+        }
+        if path.len() > MAX_PATH_LEN {
+            return Err(KeyError::TooLong);
+        }
+        for (index, segment) in rest.split('/').enumerate() {
+            validate_name(segment).map_err(|source| KeyError::BadSegment { index, source })?;
+        }
+        Ok(Self(format!("/{rest}")))
+    }
+
+    /// `<prefix>/<service>`, e.g. `ServicePath::join("/nerve/services", "web")`.
+    pub fn join(prefix: &str, service: &str) -> Result<Self, KeyError> {
+        Self::new(&format!("{}/{service}", prefix.trim_end_matches('/')))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The watch/list prefix: the path with a trailing `/`.
+    pub fn dir(&self) -> String {
+        format!("{}/", self.0)
+    }
+
+    /// nerve's key for `instance` registered under `lease_id`.
+    pub fn nerve_key(&self, instance: &InstanceId, lease_id: i64) -> String {
+        NerveKey {
+            instance_id: instance.clone(),
+            lease_id,
+        }
+        .under(self)
+    }
+
+    /// Classifies a key read from etcd.
+    pub fn parse_key(&self, key: &[u8]) -> Result<ParsedKey, KeyError> {
+        let key = std::str::from_utf8(key).map_err(|_| KeyError::InvalidUtf8)?;
+        let rest = key
+            .strip_prefix(self.0.as_str())
+            .and_then(|r| r.strip_prefix('/'))
+            .filter(|r| !r.is_empty())
+            .ok_or(KeyError::OutsidePrefix)?;
+        Ok(match NerveKey::parse(rest) {
+            Some(k) => ParsedKey::Nerve(k),
+            None => ParsedKey::Foreign(rest.to_owned()),
+        })
+    }
+}
+
+impl fmt::Display for ServicePath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The part of a nerve key after the service path.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NerveKey {
+    pub instance_id: InstanceId,
+    pub lease_id: i64,
+}
+
+impl NerveKey {
+    /// The full key below `path`.
+    pub fn under(&self, path: &ServicePath) -> String {
+        format!("{path}/{}_{:016x}", self.instance_id, self.lease_id)
+    }
+
+    /// Parses `<instance_id>_<16 hex digits>`; `None` if `rest` has another shape.
+    fn parse(rest: &str) -> Option<Self> {
+        let (instance, lease) = rest.rsplit_once('_')?;
+        if lease.len() != 16
+            || !lease
+                .bytes()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        {
+            return None;
+        }
+        let lease_id = u64::from_str_radix(lease, 16).ok()? as i64;
+        let instance_id = InstanceId::new(instance).ok()?;
+        Some(Self {
+            instance_id,
+            lease_id,
+        })
+    }
+
+    /// The key/value identity check (reliability B18): a registration under a nerve key
+    /// must carry that key's instance id as its `name`.
+    pub fn check_identity(&self, reg: &Registration) -> Result<(), RegistrationError> {
+        if reg.name == self.instance_id {
+            Ok(())
+        } else {
+            Err(RegistrationError::IdentityMismatch(
+                "`name` differs from the instance id in the key".into(),
+            ))
+        }
+    }
+}
+
+/// A key below a service path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ParsedKey {
+    /// Written by nerve.
+    Nerve(NerveKey),
+    /// Written by something else; the registration is taken on its own merits.
+    Foreign(String),
+}
+
+impl ParsedKey {
+    /// Applies the identity check where the key shape allows one.
+    pub fn check_identity(&self, reg: &Registration) -> Result<(), RegistrationError> {
+        match self {
+            Self::Nerve(k) => k.check_identity(reg),
+            Self::Foreign(_) => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn path(s: &str) -> ServicePath {
+        ServicePath::new(s).unwrap()
+    }
+
+    #[test]
+    fn golden_keys() {
+        let web = path("/nerve/services/web");
+        let id = InstanceId::new("web-01").unwrap();
+        assert_eq!(
+            web.nerve_key(&id, 0x694d_7a1b_2c3d_4e5f),
+            "/nerve/services/web/web-01_694d7a1b2c3d4e5f"
+        );
+        assert_eq!(
+            web.nerve_key(&id, 1),
+            "/nerve/services/web/web-01_0000000000000001"
+        );
+        assert_eq!(web.dir(), "/nerve/services/web/");
+        assert_eq!(
+            web.parse_key(b"/nerve/services/web/web-01_694d7a1b2c3d4e5f"),
+            Ok(ParsedKey::Nerve(NerveKey {
+                instance_id: id.clone(),
+                lease_id: 0x694d_7a1b_2c3d_4e5f
+            }))
+        );
+        // Instance ids may contain '_': the lease is the last segment.
+        assert_eq!(
+            web.parse_key(b"/nerve/services/web/host_a_0000000000000002"),
+            Ok(ParsedKey::Nerve(NerveKey {
+                instance_id: InstanceId::new("host_a").unwrap(),
+                lease_id: 2
+            }))
+        );
+    }
+
+    #[test]
+    fn paths_are_normalised_and_validated() {
+        assert_eq!(path("/nerve/services/web/").as_str(), "/nerve/services/web");
+        assert_eq!(
+            ServicePath::join("/nerve/services/", "web"),
+            Ok(path("/nerve/services/web"))
+        );
+        assert_eq!(ServicePath::new("nerve/web"), Err(KeyError::NotAbsolute));
+        assert_eq!(ServicePath::new("/"), Err(KeyError::TrailingSlash));
+        assert_eq!(ServicePath::new("/a//"), Err(KeyError::TrailingSlash));
+        assert!(matches!(
+            ServicePath::new("/a//b"),
+            Err(KeyError::BadSegment { index: 1, .. })
+        ));
+        assert!(matches!(
+            ServicePath::new("/a/b c"),
+            Err(KeyError::BadSegment { index: 1, .. })
+        ));
+        assert!(matches!(
+            ServicePath::new("/a/.."),
+            Err(KeyError::BadSegment { .. })
+        ));
+    }
+
+    #[test]
+    fn foreign_keys_are_accepted_below_the_path() {
+        let web = path("/svc/web");
+        // Older nerve etcd reporters nested one level deeper; other tools pick any name.
+        assert_eq!(
+            web.parse_key(b"/svc/web/host-a/0001"),
+            Ok(ParsedKey::Foreign("host-a/0001".into()))
+        );
+        assert_eq!(
+            web.parse_key(b"/svc/web/x_123"),
+            Ok(ParsedKey::Foreign("x_123".into()))
+        );
+        assert_eq!(
+            web.parse_key(b"/svc/web/x_0123456789ABCDEF"),
+            Ok(ParsedKey::Foreign("x_0123456789ABCDEF".into()))
+        );
+    }
+
+    #[test]
+    fn b17_keys_outside_the_prefix() {
+        let web = path("/nerve/v1/services/web");
+        for key in [
+            "/nerve/v1/services/web2/a_0000000000000001",
+            "/nerve/v1/services/web",
+            "/nerve/v1/services/web/",
+            "/other/a",
+        ] {
+            assert_eq!(
+                web.parse_key(key.as_bytes()),
+                Err(KeyError::OutsidePrefix),
+                "{key}"
+            );
+        }
+        assert_eq!(web.parse_key(&[b'/', 0xff]), Err(KeyError::InvalidUtf8));
+    }
+
+    #[test]
+    fn b18_identity_mismatch() {
+        let web = path("/svc/web");
+        let key = web.parse_key(b"/svc/web/hostA_0000000000000001").unwrap();
+        let api = Registration::decode(br#"{"host":"10.0.0.1","port":80,"name":"api"}"#).unwrap();
+        assert_eq!(
+            key.check_identity(&api).unwrap_err().reason(),
+            "identity_mismatch"
+        );
+        let host_a =
+            Registration::decode(br#"{"host":"10.0.0.1","port":80,"name":"hostA"}"#).unwrap();
+        assert_eq!(key.check_identity(&host_a), Ok(()));
+        let foreign = web.parse_key(b"/svc/web/whatever").unwrap();
+        assert_eq!(foreign.check_identity(&api), Ok(()));
+    }
+
+    proptest! {
+        #[test]
+        fn nerve_keys_round_trip(
+            segs in proptest::collection::vec("[A-Za-z0-9][A-Za-z0-9_.-]{0,20}", 1..4),
+            instance in "[A-Za-z0-9][A-Za-z0-9_.-]{0,62}",
+            lease in any::<i64>(),
+        ) {
+            let p = ServicePath::new(&format!("/{}", segs.join("/"))).unwrap();
+            let id = InstanceId::new(instance).unwrap();
+            let key = p.nerve_key(&id, lease);
+            prop_assert!(key.starts_with(&p.dir()));
+            prop_assert_eq!(
+                p.parse_key(key.as_bytes()),
+                Ok(ParsedKey::Nerve(NerveKey { instance_id: id, lease_id: lease }))
+            );
+        }
+
+        #[test]
+        fn parse_key_never_panics(key in proptest::collection::vec(any::<u8>(), 0..100)) {
+            let _ = path("/svc/web").parse_key(&key);
+        }
+    }
+}

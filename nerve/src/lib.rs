@@ -1,0 +1,1 @@
+//! nerve (in progress).

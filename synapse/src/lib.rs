@@ -1,0 +1,1 @@
+//! synapse (in progress).
