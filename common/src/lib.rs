@@ -2,6 +2,7 @@
 //! synapse reads, the etcd key schema, etcd connection settings, config-file parsing,
 //! backoff, shutdown signals and tracing setup.
 
+pub mod admin;
 pub mod backoff;
 pub mod config;
 pub mod etcd;
