@@ -5,13 +5,16 @@
 //! registered service under it:
 //!
 //! ```text
-//! <service path>/<instance_id>_<lease id, 16 lower-case hex digits>
-//! /nerve/services/web/web-01_694d7a1b2c3d4e5f
+//! <service path>/<instance_id>/<nerve service name>_<lease id, 16 lower-case hex digits>
+//! /nerve/services/web/web-01/web_694d7a1b2c3d4e5f
 //! ```
 //!
-//! The lease id makes the key unique per nerve *process*: two nerves with the same
-//! `instance_id` (a hitless nerve restart, a copy-pasted config) write different keys, so
-//! neither can delete the other's registration.
+//! The instance id sits at a path boundary, so etcd RBAC can give each host write access
+//! to `<service path>/<its instance id>/` only. The nerve service name keeps two entries
+//! of one nerve that share a path (two ports of one app) apart. The lease id makes the key
+//! unique per nerve *process*: two nerves with the same `instance_id` (a hitless nerve
+//! restart, a copy-pasted config) write different keys, so neither can delete the
+//! other's registration.
 //!
 //! Readers accept a valid registration under *any* key below the service path (other
 //! tools and older nerves write their own shapes); only keys in nerve's own shape get
@@ -19,7 +22,7 @@
 
 use std::fmt;
 
-use crate::names::{validate_name, InstanceId, NameError};
+use crate::names::{validate_name, InstanceId, NameError, ServiceName};
 use crate::registration::{Registration, RegistrationError};
 
 /// Longest accepted service path.
@@ -87,10 +90,11 @@ impl ServicePath {
         format!("{}/", self.0)
     }
 
-    /// nerve's key for `instance` registered under `lease_id`.
-    pub fn nerve_key(&self, instance: &InstanceId, lease_id: i64) -> String {
+    /// nerve's key for its service `service` of `instance`, registered under `lease_id`.
+    pub fn nerve_key(&self, instance: &InstanceId, service: &ServiceName, lease_id: i64) -> String {
         NerveKey {
             instance_id: instance.clone(),
+            service: service.clone(),
             lease_id,
         }
         .under(self)
@@ -121,18 +125,24 @@ impl fmt::Display for ServicePath {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct NerveKey {
     pub instance_id: InstanceId,
+    /// The name of the service in the writing nerve's config.
+    pub service: ServiceName,
     pub lease_id: i64,
 }
 
 impl NerveKey {
     /// The full key below `path`.
     pub fn under(&self, path: &ServicePath) -> String {
-        format!("{path}/{}_{:016x}", self.instance_id, self.lease_id)
+        format!(
+            "{path}/{}/{}_{:016x}",
+            self.instance_id, self.service, self.lease_id
+        )
     }
 
-    /// Parses `<instance_id>_<16 hex digits>`; `None` if `rest` has another shape.
+    /// Parses `<instance_id>/<service>_<16 hex digits>`; `None` for another shape.
     fn parse(rest: &str) -> Option<Self> {
-        let (instance, lease) = rest.rsplit_once('_')?;
+        let (instance, last) = rest.split_once('/')?;
+        let (service, lease) = last.rsplit_once('_')?;
         if lease.len() != 16
             || !lease
                 .bytes()
@@ -142,8 +152,10 @@ impl NerveKey {
         }
         let lease_id = u64::from_str_radix(lease, 16).ok()? as i64;
         let instance_id = InstanceId::new(instance).ok()?;
+        let service = ServiceName::new(service).ok()?;
         Some(Self {
             instance_id,
+            service,
             lease_id,
         })
     }
@@ -189,33 +201,41 @@ mod tests {
         ServicePath::new(s).unwrap()
     }
 
+    fn nerve(instance: &str, service: &str, lease_id: i64) -> ParsedKey {
+        ParsedKey::Nerve(NerveKey {
+            instance_id: InstanceId::new(instance).unwrap(),
+            service: ServiceName::new(service).unwrap(),
+            lease_id,
+        })
+    }
+
     #[test]
     fn golden_keys() {
         let web = path("/nerve/services/web");
         let id = InstanceId::new("web-01").unwrap();
+        let svc = ServiceName::new("web").unwrap();
         assert_eq!(
-            web.nerve_key(&id, 0x694d_7a1b_2c3d_4e5f),
-            "/nerve/services/web/web-01_694d7a1b2c3d4e5f"
+            web.nerve_key(&id, &svc, 0x694d_7a1b_2c3d_4e5f),
+            "/nerve/services/web/web-01/web_694d7a1b2c3d4e5f"
         );
         assert_eq!(
-            web.nerve_key(&id, 1),
-            "/nerve/services/web/web-01_0000000000000001"
+            web.nerve_key(&id, &svc, 1),
+            "/nerve/services/web/web-01/web_0000000000000001"
         );
         assert_eq!(web.dir(), "/nerve/services/web/");
         assert_eq!(
-            web.parse_key(b"/nerve/services/web/web-01_694d7a1b2c3d4e5f"),
-            Ok(ParsedKey::Nerve(NerveKey {
-                instance_id: id.clone(),
-                lease_id: 0x694d_7a1b_2c3d_4e5f
-            }))
+            web.parse_key(b"/nerve/services/web/web-01/web_694d7a1b2c3d4e5f"),
+            Ok(nerve("web-01", "web", 0x694d_7a1b_2c3d_4e5f))
         );
-        // Instance ids may contain '_': the lease is the last segment.
+        // Service names may contain '_': the lease is the last segment.
         assert_eq!(
-            web.parse_key(b"/nerve/services/web/host_a_0000000000000002"),
-            Ok(ParsedKey::Nerve(NerveKey {
-                instance_id: InstanceId::new("host_a").unwrap(),
-                lease_id: 2
-            }))
+            web.parse_key(b"/nerve/services/web/host_a/web_8080_0000000000000002"),
+            Ok(nerve("host_a", "web_8080", 2))
+        );
+        // Negative lease ids (etcd never hands them out) still round-trip.
+        assert_eq!(
+            web.parse_key(web.nerve_key(&id, &svc, -1).as_bytes()),
+            Ok(nerve("web-01", "web", -1))
         );
     }
 
@@ -246,26 +266,31 @@ mod tests {
     #[test]
     fn foreign_keys_are_accepted_below_the_path() {
         let web = path("/svc/web");
-        // Older nerve etcd reporters nested one level deeper; other tools pick any name.
+        // Older nerve etcd reporters nested keys as <instance>/<index>; other tools pick
+        // any name.
         assert_eq!(
             web.parse_key(b"/svc/web/host-a/0001"),
             Ok(ParsedKey::Foreign("host-a/0001".into()))
         );
-        assert_eq!(
-            web.parse_key(b"/svc/web/x_123"),
-            Ok(ParsedKey::Foreign("x_123".into()))
-        );
-        assert_eq!(
-            web.parse_key(b"/svc/web/x_0123456789ABCDEF"),
-            Ok(ParsedKey::Foreign("x_0123456789ABCDEF".into()))
-        );
+        for rest in [
+            "x_0123456789abcdef",
+            "a/b_123",
+            "a/b_0123456789ABCDEF",
+            "a/b/c_0123456789abcdef",
+        ] {
+            assert_eq!(
+                web.parse_key(format!("/svc/web/{rest}").as_bytes()),
+                Ok(ParsedKey::Foreign(rest.into())),
+                "{rest}"
+            );
+        }
     }
 
     #[test]
     fn b17_keys_outside_the_prefix() {
         let web = path("/nerve/v1/services/web");
         for key in [
-            "/nerve/v1/services/web2/a_0000000000000001",
+            "/nerve/v1/services/web2/a/web_0000000000000001",
             "/nerve/v1/services/web",
             "/nerve/v1/services/web/",
             "/other/a",
@@ -282,7 +307,9 @@ mod tests {
     #[test]
     fn b18_identity_mismatch() {
         let web = path("/svc/web");
-        let key = web.parse_key(b"/svc/web/hostA_0000000000000001").unwrap();
+        let key = web
+            .parse_key(b"/svc/web/hostA/web_0000000000000001")
+            .unwrap();
         let api = Registration::decode(br#"{"host":"10.0.0.1","port":80,"name":"api"}"#).unwrap();
         assert_eq!(
             key.check_identity(&api).unwrap_err().reason(),
@@ -300,15 +327,17 @@ mod tests {
         fn nerve_keys_round_trip(
             segs in proptest::collection::vec("[A-Za-z0-9][A-Za-z0-9_.-]{0,20}", 1..4),
             instance in "[A-Za-z0-9][A-Za-z0-9_.-]{0,62}",
+            service in "[A-Za-z0-9][A-Za-z0-9_.-]{0,62}",
             lease in any::<i64>(),
         ) {
             let p = ServicePath::new(&format!("/{}", segs.join("/"))).unwrap();
             let id = InstanceId::new(instance).unwrap();
-            let key = p.nerve_key(&id, lease);
+            let svc = ServiceName::new(service).unwrap();
+            let key = p.nerve_key(&id, &svc, lease);
             prop_assert!(key.starts_with(&p.dir()));
             prop_assert_eq!(
                 p.parse_key(key.as_bytes()),
-                Ok(ParsedKey::Nerve(NerveKey { instance_id: id, lease_id: lease }))
+                Ok(ParsedKey::Nerve(NerveKey { instance_id: id, service: svc, lease_id: lease }))
             );
         }
 
