@@ -121,12 +121,23 @@ pub fn parse_jsonc(text: &str) -> Result<Value, ConfigErrors> {
 
 /// Deserializes `value` into `T`, reporting every error rather than the first: after
 /// each error the offending key is removed and deserialization is tried again.
-pub fn from_value<T: DeserializeOwned>(mut value: Value) -> Result<T, ConfigErrors> {
+pub fn from_value<T: DeserializeOwned>(value: Value) -> Result<T, ConfigErrors> {
+    match from_value_lenient(value) {
+        (Some(t), errors) => errors.finish(t),
+        (None, errors) => Err(errors),
+    }
+}
+
+/// Like [`from_value`], but also returns what could be read once every offending key was
+/// removed, so that a caller can go on validating it and report *its* errors too (a
+/// file with an unknown key and a semantic mistake gets both reported). `None` when the
+/// value could not be read at all (e.g. a missing required field).
+pub fn from_value_lenient<T: DeserializeOwned>(mut value: Value) -> (Option<T>, ConfigErrors) {
     let mut errors = ConfigErrors::default();
     // Each round removes one key, so this terminates; the bound is a safety net.
     for _ in 0..256 {
         match serde_path_to_error::deserialize::<_, T>(value.clone()) {
-            Ok(t) => return errors.finish(t),
+            Ok(t) => return (Some(t), errors),
             Err(e) => {
                 let mut segments: Vec<String> = e
                     .path()
@@ -148,12 +159,56 @@ pub fn from_value<T: DeserializeOwned>(mut value: Value) -> Result<T, ConfigErro
                 let removable = !message.starts_with("missing field");
                 errors.push(path, message);
                 if !removable || !remove(&mut value, &segments) {
-                    return Err(errors);
+                    return (None, errors);
                 }
             }
         }
     }
-    Err(errors)
+    (None, errors)
+}
+
+/// Object keys that appear twice in the same object of a JSON-with-comments text, each
+/// reported at its key path (`services.web`). JSON parsers keep the last one silently;
+/// in a config file a duplicated service or key is a mistake worth reporting.
+pub fn duplicate_keys(text: &str) -> ConfigErrors {
+    use jsonc_parser::ast::{ObjectPropName, Value as Ast};
+    fn walk(value: &Ast<'_>, path: &str, errors: &mut ConfigErrors) {
+        match value {
+            Ast::Object(object) => {
+                let mut seen = std::collections::BTreeSet::new();
+                for prop in &object.properties {
+                    let name = match &prop.name {
+                        ObjectPropName::String(lit) => lit.value.as_ref(),
+                        ObjectPropName::Word(lit) => lit.value,
+                    };
+                    let child = join_path(path, name);
+                    if !seen.insert(name) {
+                        errors.push(child.clone(), "appears more than once");
+                    }
+                    walk(&prop.value, &child, errors);
+                }
+            }
+            Ast::Array(array) => {
+                for (i, element) in array.elements.iter().enumerate() {
+                    walk(element, &join_path(path, &i.to_string()), errors);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut errors = ConfigErrors::default();
+    let parsed = jsonc_parser::parse_to_ast(
+        text,
+        &jsonc_parser::CollectOptions::default(),
+        &jsonc_parser::ParseOptions::default(),
+    );
+    if let Ok(jsonc_parser::ParseResult {
+        value: Some(value), ..
+    }) = parsed
+    {
+        walk(&value, "", &mut errors);
+    }
+    errors
 }
 
 fn unknown_field(message: &str) -> Option<&str> {
@@ -312,6 +367,29 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("hunter2"));
+    }
+
+    #[test]
+    fn lenient_keeps_what_it_could_read() {
+        let value = parse_jsonc(r#"{"name":"x","bogus":1,"port":0}"#).unwrap();
+        let (file, errors) = from_value_lenient::<File>(value);
+        assert_eq!(file.map(|f| f.name), Some("x".to_owned()));
+        assert!(
+            errors.mentions("bogus") && errors.mentions("port"),
+            "{errors}"
+        );
+        let (file, errors) = from_value_lenient::<File>(parse_jsonc("{}").unwrap());
+        assert!(file.is_none() && errors.len() == 1, "{errors}");
+    }
+
+    #[test]
+    fn duplicate_keys_are_found_at_their_paths() {
+        let text = "{\"a\": 1, // c\n \"s\": {\"x\": {}, \"x\": {}, y: 1},\n \"l\": [{\"k\":1,\"k\":2}], \"a\": 2,}";
+        let errors = duplicate_keys(text);
+        let paths: Vec<&str> = errors.0.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["s.x", "l.0.k", "a"], "{errors}");
+        assert!(duplicate_keys(r#"{"a":{"a":1}}"#).is_empty());
+        assert!(duplicate_keys("{").is_empty());
     }
 
     #[test]
