@@ -590,7 +590,7 @@ impl Haproxy {
 }
 
 /// One command over a unix socket: HAProxy's CLI in non-interactive mode answers and
-/// closes the connection, so the answer is everything up to EOF.
+/// then closes the connection, so the answer is everything up to EOF.
 async fn exchange(socket: &Path, command: &str) -> Result<String, HaproxyError> {
     let io_error = |source| HaproxyError::Socket {
         socket: socket.to_owned(),
@@ -602,6 +602,9 @@ async fn exchange(socket: &Path, command: &str) -> Result<String, HaproxyError> 
             .write_all(format!("{command}\n").as_bytes())
             .await
             .map_err(io_error)?;
+        // The master CLI answers only once our side is shut (the stats socket does not
+        // care), as with `socat`.
+        stream.shutdown().await.map_err(io_error)?;
         let mut answer = Vec::new();
         stream.read_to_end(&mut answer).await.map_err(io_error)?;
         Ok(String::from_utf8_lossy(&answer).into_owned())
