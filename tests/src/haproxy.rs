@@ -367,6 +367,165 @@ impl StatRow {
     }
 }
 
+/// A client of HAProxy's runtime API (admin level): the stats socket, or the current
+/// worker reached through the master CLI. Usable on any HAProxy, including one that
+/// synapse starts and supervises itself.
+#[derive(Debug, Clone)]
+pub struct StatsSocket {
+    path: PathBuf,
+    /// `"@1 "` when talking to the worker through the master CLI.
+    prefix: &'static str,
+}
+
+impl StatsSocket {
+    /// The stats socket at `path` (`stats socket <path> ... level admin`).
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            prefix: "",
+        }
+    }
+
+    /// The current worker, through the master CLI at `master_socket` (`@1 <command>`),
+    /// for configs without a stats socket.
+    pub fn through_master(master_socket: impl Into<PathBuf>) -> Self {
+        Self {
+            path: master_socket.into(),
+            prefix: "@1 ",
+        }
+    }
+
+    /// The socket commands are sent to.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Sends one command and returns the answer text. HAProxy reports a bad command in
+    /// the text, not as an error.
+    pub async fn command(&self, command: &str) -> Result<String, HaproxyError> {
+        exchange(&self.path, &format!("{}{command}", self.prefix)).await
+    }
+
+    /// `show servers state <backend>`, parsed. An unknown backend is an error.
+    pub async fn show_servers_state(
+        &self,
+        backend: &str,
+    ) -> Result<Vec<ServerState>, HaproxyError> {
+        let command = format!("show servers state {backend}");
+        let output = self.command(&command).await?;
+        ServerState::parse_all(&output).map_err(|_| HaproxyError::Unexpected { command, output })
+    }
+
+    /// `show stat`, parsed: one row per frontend, backend and server.
+    pub async fn show_stat(&self) -> Result<Vec<StatRow>, HaproxyError> {
+        let output = self.command("show stat").await?;
+        StatRow::parse_all(&output).map_err(|_| HaproxyError::Unexpected {
+            command: "show stat".to_owned(),
+            output,
+        })
+    }
+}
+
+/// A client of HAProxy's master CLI (`-S <socket>`): process list and reloads.
+#[derive(Debug, Clone)]
+pub struct MasterSocket {
+    path: PathBuf,
+    /// HAProxy's output, quoted in reload errors when known.
+    log: Option<PathBuf>,
+}
+
+impl MasterSocket {
+    /// The master CLI at `path`.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            log: None,
+        }
+    }
+
+    /// Quote the end of this file (HAProxy's stderr) in reload errors.
+    pub fn with_log(mut self, log: impl Into<PathBuf>) -> Self {
+        self.log = Some(log.into());
+        self
+    }
+
+    /// The socket.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn log_tail(&self) -> String {
+        self.log.as_deref().map_or_else(
+            || "(log not known)".to_owned(),
+            |log| crate::process::log_tail(log, LOG_LINES),
+        )
+    }
+
+    /// Sends one command to the master and returns its whole answer.
+    pub async fn command(&self, command: &str) -> Result<String, HaproxyError> {
+        exchange(&self.path, command).await
+    }
+
+    /// `show proc`, parsed.
+    pub async fn show_proc(&self) -> Result<ProcessList, HaproxyError> {
+        let output = self.command("show proc").await?;
+        ProcessList::parse(&output).map_err(|_| HaproxyError::Unexpected {
+            command: "show proc".to_owned(),
+            output,
+        })
+    }
+
+    /// The current workers' PIDs.
+    pub async fn worker_pids(&self) -> Result<Vec<u32>, HaproxyError> {
+        Ok(self.show_proc().await?.workers)
+    }
+
+    /// Reloads and confirms it: on 2.6 `reload` answers nothing, so this waits for
+    /// `show proc` to count one more reload, then requires `[failed: 0]` and a current
+    /// worker that was not there before. A reload the master did not act on (it drops
+    /// one that comes too soon after another) is sent again, up to 3 times in all. A
+    /// config that fails to load gives [`HaproxyError::ReloadFailed`] (the old worker
+    /// keeps serving). Returns the new process list.
+    pub async fn reload(&self) -> Result<ProcessList, HaproxyError> {
+        let before = self.show_proc().await?;
+        let mut last = format!("before: {before:?}");
+        for _ in 0..RELOAD_ATTEMPTS {
+            // The answer is empty on 2.6 and `Success=…` plus the startup log from 2.7;
+            // the confirmation below works for both. An error here (the master is
+            // re-executing) is handled like a dropped reload.
+            if let Err(e) = self.command("reload").await {
+                last = e.to_string();
+            }
+            let deadline = tokio::time::Instant::now() + RELOAD_TIMEOUT;
+            while tokio::time::Instant::now() < deadline {
+                // Refused connections are expected while the master re-executes.
+                match self.show_proc().await {
+                    Ok(after) if after.reloads > before.reloads => {
+                        // The counter is of consecutive failures: a success resets it.
+                        if after.failed_reloads > 0 {
+                            return Err(HaproxyError::ReloadFailed {
+                                failed: after.failed_reloads,
+                                log: self.log_tail(),
+                            });
+                        }
+                        if after.workers.iter().any(|w| !before.workers.contains(w)) {
+                            return Ok(after);
+                        }
+                        last = format!("no new worker yet: before {before:?}, now {after:?}");
+                    }
+                    Ok(after) => last = format!("reload not counted yet: {after:?}"),
+                    Err(e) => last = e.to_string(),
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        Err(HaproxyError::ReloadNotConfirmed {
+            reason: last,
+            log: self.log_tail(),
+        })
+    }
+}
+
 /// A running HAProxy master and its workers. Dropping it stops them (SIGTERM to the
 /// master, SIGKILL to its process group after 5 s) and reaps the master.
 #[derive(Debug)]
@@ -375,6 +534,8 @@ pub struct Haproxy {
     process: Option<ChildProcess>,
     config: PathBuf,
     stats_socket: Option<PathBuf>,
+    master: MasterSocket,
+    runtime: StatsSocket,
     dir: TempDir,
 }
 
@@ -386,22 +547,29 @@ impl Haproxy {
             .prefix("it-haproxy-")
             .tempdir()
             .unwrap_or_else(|e| panic!("cannot create a temp dir for haproxy: {e}"));
+        let master_socket = dir.path().join("master.sock");
+        let log = dir.path().join("haproxy.log");
         let mut command = Command::new(&options.binary);
         command
             .arg("-W")
             .arg("-S")
-            .arg(dir.path().join("master.sock"))
+            .arg(&master_socket)
             .arg("-f")
             .arg(&options.config)
             .arg("-p")
             .arg(dir.path().join("haproxy.pid"));
-        let log = dir.path().join("haproxy.log");
         let process = ChildProcess::spawn(command, &log, OnDrop::Terminate(STOP_GRACE))
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", options.binary.display()));
+        let runtime = options.stats_socket.as_ref().map_or_else(
+            || StatsSocket::through_master(&master_socket),
+            StatsSocket::new,
+        );
         let haproxy = Self {
             process: Some(process),
             config: options.config,
             stats_socket: options.stats_socket,
+            master: MasterSocket::new(master_socket).with_log(log),
+            runtime,
             dir,
         };
         haproxy.wait_ready().await;
@@ -413,9 +581,20 @@ impl Haproxy {
         &self.config
     }
 
+    /// The master CLI client.
+    pub fn master(&self) -> &MasterSocket {
+        &self.master
+    }
+
+    /// The runtime API client: the stats socket if one was given, else the worker
+    /// through the master CLI.
+    pub fn runtime(&self) -> &StatsSocket {
+        &self.runtime
+    }
+
     /// The master CLI socket.
-    pub fn master_socket(&self) -> PathBuf {
-        self.dir.path().join("master.sock")
+    pub fn master_socket(&self) -> &Path {
+        self.master.path()
     }
 
     /// The stats socket given in the options.
@@ -475,110 +654,57 @@ impl Haproxy {
     }
 
     async fn probe_ready(&self) -> Result<(), String> {
-        let procs = self.show_proc().await.map_err(|e| e.to_string())?;
+        let procs = self.master.show_proc().await.map_err(|e| e.to_string())?;
         if procs.workers.is_empty() {
             return Err(format!("no worker yet: {procs:?}"));
         }
-        if let Some(socket) = &self.stats_socket {
-            let info = exchange(socket, "show info")
-                .await
-                .map_err(|e| e.to_string())?;
-            if !info.contains("Pid:") {
-                return Err(format!("stats socket answered {info:?}"));
-            }
+        let info = self
+            .runtime
+            .command("show info")
+            .await
+            .map_err(|e| e.to_string())?;
+        if !info.contains("Pid:") {
+            return Err(format!("runtime API answered {info:?}"));
         }
         Ok(())
     }
 
-    /// Sends one command to the master CLI and returns its whole answer.
+    /// [`MasterSocket::command`].
     pub async fn master_command(&self, command: &str) -> Result<String, HaproxyError> {
-        exchange(&self.master_socket(), command).await
+        self.master.command(command).await
     }
 
-    /// Sends one runtime-API command (admin level) to the stats socket — or, without
-    /// one, to the current worker through the master CLI — and returns the answer text.
-    /// HAProxy reports a bad command in the text, not as an error.
+    /// [`StatsSocket::command`] on [`Haproxy::runtime`].
     pub async fn command(&self, command: &str) -> Result<String, HaproxyError> {
-        match &self.stats_socket {
-            Some(socket) => exchange(socket, command).await,
-            None => exchange(&self.master_socket(), &format!("@1 {command}")).await,
-        }
+        self.runtime.command(command).await
     }
 
-    /// `show proc`, parsed.
+    /// [`MasterSocket::show_proc`].
     pub async fn show_proc(&self) -> Result<ProcessList, HaproxyError> {
-        let output = self.master_command("show proc").await?;
-        ProcessList::parse(&output).map_err(|_| HaproxyError::Unexpected {
-            command: "show proc".to_owned(),
-            output,
-        })
+        self.master.show_proc().await
     }
 
-    /// The current workers' PIDs.
+    /// [`MasterSocket::worker_pids`].
     pub async fn worker_pids(&self) -> Result<Vec<u32>, HaproxyError> {
-        Ok(self.show_proc().await?.workers)
+        self.master.worker_pids().await
     }
 
-    /// `show servers state <backend>`, parsed. An unknown backend is an error.
+    /// [`StatsSocket::show_servers_state`] on [`Haproxy::runtime`].
     pub async fn show_servers_state(
         &self,
         backend: &str,
     ) -> Result<Vec<ServerState>, HaproxyError> {
-        let command = format!("show servers state {backend}");
-        let output = self.command(&command).await?;
-        ServerState::parse_all(&output).map_err(|_| HaproxyError::Unexpected { command, output })
+        self.runtime.show_servers_state(backend).await
     }
 
-    /// `show stat`, parsed: one row per frontend, backend and server.
+    /// [`StatsSocket::show_stat`] on [`Haproxy::runtime`].
     pub async fn show_stat(&self) -> Result<Vec<StatRow>, HaproxyError> {
-        let output = self.command("show stat").await?;
-        StatRow::parse_all(&output).map_err(|_| HaproxyError::Unexpected {
-            command: "show stat".to_owned(),
-            output,
-        })
+        self.runtime.show_stat().await
     }
 
-    /// Reloads through the master CLI and confirms it: on 2.6 `reload` answers nothing,
-    /// so this waits for `show proc` to count one more reload, then requires
-    /// `[failed: 0]` and a current worker that was not there before. A reload the master
-    /// did not act on is sent again (up to 3 times). A config that fails to load gives
-    /// [`HaproxyError::ReloadFailed`] (the old worker keeps serving).
+    /// [`MasterSocket::reload`]: reload through the master CLI and confirm a new worker.
     pub async fn reload(&self) -> Result<ProcessList, HaproxyError> {
-        let before = self.show_proc().await?;
-        let mut last = format!("before: {before:?}");
-        for _ in 0..RELOAD_ATTEMPTS {
-            // The answer is empty on 2.6 and `Success=…` plus the startup log from 2.7;
-            // the confirmation below works for both. An error here (the master is
-            // re-executing) is handled like a dropped reload.
-            if let Err(e) = self.master_command("reload").await {
-                last = e.to_string();
-            }
-            let deadline = tokio::time::Instant::now() + RELOAD_TIMEOUT;
-            while tokio::time::Instant::now() < deadline {
-                // Refused connections are expected while the master re-executes.
-                match self.show_proc().await {
-                    Ok(after) if after.reloads > before.reloads => {
-                        if after.failed_reloads > 0 {
-                            return Err(HaproxyError::ReloadFailed {
-                                failed: after.failed_reloads,
-                                log: self.log_tail(),
-                            });
-                        }
-                        if after.workers.iter().any(|w| !before.workers.contains(w)) {
-                            return Ok(after);
-                        }
-                        last = format!("no new worker yet: before {before:?}, now {after:?}");
-                    }
-                    Ok(after) => last = format!("reload not counted yet: {after:?}"),
-                    Err(e) => last = e.to_string(),
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
-        Err(HaproxyError::ReloadNotConfirmed {
-            reason: last,
-            log: self.log_tail(),
-        })
+        self.master.reload().await
     }
 
     /// Stops HAProxy: SIGTERM to the master, SIGKILL to its group after 5 s; reaps it.

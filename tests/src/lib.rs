@@ -18,7 +18,8 @@ pub use backend::Backend;
 pub use etcd::{Etcd, EtcdCluster, EtcdMember};
 pub use eventually::{eventually, Outcome};
 pub use haproxy::{
-    AdminState, Haproxy, HaproxyError, HaproxyOptions, OpState, ProcessList, ServerState, StatRow,
+    AdminState, Haproxy, HaproxyError, HaproxyOptions, MasterSocket, OpState, ProcessList,
+    ServerState, StatRow, StatsSocket,
 };
 pub use http::{http_get, http_get_timeout, HttpResponse};
 pub use ports::{free_port, loopback};
