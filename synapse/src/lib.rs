@@ -1,1 +1,107 @@
-//! synapse (in progress).
+//! synapse: watches etcd (or static lists) for the instances of each service and keeps a
+//! local HAProxy routing to exactly the healthy ones (Airbnb SmartStack's synapse, with
+//! etcd v3 as the registry).
+//!
+//! # Layout
+//!
+//! - [`config`]: the airbnb synapse JSON format (with comments), validated into `Config`.
+//! - [`watcher`]: one watcher per service (etcd list-then-watch, static, multi) publishing
+//!   complete backend sets.
+//! - [`backends`]: `Backend`/`BackendSet` and the per-service rules (filters, defaults,
+//!   last-known-good, bounds).
+//! - [`reconcile`]: the single loop that debounces changes and applies them.
+//! - [`haproxy`]: pure rendering of haproxy.cfg, atomic write, check and reload.
+//! - [`file_output`]: one JSON file per service.
+//! - [`counters`]: what synapse has done, for operators and tests.
+
+pub mod backends;
+pub mod config;
+pub mod counters;
+pub mod file_output;
+pub mod haproxy;
+pub mod reconcile;
+pub mod watcher;
+
+use std::sync::Arc;
+
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+pub use counters::Counters;
+
+use crate::file_output::{FileOutput, FileOutputError};
+use crate::haproxy::HaproxyOutput;
+use crate::reconcile::Reconciler;
+use crate::watcher::{AnyWatcher, EtcdClients, Watcher};
+
+/// Errors that stop synapse. Everything at runtime (etcd away, a failed reload) is
+/// retried instead; only outputs that cannot be set up at all end the process.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("cannot set up file_output")]
+    FileOutput(#[from] FileOutputError),
+}
+
+/// Runs synapse until `cancel` fires.
+pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), RunError> {
+    run_with(config, Arc::default(), cancel).await
+}
+
+/// [`run`], counting into `counters` (which the caller may read meanwhile).
+pub async fn run_with(
+    config: Config,
+    counters: Arc<Counters>,
+    cancel: CancellationToken,
+) -> Result<(), RunError> {
+    let config = Arc::new(config);
+    let file_output = match &config.file_output {
+        Some(f) => Some(FileOutput::new(
+            f.output_directory.clone(),
+            counters.clone(),
+        )?),
+        None => None,
+    };
+    let haproxy = match &config.haproxy {
+        Some(h) => Some(HaproxyOutput::new(h.clone(), counters.clone()).await),
+        None => None,
+    };
+    let clients = Arc::new(EtcdClients::default());
+    let changed = Arc::new(Notify::new());
+    let watchers = cancel.child_token();
+    let mut tasks = JoinSet::new();
+    let mut inputs = Vec::new();
+    for svc in config.services.values() {
+        let (tx, mut rx) = watch::channel(None);
+        inputs.push((svc.name.clone(), rx.clone()));
+        let watcher = AnyWatcher::for_service(svc, &clients, &counters);
+        tasks.spawn(watcher.run(tx, watchers.child_token()));
+        let changed = changed.clone();
+        tasks.spawn(async move {
+            // Ends when the watcher drops its sender.
+            while rx.changed().await.is_ok() {
+                changed.notify_one();
+            }
+        });
+    }
+    tracing::info!(
+        services = config.services.len(),
+        haproxy = config.haproxy.is_some(),
+        file_output = config.file_output.is_some(),
+        "synapse started"
+    );
+    Reconciler::new(config, inputs, changed, haproxy, file_output, counters)
+        .run(cancel.clone())
+        .await;
+    watchers.cancel();
+    while let Some(done) = tasks.join_next().await {
+        if let Err(e) = done {
+            if e.is_panic() {
+                tracing::error!(error = %e, "a watcher task panicked");
+            }
+        }
+    }
+    tracing::info!("synapse stopped");
+    Ok(())
+}

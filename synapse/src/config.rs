@@ -1,0 +1,1410 @@
+//! synapse's configuration: the airbnb synapse JSON format as a superset.
+//!
+//! ```text
+//! file (JSON with comments) ──parse──► SynapseFile (serde, deny_unknown_fields)
+//!                            ──validate──► Config (typed: ServiceName, Port, Duration, ...)
+//! ```
+//!
+//! Every problem, structural or semantic, is collected with its key path
+//! (`services.web.discovery.path: ...`) and reported at once; `--check-config` runs
+//! exactly this. Operator-written HAProxy lines are trusted, but may not contain a
+//! newline, a carriage return or a NUL: one such byte would let a single config value
+//! open a new HAProxy section.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::config::{join_path, ConfigErrors, ConfigPort, Seconds};
+use common::etcd::{normalize_endpoint, EtcdFile, EtcdSettings};
+use common::{AddressPolicy, Host, InstanceId, Port, Secret, ServiceName, ServicePath};
+use serde::Deserialize;
+
+use crate::backends::{Backend, LabelCondition, LabelFilter};
+
+/// Per-service bound on instances (reliability B19).
+pub const DEFAULT_MAX_SERVERS: usize = 1000;
+
+// === the file format ===
+
+/// The whole config file as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SynapseFile {
+    #[serde(default)]
+    pub services: BTreeMap<String, ServiceFile>,
+    /// Every `*.json` file in this directory is one more service, named by its basename.
+    pub service_conf_dir: Option<PathBuf>,
+    pub haproxy: Option<HaproxyFile>,
+    pub file_output: Option<FileOutputFile>,
+    /// Quiet time before changes are applied, in seconds.
+    pub debounce: Option<Seconds>,
+    /// Longest a burst of changes may delay an apply, in seconds.
+    pub debounce_max_wait: Option<Seconds>,
+}
+
+/// One service.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceFile {
+    pub discovery: DiscoveryFile,
+    #[serde(default)]
+    pub default_servers: Vec<ServerFile>,
+    #[serde(default)]
+    pub keep_default_servers: bool,
+    #[serde(default = "default_true")]
+    pub use_previous_backends: bool,
+    pub backend_port_override: Option<ConfigPort>,
+    /// Most servers accepted for this service; above it the last good set is kept.
+    pub max_servers: Option<usize>,
+    pub haproxy: Option<ServiceHaproxyFile>,
+    pub file_output: Option<ServiceFileOutputFile>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// A `default_servers` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerFile {
+    pub name: String,
+    pub host: String,
+    pub port: ConfigPort,
+    pub weight: Option<u16>,
+    pub haproxy_server_options: Option<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// `discovery`: one flat struct for every method, so that each key gets a precise path;
+/// keys that do not belong to the chosen method are reported.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiscoveryFile {
+    pub method: String,
+    // etcd
+    pub hosts: Option<Vec<String>>,
+    pub path: Option<String>,
+    pub etcd: Option<EtcdFile>,
+    pub resync_interval: Option<Seconds>,
+    pub progress_interval: Option<Seconds>,
+    // ec2tag
+    pub tag_name: Option<String>,
+    pub tag_value: Option<String>,
+    pub aws_region: Option<String>,
+    pub aws_access_key_id: Option<String>,
+    pub aws_secret_access_key: Option<Secret>,
+    pub check_interval: Option<Seconds>,
+    pub endpoint: Option<String>,
+    // multi
+    pub watchers: Option<BTreeMap<String, Self>>,
+    pub resolver: Option<ResolverFile>,
+    // every method
+    pub label_filters: Option<Vec<LabelFilterFile>>,
+    /// airbnb's deprecated single-filter form.
+    pub label_filter: Option<LabelFilterFile>,
+    pub allow_loopback: Option<bool>,
+    pub allow_hostnames: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabelFilterFile {
+    pub label: String,
+    pub condition: String,
+    pub value: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResolverFile {
+    pub method: String,
+    pub sequential_order: Option<Vec<String>>,
+}
+
+/// The top-level `haproxy` section.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HaproxyFile {
+    #[serde(default)]
+    pub global: Vec<String>,
+    #[serde(default)]
+    pub defaults: Vec<String>,
+    #[serde(default)]
+    pub extra_sections: BTreeMap<String, Vec<String>>,
+    pub config_file_path: Option<PathBuf>,
+    pub candidate_config_file_path: Option<PathBuf>,
+    pub socket_file_path: Option<SocketPaths>,
+    pub reload_command: Option<String>,
+    pub check_command: Option<String>,
+    #[serde(default = "default_true")]
+    pub do_writes: bool,
+    #[serde(default = "default_true")]
+    pub do_reloads: bool,
+    #[serde(default = "default_true")]
+    pub do_socket: bool,
+    #[serde(default)]
+    pub do_checks: bool,
+    pub bind_address: Option<String>,
+    pub restart_interval: Option<Seconds>,
+    pub restart_jitter: Option<f64>,
+    pub state_file_path: Option<PathBuf>,
+    pub state_file_ttl: Option<Seconds>,
+    pub shared_frontend: Option<Vec<String>>,
+    #[serde(default)]
+    pub use_nerve_weights: bool,
+    pub server_order_seed: Option<u64>,
+    pub max_server_id: Option<u32>,
+    /// Timeout for `check_command` and `reload_command`, in seconds.
+    pub command_timeout: Option<Seconds>,
+}
+
+/// `socket_file_path`: one path, or one per HAProxy process (airbnb PR #199).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum SocketPaths {
+    One(PathBuf),
+    Many(Vec<PathBuf>),
+}
+
+/// A service's `haproxy` section.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceHaproxyFile {
+    pub port: Option<ConfigPort>,
+    pub bind_address: Option<String>,
+    pub bind_options: Option<String>,
+    pub server_options: Option<String>,
+    #[serde(default)]
+    pub listen: Vec<String>,
+    #[serde(default)]
+    pub frontend: Vec<String>,
+    #[serde(default)]
+    pub backend: Vec<String>,
+    pub backend_name: Option<String>,
+    pub backend_order: Option<String>,
+    pub shared_frontend: Option<Vec<String>>,
+    pub cookie_value_method: Option<String>,
+    pub server_port_override: Option<ConfigPort>,
+    pub server_backup_port: Option<ConfigPort>,
+    #[serde(default)]
+    pub disabled: bool,
+    /// Ignore the registry's `haproxy_server_options` for this service.
+    #[serde(default)]
+    pub ignore_registry_server_options: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileOutputFile {
+    pub output_directory: PathBuf,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceFileOutputFile {
+    #[serde(default)]
+    pub disabled: bool,
+}
+
+// === the validated config ===
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub services: BTreeMap<ServiceName, ServiceConfig>,
+    pub haproxy: Option<HaproxyConfig>,
+    pub file_output: Option<FileOutputConfig>,
+    pub debounce: Duration,
+    pub debounce_max_wait: Duration,
+}
+
+/// One service, validated.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    pub name: ServiceName,
+    pub discovery: DiscoveryConfig,
+    pub label_filters: Vec<LabelFilter>,
+    pub default_servers: Vec<Backend>,
+    pub keep_default_servers: bool,
+    pub use_previous_backends: bool,
+    /// `backend_port_override`, or the deprecated `haproxy.server_port_override`.
+    pub port_override: Option<Port>,
+    /// claydotio's `server_backup_port`: one more `backup` server per instance.
+    pub backup_port: Option<Port>,
+    pub max_servers: usize,
+    pub haproxy: ServiceHaproxy,
+    pub file_output_disabled: bool,
+}
+
+/// Where a service's backends come from.
+#[derive(Debug, Clone)]
+pub enum DiscoveryConfig {
+    Etcd(EtcdDiscovery),
+    /// `base`/`static`: only `default_servers`.
+    Static,
+    Ec2Tag(Ec2TagDiscovery),
+    Multi(MultiDiscovery),
+}
+
+#[derive(Debug, Clone)]
+pub struct EtcdDiscovery {
+    pub settings: EtcdSettings,
+    pub path: ServicePath,
+    pub policy: AddressPolicy,
+    /// A full re-list this often, against missed events.
+    pub resync_interval: Duration,
+    /// A progress request this often; a stream silent for three of these is dead.
+    pub progress_interval: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Ec2TagDiscovery {
+    pub tag_name: String,
+    pub tag_value: String,
+    pub aws_region: Option<String>,
+    pub aws_access_key_id: Option<String>,
+    pub aws_secret_access_key: Option<Secret>,
+    pub check_interval: Duration,
+    pub endpoint: Option<String>,
+    pub policy: AddressPolicy,
+}
+
+#[derive(Debug, Clone)]
+pub struct MultiDiscovery {
+    pub watchers: BTreeMap<String, DiscoveryConfig>,
+    pub resolver: Resolver,
+}
+
+/// How `multi` combines its children.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resolver {
+    /// Every child's backends together.
+    Union,
+    /// The first child, in this order, that is fresh and has backends.
+    Sequential(Vec<String>),
+}
+
+/// The top-level `haproxy` section, validated.
+#[derive(Debug, Clone)]
+pub struct HaproxyConfig {
+    pub global: Vec<String>,
+    pub defaults: Vec<String>,
+    pub extra_sections: BTreeMap<String, Vec<String>>,
+    /// `None` when `do_writes` is off.
+    pub config_file_path: Option<PathBuf>,
+    pub candidate_config_file_path: Option<PathBuf>,
+    pub socket_file_paths: Vec<PathBuf>,
+    pub reload_command: Option<String>,
+    pub check_command: Option<String>,
+    pub do_reloads: bool,
+    pub do_socket: bool,
+    pub do_checks: bool,
+    pub bind_address: String,
+    pub restart_interval: Duration,
+    pub restart_jitter: f64,
+    pub state_file_path: Option<PathBuf>,
+    pub state_file_ttl: Duration,
+    pub shared_frontend: Option<Vec<String>>,
+    pub use_nerve_weights: bool,
+    pub server_order_seed: u64,
+    pub max_server_id: u32,
+    pub command_timeout: Duration,
+}
+
+/// A service's `haproxy` section, validated.
+#[derive(Debug, Clone, Default)]
+pub struct ServiceHaproxy {
+    pub disabled: bool,
+    pub port: Option<Port>,
+    pub bind_address: Option<String>,
+    pub bind_options: Option<String>,
+    pub server_options: Option<String>,
+    pub listen: Vec<String>,
+    pub frontend: Vec<String>,
+    pub backend: Vec<String>,
+    pub backend_name: Option<String>,
+    pub backend_order: BackendOrder,
+    pub shared_frontend: Vec<String>,
+    pub cookie_value_method: CookieValueMethod,
+    pub ignore_registry_server_options: bool,
+}
+
+/// `backend_order`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BackendOrder {
+    Asc,
+    Desc,
+    /// As discovered: for us, the set's own (sorted) order.
+    NoShuffle,
+    /// A pseudo-random order, fixed by `server_order_seed` (airbnb's default).
+    #[default]
+    Shuffle,
+}
+
+/// `cookie_value_method`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CookieValueMethod {
+    /// The server name.
+    #[default]
+    Name,
+    /// The SHA-1 of the server name, so clients do not learn server addresses.
+    Hash,
+}
+
+#[derive(Debug, Clone)]
+pub struct FileOutputConfig {
+    pub output_directory: PathBuf,
+}
+
+/// Defaults, named as in docs/configuration-synapse.md.
+pub mod defaults {
+    use std::time::Duration;
+
+    pub const DEBOUNCE: Duration = Duration::from_millis(100);
+    pub const DEBOUNCE_MAX_WAIT: Duration = Duration::from_secs(1);
+    pub const RESYNC_INTERVAL: Duration = Duration::from_secs(60);
+    pub const PROGRESS_INTERVAL: Duration = Duration::from_secs(5);
+    pub const EC2_CHECK_INTERVAL: Duration = Duration::from_secs(15);
+    pub const RESTART_INTERVAL: Duration = Duration::from_secs(2);
+    pub const STATE_FILE_TTL: Duration = Duration::from_secs(86_400);
+    pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+    pub const BIND_ADDRESS: &str = "localhost";
+    pub const MAX_SERVER_ID: u32 = 65_535;
+    pub const SERVICE_PATH_PREFIX: &str = "/nerve/services";
+}
+
+fn read(path: &Path) -> Result<String, ConfigErrors> {
+    std::fs::read_to_string(path).map_err(|e| {
+        let mut errors = ConfigErrors::default();
+        errors.push("", format_args!("cannot read {}: {e}", path.display()));
+        errors
+    })
+}
+
+/// JSON with comments → `T`, keeping what is readable; duplicate keys are errors too.
+fn parse_lenient<T: serde::de::DeserializeOwned>(text: &str) -> (Option<T>, ConfigErrors) {
+    let value = match common::config::parse_jsonc(text) {
+        Ok(v) => v,
+        Err(errors) => return (None, errors),
+    };
+    let mut errors = common::config::duplicate_keys(text);
+    let (t, more) = common::config::from_value_lenient(value);
+    errors.extend(more);
+    (t, errors)
+}
+
+impl Config {
+    /// Reads, parses and validates a config file (and its `service_conf_dir`).
+    pub fn load(path: &Path) -> Result<Self, ConfigErrors> {
+        let text = read(path)?;
+        Self::parse(&text, path.parent())
+    }
+
+    /// Parses and validates config text; `service_conf_dir` is resolved against `base`.
+    /// Structural errors (unknown keys, wrong types) and semantic ones are reported
+    /// together.
+    pub fn parse(text: &str, base: Option<&Path>) -> Result<Self, ConfigErrors> {
+        let (file, errors) = parse_lenient::<SynapseFile>(text);
+        match file {
+            Some(file) => Self::from_file(file, base, errors),
+            None => Err(errors),
+        }
+    }
+
+    /// Validates a parsed file into a `Config`, adding to `errors` (those found while
+    /// parsing), and fails if there are any.
+    pub fn from_file(
+        mut file: SynapseFile,
+        base: Option<&Path>,
+        mut errors: ConfigErrors,
+    ) -> Result<Self, ConfigErrors> {
+        if let Some(dir) = &file.service_conf_dir {
+            let dir = match base {
+                Some(base) if dir.is_relative() => base.join(dir),
+                _ => dir.clone(),
+            };
+            load_service_dir(&dir, &mut file.services, &mut errors);
+        }
+        let haproxy = file
+            .haproxy
+            .as_ref()
+            .map(|h| validate_haproxy(h, &mut errors));
+        let mut services = BTreeMap::new();
+        for (name, svc) in &file.services {
+            let path = join_path("services", name);
+            let service_name = match ServiceName::new(name.as_str()) {
+                Ok(n) => n,
+                Err(e) => {
+                    errors.push(path, format_args!("service name {e}"));
+                    continue;
+                }
+            };
+            if let Some(s) = validate_service(&service_name, svc, &path, &mut errors) {
+                services.insert(service_name, s);
+            }
+        }
+        if file.services.is_empty() {
+            errors.push("services", "at least one service is required");
+        }
+        if let Some(h) = &haproxy {
+            check_backend_names(&services, h, &mut errors);
+        }
+        if haproxy.is_none() && file.file_output.is_none() {
+            errors.push(
+                "",
+                "no output configured: add a `haproxy` or a `file_output` section",
+            );
+        }
+        let debounce = file.debounce.map_or(defaults::DEBOUNCE, Duration::from);
+        let debounce_max_wait = file
+            .debounce_max_wait
+            .map_or(defaults::DEBOUNCE_MAX_WAIT, Duration::from);
+        if debounce_max_wait < debounce {
+            errors.push("debounce_max_wait", "must not be smaller than `debounce`");
+        }
+        let file_output = file.file_output.map(|f| FileOutputConfig {
+            output_directory: f.output_directory,
+        });
+        errors.finish(Self {
+            services,
+            haproxy,
+            file_output,
+            debounce,
+            debounce_max_wait,
+        })
+    }
+}
+
+fn load_service_dir(
+    dir: &Path,
+    services: &mut BTreeMap<String, ServiceFile>,
+    errors: &mut ConfigErrors,
+) {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) => {
+            errors.push(
+                "service_conf_dir",
+                format_args!("cannot read {}: {e}", dir.display()),
+            );
+            return;
+        }
+    };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|ext| ext == "json") && p.is_file())
+        .collect();
+    files.sort();
+    for file in files {
+        let Some(name) = file.file_stem().and_then(|s| s.to_str()).map(str::to_owned) else {
+            errors.push(
+                "service_conf_dir",
+                format_args!("{}: file name is not UTF-8", file.display()),
+            );
+            continue;
+        };
+        let path = join_path("services", &name);
+        if services.contains_key(&name) {
+            errors.push(
+                path,
+                format_args!("defined both in the main config and in {}", file.display()),
+            );
+            continue;
+        }
+        let (svc, errs) = match read(&file) {
+            Ok(text) => parse_lenient::<ServiceFile>(&text),
+            Err(errs) => (None, errs),
+        };
+        for e in errs.0 {
+            errors.push(
+                join_path(&path, &e.path),
+                format_args!("{} (in {})", e.message, file.display()),
+            );
+        }
+        if let Some(svc) = svc {
+            services.insert(name, svc);
+        }
+    }
+}
+
+/// Operator text that goes into haproxy.cfg: trusted, but one line only.
+fn check_line(text: &str, path: &str, errors: &mut ConfigErrors) -> bool {
+    if text.bytes().any(|b| b == b'\n' || b == b'\r' || b == 0) {
+        errors.push(
+            path,
+            "must not contain a newline, carriage return or NUL byte",
+        );
+        return false;
+    }
+    if text.bytes().any(|b| b.is_ascii_control() && b != b'\t') {
+        errors.push(path, "must not contain control characters");
+        return false;
+    }
+    true
+}
+
+fn check_lines(lines: &[String], path: &str, errors: &mut ConfigErrors) -> Vec<String> {
+    let mut out = Vec::with_capacity(lines.len());
+    for (i, line) in lines.iter().enumerate() {
+        if check_line(line, &join_path(path, &i.to_string()), errors) {
+            out.push(line.trim().to_owned());
+        }
+    }
+    out.retain(|l| !l.is_empty());
+    out
+}
+
+/// A word that goes into haproxy.cfg in name position (a bind address, a backend name).
+fn check_word(text: &str, path: &str, errors: &mut ConfigErrors) -> bool {
+    let ok = text
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"_.:-[]/@".contains(&b));
+    if !ok {
+        errors.push(
+            path,
+            "may contain only letters, digits and `_ . : - [ ] / @`",
+        );
+    }
+    ok
+}
+
+/// syslog facility names, for recognising HAProxy 1.x-era `log <facility>` lines.
+const SYSLOG_FACILITIES: &[&str] = &[
+    "kern", "user", "mail", "daemon", "auth", "syslog", "lpr", "news", "uucp", "cron", "auth2",
+    "ftp", "ntp", "audit", "alert", "cron2", "local0", "local1", "local2", "local3", "local4",
+    "local5", "local6", "local7",
+];
+
+/// Rewrites the two legacy forms in SmartStack-era configs (the seed's among them) that
+/// HAProxy 2.x refuses: `log <facility> [level]` without an address becomes
+/// `log /dev/log <facility> [level]`. Other lines are returned as they are.
+fn modernize_line(line: String) -> String {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    match words.as_slice() {
+        ["log", facility, rest @ ..] if SYSLOG_FACILITIES.contains(facility) => {
+            let mut out = format!("log /dev/log {facility}");
+            for w in rest {
+                out.push(' ');
+                out.push_str(w);
+            }
+            out
+        }
+        _ => line,
+    }
+}
+
+/// `listen stats :1937` (an address on the section line, HAProxy 1.x) becomes the
+/// header `listen stats` plus a `bind :1937` line.
+fn split_section_address(header: &str) -> (String, Option<String>) {
+    let words: Vec<&str> = header.split_whitespace().collect();
+    match words.as_slice() {
+        [kw @ ("listen" | "frontend"), name, addrs @ ..] if !addrs.is_empty() => (
+            format!("{kw} {name}"),
+            Some(format!("bind {}", addrs.join(" "))),
+        ),
+        _ => (words.join(" "), None),
+    }
+}
+
+fn validate_haproxy(h: &HaproxyFile, errors: &mut ConfigErrors) -> HaproxyConfig {
+    let p = |k: &str| join_path("haproxy", k);
+    let modern = |lines: Vec<String>| lines.into_iter().map(modernize_line).collect::<Vec<_>>();
+    let global = modern(check_lines(&h.global, &p("global"), errors));
+    let defaults_lines = modern(check_lines(&h.defaults, &p("defaults"), errors));
+    let mut extra_sections = BTreeMap::new();
+    for (header, lines) in &h.extra_sections {
+        let path = join_path(&p("extra_sections"), header);
+        if !check_line(header, &path, errors) {
+            continue;
+        }
+        let first = header.split_whitespace().next().unwrap_or("");
+        if !matches!(
+            first,
+            "listen"
+                | "frontend"
+                | "backend"
+                | "userlist"
+                | "peers"
+                | "resolvers"
+                | "mailers"
+                | "cache"
+                | "ring"
+                | "http-errors"
+                | "program"
+        ) {
+            errors.push(
+                &path,
+                "must start with a section keyword (listen, frontend, backend, userlist, ...)",
+            );
+            continue;
+        }
+        let (header, bind) = split_section_address(header);
+        let mut lines = modern(check_lines(lines, &path, errors));
+        if let Some(bind) = bind {
+            lines.insert(0, bind);
+        }
+        if extra_sections.insert(header, lines).is_some() {
+            errors.push(
+                &path,
+                "names the same section as another extra_sections key",
+            );
+        }
+    }
+    let config_file_path = if h.do_writes {
+        if h.config_file_path.is_none() {
+            errors.push(p("config_file_path"), "is required when do_writes is true");
+        }
+        h.config_file_path.clone()
+    } else {
+        None
+    };
+    let reload_command = h.reload_command.clone().filter(|c| !c.trim().is_empty());
+    if h.do_reloads && reload_command.is_none() {
+        errors.push(p("reload_command"), "is required when do_reloads is true");
+    }
+    if let Some(c) = &reload_command {
+        check_line(c, &p("reload_command"), errors);
+    }
+    if let Some(c) = &h.check_command {
+        check_line(c, &p("check_command"), errors);
+    }
+    let bind_address = h
+        .bind_address
+        .clone()
+        .unwrap_or_else(|| defaults::BIND_ADDRESS.to_owned());
+    if !bind_address.is_empty() {
+        check_word(&bind_address, &p("bind_address"), errors);
+    }
+    let restart_jitter = h.restart_jitter.unwrap_or(0.0);
+    if !(0.0..=1.0).contains(&restart_jitter) {
+        errors.push(p("restart_jitter"), "must be from 0.0 to 1.0");
+    }
+    let max_server_id = h.max_server_id.unwrap_or(defaults::MAX_SERVER_ID);
+    if max_server_id == 0 {
+        errors.push(p("max_server_id"), "must be at least 1");
+    }
+    let command_timeout = h
+        .command_timeout
+        .map_or(defaults::COMMAND_TIMEOUT, Duration::from);
+    if command_timeout.is_zero() {
+        errors.push(p("command_timeout"), "must be greater than 0");
+    }
+    let shared_frontend = h
+        .shared_frontend
+        .as_ref()
+        .map(|l| check_lines(l, &p("shared_frontend"), errors));
+    let socket_file_paths = match &h.socket_file_path {
+        None => Vec::new(),
+        Some(SocketPaths::One(p)) => vec![p.clone()],
+        Some(SocketPaths::Many(ps)) => ps.clone(),
+    };
+    HaproxyConfig {
+        global,
+        defaults: defaults_lines,
+        extra_sections,
+        config_file_path,
+        candidate_config_file_path: h.candidate_config_file_path.clone(),
+        socket_file_paths,
+        reload_command,
+        check_command: h.check_command.clone().filter(|c| !c.trim().is_empty()),
+        do_reloads: h.do_reloads,
+        do_socket: h.do_socket,
+        do_checks: h.do_checks,
+        bind_address,
+        restart_interval: h
+            .restart_interval
+            .map_or(defaults::RESTART_INTERVAL, Duration::from),
+        restart_jitter,
+        state_file_path: h.state_file_path.clone(),
+        state_file_ttl: h
+            .state_file_ttl
+            .map_or(defaults::STATE_FILE_TTL, Duration::from),
+        shared_frontend,
+        use_nerve_weights: h.use_nerve_weights,
+        server_order_seed: h.server_order_seed.unwrap_or_else(host_seed),
+        max_server_id,
+        command_timeout,
+    }
+}
+
+/// The default `server_order_seed`: stable on one host (so restarts render the same
+/// file), different across hosts (so `balance first` does not pick the same server
+/// everywhere).
+fn host_seed() -> u64 {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    crate::haproxy::config::fnv1a(host.trim().as_bytes())
+}
+
+fn validate_service(
+    name: &ServiceName,
+    svc: &ServiceFile,
+    path: &str,
+    errors: &mut ConfigErrors,
+) -> Option<ServiceConfig> {
+    let before = errors.len();
+    let dpath = join_path(path, "discovery");
+    let discovery = validate_discovery(name, &svc.discovery, &dpath, errors, true);
+    let mut label_filters = Vec::new();
+    let filter_files = svc
+        .discovery
+        .label_filters
+        .iter()
+        .flatten()
+        .enumerate()
+        .map(|(i, f)| (join_path(&dpath, &format!("label_filters.{i}")), f))
+        .chain(
+            svc.discovery
+                .label_filter
+                .iter()
+                .map(|f| (join_path(&dpath, "label_filter"), f)),
+        );
+    for (fpath, f) in filter_files {
+        let condition = match f.condition.as_str() {
+            "equals" => LabelCondition::Equals,
+            "not-equals" => LabelCondition::NotEquals,
+            _ => {
+                errors.push(
+                    join_path(&fpath, "condition"),
+                    "must be `equals` or `not-equals`",
+                );
+                continue;
+            }
+        };
+        label_filters.push(LabelFilter {
+            label: f.label.clone(),
+            condition,
+            value: f.value.clone(),
+        });
+    }
+    let mut default_servers = Vec::new();
+    for (i, s) in svc.default_servers.iter().enumerate() {
+        let spath = join_path(path, &format!("default_servers.{i}"));
+        if let Some(b) = validate_server(s, &spath, errors) {
+            default_servers.push(b);
+        }
+    }
+    let h = svc.haproxy.as_ref();
+    let hpath = join_path(path, "haproxy");
+    let port_override = match (
+        svc.backend_port_override,
+        h.and_then(|h| h.server_port_override),
+    ) {
+        (Some(a), Some(b)) if a != b => {
+            errors.push(
+                join_path(&hpath, "server_port_override"),
+                "conflicts with backend_port_override (it is its deprecated alias)",
+            );
+            None
+        }
+        (Some(p), _) | (None, Some(p)) => Port::new(p.0),
+        (None, None) => None,
+    };
+    let backup_port = h
+        .and_then(|h| h.server_backup_port)
+        .and_then(|p| Port::new(p.0));
+    if backup_port.is_some() && port_override.is_none() {
+        errors.push(
+            join_path(&hpath, "server_backup_port"),
+            "needs backend_port_override (or server_port_override): the backup server \
+             runs beside the main one on each instance",
+        );
+    }
+    let max_servers = svc.max_servers.unwrap_or(DEFAULT_MAX_SERVERS);
+    if max_servers == 0 {
+        errors.push(join_path(path, "max_servers"), "must be at least 1");
+    }
+    let haproxy = h
+        .map(|h| validate_service_haproxy(h, &hpath, errors))
+        .unwrap_or_default();
+    let discovery = discovery?;
+    (errors.len() == before).then(|| ServiceConfig {
+        name: name.clone(),
+        discovery,
+        label_filters,
+        default_servers,
+        keep_default_servers: svc.keep_default_servers,
+        use_previous_backends: svc.use_previous_backends,
+        port_override,
+        backup_port,
+        max_servers,
+        haproxy,
+        file_output_disabled: svc.file_output.as_ref().is_some_and(|f| f.disabled),
+    })
+}
+
+fn validate_server(s: &ServerFile, path: &str, errors: &mut ConfigErrors) -> Option<Backend> {
+    let name = InstanceId::new(s.name.as_str())
+        .map_err(|e| errors.push(join_path(path, "name"), e))
+        .ok();
+    // default_servers are the operator's: host names are allowed here.
+    let host = Host::parse(&s.host)
+        .map_err(|e| errors.push(join_path(path, "host"), e))
+        .ok();
+    let port = Port::new(s.port.0);
+    let weight = match s.weight {
+        Some(w) => match common::Weight::new(w) {
+            Some(w) => Some(w),
+            None => {
+                errors.push(join_path(path, "weight"), "must be from 0 to 256");
+                None
+            }
+        },
+        None => None,
+    };
+    let options = match &s.haproxy_server_options {
+        Some(o) => match common::ServerOptions::parse(o) {
+            Ok(o) => Some(o),
+            Err(e) => {
+                errors.push(join_path(path, "haproxy_server_options"), e);
+                None
+            }
+        },
+        None => None,
+    };
+    if let Err(e) = common::registration::validate_labels(&s.labels) {
+        errors.push(join_path(path, "labels"), e);
+    }
+    Some(Backend {
+        name: name?,
+        host: host?,
+        port: port?,
+        weight,
+        haproxy_server_options: options,
+        labels: s.labels.clone(),
+        backup: false,
+    })
+}
+
+/// The keys each method accepts, beside `method` and the common ones.
+fn method_keys(method: &str) -> Option<&'static [&'static str]> {
+    Some(match method {
+        "etcd" => &[
+            "hosts",
+            "path",
+            "etcd",
+            "resync_interval",
+            "progress_interval",
+        ],
+        "ec2tag" => &[
+            "tag_name",
+            "tag_value",
+            "aws_region",
+            "aws_access_key_id",
+            "aws_secret_access_key",
+            "check_interval",
+            "endpoint",
+        ],
+        "base" | "static" => &[],
+        "multi" => &["watchers", "resolver"],
+        _ => return None,
+    })
+}
+
+fn present_keys(d: &DiscoveryFile) -> Vec<&'static str> {
+    let mut keys = Vec::new();
+    let mut add = |present: bool, key| {
+        if present {
+            keys.push(key);
+        }
+    };
+    add(d.hosts.is_some(), "hosts");
+    add(d.path.is_some(), "path");
+    add(d.etcd.is_some(), "etcd");
+    add(d.resync_interval.is_some(), "resync_interval");
+    add(d.progress_interval.is_some(), "progress_interval");
+    add(d.tag_name.is_some(), "tag_name");
+    add(d.tag_value.is_some(), "tag_value");
+    add(d.aws_region.is_some(), "aws_region");
+    add(d.aws_access_key_id.is_some(), "aws_access_key_id");
+    add(d.aws_secret_access_key.is_some(), "aws_secret_access_key");
+    add(d.check_interval.is_some(), "check_interval");
+    add(d.endpoint.is_some(), "endpoint");
+    add(d.watchers.is_some(), "watchers");
+    add(d.resolver.is_some(), "resolver");
+    keys
+}
+
+fn validate_discovery(
+    service: &ServiceName,
+    d: &DiscoveryFile,
+    path: &str,
+    errors: &mut ConfigErrors,
+    top_level: bool,
+) -> Option<DiscoveryConfig> {
+    let Some(allowed) = method_keys(&d.method) else {
+        errors.push(
+            join_path(path, "method"),
+            "must be one of etcd, ec2tag, base, static, multi",
+        );
+        return None;
+    };
+    let before = errors.len();
+    for key in present_keys(d) {
+        if !allowed.contains(&key) {
+            errors.push(
+                join_path(path, key),
+                format_args!("does not apply to discovery method `{}`", d.method),
+            );
+        }
+    }
+    if !top_level && (d.label_filters.is_some() || d.label_filter.is_some()) {
+        errors.push(
+            join_path(path, "label_filters"),
+            "set label filters on the service's own discovery, not on a multi child",
+        );
+    }
+    let policy = AddressPolicy {
+        allow_loopback: d
+            .allow_loopback
+            .unwrap_or(AddressPolicy::default().allow_loopback),
+        allow_hostnames: d
+            .allow_hostnames
+            .unwrap_or(AddressPolicy::default().allow_hostnames),
+    };
+    let positive = |v: Option<Seconds>, key: &str, default: Duration, errors: &mut ConfigErrors| {
+        let d = v.map_or(default, Duration::from);
+        if d.is_zero() {
+            errors.push(join_path(path, key), "must be greater than 0");
+        }
+        d
+    };
+    let config = match d.method.as_str() {
+        "etcd" => {
+            let etcd_path = join_path(path, "etcd");
+            let mut settings = d
+                .etcd
+                .clone()
+                .unwrap_or_default()
+                .validate(&etcd_path, errors);
+            let tls = settings.tls.is_some();
+            let mut hosts = Vec::new();
+            for (i, h) in d.hosts.iter().flatten().enumerate() {
+                match normalize_endpoint(h, tls) {
+                    Ok(url) => hosts.push(url),
+                    Err(why) => errors.push(join_path(path, &format!("hosts.{i}")), why),
+                }
+            }
+            if !hosts.is_empty() {
+                let explicit = d.etcd.as_ref().is_some_and(|e| !e.endpoints.is_empty());
+                if explicit {
+                    settings.endpoints.extend(hosts);
+                } else {
+                    settings.endpoints = hosts;
+                }
+            }
+            let service_path = match &d.path {
+                Some(p) => ServicePath::new(p),
+                None => ServicePath::join(defaults::SERVICE_PATH_PREFIX, service.as_str()),
+            };
+            let service_path = match service_path {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    errors.push(join_path(path, "path"), e);
+                    None
+                }
+            };
+            let resync_interval = positive(
+                d.resync_interval,
+                "resync_interval",
+                defaults::RESYNC_INTERVAL,
+                errors,
+            );
+            let progress_interval = positive(
+                d.progress_interval,
+                "progress_interval",
+                defaults::PROGRESS_INTERVAL,
+                errors,
+            );
+            DiscoveryConfig::Etcd(EtcdDiscovery {
+                settings,
+                path: service_path?,
+                policy,
+                resync_interval,
+                progress_interval,
+            })
+        }
+        "ec2tag" => {
+            let mut required = |v: &Option<String>, key: &str| match v {
+                Some(s) if !s.is_empty() => s.clone(),
+                _ => {
+                    errors.push(join_path(path, key), "is required for method ec2tag");
+                    String::new()
+                }
+            };
+            let tag_name = required(&d.tag_name, "tag_name");
+            let tag_value = required(&d.tag_value, "tag_value");
+            if d.aws_access_key_id.is_some() != d.aws_secret_access_key.is_some() {
+                errors.push(
+                    join_path(path, "aws_secret_access_key"),
+                    "aws_access_key_id and aws_secret_access_key go together",
+                );
+            }
+            if let Some(ep) = &d.endpoint {
+                if !(ep.starts_with("http://") || ep.starts_with("https://")) {
+                    errors.push(join_path(path, "endpoint"), "must be an http(s) URL");
+                }
+            }
+            let check_interval = positive(
+                d.check_interval,
+                "check_interval",
+                defaults::EC2_CHECK_INTERVAL,
+                errors,
+            );
+            DiscoveryConfig::Ec2Tag(Ec2TagDiscovery {
+                tag_name,
+                tag_value,
+                aws_region: d.aws_region.clone(),
+                aws_access_key_id: d.aws_access_key_id.clone(),
+                aws_secret_access_key: d.aws_secret_access_key.clone(),
+                check_interval,
+                endpoint: d.endpoint.clone(),
+                policy,
+            })
+        }
+        "base" | "static" => DiscoveryConfig::Static,
+        "multi" => {
+            let mut watchers = BTreeMap::new();
+            match &d.watchers {
+                Some(ws) if !ws.is_empty() => {
+                    for (name, child) in ws {
+                        let cpath = join_path(&join_path(path, "watchers"), name);
+                        if child.method == "multi" {
+                            errors.push(
+                                join_path(&cpath, "method"),
+                                "a multi watcher cannot contain another multi watcher",
+                            );
+                            continue;
+                        }
+                        if let Some(c) = validate_discovery(service, child, &cpath, errors, false) {
+                            watchers.insert(name.clone(), c);
+                        }
+                    }
+                }
+                _ => errors.push(
+                    join_path(path, "watchers"),
+                    "is required for method multi and must not be empty",
+                ),
+            }
+            let rpath = join_path(path, "resolver");
+            let resolver = match &d.resolver {
+                None => Resolver::Union,
+                Some(r) => match r.method.as_str() {
+                    "union" => {
+                        if r.sequential_order.is_some() {
+                            errors.push(
+                                join_path(&rpath, "sequential_order"),
+                                "applies only to the sequential resolver",
+                            );
+                        }
+                        Resolver::Union
+                    }
+                    "sequential" => {
+                        let order = r.sequential_order.clone().unwrap_or_default();
+                        if order.is_empty() {
+                            errors.push(
+                                join_path(&rpath, "sequential_order"),
+                                "is required for the sequential resolver",
+                            );
+                        }
+                        for (i, name) in order.iter().enumerate() {
+                            if d.watchers.as_ref().is_some_and(|w| !w.contains_key(name)) {
+                                errors.push(
+                                    join_path(&rpath, &format!("sequential_order.{i}")),
+                                    "names no watcher",
+                                );
+                            }
+                        }
+                        Resolver::Sequential(order)
+                    }
+                    _ => {
+                        errors.push(
+                            join_path(&rpath, "method"),
+                            "must be `union` or `sequential`",
+                        );
+                        Resolver::Union
+                    }
+                },
+            };
+            DiscoveryConfig::Multi(MultiDiscovery { watchers, resolver })
+        }
+        _ => return None,
+    };
+    (errors.len() == before).then_some(config)
+}
+
+fn validate_service_haproxy(
+    h: &ServiceHaproxyFile,
+    path: &str,
+    errors: &mut ConfigErrors,
+) -> ServiceHaproxy {
+    let p = |k: &str| join_path(path, k);
+    let mut one_line = |v: &Option<String>, key: &str| {
+        v.as_ref()
+            .filter(|s| check_line(s, &p(key), errors))
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+    };
+    let bind_options = one_line(&h.bind_options, "bind_options");
+    let server_options = one_line(&h.server_options, "server_options");
+    let bind_address = h.bind_address.clone();
+    if let Some(a) = &bind_address {
+        if !a.is_empty() {
+            check_word(a, &p("bind_address"), errors);
+        }
+    }
+    let backend_name = h.backend_name.clone();
+    if let Some(n) = &backend_name {
+        if n.is_empty() {
+            errors.push(p("backend_name"), "must not be empty");
+        } else {
+            check_word(n, &p("backend_name"), errors);
+        }
+    }
+    let backend_order = match h.backend_order.as_deref() {
+        None | Some("shuffle") => BackendOrder::Shuffle,
+        Some("asc") => BackendOrder::Asc,
+        Some("desc") => BackendOrder::Desc,
+        Some("no_shuffle") => BackendOrder::NoShuffle,
+        Some(_) => {
+            errors.push(
+                p("backend_order"),
+                "must be asc, desc, no_shuffle or shuffle",
+            );
+            BackendOrder::Shuffle
+        }
+    };
+    let cookie_value_method = match h.cookie_value_method.as_deref() {
+        None | Some("name") => CookieValueMethod::Name,
+        Some("hash") => CookieValueMethod::Hash,
+        Some(_) => {
+            errors.push(p("cookie_value_method"), "must be `name` or `hash`");
+            CookieValueMethod::Name
+        }
+    };
+    ServiceHaproxy {
+        disabled: h.disabled,
+        port: h.port.and_then(|p| Port::new(p.0)),
+        bind_address,
+        bind_options,
+        server_options,
+        listen: check_lines(&h.listen, &p("listen"), errors),
+        frontend: check_lines(&h.frontend, &p("frontend"), errors),
+        backend: check_lines(&h.backend, &p("backend"), errors),
+        backend_name,
+        backend_order,
+        shared_frontend: h
+            .shared_frontend
+            .as_ref()
+            .map(|l| check_lines(l, &p("shared_frontend"), errors))
+            .unwrap_or_default(),
+        cookie_value_method,
+        ignore_registry_server_options: h.ignore_registry_server_options,
+    }
+}
+
+/// Backend and frontend names must be unique, and per-service shared_frontend lines need
+/// the global shared frontend.
+fn check_backend_names(
+    services: &BTreeMap<ServiceName, ServiceConfig>,
+    h: &HaproxyConfig,
+    errors: &mut ConfigErrors,
+) {
+    let mut seen: BTreeMap<String, &ServiceName> = BTreeMap::new();
+    for (name, s) in services {
+        if s.haproxy.disabled {
+            continue;
+        }
+        let backend = s.backend_name();
+        if let Some(other) = seen.insert(backend.clone(), name) {
+            errors.push(
+                format!("services.{name}.haproxy.backend_name"),
+                format_args!("backend `{backend}` is also used by service `{other}`"),
+            );
+        }
+        if !s.haproxy.shared_frontend.is_empty() && h.shared_frontend.is_none() {
+            errors.push(
+                format!("services.{name}.haproxy.shared_frontend"),
+                "needs the top-level haproxy.shared_frontend",
+            );
+        }
+    }
+}
+
+impl ServiceConfig {
+    /// The HAProxy backend name: `backend_name`, or the service name.
+    pub fn backend_name(&self) -> String {
+        self.haproxy
+            .backend_name
+            .clone()
+            .unwrap_or_else(|| self.name.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The seed's config, exactly as in the blog post, with its braces closed.
+    pub(crate) const SEED: &str = include_str!("../../examples/synapse-clay.json");
+
+    fn parse(text: &str) -> Result<Config, ConfigErrors> {
+        Config::parse(text, None)
+    }
+
+    #[test]
+    fn seed_config_loads() {
+        let c = parse(SEED).unwrap();
+        let svc = &c.services[&ServiceName::new("myservice").unwrap()];
+        let DiscoveryConfig::Ec2Tag(ec2) = &svc.discovery else {
+            panic!("not ec2tag: {:?}", svc.discovery)
+        };
+        assert_eq!(ec2.tag_name, "servicename");
+        assert_eq!(ec2.check_interval, Duration::from_secs(120));
+        assert_eq!(svc.port_override, Port::new(50001));
+        assert_eq!(svc.backup_port, Port::new(50002));
+        assert_eq!(svc.haproxy.port, Port::new(50003));
+        assert_eq!(svc.haproxy.listen, ["mode http"]);
+        let h = c.haproxy.unwrap();
+        assert_eq!(h.bind_address, "");
+        assert_eq!(h.reload_command.as_deref(), Some("echo noop"));
+        assert!(!h.do_socket);
+        assert_eq!(h.extra_sections.len(), 1);
+        // HAProxy 1.x forms that 2.x refuses are modernised.
+        assert_eq!(
+            h.extra_sections["listen stats"][0], "bind :1937",
+            "{:?}",
+            h.extra_sections
+        );
+        assert!(h.global.contains(&"log /dev/log local1 notice".to_owned()));
+        assert!(h.defaults.contains(&"log            global".to_owned()));
+    }
+
+    #[test]
+    fn examples_load() {
+        for text in [
+            include_str!("../../examples/synapse.json"),
+            include_str!("../../examples/synapse-etcd-clay.json"),
+        ] {
+            parse(text).unwrap();
+        }
+    }
+
+    #[test]
+    fn every_error_at_once_with_paths() {
+        let errs = parse(
+            r#"{
+              "services": {
+                "web": {
+                  "discovery": {"method": "etcd", "path": "relative", "tag_name": "x",
+                                "hosts": ["nope"], "bogus": 1},
+                  "haproxy": {"port": 0, "listen": ["mode http\nglobal"], "backend_order": "up"},
+                  "default_servers": [{"name": "a b", "host": "10.0.0.1", "port": 80}]
+                },
+                "api": {"discovery": {"method": "zookeeper"}},
+                "bad name": {"discovery": {"method": "base"}}
+              },
+              "haproxy": {"do_reloads": true, "global": ["daemon\u0000"]}
+            }"#,
+        )
+        .unwrap_err();
+        for p in [
+            "services.web.discovery.bogus",
+            "services.web.haproxy.port",
+            "services.web.discovery.path",
+            "services.web.discovery.tag_name",
+            "services.web.discovery.hosts.0",
+            "services.web.haproxy.listen.0",
+            "services.web.haproxy.backend_order",
+            "services.web.default_servers.0.name",
+            "services.api.discovery.method",
+            "services.bad name",
+            "haproxy.reload_command",
+            "haproxy.config_file_path",
+            "haproxy.global.0",
+        ] {
+            assert!(errs.mentions(p), "{p} not in:\n{errs}");
+        }
+    }
+
+    #[test]
+    fn secrets_are_not_echoed() {
+        let errs = parse(
+            r#"{"services": {"web": {"discovery": {"method": "ec2tag", "tag_name": "a",
+                "tag_value": "b", "aws_secret_access_key": "hunter2"}}},
+                "file_output": {"output_directory": "/tmp/x"}}"#,
+        )
+        .unwrap_err();
+        let text = errs.to_string();
+        assert!(text.contains("aws_secret_access_key"), "{text}");
+        assert!(!text.contains("hunter2"), "{text}");
+        let c = parse(
+            r#"{"services": {"web": {"discovery": {"method": "ec2tag", "tag_name": "a",
+                "tag_value": "b", "aws_access_key_id": "AKIA", "aws_secret_access_key": "hunter2"}}},
+                "file_output": {"output_directory": "/tmp/x"}}"#,
+        )
+        .unwrap();
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn etcd_discovery_defaults_and_hosts() {
+        let c = parse(
+            r#"{"services": {"web": {"discovery": {"method": "etcd", "hosts": ["127.0.0.1:2379"]}}},
+                "file_output": {"output_directory": "/tmp/x"}}"#,
+        )
+        .unwrap();
+        let svc = &c.services[&ServiceName::new("web").unwrap()];
+        let DiscoveryConfig::Etcd(e) = &svc.discovery else {
+            panic!()
+        };
+        assert_eq!(e.path.as_str(), "/nerve/services/web");
+        assert_eq!(e.settings.endpoints, ["http://127.0.0.1:2379"]);
+        assert_eq!(e.policy, AddressPolicy::default());
+        assert!(svc.use_previous_backends);
+        assert_eq!(svc.max_servers, DEFAULT_MAX_SERVERS);
+    }
+
+    #[test]
+    fn multi_validates_children() {
+        let errs = parse(
+            r#"{"services": {"web": {"discovery": {"method": "multi",
+                "watchers": {"primary": {"method": "etcd", "path": "/svc/web"},
+                             "fallback": {"method": "ec2tag", "tag_name": "a"}},
+                "resolver": {"method": "sequential", "sequential_order": ["primary", "nope"]}}}},
+                "file_output": {"output_directory": "/tmp/x"}}"#,
+        )
+        .unwrap_err();
+        assert!(errs.mentions("services.web.discovery.watchers.fallback.tag_value"));
+        assert!(errs.mentions("services.web.discovery.resolver.sequential_order.1"));
+        assert_eq!(errs.len(), 2, "{errs}");
+    }
+
+    #[test]
+    fn service_conf_dir_adds_services() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("conf.d")).unwrap();
+        std::fs::write(
+            dir.path().join("conf.d/api.json"),
+            r#"{"discovery": {"method": "base"}, // comment
+                "default_servers": [{"name": "a", "host": "10.0.0.1", "port": "80"}],}"#,
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("conf.d/bad.json"),
+            r#"{"discovery": {"method": "base"}, "oops": 1}"#,
+        )
+        .unwrap();
+        let text =
+            r#"{"service_conf_dir": "conf.d", "file_output": {"output_directory": "/tmp/x"}}"#;
+        let errs = Config::parse(text, Some(dir.path())).unwrap_err();
+        assert!(errs.mentions("services.bad.oops"), "{errs}");
+        std::fs::remove_file(dir.path().join("conf.d/bad.json")).unwrap();
+        let c = Config::parse(text, Some(dir.path())).unwrap();
+        let api = &c.services[&ServiceName::new("api").unwrap()];
+        assert_eq!(api.default_servers.len(), 1);
+    }
+}

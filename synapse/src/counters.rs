@@ -1,0 +1,58 @@
+//! Counters an operator (and the tests) can read: rejected registrations by reason,
+//! reloads, re-lists, config writes. Plain atomics; a metrics exporter can read them.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+/// What synapse has done since it started. Shared as `Arc<Counters>`.
+#[derive(Debug, Default)]
+pub struct Counters {
+    rejected: Mutex<BTreeMap<&'static str, u64>>,
+    /// Successful HAProxy reloads (the reload command exited 0).
+    pub reloads: AtomicU64,
+    /// Reload commands that failed.
+    pub reload_failures: AtomicU64,
+    /// haproxy.cfg files written (after a passing check, when checks are on).
+    pub config_writes: AtomicU64,
+    /// Candidate configs refused by `check_command`.
+    pub check_failures: AtomicU64,
+    /// Failed writes of haproxy.cfg or file_output files.
+    pub write_failures: AtomicU64,
+    /// file_output files written or removed.
+    pub file_output_writes: AtomicU64,
+    /// Full lists of an etcd prefix (the first one, after compaction, after resync).
+    pub relists: AtomicU64,
+    /// Watch streams that broke (error, silence, cancel) and were resumed or re-listed.
+    pub watch_restarts: AtomicU64,
+    /// Services held at their last known set because discovery exceeded `max_servers`.
+    pub over_limit: AtomicU64,
+}
+
+impl Counters {
+    /// Counts a rejected registration.
+    pub fn reject(&self, reason: &'static str) {
+        if let Ok(mut m) = self.rejected.lock() {
+            *m.entry(reason).or_default() += 1;
+        }
+    }
+
+    /// Rejected registrations so far, by reason.
+    pub fn rejected(&self) -> BTreeMap<&'static str, u64> {
+        self.rejected.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+
+    /// Rejected registrations so far, all reasons.
+    pub fn rejected_total(&self) -> u64 {
+        self.rejected().values().sum()
+    }
+
+    pub(crate) fn inc(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Reads one of the public counters.
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,240 @@
+//! The reconcile loop: the only task that touches the outputs.
+//!
+//! ```text
+//! watchers ──(watch channels; any change wakes us)──► debounce (quiet time, max wait)
+//!   ──► desired = per service: resolve(discovered)   (filters, defaults, LKG, bounds)
+//!   ──► each output: haproxy (render → plan → write → reload), file_output
+//! ```
+//!
+//! Nothing is applied until every service has its first complete set: a synapse that
+//! starts while etcd is away leaves the existing haproxy.cfg alone. A failed apply is
+//! retried with backoff; a reload deferred by `restart_interval` wakes the loop when due.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{Backoff, ServiceName};
+use tokio::sync::{watch, Notify};
+use tokio::time::{sleep, sleep_until, Instant};
+use tokio_util::sync::CancellationToken;
+
+use crate::backends::{resolve, BackendSet, Discovered, Resolution};
+use crate::config::Config;
+use crate::counters::Counters;
+use crate::file_output::FileOutput;
+use crate::haproxy::HaproxyOutput;
+use crate::watcher::etcd::error_chain;
+
+/// Why an apply failed; the loop retries with backoff and keeps the previous state.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error("haproxy output")]
+    Haproxy(#[from] crate::haproxy::ApplyError),
+    #[error("file output")]
+    FileOutput(#[from] crate::file_output::FileOutputError),
+}
+
+/// How long to wait for the first complete set of every service before saying so.
+const STARTUP_NOTICE: Duration = Duration::from_secs(5);
+
+/// The reconcile loop's inputs and state.
+pub struct Reconciler {
+    config: Arc<Config>,
+    inputs: Vec<(ServiceName, watch::Receiver<Option<Discovered>>)>,
+    changed: Arc<Notify>,
+    haproxy: Option<HaproxyOutput>,
+    file_output: Option<FileOutput>,
+    /// What each service routes to now (after its rules), as last applied.
+    current: BTreeMap<ServiceName, BackendSet>,
+    over_limit: BTreeSet<ServiceName>,
+    counters: Arc<Counters>,
+}
+
+impl Reconciler {
+    pub fn new(
+        config: Arc<Config>,
+        inputs: Vec<(ServiceName, watch::Receiver<Option<Discovered>>)>,
+        changed: Arc<Notify>,
+        haproxy: Option<HaproxyOutput>,
+        file_output: Option<FileOutput>,
+        counters: Arc<Counters>,
+    ) -> Self {
+        Self {
+            config,
+            inputs,
+            changed,
+            haproxy,
+            file_output,
+            current: BTreeMap::new(),
+            over_limit: BTreeSet::new(),
+            counters,
+        }
+    }
+
+    /// Runs until cancelled.
+    pub async fn run(mut self, cancel: CancellationToken) {
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+        let mut retry_at: Option<Instant> = None;
+        let started = Instant::now();
+        let mut waiting_noted = false;
+        loop {
+            match self.desired() {
+                Some(desired) if retry_at.is_none_or(|t| Instant::now() >= t) => {
+                    let applied = tokio::select! {
+                        biased;
+                        _ = cancel.cancelled() => return,
+                        applied = self.apply(desired) => applied,
+                    };
+                    match applied {
+                        Ok(()) => {
+                            backoff.reset();
+                            retry_at = None;
+                        }
+                        Err(e) => {
+                            let delay = backoff.next_delay();
+                            tracing::error!(error = %error_chain(&e), retry_in = ?delay, "applying the configuration failed; the previous one stays in place");
+                            retry_at = Some(Instant::now() + delay);
+                        }
+                    }
+                }
+                Some(_) => {}
+                None if !waiting_noted && started.elapsed() >= STARTUP_NOTICE => {
+                    waiting_noted = true;
+                    let waiting: Vec<String> = self
+                        .inputs
+                        .iter()
+                        .filter(|(_, rx)| rx.borrow().is_none())
+                        .map(|(n, _)| n.to_string())
+                        .collect();
+                    tracing::warn!(services = ?waiting, "still waiting for the first complete backend set of these services; nothing is written until then");
+                }
+                None => {}
+            }
+            let wake = [
+                retry_at,
+                self.haproxy.as_ref().and_then(HaproxyOutput::next_wakeup),
+                (!waiting_noted).then_some(started + STARTUP_NOTICE),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return,
+                _ = self.changed.notified() => {
+                    if !self.debounce(&cancel).await {
+                        return;
+                    }
+                }
+                _ = sleep_until(wake.unwrap_or_else(far_future)), if wake.is_some() => {}
+            }
+        }
+    }
+
+    /// Waits for `debounce` of quiet, at most `debounce_max_wait` in all. False when
+    /// cancelled.
+    async fn debounce(&self, cancel: &CancellationToken) -> bool {
+        let deadline = Instant::now() + self.config.debounce_max_wait;
+        loop {
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return false,
+                _ = sleep_until(deadline) => return true,
+                _ = sleep(self.config.debounce) => return true,
+                _ = self.changed.notified() => {}
+            }
+        }
+    }
+
+    /// The backends every service should route to, or `None` while some service has
+    /// not published its first complete set.
+    fn desired(&mut self) -> Option<BTreeMap<ServiceName, BackendSet>> {
+        let mut discovered = BTreeMap::new();
+        for (name, rx) in &self.inputs {
+            discovered.insert(name.clone(), rx.borrow().clone()?);
+        }
+        let mut desired = BTreeMap::new();
+        for (name, d) in discovered {
+            let Some(svc) = self.config.services.get(&name) else {
+                continue;
+            };
+            let previous = self.current.get(&name);
+            let has_previous = previous.is_some_and(|p| !p.is_empty());
+            let set = match resolve(svc, &d.backends, has_previous) {
+                Resolution::Use(set) => {
+                    if self.over_limit.remove(&name) {
+                        tracing::info!(service = %name, servers = set.len(), "back under max_servers");
+                    }
+                    set
+                }
+                Resolution::KeepPrevious => {
+                    tracing::debug!(service = %name, "discovery is empty: keeping the previous backends (use_previous_backends)");
+                    previous.cloned().unwrap_or_default()
+                }
+                Resolution::OverLimit { count } => {
+                    if self.over_limit.insert(name.clone()) {
+                        Counters::inc(&self.counters.over_limit);
+                        self.counters.reject("over_limit");
+                        tracing::error!(
+                            service = %name,
+                            servers = count,
+                            max_servers = svc.max_servers,
+                            "discovery returned more servers than max_servers: keeping the last known set"
+                        );
+                    }
+                    previous.cloned().unwrap_or_default()
+                }
+            };
+            desired.insert(name, set);
+        }
+        Some(desired)
+    }
+
+    /// Applies the desired state to every output, then logs one line per changed service.
+    async fn apply(
+        &mut self,
+        desired: BTreeMap<ServiceName, BackendSet>,
+    ) -> Result<(), ReconcileError> {
+        let mut reload = "no";
+        if let Some(h) = &mut self.haproxy {
+            let applied = h.apply(&self.config.services, &desired).await?;
+            if applied.reloaded {
+                reload = "done";
+                tracing::info!("reloaded haproxy");
+            } else if applied.reload_pending {
+                reload = "deferred";
+            }
+        }
+        if let Some(f) = &mut self.file_output {
+            f.apply(&self.config.services, &desired).await?;
+        }
+        let empty = BackendSet::new();
+        for (name, set) in &desired {
+            let before = self.current.get(name).unwrap_or(&empty);
+            if before == set && self.current.contains_key(name) {
+                continue;
+            }
+            let names = |s: &BackendSet| -> BTreeSet<String> {
+                s.iter().map(|b| b.server_name()).collect()
+            };
+            let (old, new) = (names(before), names(set));
+            let added: Vec<&String> = new.difference(&old).collect();
+            let removed: Vec<&String> = old.difference(&new).collect();
+            tracing::info!(
+                service = %name,
+                servers = set.len(),
+                added = ?added,
+                removed = ?removed,
+                reload,
+                "backends changed"
+            );
+        }
+        self.current = desired;
+        Ok(())
+    }
+}
+
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86_400)
+}

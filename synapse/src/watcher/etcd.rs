@@ -1,0 +1,566 @@
+//! The etcd watcher: an explicit list-then-watch state machine (kube-runtime's watcher).
+//!
+//! ```text
+//!            ┌──────────── compacted / resync due / revision went back ─────────────┐
+//!            ▼                                                                       │
+//!   List ──(paginated Get at one revision R; publish the complete set)──► Watch{R+1} │
+//!            ▲                                                              │        │
+//!            │ error (backoff)                                              ▼        │
+//!            └──────────────────────────────────────── Watching{stream, last rev} ──┘
+//!                                     stream error / silence / cancel (backoff) ──► Watch{last+1}
+//! ```
+//!
+//! - Only complete sets are published: the first after the whole first list.
+//! - The revision to resume from is the last *event's* revision (or the list's), never a
+//!   progress notification's: etcd 3.4.23 can send those out of step with events (etcd
+//!   #15220), so they only serve as proof that the stream is alive.
+//! - A `request_progress` every `progress_interval` and an idle timeout of three of them
+//!   catch a silent stream; `require_leader` makes an isolated member cancel the stream.
+//! - While etcd is away the last published set stays (marked stale), and the watcher
+//!   retries with backoff forever: synapse never exits because etcd is unreachable.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::etcd::{ConnectError, EtcdSettings};
+use common::{Backoff, ParsedKey, Registration, RegistrationError, ServiceName};
+use etcd_client::{Client, EventType, GetOptions, KeyValue, WatchOptions, WatchStream};
+use tokio::time::{interval, sleep, sleep_until, timeout, Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+
+use super::{Publisher, Watcher};
+use crate::backends::{Backend, BackendSet, Discovered};
+use crate::config::EtcdDiscovery;
+use crate::counters::Counters;
+
+/// Keys per list page. Small enough that pages of maximal (1.5 MiB) junk values still
+/// fit the decode limit; see [`MAX_DECODE_BYTES`].
+const PAGE_SIZE: i64 = 64;
+/// Decode limit for list pages and watch responses (etcd-client's default is 4 MiB, which
+/// three junk values would exceed, making every re-list fail: reliability F21).
+const MAX_DECODE_BYTES: usize = 128 * 1024 * 1024;
+/// A stream silent for this many progress intervals is taken as dead.
+const IDLE_PROGRESS_INTERVALS: u32 = 3;
+
+/// Why a step failed. All are retried with backoff by [`EtcdWatcher::run`].
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    #[error("cannot connect to etcd")]
+    Connect(#[source] ConnectError),
+    #[error("listing {prefix} failed")]
+    List {
+        prefix: String,
+        #[source]
+        source: etcd_client::Error,
+    },
+    #[error("a list response had no header")]
+    NoHeader,
+    #[error("starting the watch on {prefix} failed")]
+    WatchStart {
+        prefix: String,
+        #[source]
+        source: etcd_client::Error,
+    },
+    #[error("the watch stream failed")]
+    Stream(#[source] etcd_client::Error),
+    #[error("the watch stream ended")]
+    StreamEnded,
+    #[error("the watch stream was silent for {0:?}")]
+    Silent(Duration),
+    #[error("etcd cancelled the watch: {0}")]
+    Cancelled(String),
+}
+
+/// Shared etcd clients, one per distinct connection settings.
+#[derive(Default)]
+pub struct EtcdClients {
+    clients: tokio::sync::Mutex<Vec<(EtcdSettings, Client)>>,
+}
+
+impl EtcdClients {
+    /// A client for these settings, connecting on first use.
+    pub async fn get(&self, settings: &EtcdSettings) -> Result<Client, ConnectError> {
+        let mut clients = self.clients.lock().await;
+        if let Some((_, c)) = clients.iter().find(|(s, _)| s == settings) {
+            return Ok(c.clone());
+        }
+        let opts = settings
+            .connect_options()?
+            .with_require_leader(true)
+            .with_auto_token_refresh(true);
+        let client = Client::connect(&settings.endpoints, Some(opts)).await?;
+        clients.push((settings.clone(), client.clone()));
+        Ok(client)
+    }
+}
+
+/// Watches one service's etcd directory.
+pub struct EtcdWatcher {
+    service: ServiceName,
+    config: EtcdDiscovery,
+    clients: Arc<EtcdClients>,
+    counters: Arc<Counters>,
+    /// The prefix: the service path plus `/`.
+    dir: String,
+}
+
+/// The watcher's states.
+enum State {
+    /// Read the whole prefix.
+    List,
+    /// Open a watch from this revision.
+    Watch { from: i64 },
+    /// Follow a watch; `revision` is the last revision whose events were applied.
+    Watching {
+        stream: Box<WatchStream>,
+        revision: i64,
+    },
+}
+
+/// The keys below the prefix, as last seen.
+#[derive(Default)]
+struct Entries {
+    valid: BTreeMap<Vec<u8>, Backend>,
+    /// Rejected keys and the revision at which they were rejected, so that each bad value
+    /// is logged and counted once, not on every re-list.
+    rejected: BTreeMap<Vec<u8>, i64>,
+}
+
+impl Entries {
+    fn set(&self) -> BackendSet {
+        self.valid.values().cloned().collect()
+    }
+}
+
+impl EtcdWatcher {
+    pub fn new(
+        service: ServiceName,
+        config: EtcdDiscovery,
+        clients: Arc<EtcdClients>,
+        counters: Arc<Counters>,
+    ) -> Self {
+        let dir = config.path.dir();
+        Self {
+            service,
+            config,
+            clients,
+            counters,
+            dir,
+        }
+    }
+
+    fn idle_timeout(&self) -> Duration {
+        self.config.progress_interval * IDLE_PROGRESS_INTERVALS
+    }
+
+    /// One state transition. On error, also returns the state to retry from.
+    async fn step(
+        &self,
+        state: State,
+        entries: &mut Entries,
+        out: &Publisher,
+        resync_at: &mut Instant,
+    ) -> Result<State, (WatchError, State)> {
+        match state {
+            State::List => {
+                let revision = self.list(entries).await.map_err(|e| (e, State::List))?;
+                Counters::inc(&self.counters.relists);
+                *resync_at = Instant::now() + self.config.resync_interval;
+                publish(out, entries.set(), true);
+                Ok(State::Watch { from: revision + 1 })
+            }
+            State::Watch { from } => {
+                let stream = self
+                    .start_watch(from)
+                    .await
+                    .map_err(|e| (e, State::Watch { from }))?;
+                Ok(State::Watching {
+                    stream: Box::new(stream),
+                    revision: from - 1,
+                })
+            }
+            State::Watching { stream, revision } => {
+                self.follow(stream, revision, entries, out, *resync_at)
+                    .await
+            }
+        }
+    }
+
+    async fn client(&self) -> Result<Client, WatchError> {
+        self.clients
+            .get(&self.config.settings)
+            .await
+            .map_err(WatchError::Connect)
+    }
+
+    /// Lists the prefix page by page at one revision and replaces `entries`.
+    async fn list(&self, entries: &mut Entries) -> Result<i64, WatchError> {
+        let client = self.client().await?;
+        let mut kv = client
+            .kv_client()
+            .max_decoding_message_size(MAX_DECODE_BYTES);
+        let list_err = |source| WatchError::List {
+            prefix: self.dir.clone(),
+            source,
+        };
+        let end = prefix_end(self.dir.as_bytes());
+        let mut key = self.dir.as_bytes().to_vec();
+        let mut revision = 0;
+        let mut kvs: Vec<KeyValue> = Vec::new();
+        loop {
+            let mut opts = GetOptions::new()
+                .with_range(end.clone())
+                .with_limit(PAGE_SIZE);
+            if revision > 0 {
+                opts = opts.with_revision(revision);
+            }
+            let mut resp = kv.get(key.clone(), Some(opts)).await.map_err(list_err)?;
+            if revision == 0 {
+                revision = resp.header().ok_or(WatchError::NoHeader)?.revision();
+            }
+            let more = resp.more();
+            let page = resp.take_kvs();
+            let Some(last) = page.last() else { break };
+            key = last.key().to_vec();
+            key.push(0);
+            kvs.extend(page);
+            if !more {
+                break;
+            }
+        }
+        let mut valid = BTreeMap::new();
+        for kv in &kvs {
+            match self.decode(kv.key(), kv.value()) {
+                Decoded::Valid(b) => {
+                    entries.rejected.remove(kv.key());
+                    valid.insert(kv.key().to_vec(), b);
+                }
+                Decoded::Rejected(e) => {
+                    self.note_rejected(entries, kv.key(), kv.mod_revision(), &e)
+                }
+                Decoded::Ignored => {}
+            }
+        }
+        entries
+            .rejected
+            .retain(|k, _| kvs.iter().any(|kv| kv.key() == k.as_slice()));
+        entries.valid = valid;
+        tracing::debug!(
+            service = %self.service,
+            revision,
+            keys = kvs.len(),
+            valid = entries.valid.len(),
+            "listed etcd prefix"
+        );
+        Ok(revision)
+    }
+
+    async fn start_watch(&self, from: i64) -> Result<WatchStream, WatchError> {
+        let client = self.client().await?;
+        let opts = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(from)
+            .with_progress_notify();
+        client
+            .watch_client()
+            .max_decoding_message_size(MAX_DECODE_BYTES)
+            .watch(self.dir.clone(), Some(opts))
+            .await
+            .map_err(|source| WatchError::WatchStart {
+                prefix: self.dir.clone(),
+                source,
+            })
+    }
+
+    /// Follows a watch stream until it breaks, is compacted, or a resync is due.
+    async fn follow(
+        &self,
+        mut stream: Box<WatchStream>,
+        mut revision: i64,
+        entries: &mut Entries,
+        out: &Publisher,
+        resync_at: Instant,
+    ) -> Result<State, (WatchError, State)> {
+        let mut progress = interval(self.config.progress_interval);
+        progress.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        progress.tick().await;
+        let idle = self.idle_timeout();
+        loop {
+            let resume = |revision: i64| State::Watch { from: revision + 1 };
+            tokio::select! {
+                _ = sleep_until(resync_at) => {
+                    tracing::debug!(service = %self.service, "periodic resync: re-listing");
+                    return Ok(State::List);
+                }
+                _ = progress.tick() => {
+                    if let Err(e) = stream.request_progress().await {
+                        return Err((WatchError::Stream(e), resume(revision)));
+                    }
+                }
+                msg = timeout(idle, stream.message()) => {
+                    let resp = match msg {
+                        Err(_) => return Err((WatchError::Silent(idle), resume(revision))),
+                        Ok(Err(e)) => return Err((WatchError::Stream(e), resume(revision))),
+                        Ok(Ok(None)) => return Err((WatchError::StreamEnded, resume(revision))),
+                        Ok(Ok(Some(resp))) => resp,
+                    };
+                    if resp.compact_revision() > 0 {
+                        // kube: "we have desynced and need to start over and re-list".
+                        tracing::info!(
+                            service = %self.service,
+                            revision,
+                            compact_revision = resp.compact_revision(),
+                            "etcd compacted past our revision: re-listing"
+                        );
+                        return Ok(State::List);
+                    }
+                    if resp.canceled() {
+                        return Err((
+                            WatchError::Cancelled(resp.cancel_reason().to_owned()),
+                            resume(revision),
+                        ));
+                    }
+                    if let Some(h) = resp.header() {
+                        if h.revision() < revision {
+                            tracing::warn!(
+                                service = %self.service,
+                                revision,
+                                etcd_revision = h.revision(),
+                                "etcd's revision went backwards (restored or replaced?): re-listing"
+                            );
+                            return Ok(State::List);
+                        }
+                    }
+                    if resp.events().is_empty() {
+                        continue;
+                    }
+                    for ev in resp.events() {
+                        let Some(kv) = ev.kv() else { continue };
+                        revision = revision.max(kv.mod_revision());
+                        match ev.event_type() {
+                            EventType::Put => self.apply_put(entries, kv),
+                            EventType::Delete => {
+                                entries.valid.remove(kv.key());
+                                entries.rejected.remove(kv.key());
+                            }
+                        }
+                    }
+                    publish(out, entries.set(), true);
+                }
+            }
+        }
+    }
+
+    fn apply_put(&self, entries: &mut Entries, kv: &KeyValue) {
+        match self.decode(kv.key(), kv.value()) {
+            Decoded::Valid(b) => {
+                entries.rejected.remove(kv.key());
+                entries.valid.insert(kv.key().to_vec(), b);
+            }
+            Decoded::Rejected(e) => {
+                entries.valid.remove(kv.key());
+                self.note_rejected(entries, kv.key(), kv.mod_revision(), &e);
+            }
+            Decoded::Ignored => {}
+        }
+    }
+
+    fn decode(&self, key: &[u8], value: &[u8]) -> Decoded {
+        let parsed = match self.config.path.parse_key(key) {
+            Ok(k) => k,
+            Err(common::KeyError::InvalidUtf8) => {
+                return Decoded::Rejected(RegistrationError::InvalidUtf8)
+            }
+            // The directory key itself (`<path>/`): not a registration.
+            Err(_) => return Decoded::Ignored,
+        };
+        match validate(&parsed, value, &self.config.policy) {
+            Ok(b) => Decoded::Valid(b),
+            Err(e) => Decoded::Rejected(e),
+        }
+    }
+
+    fn note_rejected(
+        &self,
+        entries: &mut Entries,
+        key: &[u8],
+        mod_revision: i64,
+        e: &RegistrationError,
+    ) {
+        if entries.rejected.insert(key.to_vec(), mod_revision) == Some(mod_revision) {
+            return;
+        }
+        self.counters.reject(e.reason());
+        // `?` (Debug) escapes the key: a hostile key cannot forge log lines.
+        tracing::warn!(
+            service = %self.service,
+            key = ?String::from_utf8_lossy(key),
+            reason = e.reason(),
+            error = %e,
+            "skipping invalid registration"
+        );
+    }
+}
+
+enum Decoded {
+    Valid(Backend),
+    Rejected(RegistrationError),
+    Ignored,
+}
+
+/// Decodes and checks one registration: the contract, the reader's address policy, and
+/// the key/value identity check for keys in nerve's shape.
+fn validate(
+    key: &ParsedKey,
+    value: &[u8],
+    policy: &common::AddressPolicy,
+) -> Result<Backend, RegistrationError> {
+    let reg = Registration::decode(value)?;
+    policy.check(&reg.host)?;
+    key.check_identity(&reg)?;
+    Ok(Backend::from(reg))
+}
+
+/// Publishes a complete set, waking the reconciler only if it changed.
+fn publish(out: &Publisher, backends: BackendSet, fresh: bool) {
+    out.send_if_modified(|cur| {
+        let new = Discovered { backends, fresh };
+        let changed = cur.as_ref() != Some(&new);
+        *cur = Some(new);
+        changed
+    });
+}
+
+/// Marks the published set stale (the source is away), keeping its backends.
+fn mark_stale(out: &Publisher) {
+    out.send_if_modified(|cur| match cur {
+        Some(d) if d.fresh => {
+            d.fresh = false;
+            true
+        }
+        _ => false,
+    });
+}
+
+/// The end of the key range that has `prefix` as a prefix.
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+impl Watcher for EtcdWatcher {
+    async fn run(self, out: Publisher, cancel: CancellationToken) {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        let mut entries = Entries::default();
+        let mut state = State::List;
+        let mut resync_at = Instant::now() + self.config.resync_interval;
+        loop {
+            let step = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return,
+                step = self.step(state, &mut entries, &out, &mut resync_at) => step,
+            };
+            match step {
+                Ok(next) => {
+                    if matches!(next, State::Watching { .. }) {
+                        backoff.reset();
+                    }
+                    state = next;
+                }
+                Err((e, next)) => {
+                    Counters::inc(&self.counters.watch_restarts);
+                    mark_stale(&out);
+                    let delay = backoff.next_delay();
+                    let level_warn = backoff.attempts() <= 1 || backoff.attempts() % 10 == 0;
+                    let chain = error_chain(&e);
+                    if level_warn {
+                        tracing::warn!(service = %self.service, error = %chain, retry_in = ?delay, "etcd watch interrupted; keeping the last known backends");
+                    } else {
+                        tracing::debug!(service = %self.service, error = %chain, retry_in = ?delay, "etcd watch interrupted");
+                    }
+                    tokio::select! {
+                        biased;
+                        _ = cancel.cancelled() => return,
+                        _ = sleep(delay) => {}
+                    }
+                    state = next;
+                }
+            }
+        }
+    }
+}
+
+/// `error: cause: cause`, on one line.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use common::ServicePath;
+
+    #[test]
+    fn prefix_end_increments_the_last_byte() {
+        assert_eq!(prefix_end(b"/svc/web/"), b"/svc/web0");
+        assert_eq!(prefix_end(&[b'a', 0xff]), b"b");
+        assert_eq!(prefix_end(&[0xff]), vec![0]);
+    }
+
+    #[test]
+    fn validate_applies_policy_and_identity() {
+        let path = ServicePath::new("/svc/web").unwrap();
+        let policy = common::AddressPolicy::default();
+        let nerve = path
+            .parse_key(b"/svc/web/host-a/web_0000000000000001")
+            .unwrap();
+        let ok = br#"{"host":"10.0.0.1","port":80,"name":"host-a"}"#;
+        assert_eq!(
+            validate(&nerve, ok, &policy).unwrap().server_name(),
+            "host-a_10.0.0.1:80"
+        );
+        let other = br#"{"host":"10.0.0.1","port":80,"name":"host-b"}"#;
+        assert_eq!(
+            validate(&nerve, other, &policy).unwrap_err().reason(),
+            "identity_mismatch"
+        );
+        let foreign = path.parse_key(b"/svc/web/anything").unwrap();
+        assert!(validate(&foreign, other, &policy).is_ok());
+        let imds = br#"{"host":"169.254.169.254","port":80,"name":"x"}"#;
+        assert_eq!(
+            validate(&foreign, imds, &policy).unwrap_err().reason(),
+            "disallowed_address"
+        );
+    }
+
+    #[test]
+    fn mark_stale_keeps_backends() {
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        mark_stale(&tx);
+        assert_eq!(*rx.borrow(), None);
+        let set: BackendSet = [crate::backends::tests_support::backend("a", "10.0.0.1", 80)].into();
+        publish(&tx, set.clone(), true);
+        mark_stale(&tx);
+        assert_eq!(
+            *rx.borrow(),
+            Some(Discovered {
+                backends: set,
+                fresh: false
+            })
+        );
+    }
+}

@@ -1,0 +1,99 @@
+//! Watchers: each one keeps a service's *complete* backend set current in a
+//! `watch::Sender<Option<Discovered>>` (`None` until the first complete set).
+//!
+//! A watcher never publishes a partial set and never exits on its own: when its source
+//! goes away it keeps the last set it published (marked `fresh: false`) and retries with
+//! backoff until cancelled.
+
+pub mod etcd;
+pub mod multi;
+pub mod r#static;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use common::ServiceName;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::backends::Discovered;
+use crate::config::{DiscoveryConfig, ServiceConfig};
+use crate::counters::Counters;
+
+pub use etcd::{EtcdClients, EtcdWatcher};
+pub use multi::MultiWatcher;
+pub use r#static::StaticWatcher;
+
+/// Where a watcher publishes.
+pub type Publisher = watch::Sender<Option<Discovered>>;
+
+/// A source of backends for one service. Runs until cancelled.
+pub trait Watcher: Send + 'static {
+    /// Publishes each complete backend set. The first publish happens after the first
+    /// complete read of the source (kube's `InitDone`).
+    fn run(self, out: Publisher, cancel: CancellationToken) -> impl Future<Output = ()> + Send;
+}
+
+/// The closed set of watchers a config can ask for.
+pub enum AnyWatcher {
+    Etcd(Box<EtcdWatcher>),
+    Static(StaticWatcher),
+    Multi(MultiWatcher),
+}
+
+impl AnyWatcher {
+    /// The watcher for a service's discovery config.
+    pub fn for_service(
+        svc: &ServiceConfig,
+        clients: &Arc<EtcdClients>,
+        counters: &Arc<Counters>,
+    ) -> Self {
+        Self::build(&svc.name, &svc.discovery, clients, counters)
+    }
+
+    fn build(
+        service: &ServiceName,
+        discovery: &DiscoveryConfig,
+        clients: &Arc<EtcdClients>,
+        counters: &Arc<Counters>,
+    ) -> Self {
+        match discovery {
+            DiscoveryConfig::Etcd(e) => Self::Etcd(Box::new(EtcdWatcher::new(
+                service.clone(),
+                e.clone(),
+                clients.clone(),
+                counters.clone(),
+            ))),
+            DiscoveryConfig::Static => Self::Static(StaticWatcher::new()),
+            DiscoveryConfig::Ec2Tag(_) => {
+                // The EC2 watcher is a separate piece of work; until it lands such a
+                // service routes to its default_servers, and says so.
+                tracing::warn!(
+                    service = %service,
+                    "discovery method ec2tag is not implemented yet: routing to default_servers only"
+                );
+                Self::Static(StaticWatcher::stale())
+            }
+            DiscoveryConfig::Multi(m) => Self::Multi(MultiWatcher::new(
+                m.watchers
+                    .iter()
+                    .map(|(name, d)| (name.clone(), Self::build(service, d, clients, counters)))
+                    .collect(),
+                m.resolver.clone(),
+            )),
+        }
+    }
+}
+
+impl Watcher for AnyWatcher {
+    fn run(self, out: Publisher, cancel: CancellationToken) -> impl Future<Output = ()> + Send {
+        // `multi` holds `AnyWatcher`s: box to break the recursive future type.
+        let fut: Pin<Box<dyn Future<Output = ()> + Send>> = match self {
+            Self::Etcd(w) => Box::pin((*w).run(out, cancel)),
+            Self::Static(w) => Box::pin(w.run(out, cancel)),
+            Self::Multi(w) => Box::pin(w.run(out, cancel)),
+        };
+        fut
+    }
+}
