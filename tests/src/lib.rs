@@ -1,9 +1,48 @@
 //! The integration-test harness: real etcd ([`Etcd`], [`EtcdCluster`]) and real HAProxy
 //! ([`Haproxy`]) on loopback, real HTTP backends ([`Backend`]) and a client
-//! ([`http_get`]), deadline polling ([`eventually`]) and temp dirs ([`Workdir`]).
+//! ([`http_get`]), deadline polling ([`fn@eventually`]) and temp dirs ([`Workdir`]).
 //!
 //! Every process a test starts is stopped by PID when its handle drops, panics included.
 //! Ports are picked free at runtime; nothing listens or connects beyond 127.0.0.1.
+//!
+//! A test that routes through HAProxy:
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use integration_tests::{
+//!     eventually, free_port, haproxy, http_get, loopback, Backend, Haproxy, HaproxyOptions,
+//!     Workdir,
+//! };
+//!
+//! # async fn demo() {
+//! let backend = Backend::start("b1").await;
+//! let dir = Workdir::new();
+//! let socket = dir.join("haproxy.sock");
+//! let port = free_port();
+//! let config = dir.write(
+//!     "haproxy.cfg",
+//!     format!(
+//!         "{}frontend fe\n    bind 127.0.0.1:{port}\n    default_backend be\n\
+//!          backend be\n    server s1 {}\n",
+//!         haproxy::preamble(&socket),
+//!         backend.addr(),
+//!     ),
+//! );
+//! let haproxy = Haproxy::start(HaproxyOptions::new(config).stats_socket(socket)).await;
+//! let response = http_get(loopback(port), "/").await.expect("request");
+//! assert_eq!(response.body, "b1");
+//! haproxy.command("disable server be/s1").await.expect("runtime API");
+//! eventually(Duration::from_secs(5), || async {
+//!     let r = http_get(loopback(port), "/").await.map_err(|e| e.to_string())?;
+//!     if r.status == 503 { Ok(()) } else { Err(format!("status {}", r.status)) }
+//! })
+//! .await;
+//! # }
+//! ```
+//!
+//! And one against etcd: `let etcd = Etcd::start().await;` then `etcd.client().await`
+//! (an `etcd_client::Client`), or `etcd.settings()` for a nerve or synapse config;
+//! `EtcdCluster::start(3).await` for a cluster with per-member `kill`/`restart`/`pause`.
 
 pub mod backend;
 pub mod etcd;

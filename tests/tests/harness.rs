@@ -327,12 +327,14 @@ async fn etcd_cluster_survives_killing_the_leader() {
     let value = eventually(TIMEOUT, || {
         let mut client = client.clone();
         async move {
-            let response = client.get("/harness/k1", None).await?;
-            response
-                .kvs()
-                .first()
-                .map(|kv| kv.value().to_vec())
-                .ok_or_else(|| etcd_client::Error::InvalidArgs("k1 not found".into()))
+            let response = client
+                .get("/harness/k1", None)
+                .await
+                .map_err(|e| e.to_string())?;
+            match response.kvs().first() {
+                Some(kv) => Ok(kv.value().to_vec()),
+                None => Err("k1 not found".to_owned()),
+            }
         }
     })
     .await;
