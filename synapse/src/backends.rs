@@ -132,10 +132,21 @@ pub fn resolve(svc: &ServiceConfig, discovered: &BackendSet, has_previous: bool)
     } else if svc.keep_default_servers {
         out.extend(svc.default_servers.iter().cloned());
     }
+    let out = dedupe_server_names(out);
     if out.len() > svc.max_servers {
         return Resolution::OverLimit { count: out.len() };
     }
     Resolution::Use(out)
+}
+
+/// Two entries with one server name (same name, host and port, e.g. a registration
+/// written under two keys with different weights) would render two `server` lines with
+/// one name, which HAProxy refuses. Keep the first in the set's order: deterministic.
+fn dedupe_server_names(set: BackendSet) -> BackendSet {
+    let mut seen = std::collections::BTreeSet::new();
+    set.into_iter()
+        .filter(|b| seen.insert(b.server_name()))
+        .collect()
 }
 
 #[cfg(test)]
@@ -228,6 +239,18 @@ mod tests {
                 ("a_10.0.0.1:50002".to_owned(), true)
             ]
         );
+    }
+
+    #[test]
+    fn one_server_per_server_name() {
+        let svc = service("", "");
+        let a = backend("a", "10.0.0.1", 80);
+        let mut heavy = a.clone();
+        heavy.weight = common::Weight::new(3);
+        let Resolution::Use(set) = resolve(&svc, &[heavy, a.clone()].into(), false) else {
+            panic!()
+        };
+        assert_eq!(set, [a].into());
     }
 
     #[test]
