@@ -547,6 +547,60 @@ mod tests {
         );
     }
 
+    /// B24: a rejected entry's key goes to the log Debug-escaped: one physical line, no
+    /// forged `level=INFO` line; the value is never logged.
+    #[test]
+    fn rejected_entries_cannot_forge_log_lines() {
+        use std::io::Write;
+        use std::sync::Mutex;
+
+        #[derive(Clone, Default)]
+        struct Buf(Arc<Mutex<Vec<u8>>>);
+        impl Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let config = crate::config::Config::parse(
+            r#"{"services": {"web": {"discovery": {"method": "etcd", "path": "/svc/web"}}},
+                "file_output": {"output_directory": "/tmp/x"}}"#,
+            None,
+        )
+        .unwrap();
+        let svc = config.services.into_values().next().unwrap();
+        let crate::config::DiscoveryConfig::Etcd(discovery) = svc.discovery else {
+            panic!()
+        };
+        let counters = Arc::new(Counters::default());
+        let watcher = EtcdWatcher::new(svc.name, discovery, Arc::default(), counters.clone());
+        let buf = Buf::default();
+        let writer = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        let key = b"/svc/web/x\n level=INFO msg=\"all good\"";
+        let value = br#"{"host":"10.0.0.1","port":80,"name":"a\n level=INFO msg=\"all good\""}"#;
+        tracing::subscriber::with_default(subscriber, || {
+            let mut entries = Entries::default();
+            let Decoded::Rejected(e) = watcher.decode(key, value) else {
+                panic!("accepted")
+            };
+            watcher.note_rejected(&mut entries, key, 7, &e);
+            // The same key at the same revision (a re-list) is not logged or counted again.
+            watcher.note_rejected(&mut entries, key, 7, &e);
+        });
+        let out = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(out.lines().count(), 1, "{out}");
+        assert!(out.contains("invalid_name"), "{out}");
+        assert!(!out.contains("\n level=INFO"), "{out}");
+        assert_eq!(counters.rejected_total(), 1);
+    }
+
     #[test]
     fn mark_stale_keeps_backends() {
         let (tx, rx) = tokio::sync::watch::channel(None);
