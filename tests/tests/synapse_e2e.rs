@@ -503,8 +503,24 @@ async fn a_burst_of_500_registrations_causes_few_reloads() {
     let before = synapse.reloads();
 
     let started = tokio::time::Instant::now();
+    let mut puts = tokio::task::JoinSet::new();
     for i in 0..500 {
-        w.register("web", &format!("i-{i:03}"), &a).await;
+        let instance = format!("i-{i:03}");
+        let key = w.key("web", &instance);
+        let value = Registration {
+            host: Host::Ip(a.addr().ip()),
+            port: Port::new(a.port()).expect("port"),
+            name: InstanceId::new(instance).expect("instance id"),
+            weight: None,
+            haproxy_server_options: None,
+            labels: Default::default(),
+        }
+        .encode();
+        let mut kv = w.client.kv_client();
+        puts.spawn(async move { kv.put(key, value, None).await.map(|_| ()) });
+    }
+    while let Some(put) = puts.join_next().await {
+        put.expect("put task").expect("put");
     }
     let took = started.elapsed();
     assert!(took < Duration::from_secs(1), "500 puts took {took:?}");
