@@ -13,7 +13,8 @@ RUN install-packages tini busybox && \
 USER demo
 ENV DEMO_NAME=demo DEMO_PORT=8080
 EXPOSE 8080
+# (No wget -T: busybox 1.35's wget crashes with it; the HEALTHCHECK timeout bounds it.)
 HEALTHCHECK --interval=5s --timeout=3s --start-period=5s --retries=3 \
-  CMD ["sh", "-c", "exec busybox wget -q -T 2 -O /dev/null \"http://127.0.0.1:$DEMO_PORT/health\""]
+  CMD ["sh", "-c", "exec busybox wget -q -O /dev/null \"http://127.0.0.1:$DEMO_PORT/health\""]
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["/usr/bin/tini", "--", "/usr/local/bin/demo-entrypoint"]
