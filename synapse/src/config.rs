@@ -98,6 +98,7 @@ pub struct DiscoveryFile {
     pub aws_secret_access_key: Option<Secret>,
     pub check_interval: Option<Seconds>,
     pub endpoint: Option<String>,
+    pub imds_endpoint: Option<String>,
     // multi
     pub watchers: Option<BTreeMap<String, Self>>,
     pub resolver: Option<ResolverFile>,
@@ -268,7 +269,11 @@ pub struct Ec2TagDiscovery {
     pub aws_access_key_id: Option<String>,
     pub aws_secret_access_key: Option<Secret>,
     pub check_interval: Duration,
+    /// The EC2 API endpoint; `https://ec2.<region>.amazonaws.com` when unset.
     pub endpoint: Option<String>,
+    /// The instance metadata service, for role credentials; `http://169.254.169.254`
+    /// when unset (or `AWS_EC2_METADATA_SERVICE_ENDPOINT`).
+    pub imds_endpoint: Option<String>,
     pub policy: AddressPolicy,
 }
 
@@ -813,6 +818,13 @@ fn validate_service(
              runs beside the main one on each instance",
         );
     }
+    if port_override.is_none() && discovery.as_ref().is_some_and(uses_ec2) {
+        errors.push(
+            join_path(path, "backend_port_override"),
+            "is required with ec2tag discovery (or haproxy.server_port_override): EC2 \
+             knows instances, not the port the service listens on",
+        );
+    }
     let max_servers = svc.max_servers.unwrap_or(DEFAULT_MAX_SERVERS);
     if max_servers == 0 {
         errors.push(join_path(path, "max_servers"), "must be at least 1");
@@ -879,6 +891,15 @@ fn validate_server(s: &ServerFile, path: &str, errors: &mut ConfigErrors) -> Opt
     })
 }
 
+/// True if the discovery (or one of its `multi` children) polls EC2.
+fn uses_ec2(d: &DiscoveryConfig) -> bool {
+    match d {
+        DiscoveryConfig::Ec2Tag(_) => true,
+        DiscoveryConfig::Multi(m) => m.watchers.values().any(uses_ec2),
+        DiscoveryConfig::Etcd(_) | DiscoveryConfig::Static => false,
+    }
+}
+
 /// The keys each method accepts, beside `method` and the common ones.
 fn method_keys(method: &str) -> Option<&'static [&'static str]> {
     Some(match method {
@@ -897,6 +918,7 @@ fn method_keys(method: &str) -> Option<&'static [&'static str]> {
             "aws_secret_access_key",
             "check_interval",
             "endpoint",
+            "imds_endpoint",
         ],
         "base" | "static" => &[],
         "multi" => &["watchers", "resolver"],
@@ -1043,9 +1065,14 @@ fn validate_discovery(
                     "aws_access_key_id and aws_secret_access_key go together",
                 );
             }
-            if let Some(ep) = &d.endpoint {
-                if !(ep.starts_with("http://") || ep.starts_with("https://")) {
-                    errors.push(join_path(path, "endpoint"), "must be an http(s) URL");
+            for (key, ep) in [
+                ("endpoint", &d.endpoint),
+                ("imds_endpoint", &d.imds_endpoint),
+            ] {
+                if let Some(ep) = ep {
+                    if !(ep.starts_with("http://") || ep.starts_with("https://")) {
+                        errors.push(join_path(path, key), "must be an http(s) URL");
+                    }
                 }
             }
             let check_interval = positive(
@@ -1062,6 +1089,7 @@ fn validate_discovery(
                 aws_secret_access_key: d.aws_secret_access_key.clone(),
                 check_interval,
                 endpoint: d.endpoint.clone(),
+                imds_endpoint: d.imds_endpoint.clone(),
                 policy,
             })
         }
@@ -1343,7 +1371,8 @@ mod tests {
         assert!(!text.contains("hunter2"), "{text}");
         let c = parse(
             r#"{"services": {"web": {"discovery": {"method": "ec2tag", "tag_name": "a",
-                "tag_value": "b", "aws_access_key_id": "AKIA", "aws_secret_access_key": "hunter2"}}},
+                "tag_value": "b", "aws_access_key_id": "AKIA", "aws_secret_access_key": "hunter2"},
+                "backend_port_override": 8080}},
                 "file_output": {"output_directory": "/tmp/x"}}"#,
         )
         .unwrap();

@@ -27,6 +27,8 @@ pub struct Counters {
     pub watch_restarts: AtomicU64,
     /// Services held at their last known set because discovery exceeded `max_servers`.
     pub over_limit: AtomicU64,
+    /// `multi` discoveries that switched the source they publish from.
+    pub source_switches: AtomicU64,
 }
 
 impl Counters {

@@ -5,8 +5,9 @@
 //! # Layout
 //!
 //! - [`config`]: the airbnb synapse JSON format (with comments), validated into `Config`.
-//! - [`watcher`]: one watcher per service (etcd list-then-watch, static, multi) publishing
-//!   complete backend sets.
+//! - [`watcher`]: one watcher per service (etcd list-then-watch, EC2 tags, static, multi)
+//!   publishing complete backend sets.
+//! - [`ec2`]: the EC2 API client behind the `ec2tag` watcher.
 //! - [`backends`]: `Backend`/`BackendSet` and the per-service rules (filters, defaults,
 //!   last-known-good, bounds).
 //! - [`reconcile`]: the single loop that debounces changes and applies them.
@@ -17,6 +18,7 @@
 pub mod backends;
 pub mod config;
 pub mod counters;
+pub mod ec2;
 pub mod file_output;
 pub mod haproxy;
 pub mod reconcile;

@@ -125,11 +125,18 @@ impl Ec2Api {
                     // The filter already asks for running ones; a stale answer is
                     // checked again rather than trusted.
                     .filter(|i| i.state.as_deref() == Some("running"))
-                    .map(|RawInstance { id, private_ip, private_dns, .. }| Instance {
-                        id,
-                        private_ip,
-                        private_dns,
-                    }),
+                    .map(
+                        |RawInstance {
+                             id,
+                             private_ip,
+                             private_dns,
+                             ..
+                         }| Instance {
+                            id,
+                            private_ip,
+                            private_dns,
+                        },
+                    ),
             );
             match page.next_token {
                 Some(t) => token = Some(t),
@@ -188,12 +195,20 @@ impl Ec2Api {
         let code = parse_error(&text).map(|e| e.code).unwrap_or_default();
         if status.as_u16() == 503 || code == "RequestLimitExceeded" || code == "Throttling" {
             return Err(Ec2Error::Throttled {
-                code: if code.is_empty() { status.to_string() } else { code },
+                code: if code.is_empty() {
+                    status.to_string()
+                } else {
+                    code
+                },
             });
         }
         Err(Ec2Error::Api {
             status: status.as_u16(),
-            code: if code.is_empty() { "unknown".into() } else { code },
+            code: if code.is_empty() {
+                "unknown".into()
+            } else {
+                code
+            },
         })
     }
 }
@@ -225,7 +240,10 @@ mod tests {
     #[test]
     fn form_encoding() {
         assert_eq!(
-            encode_form(&[("Filter.1.Name", "tag:servicename".into()), ("V", "a b&c=d/é".into())]),
+            encode_form(&[
+                ("Filter.1.Name", "tag:servicename".into()),
+                ("V", "a b&c=d/é".into())
+            ]),
             "Filter.1.Name=tag%3Aservicename&V=a%20b%26c%3Dd%2F%C3%A9"
         );
     }

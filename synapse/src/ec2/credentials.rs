@@ -166,7 +166,10 @@ async fn fetch_role_credentials(
     let err = |what: &str, e: &dyn std::fmt::Display| CredentialError::Imds(format!("{what}: {e}"));
     let token = http
         .put(format!("{endpoint}/latest/api/token"))
-        .header("X-aws-ec2-metadata-token-ttl-seconds", IMDS_TOKEN_TTL_SECS.to_string())
+        .header(
+            "X-aws-ec2-metadata-token-ttl-seconds",
+            IMDS_TOKEN_TTL_SECS.to_string(),
+        )
         .send()
         .await
         .and_then(reqwest::Response::error_for_status)
@@ -192,7 +195,10 @@ async fn fetch_role_credentials(
         .find(|l| !l.is_empty())
         .ok_or_else(|| CredentialError::Imds("the instance has no IAM role".into()))?
         .to_owned();
-    if !role.bytes().all(|b| b.is_ascii_alphanumeric() || b"+=,.@_-".contains(&b)) {
+    if !role
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"+=,.@_-".contains(&b))
+    {
         return Err(CredentialError::Imds("malformed role name".into()));
     }
     let body = get(format!("/latest/meta-data/iam/security-credentials/{role}"))
@@ -291,14 +297,19 @@ mod tests {
     use std::collections::HashMap;
 
     fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: HashMap<String, String> =
-            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         move |k| map.get(k).cloned()
     }
 
     #[tokio::test]
     async fn chain_prefers_config_then_env_then_file() {
-        let env = env_of(&[("AWS_ACCESS_KEY_ID", "ENVID"), ("AWS_SECRET_ACCESS_KEY", "envsecret")]);
+        let env = env_of(&[
+            ("AWS_ACCESS_KEY_ID", "ENVID"),
+            ("AWS_SECRET_ACCESS_KEY", "envsecret"),
+        ]);
         let p = CredentialProvider::resolve(CredentialInputs {
             config_keys: Some(("CFGID".into(), Secret::new("cfg"))),
             env: &env,
@@ -322,7 +333,10 @@ mod tests {
         )
         .unwrap();
         let path = file.to_str().unwrap();
-        let env = env_of(&[("AWS_SHARED_CREDENTIALS_FILE", path), ("AWS_PROFILE", "ops")]);
+        let env = env_of(&[
+            ("AWS_SHARED_CREDENTIALS_FILE", path),
+            ("AWS_PROFILE", "ops"),
+        ]);
         let p = CredentialProvider::resolve(CredentialInputs {
             config_keys: None,
             env: &env,
@@ -342,7 +356,11 @@ mod tests {
         .unwrap();
         assert_eq!(c.access_key_id, "ASIA");
         assert_eq!(
-            c.expires.unwrap().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs(),
+            c.expires
+                .unwrap()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap()
+                .as_secs(),
             1_795_608_000
         );
         assert_eq!(
@@ -355,7 +373,11 @@ mod tests {
 
     #[test]
     fn secrets_are_not_printed() {
-        let c = parse_shared_credentials("[default]\naws_access_key_id=A\naws_secret_access_key=hunter2\n", "default").unwrap();
+        let c = parse_shared_credentials(
+            "[default]\naws_access_key_id=A\naws_secret_access_key=hunter2\n",
+            "default",
+        )
+        .unwrap();
         assert!(!format!("{c:?}").contains("hunter2"));
     }
 }

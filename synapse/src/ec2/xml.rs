@@ -48,7 +48,12 @@ pub(crate) fn parse_describe_instances(xml: &str) -> Result<Page, String> {
     let mut text_buf = String::new();
     loop {
         match reader.read_event() {
-            Err(e) => return Err(format!("malformed XML at byte {}: {e}", reader.error_position())),
+            Err(e) => {
+                return Err(format!(
+                    "malformed XML at byte {}: {e}",
+                    reader.error_position()
+                ))
+            }
             Ok(Event::Eof) => break,
             Ok(Event::Start(e)) => {
                 let name = String::from_utf8_lossy(e.local_name().as_ref()).into_owned();
@@ -114,7 +119,10 @@ pub(crate) fn parse_describe_instances(xml: &str) -> Result<Page, String> {
 
 /// Resolves `&amp;`-style and numeric character references.
 fn resolve_ref(r: &quick_xml::events::BytesRef<'_>) -> Result<char, String> {
-    if let Some(c) = r.resolve_char_ref().map_err(|e| format!("bad reference: {e}"))? {
+    if let Some(c) = r
+        .resolve_char_ref()
+        .map_err(|e| format!("bad reference: {e}"))?
+    {
         return Ok(c);
     }
     let name = r.decode().map_err(|e| format!("bad reference: {e}"))?;

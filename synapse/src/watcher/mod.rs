@@ -5,6 +5,7 @@
 //! goes away it keeps the last set it published (marked `fresh: false`) and retries with
 //! backoff until cancelled.
 
+pub mod ec2;
 pub mod etcd;
 pub mod multi;
 pub mod r#static;
@@ -13,7 +14,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use common::ServiceName;
+use common::{Port, ServiceName};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -21,6 +22,7 @@ use crate::backends::Discovered;
 use crate::config::{DiscoveryConfig, ServiceConfig};
 use crate::counters::Counters;
 
+pub use ec2::Ec2Watcher;
 pub use etcd::{EtcdClients, EtcdWatcher};
 pub use multi::MultiWatcher;
 pub use r#static::StaticWatcher;
@@ -38,6 +40,7 @@ pub trait Watcher: Send + 'static {
 /// The closed set of watchers a config can ask for.
 pub enum AnyWatcher {
     Etcd(Box<EtcdWatcher>),
+    Ec2(Box<Ec2Watcher>),
     Static(StaticWatcher),
     Multi(MultiWatcher),
 }
@@ -49,12 +52,19 @@ impl AnyWatcher {
         clients: &Arc<EtcdClients>,
         counters: &Arc<Counters>,
     ) -> Self {
-        Self::build(&svc.name, &svc.discovery, clients, counters)
+        Self::build(
+            &svc.name,
+            &svc.discovery,
+            svc.port_override,
+            clients,
+            counters,
+        )
     }
 
     fn build(
         service: &ServiceName,
         discovery: &DiscoveryConfig,
+        port: Option<Port>,
         clients: &Arc<EtcdClients>,
         counters: &Arc<Counters>,
     ) -> Self {
@@ -66,21 +76,24 @@ impl AnyWatcher {
                 counters.clone(),
             ))),
             DiscoveryConfig::Static => Self::Static(StaticWatcher::new()),
-            DiscoveryConfig::Ec2Tag(_) => {
-                // The EC2 watcher is a separate piece of work; until it lands such a
-                // service routes to its default_servers, and says so.
-                tracing::warn!(
-                    service = %service,
-                    "discovery method ec2tag is not implemented yet: routing to default_servers only"
-                );
-                Self::Static(StaticWatcher::stale())
-            }
+            DiscoveryConfig::Ec2Tag(e) => Self::Ec2(Box::new(Ec2Watcher::new(
+                service.clone(),
+                e.clone(),
+                port,
+                counters.clone(),
+            ))),
             DiscoveryConfig::Multi(m) => Self::Multi(MultiWatcher::new(
                 m.watchers
                     .iter()
-                    .map(|(name, d)| (name.clone(), Self::build(service, d, clients, counters)))
+                    .map(|(name, d)| {
+                        (
+                            name.clone(),
+                            Self::build(service, d, port, clients, counters),
+                        )
+                    })
                     .collect(),
                 m.resolver.clone(),
+                Some(counters.clone()),
             )),
         }
     }
@@ -91,6 +104,7 @@ impl Watcher for AnyWatcher {
         // `multi` holds `AnyWatcher`s: box to break the recursive future type.
         let fut: Pin<Box<dyn Future<Output = ()> + Send>> = match self {
             Self::Etcd(w) => Box::pin((*w).run(out, cancel)),
+            Self::Ec2(w) => Box::pin((*w).run(out, cancel)),
             Self::Static(w) => Box::pin(w.run(out, cancel)),
             Self::Multi(w) => Box::pin(w.run(out, cancel)),
         };

@@ -11,16 +11,26 @@ use tokio_util::sync::CancellationToken;
 use super::{AnyWatcher, Publisher, Watcher};
 use crate::backends::Discovered;
 use crate::config::Resolver;
+use crate::counters::Counters;
 
 /// Children plus a resolver.
 pub struct MultiWatcher {
     children: Vec<(String, AnyWatcher)>,
     resolver: Resolver,
+    counters: Option<Arc<Counters>>,
 }
 
 impl MultiWatcher {
-    pub fn new(children: Vec<(String, AnyWatcher)>, resolver: Resolver) -> Self {
-        Self { children, resolver }
+    pub fn new(
+        children: Vec<(String, AnyWatcher)>,
+        resolver: Resolver,
+        counters: Option<Arc<Counters>>,
+    ) -> Self {
+        Self {
+            children,
+            resolver,
+            counters,
+        }
     }
 }
 
@@ -41,10 +51,30 @@ impl Watcher for MultiWatcher {
             });
         }
         order_children(&mut inputs, &self.resolver);
+        let mut source: Option<Source> = None;
         loop {
             let snapshot: Vec<Option<Discovered>> =
                 inputs.iter().map(|(_, rx)| rx.borrow().clone()).collect();
-            if let Some(d) = combine(&self.resolver, &snapshot) {
+            let previous = out.borrow().clone();
+            if let Some((d, chosen)) = combine(&self.resolver, &snapshot, previous.as_ref()) {
+                if chosen != source {
+                    let name = |s: Option<Source>| match s {
+                        Some(Source::Child(i)) => inputs[i].0.clone(),
+                        Some(Source::All) => "all".to_owned(),
+                        Some(Source::Held) => "last known set".to_owned(),
+                        None => "none".to_owned(),
+                    };
+                    tracing::info!(
+                        from = %name(source),
+                        to = %name(chosen),
+                        backends = d.backends.len(),
+                        "discovery source switched"
+                    );
+                    source = chosen;
+                    if let Some(counters) = &self.counters {
+                        crate::counters::Counters::inc(&counters.source_switches);
+                    }
+                }
                 out.send_if_modified(|cur| {
                     let changed = cur.as_ref() != Some(&d);
                     *cur = Some(d);
@@ -73,9 +103,29 @@ fn order_children<T>(inputs: &mut [(String, T)], resolver: &Resolver) {
     }
 }
 
+/// Where a published set came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// One child (by position in resolver order).
+    Child(usize),
+    /// Every child (`union`).
+    All,
+    /// No child is usable: the set published before is held.
+    Held,
+}
+
 /// Combines the children's latest sets (in resolver order). `None` until there is an
 /// answer that cannot change only because a child has not reported yet.
-fn combine(resolver: &Resolver, children: &[Option<Discovered>]) -> Option<Discovered> {
+///
+/// `sequential` takes the first child that is fresh and non-empty. When none is, it holds
+/// what it published before (marked stale) rather than falling back to some stale child:
+/// a fault in the fallback source while the primary is away must not swing routing back
+/// to the primary's old set.
+fn combine(
+    resolver: &Resolver,
+    children: &[Option<Discovered>],
+    previous: Option<&Discovered>,
+) -> Option<(Discovered, Option<Source>)> {
     match resolver {
         Resolver::Union => {
             let mut all = Discovered::default();
@@ -84,23 +134,35 @@ fn combine(resolver: &Resolver, children: &[Option<Discovered>]) -> Option<Disco
                 all.backends.extend(child.backends.iter().cloned());
                 all.fresh |= child.fresh;
             }
-            Some(all)
+            Some((all, Some(Source::All)))
         }
         Resolver::Sequential(_) => {
-            let usable = |want_fresh: bool| {
-                children
-                    .iter()
-                    .flatten()
-                    .find(|c| !c.backends.is_empty() && (c.fresh || !want_fresh))
-            };
-            if let Some(c) = usable(true) {
-                return Some(c.clone());
+            let fresh = children.iter().enumerate().find_map(|(i, c)| {
+                c.as_ref()
+                    .filter(|c| c.fresh && !c.backends.is_empty())
+                    .map(|c| (c.clone(), Some(Source::Child(i))))
+            });
+            if fresh.is_some() {
+                return fresh;
             }
             // Nothing fresh with backends: a child that has not answered yet may still.
             if children.iter().any(Option::is_none) {
                 return None;
             }
-            Some(usable(false).cloned().unwrap_or_default())
+            if let Some(prev) = previous.filter(|p| !p.backends.is_empty()) {
+                let held = Discovered {
+                    backends: prev.backends.clone(),
+                    fresh: false,
+                };
+                return Some((held, Some(Source::Held)));
+            }
+            // Never published anything: the first non-empty child, else the first.
+            children
+                .iter()
+                .enumerate()
+                .find(|(_, c)| c.as_ref().is_some_and(|c| !c.backends.is_empty()))
+                .or_else(|| children.iter().enumerate().next())
+                .and_then(|(i, c)| c.clone().map(|c| (c, Some(Source::Child(i)))))
         }
     }
 }
@@ -117,42 +179,77 @@ mod tests {
         })
     }
 
+    fn pick(r: &Resolver, children: &[Option<Discovered>]) -> Option<Discovered> {
+        combine(r, children, None).map(|(d, _)| d)
+    }
+
     #[test]
     fn sequential_prefers_the_first_fresh_non_empty_child() {
         let seq = Resolver::Sequential(vec!["etcd".into(), "ec2".into()]);
         assert_eq!(
-            combine(&seq, &[d(true, &["10.0.0.1"]), d(true, &["10.0.0.2"])]),
+            pick(&seq, &[d(true, &["10.0.0.1"]), d(true, &["10.0.0.2"])]),
             d(true, &["10.0.0.1"])
         );
         // etcd away (stale) or empty: the fallback.
         assert_eq!(
-            combine(&seq, &[d(false, &["10.0.0.1"]), d(true, &["10.0.0.2"])]),
+            pick(&seq, &[d(false, &["10.0.0.1"]), d(true, &["10.0.0.2"])]),
             d(true, &["10.0.0.2"])
         );
         assert_eq!(
-            combine(&seq, &[d(true, &[]), d(true, &["10.0.0.2"])]),
+            pick(&seq, &[d(true, &[]), d(true, &["10.0.0.2"])]),
             d(true, &["10.0.0.2"])
         );
-        // Both away: the last known set of the first.
+        // Both away and nothing published yet: the first with backends.
         assert_eq!(
-            combine(&seq, &[d(false, &["10.0.0.1"]), d(false, &["10.0.0.2"])]),
+            pick(&seq, &[d(false, &["10.0.0.1"]), d(false, &["10.0.0.2"])]),
             d(false, &["10.0.0.1"])
         );
-        assert_eq!(combine(&seq, &[None, d(false, &[])]), None);
+        assert_eq!(pick(&seq, &[None, d(false, &[])]), None);
         assert_eq!(
-            combine(&seq, &[None, d(true, &["10.0.0.2"])]),
+            pick(&seq, &[None, d(true, &["10.0.0.2"])]),
             d(true, &["10.0.0.2"])
         );
     }
 
     #[test]
+    fn sequential_holds_the_fallback_when_it_fails_too() {
+        let seq = Resolver::Sequential(vec!["etcd".into(), "ec2".into()]);
+        // etcd away, EC2 serving: EC2's set is published.
+        let (first, src) = combine(
+            &seq,
+            &[d(false, &["10.0.0.1"]), d(true, &["10.0.0.2"])],
+            None,
+        )
+        .unwrap();
+        assert_eq!(src, Some(Source::Child(1)));
+        // Then EC2 fails too: hold EC2's set, don't swing back to etcd's old one.
+        let (held, src) = combine(
+            &seq,
+            &[d(false, &["10.0.0.1"]), d(false, &["10.0.0.2"])],
+            Some(&first),
+        )
+        .unwrap();
+        assert_eq!(src, Some(Source::Held));
+        assert_eq!(Some(held), d(false, &["10.0.0.2"]));
+        // etcd back: etcd wins again.
+        let (back, src) = combine(
+            &seq,
+            &[d(true, &["10.0.0.1"]), d(false, &["10.0.0.2"])],
+            Some(&first),
+        )
+        .unwrap();
+        assert_eq!(src, Some(Source::Child(0)));
+        assert_eq!(Some(back), d(true, &["10.0.0.1"]));
+    }
+
+    #[test]
     fn union_waits_for_every_child() {
         assert_eq!(
-            combine(&Resolver::Union, &[d(true, &["10.0.0.1"]), None]),
+            pick(&Resolver::Union, &[d(true, &["10.0.0.1"]), None]),
             None
         );
         assert_eq!(
-            combine(
+            pick(
                 &Resolver::Union,
                 &[d(true, &["10.0.0.1"]), d(false, &["10.0.0.2"])]
             ),
