@@ -3,7 +3,7 @@
 #
 #   docker build -f deploy/etcd.Dockerfile -t nerve-synapse/etcd:dev deploy
 #
-# Configure it with etcd's own ETCD_* environment variables or flags (docs/deployment.md
+# Configure it with etcd's own flags or ETCD_* environment variables (docs/deployment.md
 # has a static three-member cluster); the data directory is the volume /var/lib/etcd.
 
 ARG ETCD_BASE_IMAGE=debian:bookworm-slim
@@ -17,13 +17,19 @@ RUN install-packages ca-certificates tini etcd-server && \
     groupmod -g 10004 etcd && usermod -u 10004 -g 10004 etcd && \
     install -d -o etcd -g etcd -m 0700 /var/lib/etcd
 USER etcd
-ENV ETCD_DATA_DIR=/var/lib/etcd \
-    ETCD_LISTEN_CLIENT_URLS=http://0.0.0.0:2379 \
-    ETCD_LISTEN_PEER_URLS=http://0.0.0.0:2380
 VOLUME ["/var/lib/etcd"]
 EXPOSE 2379 2380
 # /health answers 200 only while this member sees a leader (quorum) and has no alarm.
+# With TLS on the client URLs, also listen for metrics in plain HTTP on loopback
+# (--listen-metrics-urls http://127.0.0.1:2381) and set HEALTH_PORT=2381.
+ENV HEALTH_PORT=2379
 HEALTHCHECK --interval=5s --timeout=5s --start-period=20s --retries=3 \
-  CMD ["http-probe", "2379", "/health"]
+  CMD ["sh", "-c", "exec http-probe \"$HEALTH_PORT\" /health"]
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["/usr/bin/tini", "--", "/usr/bin/etcd"]
+# Defaults as flags, not ETCD_* variables: etcd refuses a setting given both ways, and
+# these leave every other setting free to come from either. Arguments to `docker run`
+# replace them all, so pass --data-dir and the listen URLs there too.
+CMD ["--data-dir", "/var/lib/etcd", \
+     "--listen-client-urls", "http://0.0.0.0:2379", \
+     "--listen-peer-urls", "http://0.0.0.0:2380"]
