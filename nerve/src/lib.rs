@@ -1,1 +1,226 @@
-//! nerve (in progress).
+//! nerve: health-checks the services on this host and keeps a leased registration in
+//! etcd for each healthy one, in the SmartStack style.
+//!
+//! ```text
+//!  config ──► supervisor ── one task per service ──► checks ─► rise/fall ─► ServiceState
+//!                 │  (SIGHUP: diff, make-before-break)                          │
+//!                 └──────── desired set (watch) ◄───────────────────────────────┘
+//!                                 │
+//!                           reporter::drive ── EtcdReporter: one lease, put/delete,
+//!                                               keep-alive ≈ TTL/3, read-back, revoke
+//! ```
+//!
+//! [`Nerve::run`] (or [`run`]) is what the binary and the integration tests call.
+
+pub mod check;
+pub mod config;
+pub mod health;
+pub mod metrics;
+pub mod rate_limit;
+pub mod reporter;
+pub mod service;
+pub mod status;
+pub mod supervisor;
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::admin::{AdminState, BindError};
+use common::Backoff;
+use prometheus_client::registry::Registry;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+pub use config::Config;
+pub use status::Status;
+
+/// Why nerve stopped other than by being asked to. Registry trouble is never among them:
+/// nerve retries etcd for ever.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Admin(#[from] BindError),
+    #[error("the reporter task stopped unexpectedly")]
+    ReporterStopped(#[source] tokio::task::JoinError),
+}
+
+/// Sends a new config to a running nerve (what SIGHUP does).
+#[derive(Debug, Clone)]
+pub struct Reloader(mpsc::UnboundedSender<Config>);
+
+impl Reloader {
+    /// Queues `config`; false if nerve has stopped.
+    pub fn reload(&self, config: Config) -> bool {
+        self.0.send(config).is_ok()
+    }
+}
+
+/// A nerve, ready to run.
+pub struct Nerve {
+    config: Config,
+    reload_tx: mpsc::UnboundedSender<Config>,
+    reload_rx: mpsc::UnboundedReceiver<Config>,
+    status: status::StatusHandle,
+    metrics: metrics::Metrics,
+    registry: Registry,
+    ready: Arc<AtomicBool>,
+}
+
+impl Nerve {
+    pub fn new(config: Config) -> Self {
+        let (reload_tx, reload_rx) = mpsc::unbounded_channel();
+        let (metrics, registry) = metrics::Metrics::new();
+        let ready = Arc::new(AtomicBool::new(false));
+        let status = status::StatusHandle::new(config.instance_id.to_string(), ready.clone());
+        Self {
+            config,
+            reload_tx,
+            reload_rx,
+            status,
+            metrics,
+            registry,
+            ready,
+        }
+    }
+
+    /// A handle to reload the config of the running nerve.
+    pub fn reloader(&self) -> Reloader {
+        Reloader(self.reload_tx.clone())
+    }
+
+    /// What nerve believes, updated as it changes.
+    pub fn status(&self) -> watch::Receiver<Status> {
+        self.status.subscribe()
+    }
+
+    /// Runs until `cancel` fires; then deregisters (bounded by `shutdown_timeout`).
+    pub async fn run(self, cancel: CancellationToken) -> Result<(), RunError> {
+        let Self {
+            config,
+            reload_tx,
+            reload_rx,
+            status,
+            metrics,
+            registry,
+            ready,
+        } = self;
+        drop(reload_tx);
+        info!(instance = %config.instance_id, services = config.services.len(),
+            endpoints = ?config.etcd.endpoints, lease_ttl = ?config.lease_ttl, "nerve starting");
+
+        if let Some(addr) = config.admin_listen {
+            let snapshot = status.clone();
+            let state = AdminState {
+                registry: Arc::new(Mutex::new(registry)),
+                status: Arc::new(move || {
+                    serde_json::to_value(snapshot.snapshot()).unwrap_or_default()
+                }),
+                ready,
+            };
+            let (bound, _task) = common::admin::serve(addr, state, cancel.child_token()).await?;
+            info!(addr = %bound, "admin endpoint listening");
+        }
+
+        let (desired_tx, desired_rx) = watch::channel(reporter::Desired::new());
+        let reporter = reporter::EtcdReporter::new(
+            reporter::EtcdReporterConfig {
+                settings: config.etcd.clone(),
+                instance_id: config.instance_id.clone(),
+                lease_ttl: config.lease_ttl,
+                reconcile_interval: config.reconcile_interval,
+            },
+            status.clone(),
+            metrics.clone(),
+        );
+        let backoff = Backoff::new(
+            Duration::from_millis(100),
+            (config.lease_ttl / 3).clamp(Duration::from_millis(200), Duration::from_secs(10)),
+        );
+        let reporter_cancel = cancel.child_token();
+        let mut reporter_task = tokio::spawn(reporter::drive(
+            reporter,
+            desired_rx,
+            reporter_cancel.clone(),
+            config.shutdown_timeout,
+            backoff,
+        ));
+
+        let supervisor =
+            supervisor::Supervisor::new(config, desired_tx, status, metrics, cancel.child_token());
+        let result = tokio::select! {
+            () = supervisor.run(reload_rx) => Ok(()),
+            joined = &mut reporter_task => Err(joined),
+        };
+        match result {
+            Ok(()) => {
+                reporter_cancel.cancel();
+                match reporter_task.await {
+                    Ok(()) => {
+                        info!("nerve stopped");
+                        Ok(())
+                    }
+                    Err(e) => Err(RunError::ReporterStopped(e)),
+                }
+            }
+            Err(joined) => {
+                cancel.cancel();
+                let e = match joined {
+                    Ok(()) => return Ok(()),
+                    Err(e) => e,
+                };
+                error!(error = %e, "reporter task failed");
+                Err(RunError::ReporterStopped(e))
+            }
+        }
+    }
+}
+
+/// Runs nerve with `config` until `cancel` fires.
+pub async fn run(config: Config, cancel: CancellationToken) -> Result<(), RunError> {
+    Nerve::new(config).run(cancel).await
+}
+
+/// On each SIGHUP, re-reads `path` and hands the config to `reloader`; an invalid file is
+/// logged and the running config kept. Must be called inside a Tokio runtime, before
+/// the first SIGHUP can arrive (SIGHUP's default action ends the process).
+pub fn reload_on_sighup(
+    path: PathBuf,
+    overrides: config::Overrides,
+    reloader: Reloader,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup())?;
+    Ok(tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            info!(path = %path.display(), "SIGHUP: reloading the config");
+            let (p, o) = (path.clone(), overrides.clone());
+            match tokio::task::spawn_blocking(move || config::load(&p, &o)).await {
+                Ok(Ok(config)) => {
+                    if !reloader.reload(config) {
+                        return;
+                    }
+                }
+                Ok(Err(errors)) => {
+                    error!(path = %path.display(), errors = %errors.to_string().replace('\n', "; "),
+                        "config reload rejected; keeping the running config");
+                }
+                Err(e) => error!(error = %e, "config reload failed"),
+            }
+        }
+    }))
+}
+
+/// `a: b: c` from an error and its sources, for one-line logs.
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}

@@ -1,1 +1,97 @@
-fn main() {}
+//! The nerve binary: parse the command line, set up logging, load the config, run.
+//! Exit codes: 0 after a clean stop, 64 for a bad command line or config, 1 otherwise.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use common::telemetry::{self, LogFormat};
+use nerve::config::{self, Overrides};
+
+/// Health-checks local services and keeps leased registrations for the healthy ones in
+/// etcd (SmartStack nerve, etcd v3).
+#[derive(Debug, Parser)]
+#[command(name = "nerve", version)]
+struct Cli {
+    /// The config file (airbnb nerve JSON; comments and trailing commas allowed).
+    #[arg(short = 'c', long = "config", env = "NERVE_CONFIG")]
+    config: PathBuf,
+    /// Overrides the config's `instance_id`.
+    #[arg(
+        short = 'i',
+        long = "instance-id",
+        visible_alias = "instance_id",
+        env = "NERVE_INSTANCE_ID"
+    )]
+    instance_id: Option<String>,
+    /// Validate the config, print every problem, and exit (0 valid, 64 invalid).
+    #[arg(short = 'k', long = "check-config")]
+    check_config: bool,
+    /// Log line format: human or json.
+    #[arg(long, env = "NERVE_LOG_FORMAT", default_value = "human")]
+    log_format: LogFormat,
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(exit_config())
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    telemetry::init(cli.log_format);
+    let overrides = Overrides {
+        instance_id: cli.instance_id.clone(),
+    };
+    let config = match config::load(&cli.config, &overrides) {
+        Ok(config) => config,
+        Err(errors) => {
+            eprintln!("error: invalid config {}:", cli.config.display());
+            for line in errors.to_string().lines() {
+                eprintln!("  {line}");
+            }
+            return ExitCode::from(exit_config());
+        }
+    };
+    if cli.check_config {
+        println!(
+            "{}: ok (instance {}, {} services)",
+            cli.config.display(),
+            config.instance_id,
+            config.services.len()
+        );
+        return ExitCode::SUCCESS;
+    }
+    match run(cli.config, overrides, config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(path: PathBuf, overrides: Overrides, config: config::Config) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let cancel = common::shutdown::on_signals().context("cannot install signal handlers")?;
+        let nerve = nerve::Nerve::new(config);
+        nerve::reload_on_sighup(path, overrides, nerve.reloader())
+            .context("cannot install the SIGHUP handler")?;
+        nerve.run(cancel).await.context("nerve failed")
+    })
+}
+
+fn exit_config() -> u8 {
+    u8::try_from(common::EXIT_CONFIG).unwrap_or(64)
+}

@@ -1,0 +1,86 @@
+//! What nerve believes, as a snapshot: each service's health and drain state and what is
+//! registered in etcd under which lease. Served as JSON on the admin endpoint's
+//! `/status`, and available to library users through [`crate::Nerve::status`].
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use serde::Serialize;
+use tokio::sync::watch;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Status {
+    pub instance_id: String,
+    pub services: BTreeMap<String, ServiceStatus>,
+    pub registry: RegistryStatus,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ServiceStatus {
+    /// All checks up.
+    pub healthy: bool,
+    /// A maintenance file exists.
+    pub drained: bool,
+    /// nerve wants the service registered (healthy, not drained, report not throttled).
+    pub reported: bool,
+    /// The service's directory in etcd.
+    pub etcd_path: String,
+    /// A SIGHUP replacement is being health-checked before it takes over.
+    pub replacing: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct RegistryStatus {
+    /// nerve holds a live lease and its last etcd request succeeded.
+    pub connected: bool,
+    pub lease_id: Option<i64>,
+    pub lease_ttl_secs: Option<u64>,
+    /// Keys nerve believes it holds, with the service each belongs to.
+    pub keys: BTreeMap<String, String>,
+}
+
+/// Shared by the tasks that update parts of the status.
+#[derive(Debug, Clone)]
+pub struct StatusHandle {
+    tx: Arc<watch::Sender<Status>>,
+    ready: Arc<AtomicBool>,
+}
+
+impl StatusHandle {
+    pub fn new(instance_id: String, ready: Arc<AtomicBool>) -> Self {
+        let (tx, _) = watch::channel(Status {
+            instance_id,
+            ..Status::default()
+        });
+        Self {
+            tx: Arc::new(tx),
+            ready,
+        }
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Status> {
+        self.tx.subscribe()
+    }
+
+    pub fn snapshot(&self) -> Status {
+        self.tx.borrow().clone()
+    }
+
+    pub fn update_services(&self, f: impl FnOnce(&mut BTreeMap<String, ServiceStatus>)) {
+        self.tx.send_if_modified(|s| {
+            let before = s.services.clone();
+            f(&mut s.services);
+            before != s.services
+        });
+    }
+
+    pub fn update_registry(&self, f: impl FnOnce(&mut RegistryStatus)) {
+        self.tx.send_if_modified(|s| {
+            let before = s.registry.clone();
+            f(&mut s.registry);
+            self.ready.store(s.registry.connected, Ordering::Relaxed);
+            before != s.registry
+        });
+    }
+}

@@ -1,0 +1,571 @@
+//! The supervisor owns the table of services: it starts one task per service, turns
+//! their states into the desired set the reporter reconciles, applies SIGHUP reloads,
+//! and touches the heartbeat file.
+//!
+//! A reload diffs the old and new service configs:
+//! - an unchanged service is not touched (same task, no etcd write);
+//! - a removed service's task stops and its registration is deleted;
+//! - an added service starts down and registers after `rise` successes;
+//! - a changed service is replaced **make-before-break**: the new task runs beside the
+//!   old one, whose registration stays, until the new one's health is settled (up, or
+//!   down after `fall` failures) or [`REPLACE_TIMEOUT`] passes; then it takes over in a
+//!   single registry update (SmartStack nerve waits the same 30 s).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::ServiceName;
+use tokio::sync::{mpsc, watch};
+use tokio::task::{JoinError, JoinSet};
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::check::AnyCheck;
+use crate::config::{Config, ServiceConfig};
+use crate::metrics::Metrics;
+use crate::reporter::{Desired, Entry};
+use crate::service::{ServiceState, ServiceTask, ServiceUpdate};
+use crate::status::{ServiceStatus, StatusHandle};
+
+/// How long a replacement may take to settle before it takes over anyway.
+pub const REPLACE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often the heartbeat file is touched and replacement deadlines are checked.
+const TICK: Duration = Duration::from_secs(1);
+
+/// One running task for a service.
+struct Generation {
+    config: ServiceConfig,
+    generation: u64,
+    cancel: CancellationToken,
+    state: Option<ServiceState>,
+}
+
+struct Slot {
+    active: Generation,
+    /// A replacement being health-checked (SIGHUP), and when it takes over regardless.
+    pending: Option<(Generation, Instant)>,
+}
+
+pub struct Supervisor {
+    config: Config,
+    slots: BTreeMap<ServiceName, Slot>,
+    tasks: JoinSet<()>,
+    task_ids: HashMap<tokio::task::Id, (ServiceName, u64)>,
+    next_generation: u64,
+    updates_tx: mpsc::UnboundedSender<ServiceUpdate>,
+    updates_rx: mpsc::UnboundedReceiver<ServiceUpdate>,
+    desired: watch::Sender<Desired>,
+    maintenance: watch::Sender<Option<PathBuf>>,
+    heartbeat_failing: bool,
+    status: StatusHandle,
+    metrics: Metrics,
+    /// Parent of every service task's token.
+    cancel: CancellationToken,
+}
+
+impl Supervisor {
+    pub fn new(
+        config: Config,
+        desired: watch::Sender<Desired>,
+        status: StatusHandle,
+        metrics: Metrics,
+        cancel: CancellationToken,
+    ) -> Self {
+        let (updates_tx, updates_rx) = mpsc::unbounded_channel();
+        let (maintenance, _) = watch::channel(config.maintenance_file.clone());
+        Self {
+            config,
+            slots: BTreeMap::new(),
+            tasks: JoinSet::new(),
+            task_ids: HashMap::new(),
+            next_generation: 0,
+            updates_tx,
+            updates_rx,
+            desired,
+            maintenance,
+            heartbeat_failing: false,
+            status,
+            metrics,
+            cancel,
+        }
+    }
+
+    /// Runs until `cancel` fires, applying configs from `reloads`; then stops every
+    /// service task.
+    pub async fn run(mut self, mut reloads: mpsc::UnboundedReceiver<Config>) {
+        let services: Vec<ServiceConfig> = self.config.services.values().cloned().collect();
+        for service in services {
+            let active = self.spawn(service.clone());
+            self.slots.insert(
+                service.name,
+                Slot {
+                    active,
+                    pending: None,
+                },
+            );
+        }
+        self.publish();
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let cancel = self.cancel.clone();
+        loop {
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => break,
+                Some(update) = self.updates_rx.recv() => self.on_update(update),
+                Some(config) = reloads.recv() => self.reload(config),
+                Some(joined) = self.tasks.join_next_with_id() => self.on_task_exit(joined),
+                _ = tick.tick() => self.on_tick().await,
+            }
+        }
+        self.tasks.abort_all();
+        while self.tasks.join_next().await.is_some() {}
+    }
+
+    fn spawn(&mut self, config: ServiceConfig) -> Generation {
+        self.next_generation += 1;
+        let generation = self.next_generation;
+        let cancel = self.cancel.child_token();
+        let checks: Vec<AnyCheck> = config.checks.iter().map(AnyCheck::new).collect();
+        for check in &checks {
+            if let AnyCheck::Broken { name, reason } = check {
+                error!(service = %config.name, check = %name, reason = %reason,
+                    "check cannot run; the service stays down");
+            }
+        }
+        let task = ServiceTask {
+            config: config.clone(),
+            generation,
+            global_maintenance: self.maintenance.subscribe(),
+            updates: self.updates_tx.clone(),
+            metrics: self.metrics.clone(),
+        };
+        let handle = self.tasks.spawn(task.run(checks, cancel.clone()));
+        self.task_ids
+            .insert(handle.id(), (config.name.clone(), generation));
+        Generation {
+            config,
+            generation,
+            cancel,
+            state: None,
+        }
+    }
+
+    fn on_update(&mut self, update: ServiceUpdate) {
+        let Some(slot) = self.slots.get_mut(&update.service) else {
+            return;
+        };
+        if slot.active.generation == update.generation {
+            slot.active.state = Some(update.state);
+        } else if let Some((pending, _)) = slot
+            .pending
+            .as_mut()
+            .filter(|(p, _)| p.generation == update.generation)
+        {
+            let settled = update.state.settled;
+            pending.state = Some(update.state);
+            if settled {
+                self.promote(&update.service, "its health is settled");
+            }
+        }
+        self.publish();
+    }
+
+    /// The replacement of `name` takes over from the running task.
+    fn promote(&mut self, name: &ServiceName, why: &str) {
+        let Some(slot) = self.slots.get_mut(name) else {
+            return;
+        };
+        let Some((pending, _)) = slot.pending.take() else {
+            return;
+        };
+        let old = std::mem::replace(&mut slot.active, pending);
+        old.cancel.cancel();
+        info!(service = %name, instance = %self.config.instance_id,
+            healthy = slot.active.state.as_ref().is_some_and(|s| s.healthy),
+            "new service config takes over ({why})");
+    }
+
+    fn reload(&mut self, new: Config) {
+        if new.instance_id != self.config.instance_id {
+            error!(running = %self.config.instance_id, new = %new.instance_id,
+                "config reload rejected: instance_id cannot change while nerve runs; restart it");
+            return;
+        }
+        let restart_only = [
+            ("etcd", new.etcd != self.config.etcd),
+            ("lease_ttl", new.lease_ttl != self.config.lease_ttl),
+            (
+                "reconcile_interval",
+                new.reconcile_interval != self.config.reconcile_interval,
+            ),
+            (
+                "shutdown_timeout",
+                new.shutdown_timeout != self.config.shutdown_timeout,
+            ),
+            ("admin_listen", new.admin_listen != self.config.admin_listen),
+        ];
+        for (key, changed) in restart_only {
+            if changed {
+                warn!(
+                    key,
+                    "changed in the config; it takes effect when nerve restarts"
+                );
+            }
+        }
+        self.config.heartbeat_path = new.heartbeat_path.clone();
+        self.config.maintenance_file = new.maintenance_file.clone();
+        self.maintenance
+            .send_if_modified(|m| replace_if_changed(m, new.maintenance_file.clone()));
+
+        let (mut added, mut changed, mut removed, mut unchanged) = (0, 0, 0, 0);
+        let gone: Vec<ServiceName> = self
+            .slots
+            .keys()
+            .filter(|name| !new.services.contains_key(*name))
+            .cloned()
+            .collect();
+        for name in gone {
+            if let Some(slot) = self.slots.remove(&name) {
+                slot.active.cancel.cancel();
+                if let Some((pending, _)) = slot.pending {
+                    pending.cancel.cancel();
+                }
+                info!(service = %name, instance = %new.instance_id, "service removed from the config");
+                removed += 1;
+            }
+        }
+        for (name, service) in &new.services {
+            let current = self.slots.get(name).map(|slot| {
+                slot.pending
+                    .as_ref()
+                    .map_or(&slot.active.config, |(p, _)| &p.config)
+            });
+            match current {
+                None => {
+                    let active = self.spawn(service.clone());
+                    self.slots.insert(
+                        name.clone(),
+                        Slot {
+                            active,
+                            pending: None,
+                        },
+                    );
+                    info!(service = %name, instance = %new.instance_id, "service added to the config");
+                    added += 1;
+                }
+                Some(current) if current == service => unchanged += 1,
+                Some(_) => {
+                    let replacement = self.spawn(service.clone());
+                    if let Some(slot) = self.slots.get_mut(name) {
+                        if let Some((old, _)) = slot.pending.take() {
+                            old.cancel.cancel();
+                        }
+                        slot.pending = Some((replacement, Instant::now() + REPLACE_TIMEOUT));
+                    }
+                    info!(service = %name, instance = %new.instance_id,
+                        "service config changed; checking the new config before it takes over");
+                    changed += 1;
+                }
+            }
+        }
+        self.config.services = new.services;
+        info!(added, changed, removed, unchanged, "config reloaded");
+        self.publish();
+    }
+
+    fn on_task_exit(&mut self, joined: Result<(tokio::task::Id, ()), JoinError>) {
+        let id = match &joined {
+            Ok((id, ())) => *id,
+            Err(e) => e.id(),
+        };
+        let Some((name, generation)) = self.task_ids.remove(&id) else {
+            return;
+        };
+        let Err(e) = joined else {
+            return;
+        };
+        if e.is_cancelled() {
+            return;
+        }
+        // A panic is a bug; keep the service checked by starting it again, as a
+        // replacement so its registration stays until the new task has settled.
+        let Some(slot) = self.slots.get(&name) else {
+            return;
+        };
+        let is_active = slot.active.generation == generation;
+        let is_pending = slot
+            .pending
+            .as_ref()
+            .is_some_and(|(p, _)| p.generation == generation);
+        if !(is_active || is_pending) {
+            return;
+        }
+        error!(service = %name, error = %e, "service task crashed; restarting it");
+        let config = slot.active.config.clone();
+        let config = slot
+            .pending
+            .as_ref()
+            .map_or(config, |(p, _)| p.config.clone());
+        let replacement = self.spawn(config);
+        if let Some(slot) = self.slots.get_mut(&name) {
+            slot.pending = Some((replacement, Instant::now() + REPLACE_TIMEOUT));
+        }
+    }
+
+    async fn on_tick(&mut self) {
+        let now = Instant::now();
+        let overdue: Vec<ServiceName> = self
+            .slots
+            .iter()
+            .filter(|(_, slot)| slot.pending.as_ref().is_some_and(|(_, t)| *t <= now))
+            .map(|(name, _)| name.clone())
+            .collect();
+        if !overdue.is_empty() {
+            for name in overdue {
+                self.promote(&name, "it did not settle within 30 s");
+            }
+            self.publish();
+        }
+        self.touch_heartbeat().await;
+    }
+
+    async fn touch_heartbeat(&mut self) {
+        let Some(path) = self.config.heartbeat_path.clone() else {
+            return;
+        };
+        let touched = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)?;
+            file.set_modified(std::time::SystemTime::now())
+        })
+        .await;
+        match touched {
+            Ok(Ok(())) => {
+                if self.heartbeat_failing {
+                    info!("heartbeat file writable again");
+                }
+                self.heartbeat_failing = false;
+            }
+            Ok(Err(e)) => {
+                if !self.heartbeat_failing {
+                    warn!(path = ?self.config.heartbeat_path, error = %e,
+                        "cannot touch the heartbeat file");
+                }
+                self.heartbeat_failing = true;
+            }
+            Err(e) => warn!(error = %e, "heartbeat task failed"),
+        }
+    }
+
+    /// Sends the desired set (if it changed) and the services' status.
+    fn publish(&self) {
+        let desired: Desired = self
+            .slots
+            .iter()
+            .filter(|(_, slot)| slot.active.state.as_ref().is_some_and(|s| s.reported))
+            .map(|(name, slot)| {
+                (
+                    name.clone(),
+                    Entry {
+                        path: slot.active.config.path.clone(),
+                        registration: slot.active.config.registration.clone(),
+                    },
+                )
+            })
+            .collect();
+        self.desired
+            .send_if_modified(|d| replace_if_changed(d, desired));
+        let services: BTreeMap<String, ServiceStatus> = self
+            .slots
+            .iter()
+            .map(|(name, slot)| {
+                let state = slot.active.state.clone();
+                (
+                    name.to_string(),
+                    ServiceStatus {
+                        healthy: state.as_ref().is_some_and(|s| s.healthy),
+                        drained: state.as_ref().is_some_and(|s| s.drained),
+                        reported: state.as_ref().is_some_and(|s| s.reported),
+                        etcd_path: slot.active.config.path.to_string(),
+                        replacing: slot.pending.is_some(),
+                    },
+                )
+            })
+            .collect();
+        self.status.update_services(|s| *s = services);
+    }
+}
+
+fn replace_if_changed<T: PartialEq>(slot: &mut T, new: T) -> bool {
+    if *slot == new {
+        false
+    } else {
+        *slot = new;
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{parse, Overrides};
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+
+    fn config(services: &str) -> Config {
+        let text = format!(r#"{{"instance_id":"i1","services":{{{services}}}}}"#);
+        parse(&text, &Overrides::default()).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    struct Running {
+        desired: watch::Receiver<Desired>,
+        reload: mpsc::UnboundedSender<Config>,
+        cancel: CancellationToken,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    fn start(config: Config) -> Running {
+        let (tx, desired) = watch::channel(Desired::new());
+        let (reload, reloads) = mpsc::unbounded_channel();
+        let cancel = CancellationToken::new();
+        let status = StatusHandle::new("i1".into(), Arc::new(AtomicBool::new(false)));
+        let supervisor = Supervisor::new(config, tx, status, Metrics::default(), cancel.clone());
+        let task = tokio::spawn(supervisor.run(reloads));
+        Running {
+            desired,
+            reload,
+            cancel,
+            task,
+        }
+    }
+
+    async fn wait_for(
+        desired: &mut watch::Receiver<Desired>,
+        want: impl Fn(&Desired) -> bool,
+    ) -> Desired {
+        tokio::time::timeout(Duration::from_secs(60), async {
+            loop {
+                let d = desired.borrow_and_update().clone();
+                if want(&d) {
+                    return d;
+                }
+                desired.changed().await.unwrap();
+            }
+        })
+        .await
+        .expect("desired set never matched")
+    }
+
+    fn ports(d: &Desired) -> Vec<(String, u16)> {
+        d.iter()
+            .map(|(n, e)| (n.to_string(), e.registration.port.get()))
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reload_adds_removes_and_replaces_make_before_break() {
+        let noop = r#""checks":[{"type":"noop"}]"#;
+        let mut r = start(config(&format!(
+            r#""a":{{"host":"127.0.0.1","port":1,{noop}}},"b":{{"host":"127.0.0.1","port":2,{noop}}}"#
+        )));
+        wait_for(&mut r.desired, |d| d.len() == 2).await;
+
+        // b removed, c added, a changed to a check that never passes: `a` keeps its old
+        // registration until the replacement settles (down after fall=2 failures).
+        let failing = r#""checks":[{"type":"tcp","port":1,"timeout":0.05,"fall":2}]"#;
+        r.reload
+            .send(config(&format!(
+                r#""a":{{"host":"127.0.0.1","port":10,{failing}}},"c":{{"host":"127.0.0.1","port":3,{noop}}}"#
+            )))
+            .unwrap();
+        let d = wait_for(&mut r.desired, |d| {
+            !d.contains_key(&ServiceName::new("b").unwrap())
+        })
+        .await;
+        assert!(ports(&d).contains(&("a".into(), 1)), "{d:?}");
+        // The old `a` is never dropped before the replacement settles, and then `a` goes
+        // (the new config is down); `c` comes up.
+        let d = wait_for(&mut r.desired, |d| {
+            !d.contains_key(&ServiceName::new("a").unwrap())
+                && d.contains_key(&ServiceName::new("c").unwrap())
+        })
+        .await;
+        assert_eq!(ports(&d), [("c".to_owned(), 3)]);
+
+        r.cancel.cancel();
+        r.task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn changed_service_swaps_in_one_step() {
+        let noop = r#""checks":[{"type":"noop"}]"#;
+        let mut r = start(config(&format!(
+            r#""a":{{"host":"127.0.0.1","port":1,{noop}}}"#
+        )));
+        wait_for(&mut r.desired, |d| d.len() == 1).await;
+        r.reload
+            .send(config(&format!(
+                r#""a":{{"host":"127.0.0.1","port":2,{noop}}}"#
+            )))
+            .unwrap();
+        // Every published set holds `a`, first with port 1, then with port 2.
+        let mut seen = Vec::new();
+        loop {
+            r.desired.changed().await.unwrap();
+            let d = r.desired.borrow_and_update().clone();
+            seen.push(ports(&d));
+            if ports(&d) == [("a".to_owned(), 2)] {
+                break;
+            }
+        }
+        assert!(seen.iter().all(|p| p.len() == 1), "{seen:?}");
+        r.cancel.cancel();
+        r.task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unchanged_services_keep_their_task() {
+        let noop = r#""checks":[{"type":"noop"}]"#;
+        let cfg = config(&format!(r#""a":{{"host":"127.0.0.1","port":1,{noop}}}"#));
+        let (tx, mut desired) = watch::channel(Desired::new());
+        let (reload, reloads) = mpsc::unbounded_channel();
+        let cancel = CancellationToken::new();
+        let status = StatusHandle::new("i1".into(), Arc::new(AtomicBool::new(false)));
+        let mut status_rx = status.subscribe();
+        let supervisor =
+            Supervisor::new(cfg.clone(), tx, status, Metrics::default(), cancel.clone());
+        let task = tokio::spawn(supervisor.run(reloads));
+        wait_for(&mut desired, |d| d.len() == 1).await;
+        reload.send(cfg).unwrap();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        // No replacement was started, and the desired set never changed.
+        assert!(!desired.has_changed().unwrap());
+        let status = status_rx.borrow_and_update().clone();
+        assert!(!status.services["a"].replacing);
+        cancel.cancel();
+        task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn heartbeat_is_touched() {
+        let dir = tempfile::tempdir().unwrap();
+        let heartbeat = dir.path().join("hb");
+        let mut cfg = config("");
+        cfg.heartbeat_path = Some(heartbeat.clone());
+        let r = start(cfg);
+        tokio::time::timeout(Duration::from_secs(30), async {
+            while !heartbeat.exists() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .await
+        .expect("heartbeat never written");
+        r.cancel.cancel();
+        r.task.await.unwrap();
+    }
+}
