@@ -279,7 +279,7 @@ impl EtcdSettings {
             .with_keep_alive(self.keepalive_interval, self.keepalive_timeout)
             .with_keep_alive_while_idle(true)
             // etcd-client tries endpoints in turn; require_leader on watches is per call.
-            .with_tcp_keepalive(self.keepalive_interval);
+            .with_tcp_keepalive(self.keepalive_interval.max(Duration::from_secs(1)));
         if let Some(auth) = &self.auth {
             opts = opts.with_user(auth.username.clone(), auth.password.expose());
         }

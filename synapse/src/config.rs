@@ -99,6 +99,7 @@ pub struct DiscoveryFile {
     pub check_interval: Option<Seconds>,
     pub endpoint: Option<String>,
     pub imds_endpoint: Option<String>,
+    pub request_timeout: Option<Seconds>,
     // multi
     pub watchers: Option<BTreeMap<String, Self>>,
     pub resolver: Option<ResolverFile>,
@@ -274,6 +275,8 @@ pub struct Ec2TagDiscovery {
     /// The instance metadata service, for role credentials; `http://169.254.169.254`
     /// when unset (or `AWS_EC2_METADATA_SERVICE_ENDPOINT`).
     pub imds_endpoint: Option<String>,
+    /// The timeout of one EC2 API request.
+    pub request_timeout: Duration,
     pub policy: AddressPolicy,
 }
 
@@ -373,6 +376,8 @@ pub mod defaults {
     pub const RESYNC_INTERVAL: Duration = Duration::from_secs(60);
     pub const PROGRESS_INTERVAL: Duration = Duration::from_secs(5);
     pub const EC2_CHECK_INTERVAL: Duration = Duration::from_secs(15);
+    /// One EC2 API request.
+    pub const EC2_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
     pub const RESTART_INTERVAL: Duration = Duration::from_secs(2);
     pub const STATE_FILE_TTL: Duration = Duration::from_secs(86_400);
     pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
@@ -919,6 +924,7 @@ fn method_keys(method: &str) -> Option<&'static [&'static str]> {
             "check_interval",
             "endpoint",
             "imds_endpoint",
+            "request_timeout",
         ],
         "base" | "static" => &[],
         "multi" => &["watchers", "resolver"],
@@ -1090,6 +1096,12 @@ fn validate_discovery(
                 check_interval,
                 endpoint: d.endpoint.clone(),
                 imds_endpoint: d.imds_endpoint.clone(),
+                request_timeout: positive(
+                    d.request_timeout,
+                    "request_timeout",
+                    defaults::EC2_REQUEST_TIMEOUT,
+                    errors,
+                ),
                 policy,
             })
         }

@@ -50,7 +50,19 @@ impl Backend {
     /// Starts a healthy backend on `127.0.0.1:port` (0 for any), e.g. to bring a killed
     /// backend back at the same address.
     pub async fn start_on(id: impl Into<String>, port: u16) -> io::Result<Self> {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port)).await?;
+        Self::start_at(id, SocketAddr::from((Ipv4Addr::LOCALHOST, port))).await
+    }
+
+    /// Starts a healthy backend on a given loopback address, e.g. `127.0.1.4:50001` for
+    /// an EC2 instance that moto placed at `127.0.1.4`. Non-loopback addresses are refused.
+    pub async fn start_at(id: impl Into<String>, addr: SocketAddr) -> io::Result<Self> {
+        if !addr.ip().is_loopback() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{addr} is not a loopback address"),
+            ));
+        }
+        let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             id: id.into(),

@@ -49,6 +49,7 @@ pub mod etcd;
 pub mod eventually;
 pub mod haproxy;
 pub mod http;
+pub mod moto;
 pub mod ports;
 mod process;
 pub mod workdir;
@@ -61,6 +62,7 @@ pub use haproxy::{
     ServerState, StatRow, StatsSocket,
 };
 pub use http::{http_get, http_get_timeout, HttpResponse};
+pub use moto::{Ec2Instance, Moto};
 pub use ports::{free_port, loopback};
 pub use workdir::Workdir;
 

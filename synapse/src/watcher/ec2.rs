@@ -24,9 +24,6 @@ use crate::ec2::credentials::CredentialInputs;
 use crate::ec2::{CredentialProvider, Ec2Api, Ec2Error, Instance};
 use std::sync::Arc;
 
-/// Timeout of one EC2 request.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// Polls EC2 for one service.
 pub struct Ec2Watcher {
     service: ServiceName,
@@ -74,7 +71,7 @@ impl Ec2Watcher {
             region,
             self.config.endpoint.clone(),
             credentials,
-            REQUEST_TIMEOUT,
+            self.config.request_timeout,
         )
         .map_err(|e| e.to_string())
     }

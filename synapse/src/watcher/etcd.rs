@@ -262,15 +262,21 @@ impl EtcdWatcher {
             .with_prefix()
             .with_start_revision(from)
             .with_progress_notify();
-        client
+        let mut watch_client = client
             .watch_client()
-            .max_decoding_message_size(MAX_DECODE_BYTES)
-            .watch(self.dir.clone(), Some(opts))
-            .await
-            .map_err(|source| WatchError::WatchStart {
-                prefix: self.dir.clone(),
-                source,
-            })
+            .max_decoding_message_size(MAX_DECODE_BYTES);
+        // A watch is a stream, which the client's request timeout does not bound: a
+        // channel stuck reconnecting would hang here forever.
+        timeout(
+            self.config.settings.request_timeout,
+            watch_client.watch(self.dir.clone(), Some(opts)),
+        )
+        .await
+        .map_err(|_| WatchError::Silent(self.config.settings.request_timeout))?
+        .map_err(|source| WatchError::WatchStart {
+            prefix: self.dir.clone(),
+            source,
+        })
     }
 
     /// Follows a watch stream until it breaks, is compacted, or a resync is due.
@@ -332,9 +338,9 @@ impl EtcdWatcher {
                             return Ok(State::List);
                         }
                     }
-                    if resp.events().is_empty() {
-                        continue;
-                    }
+                    // Any message (created, progress, events) proves the stream live, so
+                    // the set is current again: publish it fresh even without events, or a
+                    // `multi` resolver would keep preferring a fallback after a reconnect.
                     for ev in resp.events() {
                         let Some(kv) = ev.kv() else { continue };
                         revision = revision.max(kv.mod_revision());

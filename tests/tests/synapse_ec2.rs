@@ -1,0 +1,587 @@
+//! synapse's `ec2tag` discovery against a real moto server on loopback (its VPC is
+//! `127.0.0.0/16`, so instances get loopback addresses), with real HAProxy, real HTTP
+//! backends listening on the instances' addresses, and real requests through HAProxy.
+//!
+//! Local helper: [`FaultProxy`], an HTTP proxy in front of moto that injects the EC2
+//! failures of the issue (5xx, throttling, timeouts, malformed XML, a page failing in the
+//! middle of a listing, expired credentials).
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{Host, InstanceId, Port, Registration, ServicePath};
+use integration_tests::{
+    eventually, free_port, http_get, init_tracing, loopback, Backend, Etcd, Haproxy,
+    HaproxyOptions, Moto, Workdir,
+};
+use synapse::counters::Counters;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+const TIMEOUT: Duration = Duration::from_secs(20);
+
+/// synapse in this test's runtime, stopped on drop.
+struct Synapse {
+    cancel: CancellationToken,
+    _task: JoinHandle<Result<(), synapse::RunError>>,
+    counters: Arc<Counters>,
+}
+
+impl Synapse {
+    fn start(config_text: &str) -> Self {
+        let config = synapse::Config::parse(config_text, None)
+            .unwrap_or_else(|e| panic!("config:\n{e}\n{config_text}"));
+        let cancel = CancellationToken::new();
+        let counters = Arc::new(Counters::default());
+        let task = tokio::spawn(synapse::run_with(config, counters.clone(), cancel.clone()));
+        Self {
+            cancel,
+            _task: task,
+            counters,
+        }
+    }
+}
+
+impl Drop for Synapse {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+/// haproxy.cfg, HAProxy and the bits of a synapse config every test here shares.
+struct World {
+    dir: Workdir,
+    port: u16,
+    haproxy: Option<Haproxy>,
+}
+
+impl World {
+    fn new() -> Self {
+        init_tracing();
+        Self {
+            dir: Workdir::new(),
+            port: free_port(),
+            haproxy: None,
+        }
+    }
+
+    /// A synapse config with one service `web` whose `discovery` and extra service keys
+    /// are given.
+    fn config(&self, discovery: &str, extra: &str) -> String {
+        let master = self.dir.join("master.sock");
+        format!(
+            r#"{{
+              "services": {{
+                "web": {{
+                  "discovery": {discovery},
+                  "haproxy": {{"port": {port}, "listen": ["balance roundrobin"], "server_options": "check inter 200 fall 1 rise 1"}}
+                  {extra}
+                }}
+              }},
+              "debounce": 0.05,
+              "debounce_max_wait": 0.3,
+              "haproxy": {{
+                "config_file_path": "{cfg}",
+                "do_checks": true,
+                "reload_command": "[ ! -e {master} ] || echo reload | socat stdio unix-connect:{master}",
+                "restart_interval": 0.2,
+                "bind_address": "127.0.0.1",
+                "global": ["stats socket {sock} mode 600 level admin expose-fd listeners"],
+                "defaults": ["mode http", "timeout connect 1s", "timeout client 10s",
+                             "timeout server 10s", "retries 3", "option redispatch 1"]
+              }}
+            }}"#,
+            port = self.port,
+            cfg = self.dir.join("haproxy.cfg").display(),
+            sock = self.dir.join("admin.sock").display(),
+            master = master.display(),
+        )
+    }
+
+    /// Waits for synapse's first haproxy.cfg, starts HAProxy on it, and links its master
+    /// socket where synapse's reload command looks; one confirmed reload then picks up
+    /// anything written between the start and the link.
+    async fn start_haproxy(&mut self) {
+        let cfg = self.dir.join("haproxy.cfg");
+        eventually(TIMEOUT, || async { cfg.exists() }).await;
+        let haproxy =
+            Haproxy::start(HaproxyOptions::new(&cfg).stats_socket(self.dir.join("admin.sock")))
+                .await;
+        std::os::unix::fs::symlink(haproxy.master_socket(), self.dir.join("master.sock"))
+            .expect("link master socket");
+        haproxy.master().reload().await.expect("initial reload");
+        self.haproxy = Some(haproxy);
+    }
+
+    fn haproxy_cfg(&self) -> String {
+        self.dir.read("haproxy.cfg")
+    }
+
+    /// The backend ids that answer `n` requests through HAProxy; a failed request is an
+    /// error.
+    async fn answering(&self, n: usize) -> Result<BTreeSet<String>, String> {
+        let mut ids = BTreeSet::new();
+        for _ in 0..n {
+            let r = http_get(loopback(self.port), "/")
+                .await
+                .map_err(|e| e.to_string())?;
+            if r.status != 200 {
+                return Err(format!("status {}", r.status));
+            }
+            ids.insert(r.body);
+        }
+        Ok(ids)
+    }
+
+    /// Waits until requests are answered by exactly `want`.
+    async fn wait_answering(&self, want: &[&str]) {
+        let want: BTreeSet<String> = want.iter().map(|s| (*s).to_owned()).collect();
+        eventually(TIMEOUT, || async {
+            let got = self.answering(want.len() * 4).await?;
+            if got == want {
+                Ok(())
+            } else {
+                Err(format!("answering {got:?}, want {want:?}"))
+            }
+        })
+        .await;
+    }
+}
+
+fn ec2_discovery(endpoint: &str) -> String {
+    format!(
+        r#"{{"method": "ec2tag", "tag_name": "servicename", "tag_value": "true",
+            "aws_region": "us-east-1", "aws_access_key_id": "testing",
+            "aws_secret_access_key": "testing", "endpoint": "{endpoint}",
+            "check_interval": 0.3, "request_timeout": 1}}"#
+    )
+}
+
+fn addr(ip: &str, port: u16) -> SocketAddr {
+    SocketAddr::new(ip.parse().expect("instance ip"), port)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tagged_running_instances_are_routed_and_stopped_or_untagged_ones_removed() {
+    let moto = Moto::start().await;
+    let mut world = World::new();
+    let port = free_port();
+    let tagged = moto.run_instances(3, &[("servicename", "true")]).await;
+    let other = moto.run_instances(1, &[("servicename", "other")]).await;
+    let mut backends = Vec::new();
+    for (i, inst) in tagged.iter().chain(&other).enumerate() {
+        backends.push(
+            Backend::start_at(format!("i{i}"), addr(&inst.private_ip, port))
+                .await
+                .expect("backend on the instance's address"),
+        );
+    }
+    let config = world.config(
+        &ec2_discovery(&moto.endpoint()),
+        &format!(r#", "backend_port_override": {port}"#),
+    );
+    let _synapse = Synapse::start(&config);
+    world.start_haproxy().await;
+    world.wait_answering(&["i0", "i1", "i2"]).await;
+    // The untagged-for-us instance never shows up.
+    assert!(!world.haproxy_cfg().contains(&other[0].private_ip));
+
+    moto.stop_instances(&[&tagged[0].id]).await;
+    world.wait_answering(&["i1", "i2"]).await;
+    moto.untag(&[&tagged[1].id], "servicename").await;
+    world.wait_answering(&["i2"]).await;
+    let cfg = world.haproxy_cfg();
+    assert!(
+        !cfg.contains(&format!("{}:{port}", tagged[0].private_ip)),
+        "{cfg}"
+    );
+    assert!(
+        !cfg.contains(&format!("{}:{port}", tagged[1].private_ip)),
+        "{cfg}"
+    );
+}
+
+/// The seed's config: ec2tag + `server_port_override` + `server_backup_port` +
+/// `server_options: "check"`. Backups take over when every normal server is down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_backup_port_servers_serve_when_every_normal_server_is_down() {
+    let moto = Moto::start().await;
+    let mut world = World::new();
+    let (normal, backup) = (free_port(), free_port());
+    let instances = moto.run_instances(2, &[("servicename", "true")]).await;
+    let mut normals = Vec::new();
+    let mut backups = Vec::new();
+    for (i, inst) in instances.iter().enumerate() {
+        normals.push(
+            Backend::start_at(format!("n{i}"), addr(&inst.private_ip, normal))
+                .await
+                .expect("normal"),
+        );
+        backups.push(
+            Backend::start_at(format!("b{i}"), addr(&inst.private_ip, backup))
+                .await
+                .expect("backup"),
+        );
+    }
+    let discovery = ec2_discovery(&moto.endpoint());
+    let config = world.config(&discovery, "").replace(
+        r#""server_options": "check inter 200 fall 1 rise 1"}"#,
+        &format!(
+            r#""server_options": "check inter 200 fall 1 rise 1",
+                "server_port_override": "{normal}", "server_backup_port": "{backup}"}}"#
+        ),
+    );
+    let _synapse = Synapse::start(&config);
+    world.start_haproxy().await;
+    // Normal servers only, while they are up.
+    world.wait_answering(&["n0", "n1"]).await;
+    let cfg = world.haproxy_cfg();
+    for inst in &instances {
+        assert!(
+            cfg.lines()
+                .any(|l| l.contains(&format!("{}:{backup}", inst.private_ip))
+                    && l.trim_end().contains(" backup")),
+            "no backup server for {}:\n{cfg}",
+            inst.private_ip
+        );
+    }
+    for n in &mut normals {
+        n.kill().await;
+    }
+    // HAProxy's checks mark the normal servers down; a backup answers (the first one:
+    // without `option allbackups` HAProxy uses only the first backup).
+    eventually(TIMEOUT, || async {
+        let got = world.answering(4).await?;
+        if got.iter().all(|id| id.starts_with('b')) {
+            Ok(())
+        } else {
+            Err(format!("answering {got:?}"))
+        }
+    })
+    .await;
+}
+
+/// etcd primary, ec2tag fallback (`multi` + `sequential`): etcd away → EC2's set; etcd
+/// back → etcd's set; no request fails during either switch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sequential_fallback_switches_to_ec2_and_back_without_failed_requests() {
+    let moto = Moto::start().await;
+    let mut etcd = Etcd::start().await;
+    let mut world = World::new();
+    let port = free_port();
+    let inst = &moto.run_instances(1, &[("servicename", "true")]).await[0];
+    let _ec2_backend = Backend::start_at("ec2", addr(&inst.private_ip, port))
+        .await
+        .expect("ec2 backend");
+    // The etcd-registered instance listens on another loopback address, same port.
+    let _etcd_backend = Backend::start_at("etcd", addr("127.0.0.1", port))
+        .await
+        .expect("etcd backend");
+    let path = ServicePath::new("/it/fallback/web").expect("path");
+    let reg = Registration {
+        host: Host::Ip("127.0.0.1".parse().expect("ip")),
+        port: Port::new(port).expect("port"),
+        name: InstanceId::new("etcd-1").expect("name"),
+        weight: None,
+        haproxy_server_options: None,
+        labels: Default::default(),
+    };
+    let mut client = etcd.client().await;
+    client
+        .put(format!("{}/etcd-1", path), reg.encode(), None)
+        .await
+        .expect("put");
+    let discovery = format!(
+        r#"{{"method": "multi", "resolver": {{"method": "sequential", "sequential_order": ["primary", "fallback"]}},
+            "watchers": {{
+              "primary": {{"method": "etcd", "hosts": ["{etcd}"], "path": "{path}", "progress_interval": 0.3,
+                           "etcd": {{"dial_timeout": 0.5, "request_timeout": 1, "keepalive_interval": 0.5, "keepalive_timeout": 0.5}}}},
+              "fallback": {ec2}
+            }}}}"#,
+        etcd = etcd.client_addr(),
+        ec2 = ec2_discovery(&moto.endpoint()),
+    );
+    let config = world.config(&discovery, &format!(r#", "backend_port_override": {port}"#));
+    let synapse = Synapse::start(&config);
+    world.start_haproxy().await;
+    world.wait_answering(&["etcd"]).await;
+
+    // A bounded load loop (≤ 40 s, 20 ms apart) counts failed requests throughout.
+    let failed = Arc::new(AtomicU64::new(0));
+    let sent = Arc::new(AtomicU64::new(0));
+    let stop = CancellationToken::new();
+    let load = {
+        let (failed, sent, stop, port) = (failed.clone(), sent.clone(), stop.clone(), world.port);
+        tokio::spawn(async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+            while !stop.is_cancelled() && tokio::time::Instant::now() < deadline {
+                sent.fetch_add(1, Ordering::Relaxed);
+                match http_get(loopback(port), "/").await {
+                    Ok(r) if r.status == 200 => {}
+                    _ => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+
+    etcd.kill().await;
+    world.wait_answering(&["ec2"]).await;
+    etcd.restart().await;
+    world.wait_answering(&["etcd"]).await;
+    stop.cancel();
+    load.await.expect("load loop");
+    let (sent, failed) = (sent.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    assert!(sent > 20, "the load loop sent only {sent} requests");
+    assert_eq!(
+        failed, 0,
+        "{failed} of {sent} requests failed during the switches"
+    );
+    assert!(
+        Counters::get(&synapse.counters.source_switches) >= 2,
+        "source switches not counted"
+    );
+}
+
+/// What [`FaultProxy`] does to the next EC2 requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Fault {
+    Pass = 0,
+    Http500,
+    Throttle,
+    Hang,
+    MalformedXml,
+    Truncated,
+    /// The first page carries a `nextToken`; the request for the next page fails.
+    FailSecondPage,
+    ExpiredToken,
+}
+
+const FAULTS: [Fault; 7] = [
+    Fault::Http500,
+    Fault::Throttle,
+    Fault::Hang,
+    Fault::MalformedXml,
+    Fault::Truncated,
+    Fault::FailSecondPage,
+    Fault::ExpiredToken,
+];
+
+/// An HTTP/1.1 proxy to moto that injects [`Fault`]s and counts requests.
+struct FaultProxy {
+    addr: SocketAddr,
+    fault: Arc<AtomicU8>,
+    requests: Arc<AtomicU64>,
+    task: JoinHandle<()>,
+}
+
+impl FaultProxy {
+    async fn start(moto: SocketAddr) -> Self {
+        let listener = TcpListener::bind(loopback(0)).await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let fault = Arc::new(AtomicU8::new(Fault::Pass as u8));
+        let requests = Arc::new(AtomicU64::new(0));
+        let (f, r) = (fault.clone(), requests.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((conn, _)) = listener.accept().await {
+                let (f, r) = (f.clone(), r.clone());
+                tokio::spawn(async move {
+                    let _ = serve_one(conn, moto, f, r).await;
+                });
+            }
+        });
+        Self {
+            addr,
+            fault,
+            requests,
+            task,
+        }
+    }
+
+    fn set(&self, fault: Fault) {
+        self.fault.store(fault as u8, Ordering::SeqCst);
+    }
+
+    fn requests(&self) -> u64 {
+        self.requests.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn read_request(conn: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = conn.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(buf);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let len = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + len {
+                return Ok(buf);
+            }
+        }
+    }
+}
+
+async fn serve_one(
+    mut conn: TcpStream,
+    moto: SocketAddr,
+    fault: Arc<AtomicU8>,
+    requests: Arc<AtomicU64>,
+) -> std::io::Result<()> {
+    let request = read_request(&mut conn).await?;
+    requests.fetch_add(1, Ordering::SeqCst);
+    let fault = fault.load(Ordering::SeqCst);
+    let respond = |status: &str, body: &str| {
+        format!(
+            "HTTP/1.1 {status}\r\nContent-Type: text/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let error_doc = |code: &str| {
+        format!("<Response><Errors><Error><Code>{code}</Code><Message>injected</Message></Error></Errors><RequestID>x</RequestID></Response>")
+    };
+    let text = String::from_utf8_lossy(&request);
+    let reply = match fault {
+        f if f == Fault::Http500 as u8 => {
+            respond("500 Internal Server Error", &error_doc("InternalError"))
+        }
+        f if f == Fault::Throttle as u8 => respond(
+            "503 Service Unavailable",
+            &error_doc("RequestLimitExceeded"),
+        ),
+        f if f == Fault::ExpiredToken as u8 => {
+            respond("400 Bad Request", &error_doc("RequestExpired"))
+        }
+        f if f == Fault::Hang as u8 => {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            return Ok(());
+        }
+        f if f == Fault::MalformedXml as u8 => respond(
+            "200 OK",
+            "<DescribeInstancesResponse><reservationSet><item>&bogus;",
+        ),
+        f if f == Fault::FailSecondPage as u8 && text.contains("NextToken=") => {
+            respond("500 Internal Server Error", &error_doc("InternalError"))
+        }
+        _ => {
+            let body = forward(&request, moto).await?;
+            match fault {
+                f if f == Fault::Truncated as u8 => {
+                    let cut = body.len() / 2;
+                    respond("200 OK", &body[..cut])
+                }
+                f if f == Fault::FailSecondPage as u8 => respond(
+                    "200 OK",
+                    &body.replace(
+                        "</DescribeInstancesResponse>",
+                        "<nextToken>page-2</nextToken></DescribeInstancesResponse>",
+                    ),
+                ),
+                _ => respond("200 OK", &body),
+            }
+        }
+    };
+    conn.write_all(reply.as_bytes()).await?;
+    conn.shutdown().await
+}
+
+/// Sends the request to moto (with `Connection: close`) and returns the response body.
+async fn forward(request: &[u8], moto: SocketAddr) -> std::io::Result<String> {
+    let mut upstream = TcpStream::connect(moto).await?;
+    let text = String::from_utf8_lossy(request);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let head: Vec<&str> = head
+        .lines()
+        .filter(|l| !l.to_ascii_lowercase().starts_with("connection:"))
+        .collect();
+    upstream
+        .write_all(format!("{}\r\nConnection: close\r\n\r\n{body}", head.join("\r\n")).as_bytes())
+        .await?;
+    let mut resp = Vec::new();
+    upstream.read_to_end(&mut resp).await?;
+    let resp = String::from_utf8_lossy(&resp).into_owned();
+    Ok(resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_ec2_fault_leaves_the_routed_set_unchanged() {
+    let moto = Moto::start().await;
+    let moto_addr: SocketAddr = moto
+        .endpoint()
+        .trim_start_matches("http://")
+        .parse()
+        .expect("moto addr");
+    let proxy = FaultProxy::start(moto_addr).await;
+    let mut world = World::new();
+    let port = free_port();
+    let first = moto.run_instances(2, &[("servicename", "true")]).await;
+    let mut backends = Vec::new();
+    for (i, inst) in first.iter().enumerate() {
+        backends.push(
+            Backend::start_at(format!("i{i}"), addr(&inst.private_ip, port))
+                .await
+                .expect("backend"),
+        );
+    }
+    let config = world.config(
+        &ec2_discovery(&format!("http://{}", proxy.addr)),
+        &format!(r#", "backend_port_override": {port}"#),
+    );
+    let synapse = Synapse::start(&config);
+    world.start_haproxy().await;
+    world.wait_answering(&["i0", "i1"]).await;
+    let cfg_before = world.haproxy_cfg();
+
+    // A change that must NOT be picked up while EC2 is failing: one instance stops,
+    // once the first fault is in place.
+    proxy.set(FAULTS[0]);
+    let seen = proxy.requests();
+    eventually(TIMEOUT, || async { proxy.requests() > seen }).await;
+    moto.stop_instances(&[&first[1].id]).await;
+    for fault in FAULTS {
+        proxy.set(fault);
+        let seen = proxy.requests();
+        // At least two polls under this fault (retries back off from 1 s).
+        eventually(TIMEOUT, || async { proxy.requests() >= seen + 2 }).await;
+        assert_eq!(
+            world.haproxy_cfg(),
+            cfg_before,
+            "haproxy.cfg changed under {fault:?}"
+        );
+        let got = world.answering(8).await.expect("requests during a fault");
+        assert_eq!(
+            got,
+            BTreeSet::from(["i0".to_owned(), "i1".to_owned()]),
+            "routed set changed under {fault:?}"
+        );
+    }
+    // Recovery: the stopped instance is finally removed.
+    proxy.set(Fault::Pass);
+    world.wait_answering(&["i0"]).await;
+    assert!(Counters::get(&synapse.counters.reloads) >= 1);
+}
