@@ -161,6 +161,21 @@ pub struct HaproxyFile {
     pub max_server_id: Option<u32>,
     /// Timeout for `check_command` and `reload_command`, in seconds.
     pub command_timeout: Option<Seconds>,
+    /// How to reload: `command`, `master_socket` or `signal`.
+    pub reload_method: Option<String>,
+    /// HAProxy's master CLI (`-S`): reloads and their confirmation (`show proc`).
+    pub master_socket_path: Option<PathBuf>,
+    /// HAProxy's pid file (`-p`): the master's PID, for `reload_method: signal`.
+    pub pid_file_path: Option<PathBuf>,
+    /// synapse starts, supervises and stops HAProxy itself.
+    #[serde(default)]
+    pub managed: bool,
+    /// The HAProxy binary for `managed` mode.
+    pub haproxy_binary: Option<PathBuf>,
+    /// How long a managed HAProxy may take to finish its connections on exit, in seconds.
+    pub stop_timeout: Option<Seconds>,
+    /// Add and delete servers at runtime (`auto`), or never (`off`).
+    pub dynamic_servers: Option<String>,
 }
 
 /// `socket_file_path`: one path, or one per HAProxy process (airbnb PR #199).
@@ -320,6 +335,35 @@ pub struct HaproxyConfig {
     pub server_order_seed: u64,
     pub max_server_id: u32,
     pub command_timeout: Duration,
+    /// How a reload is done; `None` with `do_reloads: false`.
+    pub reload_method: Option<ReloadMethod>,
+    pub master_socket_path: Option<PathBuf>,
+    pub pid_file_path: Option<PathBuf>,
+    /// `Some` when synapse runs HAProxy itself.
+    pub managed: Option<ManagedHaproxy>,
+    /// `server-state-file` from the `global` lines: dumped before every reload.
+    pub server_state_file: Option<PathBuf>,
+    /// Whether servers may be added and deleted through the runtime API.
+    pub dynamic_servers: bool,
+}
+
+/// `reload_method`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReloadMethod {
+    /// `reload_command`, run by `sh -c`.
+    Command(String),
+    /// `reload` on the master CLI.
+    MasterSocket,
+    /// SIGUSR2 to the master (its PID from `pid_file_path`, or the managed child).
+    Signal,
+}
+
+/// `managed: true`: synapse starts HAProxy in master-worker mode, restarts it when it
+/// dies, and stops it on exit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManagedHaproxy {
+    pub binary: PathBuf,
+    pub stop_timeout: Duration,
 }
 
 /// A service's `haproxy` section, validated.
@@ -381,6 +425,10 @@ pub mod defaults {
     pub const RESTART_INTERVAL: Duration = Duration::from_secs(2);
     pub const STATE_FILE_TTL: Duration = Duration::from_secs(86_400);
     pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+    pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+    pub const HAPROXY_BINARY: &str = "haproxy";
+    /// The managed master CLI, beside haproxy.cfg.
+    pub const MASTER_SOCKET_NAME: &str = "haproxy-master.sock";
     pub const BIND_ADDRESS: &str = "localhost";
     pub const MAX_SERVER_ID: u32 = 65_535;
     pub const SERVICE_PATH_PREFIX: &str = "/nerve/services";
@@ -673,9 +721,46 @@ fn validate_haproxy(h: &HaproxyFile, errors: &mut ConfigErrors) -> HaproxyConfig
         None
     };
     let reload_command = h.reload_command.clone().filter(|c| !c.trim().is_empty());
-    if h.do_reloads && reload_command.is_none() {
-        errors.push(p("reload_command"), "is required when do_reloads is true");
+    let managed = h.managed.then(|| ManagedHaproxy {
+        binary: h
+            .haproxy_binary
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(defaults::HAPROXY_BINARY)),
+        stop_timeout: h
+            .stop_timeout
+            .map_or(defaults::STOP_TIMEOUT, Duration::from),
+    });
+    if h.managed && config_file_path.is_none() {
+        errors.push(p("managed"), "needs do_writes and config_file_path");
     }
+    if !h.managed && (h.haproxy_binary.is_some() || h.stop_timeout.is_some()) {
+        errors.push(
+            p(if h.haproxy_binary.is_some() {
+                "haproxy_binary"
+            } else {
+                "stop_timeout"
+            }),
+            "applies only with managed: true",
+        );
+    }
+    let master_socket_path = h.master_socket_path.clone().or_else(|| {
+        let dir = config_file_path.as_ref()?.parent()?;
+        h.managed.then(|| dir.join(defaults::MASTER_SOCKET_NAME))
+    });
+    let reload_method = validate_reload_method(
+        h,
+        reload_command.as_ref(),
+        master_socket_path.is_some(),
+        errors,
+    );
+    let dynamic_servers = match h.dynamic_servers.as_deref() {
+        None | Some("auto") => true,
+        Some("off") => false,
+        Some(_) => {
+            errors.push(p("dynamic_servers"), "must be `auto` or `off`");
+            true
+        }
+    };
     if let Some(c) = &reload_command {
         check_line(c, &p("reload_command"), errors);
     }
@@ -712,6 +797,7 @@ fn validate_haproxy(h: &HaproxyFile, errors: &mut ConfigErrors) -> HaproxyConfig
         Some(SocketPaths::One(p)) => vec![p.clone()],
         Some(SocketPaths::Many(ps)) => ps.clone(),
     };
+    let server_state_file = server_state_file(&global);
     HaproxyConfig {
         global,
         defaults: defaults_lines,
@@ -738,6 +824,90 @@ fn validate_haproxy(h: &HaproxyFile, errors: &mut ConfigErrors) -> HaproxyConfig
         server_order_seed: h.server_order_seed.unwrap_or_else(host_seed),
         max_server_id,
         command_timeout,
+        reload_method,
+        master_socket_path,
+        pid_file_path: h.pid_file_path.clone(),
+        managed,
+        server_state_file,
+        dynamic_servers,
+    }
+}
+
+/// `reload_method`, or the one the other keys imply: `command` with a `reload_command`,
+/// else `master_socket` with a master socket (managed mode has one), else `signal`
+/// with a `pid_file_path`.
+fn validate_reload_method(
+    h: &HaproxyFile,
+    reload_command: Option<&String>,
+    master_socket: bool,
+    errors: &mut ConfigErrors,
+) -> Option<ReloadMethod> {
+    let p = |k: &str| join_path("haproxy", k);
+    let command = || reload_command.map(|c| ReloadMethod::Command(c.clone()));
+    let method = match h.reload_method.as_deref() {
+        None => command()
+            .or_else(|| master_socket.then_some(ReloadMethod::MasterSocket))
+            .or_else(|| (h.pid_file_path.is_some() || h.managed).then_some(ReloadMethod::Signal)),
+        Some("command") => {
+            if reload_command.is_none() {
+                errors.push(
+                    p("reload_command"),
+                    "is required with reload_method command",
+                );
+            }
+            command()
+        }
+        Some("master_socket") => {
+            if !master_socket {
+                errors.push(
+                    p("master_socket_path"),
+                    "is required with reload_method master_socket (unless managed)",
+                );
+            }
+            Some(ReloadMethod::MasterSocket)
+        }
+        Some("signal") => {
+            if h.pid_file_path.is_none() && !h.managed {
+                errors.push(
+                    p("pid_file_path"),
+                    "is required with reload_method signal (unless managed)",
+                );
+            }
+            Some(ReloadMethod::Signal)
+        }
+        Some(_) => {
+            errors.push(
+                p("reload_method"),
+                "must be `command`, `master_socket` or `signal`",
+            );
+            None
+        }
+    };
+    if h.do_reloads && method.is_none() && h.reload_method.is_none() {
+        errors.push(
+            p("reload_command"),
+            "is required when do_reloads is true (or set master_socket_path, pid_file_path \
+             or managed)",
+        );
+    }
+    method.filter(|_| h.do_reloads)
+}
+
+/// The `server-state-file` a `global` section names, resolved against its
+/// `server-state-base`, if any.
+fn server_state_file(global: &[String]) -> Option<PathBuf> {
+    let value = |kw: &str| {
+        global.iter().rev().find_map(|l| {
+            let mut words = l.split_whitespace();
+            (words.next() == Some(kw))
+                .then(|| words.next().map(|w| w.trim_matches('"').to_owned()))
+                .flatten()
+        })
+    };
+    let file = PathBuf::from(value("server-state-file")?);
+    match value("server-state-base") {
+        Some(base) if file.is_relative() => Some(PathBuf::from(base).join(file)),
+        _ => Some(file),
     }
 }
 

@@ -29,6 +29,15 @@ pub struct Counters {
     pub over_limit: AtomicU64,
     /// `multi` discoveries that switched the source they publish from.
     pub source_switches: AtomicU64,
+    /// Runtime-API commands HAProxy accepted (add/del server, weight, state, addr).
+    pub runtime_commands: AtomicU64,
+    /// Runtime-API commands HAProxy refused, or a stats socket that failed (each falls
+    /// back to a reload).
+    pub runtime_failures: AtomicU64,
+    /// Managed mode: HAProxy starts (the first one and every restart).
+    pub haproxy_starts: AtomicU64,
+    /// Managed mode: HAProxy exits synapse did not ask for.
+    pub haproxy_exits: AtomicU64,
 }
 
 impl Counters {
