@@ -11,7 +11,9 @@
 //! - [`backends`]: `Backend`/`BackendSet` and the per-service rules (filters, defaults,
 //!   last-known-good, bounds).
 //! - [`reconcile`]: the single loop that debounces changes and applies them.
-//! - [`haproxy`]: pure rendering of haproxy.cfg, atomic write, check and reload.
+//! - [`haproxy`]: pure rendering of haproxy.cfg and the runtime-API plan; runtime
+//!   commands, atomic write, check, confirmed reloads; optionally HAProxy itself
+//!   (managed mode).
 //! - [`file_output`]: one JSON file per service.
 //! - [`counters`]: what synapse has done, for operators and tests.
 
@@ -65,14 +67,22 @@ pub async fn run_with(
         )?),
         None => None,
     };
-    let haproxy = match &config.haproxy {
-        Some(h) => Some(HaproxyOutput::new(h.clone(), counters.clone()).await),
-        None => None,
-    };
     let clients = Arc::new(EtcdClients::default());
     let changed = Arc::new(Notify::new());
     let watchers = cancel.child_token();
     let mut tasks = JoinSet::new();
+    let haproxy = match &config.haproxy {
+        Some(h) => {
+            let (output, supervisor) =
+                HaproxyOutput::new(h.clone(), counters.clone(), changed.clone()).await;
+            // Managed HAProxy: stopped (softly) when synapse stops, before run returns.
+            if let Some(supervisor) = supervisor {
+                tasks.spawn(supervisor.run(cancel.clone()));
+            }
+            Some(output)
+        }
+        None => None,
+    };
     let mut inputs = Vec::new();
     for svc in config.services.values() {
         let (tx, mut rx) = watch::channel(None);

@@ -111,9 +111,16 @@ impl Reconciler {
                 }
                 None => {}
             }
+            // HAProxy's own wake-ups (a deferred reload, the runtime check) wait for a
+            // scheduled retry: a failed reload is retried with the backoff.
+            let haproxy_wake = self
+                .haproxy
+                .as_ref()
+                .and_then(HaproxyOutput::next_wakeup)
+                .map(|t| retry_at.map_or(t, |r| t.max(r)));
             let wake = [
                 retry_at,
-                self.haproxy.as_ref().and_then(HaproxyOutput::next_wakeup),
+                haproxy_wake,
                 (!waiting_noted).then_some(started + STARTUP_NOTICE),
             ]
             .into_iter()
@@ -201,9 +208,10 @@ impl Reconciler {
             let applied = h.apply(&self.config.services, &desired).await?;
             if applied.reloaded {
                 reload = "done";
-                tracing::info!("reloaded haproxy");
             } else if applied.reload_pending {
                 reload = "deferred";
+            } else if applied.runtime_commands > 0 {
+                reload = "no (runtime API)";
             }
         }
         if let Some(f) = &mut self.file_output {

@@ -1,47 +1,56 @@
-//! The HAProxy output: render → plan → write (+check) → reload, rate-limited.
+//! The HAProxy output: render → plan → runtime commands → write (+check) → reload.
 //!
 //! ```text
-//! desired backends ─► render (pure) ─► plan(deployed, rendered) ─► Plan::Nothing
-//!                                                              └► Plan::Write ─► write ─► reload (coalesced,
-//!                                                                                           ≥ restart_interval apart)
+//! desired backends ─► render (pure) ─► ConfigModel ─┐
+//! stats socket: show info / show backend / show servers state ─► RunningState ─┤
+//!                                                   plan(running, desired) ◄┘
+//!   commands ─► stats socket (add/del server, weight, state, addr)   no reload
+//!   file     ─► written atomically (+check) whenever the render changed, so a later
+//!               reload or restart runs what the socket applied
+//!   reload?  ─► rate-limited (restart_interval + jitter), coalesced, server state
+//!               dumped to `server-state-file` first, confirmed through the master CLI,
+//!               retried with backoff; then a second runtime pass fixes what the
+//!               state file restored
 //! ```
 //!
-//! `plan` is where the runtime-API step will slot in: a diff of what HAProxy runs against
-//! what it should run, applied over the stats socket when only servers changed.
+//! Without a stats socket (`do_socket: false` or no `socket_file_path`) every change of
+//! the rendered file is a reload, as before. The runtime state is checked again every
+//! few seconds, so drift (a hand-made change, an HAProxy restarted elsewhere) is undone.
 
 pub mod config;
+pub mod managed;
+pub mod model;
+pub mod plan;
 pub mod reload;
+pub mod runtime;
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::ServiceName;
 use rand::Rng;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::backends::BackendSet;
 use crate::config::{HaproxyConfig, ServiceConfig};
 use crate::counters::Counters;
 use config::{render, wanted_servers, RenderError, ServerIds};
-use reload::{ReloadError, Writer};
+use managed::{ManagedHandle, Supervisor};
+use model::ConfigModel;
+use plan::{plan, Desired, ReloadReason, RunningState, RuntimeCommand};
+use reload::{write_atomically, ReloadError, Reloader, Writer};
+use runtime::{Session, SocketError};
 
-/// What has to happen to make HAProxy run the rendered config.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Plan {
-    /// The file already says this.
-    Nothing,
-    /// Put this text in place, then reload.
-    Write { config: String },
-}
-
-/// Compares the deployed text with a fresh render. Pure.
-pub fn plan(deployed: Option<&str>, rendered: String) -> Plan {
-    if deployed == Some(rendered.as_str()) {
-        Plan::Nothing
-    } else {
-        Plan::Write { config: rendered }
-    }
-}
+/// How often the running state is compared with the desired one without any change.
+const VERIFY_INTERVAL: Duration = Duration::from_secs(5);
+/// A `del server` refused because the server still has connections is tried again
+/// this often (the server is in maintenance meanwhile: no new traffic).
+const DELETE_RETRY: Duration = Duration::from_secs(1);
+/// After an unconfirmed reload the new worker may not answer yet: look again soon.
+const UNCONFIRMED_VERIFY: Duration = Duration::from_millis(500);
 
 /// Errors of one apply. All are retried with backoff.
 #[derive(Debug, thiserror::Error)]
@@ -57,29 +66,55 @@ pub enum ApplyError {
 pub struct Applied {
     /// haproxy.cfg was (re)written.
     pub written: bool,
+    /// Runtime-API commands HAProxy accepted.
+    pub runtime_commands: usize,
     /// HAProxy was reloaded now.
     pub reloaded: bool,
     /// A reload is owed and waits for `restart_interval`.
     pub reload_pending: bool,
 }
 
+/// The outcome of one runtime pass.
+#[derive(Debug, Default)]
+struct RuntimePass {
+    commands: usize,
+    reload: Option<ReloadReason>,
+    retry_deletes: bool,
+}
+
 /// The HAProxy output and its state between applies.
 pub struct HaproxyOutput {
     config: HaproxyConfig,
     writer: Writer,
+    reloader: Reloader,
     ids: ServerIds,
     /// The text HAProxy's config file holds (as far as we know).
     deployed: Option<String>,
-    reload_pending: bool,
+    /// What HAProxy runs: the config it loaded, with the runtime changes since.
+    /// `None` while unknown.
+    loaded: Option<ConfigModel>,
+    reload_pending: Option<ReloadReason>,
     next_reload_at: Instant,
-    counters: std::sync::Arc<Counters>,
+    next_verify_at: Option<Instant>,
+    retry_deletes_at: Option<Instant>,
+    managed: Option<ManagedHandle>,
+    seen_generation: u64,
+    /// False while a managed HAProxy is down (being restarted).
+    running: bool,
+    counters: Arc<Counters>,
 }
 
 impl HaproxyOutput {
     /// Starts from the file on disk, if any: its bytes are the deployed state (an
-    /// unchanged render after a restart is not rewritten and causes no reload) and its
-    /// server ids are kept.
-    pub async fn new(config: HaproxyConfig, counters: std::sync::Arc<Counters>) -> Self {
+    /// unchanged render after a restart is not rewritten and causes no reload), its
+    /// server ids are kept, and an external HAProxy is assumed to run it (the runtime
+    /// state is compared and fixed from there). In managed mode the returned
+    /// [`Supervisor`] must be run (it starts HAProxy once the first config is written).
+    pub async fn new(
+        config: HaproxyConfig,
+        counters: Arc<Counters>,
+        changed: Arc<Notify>,
+    ) -> (Self, Option<Supervisor>) {
         let writer = Writer::new(&config);
         let deployed = match writer.config_path() {
             Some(p) => tokio::fs::read_to_string(p).await.ok(),
@@ -89,18 +124,53 @@ impl HaproxyOutput {
             .as_deref()
             .map(ServerIds::from_config)
             .unwrap_or_default();
-        Self {
-            config,
+        let supervisor = match (
+            &config.managed,
+            &config.config_file_path,
+            &config.master_socket_path,
+        ) {
+            (Some(m), Some(file), Some(master)) => Some(Supervisor::new(
+                m.clone(),
+                file.clone(),
+                master.clone(),
+                config.pid_file_path.clone(),
+                changed,
+                counters.clone(),
+            )),
+            _ => None,
+        };
+        let (supervisor, managed) = match supervisor {
+            Some((s, h)) => (Some(s), Some(h)),
+            None => (None, None),
+        };
+        let output = Self {
+            reloader: Reloader::new(&config),
             writer,
             ids,
+            // A managed HAProxy has not loaded anything yet.
+            loaded: deployed
+                .as_deref()
+                .filter(|_| managed.is_none())
+                .map(ConfigModel::parse),
             deployed,
-            reload_pending: false,
+            reload_pending: None,
             next_reload_at: Instant::now(),
+            next_verify_at: None,
+            retry_deletes_at: None,
+            managed,
+            seen_generation: 0,
+            running: true,
             counters,
-        }
+            config,
+        };
+        (output, supervisor)
     }
 
-    /// Renders the desired state and brings the file (and HAProxy) to it.
+    fn runtime_enabled(&self) -> bool {
+        self.config.do_socket && !self.config.socket_file_paths.is_empty()
+    }
+
+    /// Renders the desired state and brings HAProxy and the file to it.
     pub async fn apply(
         &mut self,
         services: &BTreeMap<ServiceName, ServiceConfig>,
@@ -112,8 +182,25 @@ impl HaproxyOutput {
             self.config.max_server_id,
         );
         let rendered = render(&self.config, services, desired, &self.ids)?;
-        if let Plan::Write { config } = plan(self.deployed.as_deref(), rendered) {
-            if let Err(e) = self.writer.write(&config).await {
+        let desired = Desired {
+            config: ConfigModel::parse(&rendered),
+            dynamic_servers: self.config.dynamic_servers,
+        };
+        let running = self.observe_managed();
+        self.running = running;
+        if !running {
+            // The supervisor wakes the loop when HAProxy is back.
+            self.next_verify_at = Some(Instant::now() + VERIFY_INTERVAL);
+        }
+        if self.runtime_enabled() && running {
+            let pass = self.runtime_pass(&desired).await;
+            applied.runtime_commands = pass.commands;
+            if let Some(why) = pass.reload {
+                self.need_reload(why);
+            }
+        }
+        if self.deployed.as_deref() != Some(rendered.as_str()) {
+            if let Err(e) = self.writer.write(&rendered).await {
                 match &e {
                     ReloadError::CheckFailed { .. } => Counters::inc(&self.counters.check_failures),
                     _ => Counters::inc(&self.counters.write_failures),
@@ -123,30 +210,229 @@ impl HaproxyOutput {
             if self.writer.config_path().is_some() {
                 Counters::inc(&self.counters.config_writes);
             }
-            self.deployed = Some(config);
+            self.deployed = Some(rendered);
             applied.written = true;
-            self.reload_pending = self.writer.reloads();
+            if !self.runtime_enabled() {
+                self.need_reload(ReloadReason::NoRuntimeApi);
+            }
         }
-        if self.reload_pending {
-            if Instant::now() < self.next_reload_at {
-                applied.reload_pending = true;
+        if let Some(m) = &mut self.managed {
+            if !m.requested() && self.deployed.is_some() {
+                // The first start runs the file just written: no reload.
+                m.start();
+                self.reload_pending = None;
                 return Ok(applied);
             }
-            if let Err(e) = self.writer.reload().await {
-                Counters::inc(&self.counters.reload_failures);
-                return Err(e.into());
-            }
-            Counters::inc(&self.counters.reloads);
-            self.reload_pending = false;
-            self.next_reload_at = Instant::now() + self.reload_spacing();
-            applied.reloaded = true;
         }
+        if self.reload_pending.is_none() || !running {
+            return Ok(applied);
+        }
+        if Instant::now() < self.next_reload_at {
+            applied.reload_pending = true;
+            return Ok(applied);
+        }
+        self.reload(&desired, &mut applied).await?;
         Ok(applied)
     }
 
-    /// When a deferred reload becomes allowed.
+    /// Managed mode: notices a (re)started HAProxy, which runs the file on disk. False
+    /// while a managed HAProxy is not running.
+    fn observe_managed(&mut self) -> bool {
+        let Some(m) = &self.managed else {
+            return true;
+        };
+        let state = m.state();
+        if state.generation != self.seen_generation {
+            self.seen_generation = state.generation;
+            self.loaded = self.deployed.as_deref().map(ConfigModel::parse);
+            self.reload_pending = None;
+        }
+        state.master_pid.is_some()
+    }
+
+    fn need_reload(&mut self, why: ReloadReason) {
+        if !self.reloader.enabled() {
+            tracing::warn!(reason = %why, "HAProxy needs a reload, but reloads are off (do_reloads: false)");
+            return;
+        }
+        if self.reload_pending.is_none() {
+            tracing::debug!(reason = %why, "HAProxy needs a reload");
+            self.reload_pending = Some(why);
+        }
+    }
+
+    async fn reload(&mut self, desired: &Desired, applied: &mut Applied) -> Result<(), ApplyError> {
+        let reason = self.reload_pending.clone().unwrap_or(ReloadReason::Initial);
+        self.dump_server_state().await;
+        let master_pid = self.managed.as_ref().and_then(|m| m.state().master_pid);
+        let reloaded = match self.reloader.reload(master_pid).await {
+            Ok(r) => r,
+            Err(e) => {
+                Counters::inc(&self.counters.reload_failures);
+                return Err(e.into());
+            }
+        };
+        Counters::inc(&self.counters.reloads);
+        tracing::info!(reason = %reason, confirmed = reloaded.confirmed, "reloaded HAProxy");
+        self.reload_pending = None;
+        self.next_reload_at = Instant::now() + self.reload_spacing();
+        self.loaded = self.deployed.as_deref().map(ConfigModel::parse);
+        applied.reloaded = true;
+        if !self.runtime_enabled() {
+            return Ok(());
+        }
+        if !reloaded.confirmed {
+            self.next_verify_at = Some(Instant::now() + UNCONFIRMED_VERIFY);
+            return Ok(());
+        }
+        // The state file brought back runtime state (weights, maintenance) from before
+        // the reload; the new worker now gets what the plan still finds.
+        let pass = self.runtime_pass(desired).await;
+        applied.runtime_commands += pass.commands;
+        if let Some(why) = pass.reload {
+            self.need_reload(why);
+            applied.reload_pending = self.reload_pending.is_some();
+        }
+        Ok(())
+    }
+
+    /// Reads what every stats socket's HAProxy runs, and applies the plan's commands.
+    async fn runtime_pass(&mut self, desired: &Desired) -> RuntimePass {
+        let mut pass = RuntimePass::default();
+        for path in self.config.socket_file_paths.clone() {
+            if let Err(e) = self.runtime_pass_on(&path, desired, &mut pass).await {
+                Counters::inc(&self.counters.runtime_failures);
+                let in_sync = self.loaded.as_ref() == Some(&desired.config);
+                tracing::warn!(socket = %path.display(), error = %crate::watcher::etcd::error_chain(&e), in_sync, "the HAProxy runtime API failed");
+                if !in_sync {
+                    pass.reload.get_or_insert(ReloadReason::NoRuntimeApi);
+                }
+            }
+        }
+        let now = Instant::now();
+        self.next_verify_at = Some(now + VERIFY_INTERVAL);
+        self.retry_deletes_at = pass.retry_deletes.then_some(now + DELETE_RETRY);
+        pass
+    }
+
+    async fn runtime_pass_on(
+        &mut self,
+        path: &std::path::Path,
+        desired: &Desired,
+        pass: &mut RuntimePass,
+    ) -> Result<(), SocketError> {
+        let mut session = Session::open(path).await?;
+        let caps = session.capabilities().await?;
+        let backends = session.backends().await?;
+        let servers = session.servers().await?;
+        let Some(loaded) = self.loaded.clone() else {
+            pass.reload.get_or_insert(ReloadReason::Initial);
+            return Ok(());
+        };
+        let running = RunningState {
+            caps,
+            loaded,
+            backends,
+            servers,
+        };
+        let plan = plan(&running, desired);
+        for cmd in &plan.commands {
+            let text = cmd.to_string();
+            let answer = session.command(&text).await?;
+            if cmd.succeeded(&answer) {
+                tracing::debug!(command = %text, "runtime API");
+                Counters::inc(&self.counters.runtime_commands);
+                pass.commands += 1;
+                self.note_applied(cmd, desired);
+                continue;
+            }
+            if matches!(cmd, RuntimeCommand::Del { .. }) && answer.contains("connections") {
+                // In maintenance already; deleted once its connections are gone.
+                tracing::debug!(command = %text, answer = %answer.trim(), "server still has connections; deleting it later");
+                pass.retry_deletes = true;
+                continue;
+            }
+            Counters::inc(&self.counters.runtime_failures);
+            tracing::warn!(command = %text, answer = %runtime::summarize(&answer), "HAProxy refused a runtime command; reloading instead");
+            pass.reload.get_or_insert(ReloadReason::CommandFailed {
+                command: text,
+                answer: runtime::summarize(&answer),
+            });
+            return Ok(());
+        }
+        if let Some(why) = plan.reload {
+            pass.reload.get_or_insert(why);
+        }
+        Ok(())
+    }
+
+    /// Keeps `loaded` equal to what runs after a command HAProxy accepted.
+    fn note_applied(&mut self, cmd: &RuntimeCommand, desired: &Desired) {
+        let (b, s) = (cmd.backend().as_str(), cmd.server().as_str());
+        let Some(backend) = self.loaded.as_mut().and_then(|m| m.backends.get_mut(b)) else {
+            return;
+        };
+        match cmd {
+            RuntimeCommand::Del { .. } => {
+                backend.servers.remove(s);
+            }
+            _ => {
+                if let Some(server) = desired
+                    .config
+                    .backends
+                    .get(b)
+                    .and_then(|d| d.servers.get(s))
+                {
+                    backend.servers.insert(s.to_owned(), server.clone());
+                }
+            }
+        }
+    }
+
+    /// `show servers state` into the `server-state-file` from the `global` lines, so
+    /// the new worker starts with the old one's health, weights and states. Best
+    /// effort: without it a reload only loses that state.
+    async fn dump_server_state(&self) {
+        let (Some(file), Some(socket)) = (
+            self.config.server_state_file.clone(),
+            self.config.socket_file_paths.first().cloned(),
+        ) else {
+            return;
+        };
+        let state = match Session::open(&socket).await {
+            Ok(mut s) => s.servers_state_raw().await,
+            Err(e) => Err(e),
+        };
+        let written = match state {
+            Ok(mut text) => {
+                text.push('\n');
+                let dir = file
+                    .parent()
+                    .map_or_else(|| PathBuf::from("."), std::path::Path::to_owned);
+                tokio::task::spawn_blocking(move || write_atomically(&dir, &file, &text))
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r.map_err(|e| crate::watcher::etcd::error_chain(&e)))
+            }
+            Err(e) => Err(crate::watcher::etcd::error_chain(&e)),
+        };
+        if let Err(e) = written {
+            tracing::warn!(error = %e, "cannot save the server state before the reload");
+        }
+    }
+
+    /// When the loop should call `apply` again without a change: a deferred reload, a
+    /// deletion to retry, or the periodic runtime check.
     pub fn next_wakeup(&self) -> Option<Instant> {
-        self.reload_pending.then_some(self.next_reload_at)
+        let reload = self.reload_pending.as_ref().filter(|_| self.running);
+        [
+            reload.map(|_| self.next_reload_at),
+            self.retry_deletes_at,
+            self.next_verify_at,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// `restart_interval`, plus up to `restart_jitter × restart_interval` at random, so
@@ -160,20 +446,5 @@ impl HaproxyOutput {
             Duration::from_micros(rand::rng().random_range(0..=jitter.as_micros() as u64))
         };
         interval + extra
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn plan_writes_only_on_change() {
-        assert_eq!(plan(Some("a"), "a".into()), Plan::Nothing);
-        assert_eq!(
-            plan(Some("a"), "b".into()),
-            Plan::Write { config: "b".into() }
-        );
-        assert_eq!(plan(None, "a".into()), Plan::Write { config: "a".into() });
     }
 }

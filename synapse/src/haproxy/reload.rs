@@ -5,6 +5,13 @@
 //! the old file, and the directory is fsynced. HAProxy (or the seed's file watcher in
 //! another container) therefore only ever sees the old file or the new one, and a
 //! candidate that fails the check never replaces a working file.
+//!
+//! Reloading ([`Reloader`]) is one of `reload_command`, `reload` on the master CLI, or
+//! SIGUSR2 to the master. When the master CLI is known, every reload is confirmed with
+//! `show proc` (one more reload counted, `[failed: 0]`, a new worker) and sent again
+//! when the master did not act on it: HAProxy 2.6 drops a reload that arrives too soon
+//! after the previous one, and its `reload` command answers nothing (2.7+ answer
+//! `Success=0|1`, which is read too).
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -12,8 +19,15 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use tokio::process::Command;
+use tokio::time::{sleep, Instant};
 
-use crate::config::HaproxyConfig;
+use super::runtime::{self, ProcessList, SocketError};
+use crate::config::{HaproxyConfig, ReloadMethod};
+
+/// How long one reload may take to show up in `show proc`.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
+/// A reload the master did not act on is sent again, this many times in all.
+const RELOAD_ATTEMPTS: u32 = 3;
 
 /// Why writing or reloading failed. The reconciler retries both with backoff.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +52,26 @@ pub enum ReloadError {
     Timeout { command: String, timeout: Duration },
     #[error("the file writer task failed")]
     Join(#[from] tokio::task::JoinError),
+    #[error("HAProxy's master CLI")]
+    Master(#[source] SocketError),
+    #[error("HAProxy refused the new config (the old one keeps running); `show proc`: {procs}")]
+    Refused { procs: String },
+    #[error("the reload was not confirmed after {attempts} attempts: {last}")]
+    NotConfirmed { attempts: u32, last: String },
+    #[error("cannot read the master PID from {path}")]
+    PidFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot signal the HAProxy master (PID {pid})")]
+    Signal {
+        pid: u32,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("HAProxy is not running")]
+    NotRunning,
 }
 
 /// Writes haproxy.cfg and runs HAProxy's check and reload commands.
@@ -47,7 +81,6 @@ pub struct Writer {
     config_path: Option<PathBuf>,
     candidate_path: Option<PathBuf>,
     check: Option<Check>,
-    reload_command: Option<String>,
     timeout: Duration,
 }
 
@@ -73,17 +106,12 @@ impl Writer {
             config_path: h.config_file_path.clone(),
             candidate_path: h.candidate_config_file_path.clone(),
             check,
-            reload_command: h.reload_command.clone().filter(|_| h.do_reloads),
             timeout: h.command_timeout,
         }
     }
 
     pub fn config_path(&self) -> Option<&Path> {
         self.config_path.as_deref()
-    }
-
-    pub fn reloads(&self) -> bool {
-        self.reload_command.is_some()
     }
 
     /// Puts `text` in place (checked first, when checks are on). Without a config path
@@ -115,7 +143,7 @@ impl Writer {
                 cmd.arg("-c").arg("-q").arg("-f").arg(&candidate);
                 // Exit 2: "no error but will not start (no listener)", e.g. while every
                 // service is backend-only. Not a reason to keep an outdated file.
-                self.run(cmd, "haproxy -c").await.map(|r| match r {
+                run(cmd, "haproxy -c", self.timeout).await.map(|r| match r {
                     Err(f) if f.code == Some(2) => Ok(()),
                     other => other,
                 })
@@ -123,7 +151,7 @@ impl Writer {
             Check::Shell(c) => {
                 let mut cmd = shell(c);
                 cmd.env(CANDIDATE_ENV, &candidate);
-                self.run(cmd, c).await
+                run(cmd, c, self.timeout).await
             }
         };
         match checked {
@@ -146,53 +174,195 @@ impl Writer {
         })
         .await?
     }
+}
 
-    /// Runs the reload command.
-    pub async fn reload(&self) -> Result<(), ReloadError> {
-        let Some(c) = &self.reload_command else {
-            return Ok(());
-        };
-        match self.run(shell(c), c).await? {
-            Ok(()) => Ok(()),
-            Err(Failure { status, output, .. }) => {
-                Err(ReloadError::ReloadFailed { status, output })
-            }
-        }
-    }
-
-    /// Runs a command with the timeout; `Ok(Err(_))` when it exits non-zero.
-    async fn run(&self, mut cmd: Command, name: &str) -> Result<Result<(), Failure>, ReloadError> {
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        let child = cmd.spawn().map_err(|source| ReloadError::Spawn {
+/// Runs a command with a timeout; `Ok(Err(_))` when it exits non-zero.
+async fn run(
+    mut cmd: Command,
+    name: &str,
+    timeout: Duration,
+) -> Result<Result<(), Failure>, ReloadError> {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let child = cmd.spawn().map_err(|source| ReloadError::Spawn {
+        command: name.to_owned(),
+        source,
+    })?;
+    let out = match tokio::time::timeout(timeout, child.wait_with_output()).await {
+        Ok(out) => out.map_err(|source| ReloadError::Spawn {
             command: name.to_owned(),
             source,
-        })?;
-        let out = match tokio::time::timeout(self.timeout, child.wait_with_output()).await {
-            Ok(out) => out.map_err(|source| ReloadError::Spawn {
+        })?,
+        Err(_) => {
+            return Err(ReloadError::Timeout {
                 command: name.to_owned(),
-                source,
-            })?,
-            Err(_) => {
-                return Err(ReloadError::Timeout {
-                    command: name.to_owned(),
-                    timeout: self.timeout,
-                })
-            }
-        };
-        if out.status.success() {
-            return Ok(Ok(()));
+                timeout,
+            })
         }
-        let mut text = String::from_utf8_lossy(&out.stderr).into_owned();
-        text.push_str(&String::from_utf8_lossy(&out.stdout));
-        Ok(Err(Failure {
-            code: out.status.code(),
-            status: out.status.to_string(),
-            output: summarize(&text),
-        }))
+    };
+    if out.status.success() {
+        return Ok(Ok(()));
     }
+    let mut text = String::from_utf8_lossy(&out.stderr).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stdout));
+    Ok(Err(Failure {
+        code: out.status.code(),
+        status: out.status.to_string(),
+        output: summarize(&text),
+    }))
+}
+
+/// Reloads HAProxy by the configured method, confirmed through the master CLI when known.
+#[derive(Debug, Clone)]
+pub struct Reloader {
+    /// `None` with `do_reloads: false`.
+    method: Option<ReloadMethod>,
+    master_socket: Option<PathBuf>,
+    pid_file: Option<PathBuf>,
+    timeout: Duration,
+}
+
+/// A reload that happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reloaded {
+    /// `show proc` showed the new worker (only with a master CLI).
+    pub confirmed: bool,
+}
+
+impl Reloader {
+    pub fn new(h: &HaproxyConfig) -> Self {
+        Self {
+            method: h.reload_method.clone(),
+            master_socket: h.master_socket_path.clone(),
+            pid_file: h.pid_file_path.clone(),
+            timeout: h.command_timeout,
+        }
+    }
+
+    /// Whether reloads are on.
+    pub fn enabled(&self) -> bool {
+        self.method.is_some()
+    }
+
+    pub fn master_socket(&self) -> Option<&Path> {
+        self.master_socket.as_deref()
+    }
+
+    /// Reloads once, and with a master CLI confirms it (sending it again up to 3 times
+    /// when the master did not act on it). `master_pid` is the managed child's, for the
+    /// signal method.
+    pub async fn reload(&self, master_pid: Option<u32>) -> Result<Reloaded, ReloadError> {
+        let Some(method) = &self.method else {
+            return Ok(Reloaded { confirmed: false });
+        };
+        let Some(master) = &self.master_socket else {
+            self.trigger(method, master_pid).await?;
+            return Ok(Reloaded { confirmed: false });
+        };
+        let before = runtime::show_proc(master)
+            .await
+            .map_err(ReloadError::Master)?;
+        let mut last = String::new();
+        for _ in 0..RELOAD_ATTEMPTS {
+            match self
+                .trigger(method, master_pid.or(Some(before.master_pid)))
+                .await
+            {
+                Ok(()) => {}
+                // The master is re-executing (an earlier reload): see what show proc says.
+                Err(ReloadError::Master(e)) => last = e.to_string(),
+                Err(e) => return Err(e),
+            }
+            let deadline = Instant::now() + CONFIRM_TIMEOUT;
+            while Instant::now() < deadline {
+                match runtime::show_proc(master).await {
+                    Ok(after) if after.reloads > before.reloads => {
+                        if after.failed_reloads > 0 {
+                            return Err(ReloadError::Refused {
+                                procs: format!("{after:?}"),
+                            });
+                        }
+                        if has_new_worker(&before, &after) {
+                            return Ok(Reloaded { confirmed: true });
+                        }
+                        last = format!("no new worker yet: {after:?}");
+                    }
+                    Ok(after) => last = format!("not counted yet: {after:?}"),
+                    // Refused connections while the master re-executes.
+                    Err(e) => last = e.to_string(),
+                }
+                sleep(Duration::from_millis(5)).await;
+            }
+        }
+        Err(ReloadError::NotConfirmed {
+            attempts: RELOAD_ATTEMPTS,
+            last,
+        })
+    }
+
+    async fn trigger(
+        &self,
+        method: &ReloadMethod,
+        master_pid: Option<u32>,
+    ) -> Result<(), ReloadError> {
+        match method {
+            ReloadMethod::Command(c) => match run(shell(c), c, self.timeout).await? {
+                Ok(()) => Ok(()),
+                Err(Failure { status, output, .. }) => {
+                    Err(ReloadError::ReloadFailed { status, output })
+                }
+            },
+            ReloadMethod::MasterSocket => {
+                let master = self
+                    .master_socket
+                    .as_deref()
+                    .ok_or(ReloadError::NotRunning)?;
+                let answer = runtime::master_command(master, "reload")
+                    .await
+                    .map_err(ReloadError::Master)?;
+                // 2.7+: `Success=0` and the startup log when the new config failed.
+                if answer.contains("Success=0") {
+                    return Err(ReloadError::Refused {
+                        procs: runtime::summarize(&answer),
+                    });
+                }
+                Ok(())
+            }
+            ReloadMethod::Signal => {
+                let pid = match (master_pid, &self.pid_file) {
+                    (Some(pid), _) => pid,
+                    (None, Some(path)) => read_pid(path)?,
+                    (None, None) => return Err(ReloadError::NotRunning),
+                };
+                let raw = i32::try_from(pid).map_err(|_| ReloadError::NotRunning)?;
+                nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(raw),
+                    nix::sys::signal::Signal::SIGUSR2,
+                )
+                .map_err(|source| ReloadError::Signal { pid, source })
+            }
+        }
+    }
+}
+
+fn has_new_worker(before: &ProcessList, after: &ProcessList) -> bool {
+    after.workers.iter().any(|w| !before.workers.contains(w))
+}
+
+fn read_pid(path: &Path) -> Result<u32, ReloadError> {
+    let err = |source| ReloadError::PidFile {
+        path: path.to_owned(),
+        source,
+    };
+    let text = std::fs::read_to_string(path).map_err(err)?;
+    text.trim().parse().map_err(|_| {
+        err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "not a PID",
+        ))
+    })
 }
 
 /// A command that exited non-zero.
@@ -274,7 +444,7 @@ mod tests {
     use super::*;
     use crate::config::Config;
 
-    fn writer(dir: &Path, extra: &str) -> Writer {
+    fn config(dir: &Path, extra: &str) -> HaproxyConfig {
         let text = format!(
             r#"{{"services": {{"web": {{"discovery": {{"method": "base"}}}}}},
                 "haproxy": {{"config_file_path": "{}/haproxy.cfg",
@@ -283,20 +453,24 @@ mod tests {
             dir.display()
         );
         let c = Config::parse(&text, None).unwrap();
-        let h = c.haproxy.unwrap();
-        Writer::new(&h)
+        c.haproxy.unwrap()
+    }
+
+    fn writer(dir: &Path, extra: &str) -> Writer {
+        Writer::new(&config(dir, extra))
     }
 
     #[tokio::test]
     async fn writes_atomically_and_reloads() {
         let dir = tempfile::tempdir().unwrap();
         let w = writer(dir.path(), "");
+        let r = Reloader::new(&config(dir.path(), ""));
         w.write("global\n").await.unwrap();
         assert_eq!(
             std::fs::read_to_string(dir.path().join("haproxy.cfg")).unwrap(),
             "global\n"
         );
-        w.reload().await.unwrap();
+        r.reload(None).await.unwrap();
         assert_eq!(
             std::fs::read_to_string(dir.path().join("reloads")).unwrap(),
             "reloaded\n"
@@ -350,9 +524,13 @@ mod tests {
     #[tokio::test]
     async fn reload_failure_is_reported() {
         let dir = tempfile::tempdir().unwrap();
-        let mut w = writer(dir.path(), "");
-        w.reload_command = Some("echo boom >&2; exit 3".into());
-        let err = w.reload().await.unwrap_err().to_string();
+        let mut h = config(dir.path(), "");
+        h.reload_method = Some(ReloadMethod::Command("echo boom >&2; exit 3".into()));
+        let err = Reloader::new(&h)
+            .reload(None)
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("boom"), "{err}");
     }
 }
