@@ -69,11 +69,6 @@ impl Health {
     pub fn is_settled(&self) -> bool {
         self.up || self.failures >= self.fall.get()
     }
-
-    /// Consecutive failures up to now.
-    pub fn failures(&self) -> u32 {
-        self.failures
-    }
 }
 
 #[cfg(test)]

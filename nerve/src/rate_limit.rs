@@ -5,8 +5,6 @@
 //!
 //! Pure: the caller passes the current time in.
 
-use std::time::Duration;
-
 use tokio::time::Instant;
 
 /// The limit, as configured.
@@ -52,15 +50,6 @@ impl TokenBucket {
         }
     }
 
-    /// How long until a token is available (zero if one is).
-    pub fn wait_time(&mut self, now: Instant) -> Duration {
-        self.refill(now);
-        if self.tokens >= 1.0 || self.rate <= 0.0 {
-            return Duration::ZERO;
-        }
-        Duration::from_secs_f64(((1.0 - self.tokens) / self.rate).min(1e9))
-    }
-
     fn refill(&mut self, now: Instant) {
         let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
         self.tokens = (self.tokens + elapsed * self.rate).min(self.capacity);
@@ -72,6 +61,7 @@ impl TokenBucket {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use std::time::Duration;
 
     fn limit(rate: f64, burst: u32) -> RateLimit {
         RateLimit {
@@ -87,7 +77,6 @@ mod tests {
         let mut b = TokenBucket::new(&limit(2.0, 3), t0);
         assert!(b.try_take(t0) && b.try_take(t0) && b.try_take(t0));
         assert!(!b.try_take(t0));
-        assert_eq!(b.wait_time(t0), Duration::from_millis(500));
         assert!(!b.try_take(t0 + Duration::from_millis(499)));
         assert!(b.try_take(t0 + Duration::from_millis(1000)));
         // Refill is capped at the burst size.
