@@ -95,7 +95,7 @@ for image in etcd demo nerve synapse; do
     fail "image nerve-synapse/$image:${TAG:-dev} is missing: run scripts/build-images (or pass --build)"
 done
 log "images:"
-docker image ls --format '    {{.Repository}}:{{.Tag}}  {{.Size}}' | grep 'nerve-synapse/' | sort
+docker image ls --format '    {{.Repository}}:{{.Tag}}  {{.Size}}' | grep "nerve-synapse/.*:${TAG:-dev} " | sort
 
 log "using ${compose_cmd[*]}; project $project"
 compose down -v --remove-orphans >/dev/null 2>&1 || true
