@@ -378,8 +378,6 @@ impl Supervisor {
                 )
             })
             .collect();
-        self.desired
-            .send_if_modified(|d| replace_if_changed(d, desired));
         let services: BTreeMap<String, ServiceStatus> = self
             .slots
             .iter()
@@ -397,7 +395,10 @@ impl Supervisor {
                 )
             })
             .collect();
+        // Status first, so that it never lags behind what the reporter writes.
         self.status.update_services(|s| *s = services);
+        self.desired
+            .send_if_modified(|d| replace_if_changed(d, desired));
     }
 }
 

@@ -43,12 +43,18 @@ async fn registers_when_healthy_and_follows_health() {
             backend.port()
         )
     );
-    let status = nerve.status.borrow().clone();
+    // The status snapshot catches up with what is in etcd.
+    let status = eventually(SLACK, || async {
+        let status = nerve.status.borrow().clone();
+        if status.registry.keys.contains_key(&kv.key) {
+            Ok(status)
+        } else {
+            Err(format!("{status:?}"))
+        }
+    })
+    .await;
     assert_eq!(status.registry.lease_id, Some(kv.lease));
-    assert_eq!(
-        status.registry.keys.get(&kv.key).map(String::as_str),
-        Some("web")
-    );
+    assert_eq!(status.registry.keys[&kv.key], "web");
     assert!(status.services["web"].healthy && status.services["web"].reported);
 
     backend.set_healthy(false);
@@ -226,14 +232,14 @@ async fn two_nerves_with_one_instance_id_keep_their_own_keys() {
     let second = InProcess::start(&cfg);
     let both = wait_keys(&client, "/svc/web/", 2, within(1)).await;
     assert_ne!(both[0].lease, both[1].lease);
-    let second_lease = second.status.borrow().registry.lease_id;
+    let second_lease = eventually(SLACK, || async {
+        let lease = second.status.borrow().registry.lease_id;
+        lease.filter(|l| both.iter().any(|kv| kv.lease == *l))
+    })
+    .await;
     first.stop().await;
     let left = wait_keys(&client, "/svc/web/", 1, SLACK).await;
-    assert_eq!(
-        Some(left[0].lease),
-        second_lease,
-        "the wrong nerve's key went"
-    );
+    assert_eq!(left[0].lease, second_lease, "the wrong nerve's key went");
     // And it stays: still there, untouched, after more than a lease TTL.
     tokio::time::sleep(Duration::from_secs(TTL + 1)).await;
     assert_eq!(keys(&client, "/svc/web/").await.unwrap(), left);
@@ -259,7 +265,9 @@ async fn admin_endpoint_serves_status_metrics_and_readiness() {
             .await
             .map_err(|e| e.to_string())?;
         let doc: serde_json::Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
-        if code == 200 && doc["services"]["web"]["reported"] == true {
+        // The service wants to be registered, and the reporter has written it.
+        let written = doc["registry"]["keys"].as_object().map_or(0, |k| k.len());
+        if code == 200 && doc["services"]["web"]["reported"] == true && written == 1 {
             Ok(doc)
         } else {
             Err(format!("{code} {body}"))
