@@ -79,7 +79,11 @@ impl Reconciler {
         let started = Instant::now();
         let mut waiting_noted = false;
         loop {
-            match self.desired() {
+            let desired = self.desired();
+            // Once every service has a set, the start-up notice is moot (and its wake-up
+            // time, in the past, would make this loop spin).
+            waiting_noted |= desired.is_some();
+            match desired {
                 Some(desired) if retry_at.is_none_or(|t| Instant::now() >= t) => {
                     let applied = tokio::select! {
                         biased;

@@ -22,6 +22,7 @@ use tokio::sync::{watch, Notify};
 use tokio::time::{sleep, timeout, Instant};
 use tokio_util::sync::CancellationToken;
 
+use super::runtime;
 use crate::config::ManagedHaproxy;
 use crate::counters::Counters;
 
@@ -29,6 +30,8 @@ use crate::counters::Counters;
 const STABLE_AFTER: Duration = Duration::from_secs(10);
 /// SIGTERM → SIGKILL.
 const KILL_GRACE: Duration = Duration::from_secs(2);
+/// How long a start may take before it counts as running anyway.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What the output knows of the managed HAProxy.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -119,18 +122,34 @@ impl Supervisor {
             let exited = match self.spawn() {
                 Ok(mut child) => {
                     let started = Instant::now();
-                    tokio::select! {
+                    let ready = tokio::select! {
                         biased;
                         _ = cancel.cancelled() => {
                             self.stop(child).await;
-                            self.publish(None);
                             return;
                         }
-                        status = child.wait() => {
-                            if started.elapsed() >= STABLE_AFTER {
-                                backoff.reset();
+                        status = child.wait() => Err(describe(status)),
+                        () = self.wait_ready() => Ok(()),
+                    };
+                    if let Err(exited) = ready {
+                        exited
+                    } else {
+                        self.publish(child.id());
+                        tracing::info!(pid = child.id(), "managed HAProxy runs");
+                        self.changed.notify_one();
+                        tokio::select! {
+                            biased;
+                            _ = cancel.cancelled() => {
+                                self.stop(child).await;
+                                self.publish(None);
+                                return;
                             }
-                            describe(status)
+                            status = child.wait() => {
+                                if started.elapsed() >= STABLE_AFTER {
+                                    backoff.reset();
+                                }
+                                describe(status)
+                            }
                         }
                     }
                 }
@@ -162,12 +181,24 @@ impl Supervisor {
         // synapse stops it softly instead.
         cmd.stdin(Stdio::null()).kill_on_drop(true).process_group(0);
         let child = cmd.spawn()?;
-        let pid = child.id();
         Counters::inc(&self.counters.haproxy_starts);
-        self.publish(pid);
-        tracing::info!(pid, binary = %self.config.binary.display(), "started managed HAProxy");
-        self.changed.notify_one();
+        tracing::info!(pid = child.id(), binary = %self.config.binary.display(), "starting managed HAProxy");
         Ok(child)
+    }
+
+    /// Until the master lists a worker (it has loaded the config and bound its
+    /// sockets), for at most `READY_TIMEOUT`.
+    async fn wait_ready(&self) {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        while Instant::now() < deadline {
+            if let Ok(procs) = runtime::show_proc(&self.master_socket).await {
+                if !procs.workers.is_empty() {
+                    return;
+                }
+            }
+            sleep(Duration::from_millis(10)).await;
+        }
+        tracing::warn!(timeout = ?READY_TIMEOUT, "managed HAProxy did not list a worker in time");
     }
 
     fn publish(&self, master_pid: Option<u32>) {

@@ -1,0 +1,653 @@
+//! synapse ↔ HAProxy without reloads: the runtime API, hitless reloads under load, and
+//! managed HAProxy. Real etcd, real HAProxy 2.6 (master-worker), real HTTP backends,
+//! real requests through HAProxy; "no reload" is HAProxy's own reload counter and worker
+//! PID (`show proc`), not synapse's word for it.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{
+    Host, InstanceId, Port, Registration, ServerOptions, ServiceName, ServicePath, Weight,
+};
+use etcd_client::Client;
+use integration_tests::{
+    eventually, free_port, http_get, init_tracing, loopback, Backend, Etcd, Haproxy,
+    HaproxyOptions, MasterSocket, Workdir,
+};
+use synapse::counters::Counters;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+const TIMEOUT: Duration = Duration::from_secs(20);
+
+/// synapse in this test's runtime; cancelled and awaited on `stop`, cancelled on drop.
+struct Synapse {
+    cancel: CancellationToken,
+    task: Option<JoinHandle<Result<(), synapse::RunError>>>,
+    counters: Arc<Counters>,
+}
+
+impl Synapse {
+    fn start(text: &str) -> Self {
+        let config =
+            synapse::Config::parse(text, None).unwrap_or_else(|e| panic!("config:\n{e}\n{text}"));
+        let cancel = CancellationToken::new();
+        let counters = Arc::new(Counters::default());
+        let task = tokio::spawn(synapse::run_with(config, counters.clone(), cancel.clone()));
+        Self {
+            cancel,
+            task: Some(task),
+            counters,
+        }
+    }
+
+    fn is_running(&self) -> bool {
+        self.task.as_ref().is_some_and(|t| !t.is_finished())
+    }
+
+    fn get(&self, counter: fn(&Counters) -> &std::sync::atomic::AtomicU64) -> u64 {
+        Counters::get(counter(&self.counters))
+    }
+
+    async fn stop(mut self) {
+        self.cancel.cancel();
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(20), task)
+                .await
+                .expect("synapse did not stop within 20 s")
+                .expect("synapse panicked")
+                .expect("synapse failed");
+        }
+    }
+}
+
+impl Drop for Synapse {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+struct World {
+    dir: Workdir,
+    _etcd: Etcd,
+    etcd_addr: SocketAddr,
+    client: Client,
+    prefix: String,
+}
+
+impl World {
+    async fn start(test: &str) -> Self {
+        init_tracing();
+        let etcd = Etcd::start().await;
+        let client = etcd.client().await;
+        Self {
+            dir: Workdir::new(),
+            etcd_addr: etcd.client_addr(),
+            _etcd: etcd,
+            client,
+            prefix: format!("/it/{test}"),
+        }
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        self.dir.join(p)
+    }
+
+    fn service_path(&self) -> ServicePath {
+        ServicePath::new(&format!("{}/web", self.prefix)).expect("service path")
+    }
+
+    /// A synapse config for one service `web` on `port`, with the runtime API on, the
+    /// hitless settings, and `haproxy` keys appended.
+    fn config(&self, port: u16, haproxy: &str) -> String {
+        format!(
+            r#"{{
+              "services": {{"web": {{
+                "discovery": {{"method": "etcd", "hosts": ["{etcd}"], "path": "{path}"}},
+                "haproxy": {{"port": {port},
+                             "server_options": "check inter 300ms rise 1 fall 1",
+                             "listen": ["balance roundrobin", "option httpchk GET /health"]}}
+              }}}},
+              "debounce": 0.02,
+              "debounce_max_wait": 0.2,
+              "haproxy": {{
+                "config_file_path": "{cfg}",
+                "socket_file_path": "{stats}",
+                "do_checks": true,
+                "use_nerve_weights": true,
+                "restart_interval": 0.2,
+                "bind_address": "127.0.0.1",
+                "server_order_seed": 1,
+                "global": ["stats socket {stats} mode 600 level admin expose-fd listeners",
+                           "server-state-file {state}", "hard-stop-after 10s"],
+                "defaults": ["mode http", "timeout connect 1s", "timeout client 10s",
+                             "timeout server 10s", "timeout http-keep-alive 10s",
+                             "retries 2", "option redispatch 1",
+                             "option idle-close-on-response",
+                             "load-server-state-from-file global"]
+                {haproxy}
+              }}
+            }}"#,
+            etcd = self.etcd_addr,
+            path = self.service_path(),
+            cfg = self.path("haproxy.cfg").display(),
+            stats = self.path("stats.sock").display(),
+            state = self.path("server-state").display(),
+        )
+    }
+
+    /// Starts HAProxy on synapse's first config, as an external HAProxy ("another
+    /// container"), and links its master socket and pid file where synapse looks.
+    async fn start_haproxy(&self) -> Haproxy {
+        let cfg = self.path("haproxy.cfg");
+        eventually(TIMEOUT, || async { cfg.exists() }).await;
+        let haproxy =
+            Haproxy::start(HaproxyOptions::new(&cfg).stats_socket(self.path("stats.sock"))).await;
+        std::os::unix::fs::symlink(haproxy.master_socket(), self.path("master.sock"))
+            .expect("link master socket");
+        std::os::unix::fs::symlink(haproxy.pidfile(), self.path("haproxy.pid"))
+            .expect("link pid file");
+        haproxy
+    }
+
+    fn key(&self, instance: &str) -> String {
+        self.service_path().nerve_key(
+            &InstanceId::new(instance).expect("instance id"),
+            &ServiceName::new("web").expect("service name"),
+            1,
+        )
+    }
+
+    async fn register_with(
+        &self,
+        instance: &str,
+        backend: &Backend,
+        weight: Option<u16>,
+        options: Option<&str>,
+    ) {
+        let reg = Registration {
+            host: Host::Ip(backend.addr().ip()),
+            port: Port::new(backend.port()).expect("port"),
+            name: InstanceId::new(instance).expect("instance id"),
+            weight: weight.map(|w| Weight::new(w).expect("weight")),
+            haproxy_server_options: options.map(|o| ServerOptions::parse(o).expect("options")),
+            labels: Default::default(),
+        };
+        self.client
+            .kv_client()
+            .put(self.key(instance), reg.encode(), None)
+            .await
+            .expect("put");
+    }
+
+    async fn register(&self, instance: &str, backend: &Backend) {
+        self.register_with(instance, backend, None, None).await;
+    }
+
+    async fn deregister(&self, instance: &str) {
+        self.client
+            .kv_client()
+            .delete(self.key(instance), None)
+            .await
+            .expect("delete");
+    }
+
+    fn server_lines(&self) -> Vec<String> {
+        std::fs::read_to_string(self.path("haproxy.cfg"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.trim_start().starts_with("server "))
+            .map(|l| l.trim().to_owned())
+            .collect()
+    }
+}
+
+/// The backend ids that answer `n` requests to `port`.
+async fn ids_seen(port: u16, n: usize) -> Result<BTreeSet<String>, String> {
+    let mut ids = BTreeSet::new();
+    for _ in 0..n {
+        let resp = http_get(loopback(port), "/")
+            .await
+            .map_err(|e| format!("request failed: {e}"))?;
+        if resp.status != 200 {
+            return Err(format!("status {}", resp.status));
+        }
+        ids.insert(resp.body.trim().to_owned());
+    }
+    Ok(ids)
+}
+
+/// Waits until requests to `port` reach exactly `want`.
+async fn routes_to(port: u16, want: &[&str]) {
+    let want: BTreeSet<String> = want.iter().map(|s| s.to_string()).collect();
+    eventually(TIMEOUT, || {
+        let want = want.clone();
+        async move {
+            let seen = ids_seen(port, 3 * want.len().max(1) + 3).await?;
+            if seen == want {
+                Ok(())
+            } else {
+                Err(format!("routed to {seen:?}, want {want:?}"))
+            }
+        }
+    })
+    .await;
+}
+
+/// HAProxy's reload count and current workers.
+async fn generation(master: &MasterSocket) -> (u32, Vec<u32>) {
+    let p = master.show_proc().await.expect("show proc");
+    (p.reloads, p.workers)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_changes_apply_through_the_runtime_api_without_reloads() {
+    let w = World::start("runtime").await;
+    let port = free_port();
+    let (a, b, c) = (
+        Backend::start("a").await,
+        Backend::start("b").await,
+        Backend::start("c").await,
+    );
+    w.register("host-a", &a).await;
+    w.register("host-b", &b).await;
+    let text = w.config(
+        port,
+        &format!(
+            r#", "reload_method": "master_socket", "master_socket_path": "{}""#,
+            w.path("master.sock").display()
+        ),
+    );
+    let synapse = Synapse::start(&text);
+    let haproxy = w.start_haproxy().await;
+    // synapse's first config needs one reload of the HAProxy started on it meanwhile.
+    eventually(TIMEOUT, || async { synapse.get(|c| &c.reloads) >= 1 }).await;
+    routes_to(port, &["a", "b"]).await;
+    let before = generation(haproxy.master()).await;
+    let reloads_before = synapse.get(|c| &c.reloads);
+    // (Before HAProxy started, its socket failed.)
+    let failures_before = synapse.get(|c| &c.runtime_failures);
+
+    // Add.
+    w.register("host-c", &c).await;
+    routes_to(port, &["a", "b", "c"]).await;
+    // Remove.
+    w.deregister("host-a").await;
+    routes_to(port, &["b", "c"]).await;
+    // Weight: 0 takes b out of rotation, 3 brings it back at weight 3.
+    w.register_with("host-b", &b, Some(0), None).await;
+    routes_to(port, &["c"]).await;
+    w.register_with("host-b", &b, Some(3), None).await;
+    routes_to(port, &["b", "c"]).await;
+    let b_server = format!("host-b_127.0.0.1:{}", b.port());
+    let state = haproxy.show_servers_state("web").await.expect("state");
+    let b_state = state.iter().find(|s| s.name == b_server).expect("b runs");
+    assert_eq!(b_state.weight, 3);
+    // Health, as HAProxy's checks see it (on the server added at runtime, c)...
+    c.set_healthy(false);
+    routes_to(port, &["b"]).await;
+    c.set_healthy(true);
+    routes_to(port, &["b", "c"]).await;
+    // ... and as nerve reports it (the registration goes and comes back).
+    w.deregister("host-c").await;
+    routes_to(port, &["b"]).await;
+    w.register("host-c", &c).await;
+    routes_to(port, &["b", "c"]).await;
+    // The registry's `disabled`: maintenance, and back.
+    w.register_with("host-c", &c, None, Some("disabled")).await;
+    routes_to(port, &["b"]).await;
+    w.register("host-c", &c).await;
+    routes_to(port, &["b", "c"]).await;
+
+    assert_eq!(
+        generation(haproxy.master()).await,
+        before,
+        "HAProxy reloaded (reload count, workers)"
+    );
+    assert_eq!(synapse.get(|c| &c.reloads), reloads_before);
+    assert!(synapse.get(|c| &c.runtime_commands) >= 10);
+    assert_eq!(synapse.get(|c| &c.runtime_failures), failures_before);
+
+    // The file says what runs: the deleted server is gone once its idle connections
+    // are, and a reload (or restart) of that file routes the same.
+    eventually(TIMEOUT, || async {
+        let running: BTreeSet<String> = haproxy
+            .show_servers_state("web")
+            .await
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .map(|s| s.name)
+            .collect();
+        let lines = w.server_lines();
+        let in_file: BTreeSet<String> = lines
+            .iter()
+            .filter_map(|l| l.split_whitespace().nth(1).map(str::to_owned))
+            .collect();
+        if running == in_file && in_file.len() == 2 {
+            Ok(())
+        } else {
+            Err(format!("running {running:?}, file {lines:?}"))
+        }
+    })
+    .await;
+    assert!(
+        w.server_lines()
+            .iter()
+            .any(|l| l.starts_with(&format!("server {b_server} ")) && l.ends_with(" weight 3")),
+        "{:?}",
+        w.server_lines()
+    );
+    haproxy.reload().await.expect("reload");
+    routes_to(port, &["b", "c"]).await;
+    let state = haproxy.show_servers_state("web").await.expect("state");
+    assert_eq!(
+        state.iter().find(|s| s.name == b_server).map(|s| s.weight),
+        Some(3)
+    );
+    assert!(synapse.is_running());
+    synapse.stop().await;
+}
+
+/// Counts of a request loop.
+#[derive(Default)]
+struct Tally {
+    ok: AtomicU64,
+    failed: AtomicU64,
+}
+
+/// New connection per request, every `every`, until `stop`; at most `max` requests.
+fn new_connection_loop(
+    port: u16,
+    every: Duration,
+    max: u64,
+    stop: Arc<AtomicBool>,
+) -> (Arc<Tally>, JoinHandle<Vec<String>>) {
+    let tally = Arc::new(Tally::default());
+    let t = tally.clone();
+    let task = tokio::spawn(async move {
+        let mut errors = Vec::new();
+        let mut tick = tokio::time::interval(every);
+        for _ in 0..max {
+            tick.tick().await;
+            if stop.load(Ordering::SeqCst) {
+                break;
+            }
+            match http_get(loopback(port), "/").await {
+                Ok(r) if r.status == 200 => {
+                    t.ok.fetch_add(1, Ordering::SeqCst);
+                }
+                other => {
+                    t.failed.fetch_add(1, Ordering::SeqCst);
+                    errors.push(format!("{other:?}"));
+                }
+            }
+        }
+        errors
+    });
+    (tally, task)
+}
+
+/// One HTTP/1.1 keep-alive connection, reused until the server says `Connection: close`
+/// (then a new one). A request that fails on a reused connection is a failure: no retry.
+fn keep_alive_loop(
+    port: u16,
+    every: Duration,
+    max: u64,
+    stop: Arc<AtomicBool>,
+) -> (Arc<Tally>, JoinHandle<Vec<String>>) {
+    let tally = Arc::new(Tally::default());
+    let t = tally.clone();
+    let task = tokio::spawn(async move {
+        let mut errors = Vec::new();
+        let mut conn: Option<TcpStream> = None;
+        let mut tick = tokio::time::interval(every);
+        for _ in 0..max {
+            tick.tick().await;
+            if stop.load(Ordering::SeqCst) {
+                break;
+            }
+            if conn.is_none() {
+                conn = TcpStream::connect(loopback(port)).await.ok();
+            }
+            let Some(stream) = conn.as_mut() else {
+                t.failed.fetch_add(1, Ordering::SeqCst);
+                errors.push("connect failed".into());
+                continue;
+            };
+            match tokio::time::timeout(Duration::from_secs(5), keep_alive_get(stream)).await {
+                Ok(Ok((200, close))) => {
+                    t.ok.fetch_add(1, Ordering::SeqCst);
+                    if close {
+                        conn = None;
+                    }
+                }
+                other => {
+                    t.failed.fetch_add(1, Ordering::SeqCst);
+                    errors.push(format!("{other:?}"));
+                    conn = None;
+                }
+            }
+        }
+        errors
+    });
+    (tally, task)
+}
+
+/// GET / on a kept-alive connection: (status, whether the server closes it).
+async fn keep_alive_get(stream: &mut TcpStream) -> std::io::Result<(u16, bool)> {
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: keep-alive\r\n\r\n")
+        .await?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let eof = || std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed");
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(eof());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let header = |name: &str| {
+        head.lines()
+            .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_owned()))
+    };
+    let length: usize = header("content-length:")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    while buf.len() < head_end + length {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(eof());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let close = header("connection:").is_some_and(|v| v == "close");
+    Ok((status, close))
+}
+
+/// 100 registration changes, 20 of which force a reload (a changed server option),
+/// under 50 req/s of new connections and 50 req/s on keep-alive connections: no request
+/// to a healthy backend fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_changes_with_twenty_reloads_fail_no_request() {
+    let w = World::start("load").await;
+    let port = free_port();
+    let mut pool = Vec::new();
+    for i in 0..6 {
+        pool.push(Backend::start(format!("b{i}")).await);
+    }
+    for (i, b) in pool.iter().enumerate().take(3) {
+        w.register(&format!("h{i}"), b).await;
+    }
+    // Reloads by SIGUSR2 to the master from the pid file, confirmed on the master CLI.
+    let text = w.config(
+        port,
+        &format!(
+            r#", "reload_method": "signal", "pid_file_path": "{}", "master_socket_path": "{}""#,
+            w.path("haproxy.pid").display(),
+            w.path("master.sock").display()
+        ),
+    );
+    let synapse = Synapse::start(&text);
+    let haproxy = w.start_haproxy().await;
+    eventually(TIMEOUT, || async { synapse.get(|c| &c.reloads) >= 1 }).await;
+    routes_to(port, &["b0", "b1", "b2"]).await;
+    let (reloads_before, _) = generation(haproxy.master()).await;
+    let commands_before = synapse.get(|c| &c.runtime_commands);
+    let reload_failures_before = synapse.get(|c| &c.reload_failures);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let every = Duration::from_millis(20);
+    let (fresh, fresh_task) = new_connection_loop(port, every, 2_000, stop.clone());
+    let (kept, kept_task) = keep_alive_loop(port, every, 2_000, stop.clone());
+
+    // Registered: h0..h2 at first; h3..h5 come and go; weights and options change.
+    let mut registered: BTreeSet<usize> = (0..3).collect();
+    let mut maxconn = 100;
+    let mut tick = tokio::time::interval(Duration::from_millis(220));
+    for step in 0..100usize {
+        tick.tick().await;
+        if step % 5 == 0 {
+            // A changed server option: only a reload applies it.
+            maxconn += 1;
+            let opts = format!("maxconn {maxconn}");
+            w.register_with("h0", &pool[0], None, Some(&opts)).await;
+            continue;
+        }
+        let i = 3 + step % 3;
+        match step % 4 {
+            0 | 2 if registered.contains(&i) && registered.len() > 2 => {
+                w.deregister(&format!("h{i}")).await;
+                registered.remove(&i);
+            }
+            0 | 2 => {
+                w.register(&format!("h{i}"), &pool[i]).await;
+                registered.insert(i);
+            }
+            _ => {
+                let weight = 1 + (step % 7) as u16;
+                w.register_with("h1", &pool[1], Some(weight), None).await;
+            }
+        }
+    }
+    // Settle under load: the last reload done and the routing exact; then stop.
+    eventually(TIMEOUT, || async {
+        let file = std::fs::read_to_string(w.path("haproxy.cfg")).unwrap_or_default();
+        let p = haproxy
+            .master()
+            .show_proc()
+            .await
+            .map_err(|e| e.to_string())?;
+        let done =
+            p.reloads - reloads_before >= 20 && file.contains(&format!(" maxconn {maxconn}"));
+        done.then_some(()).ok_or(format!("{p:?}"))
+    })
+    .await;
+    let want: Vec<String> = registered.iter().map(|i| format!("b{i}")).collect();
+    let want: Vec<&str> = want.iter().map(String::as_str).collect();
+    routes_to(port, &want).await;
+    stop.store(true, Ordering::SeqCst);
+    let fresh_errors = fresh_task.await.expect("loop");
+    let kept_errors = kept_task.await.expect("loop");
+
+    let (reloads_after, _) = generation(haproxy.master()).await;
+    let reloads = reloads_after - reloads_before;
+    let commands = synapse.get(|c| &c.runtime_commands) - commands_before;
+    let (ok_fresh, ok_kept) = (
+        fresh.ok.load(Ordering::SeqCst),
+        kept.ok.load(Ordering::SeqCst),
+    );
+    println!(
+        "load: {ok_fresh} ok / {} failed (new connections), {ok_kept} ok / {} failed \
+         (keep-alive); {reloads} reloads, {commands} runtime commands",
+        fresh_errors.len(),
+        kept_errors.len()
+    );
+    assert!(
+        fresh_errors.is_empty(),
+        "new-connection failures: {fresh_errors:?}"
+    );
+    assert!(
+        kept_errors.is_empty(),
+        "keep-alive failures: {kept_errors:?}"
+    );
+    assert!(
+        ok_fresh >= 800 && ok_kept >= 800,
+        "{ok_fresh} / {ok_kept} requests"
+    );
+    assert!(reloads >= 20, "only {reloads} reloads");
+    assert!(commands >= 60, "only {commands} runtime commands");
+    assert_eq!(synapse.get(|c| &c.reload_failures), reload_failures_before);
+    synapse.stop().await;
+}
+
+/// Managed mode: synapse starts HAProxy, restarts it when its worker or its master is
+/// killed (traffic resumes, synapse keeps running), and stops it on exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn managed_haproxy_is_restarted_when_killed_and_stopped_on_exit() {
+    let w = World::start("managed").await;
+    let port = free_port();
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    w.register("host-a", &a).await;
+    let text = w.config(port, r#", "managed": true, "stop_timeout": 5"#);
+    let synapse = Synapse::start(&text);
+    let master = MasterSocket::new(w.path("haproxy-master.sock"));
+    routes_to(port, &["a"]).await;
+    // Runtime changes work on the managed HAProxy too.
+    w.register("host-b", &b).await;
+    routes_to(port, &["a", "b"]).await;
+    let first = master.show_proc().await.expect("show proc");
+    assert_eq!(first.reloads, 0, "{first:?}");
+
+    let kill = |pid: u32, signal| {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal).expect("kill");
+    };
+    // The worker dies: HAProxy 2.6's master exits with it; synapse starts a new one.
+    kill(first.workers[0], nix::sys::signal::Signal::SIGKILL);
+    eventually(TIMEOUT, || async {
+        match master.show_proc().await {
+            Ok(p) if p.master_pid != first.master_pid && !p.workers.is_empty() => Ok(p),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    routes_to(port, &["a", "b"]).await;
+    // The master dies.
+    let second = master.show_proc().await.expect("show proc");
+    kill(second.master_pid, nix::sys::signal::Signal::SIGKILL);
+    eventually(TIMEOUT, || async {
+        match master.show_proc().await {
+            Ok(p) if p.master_pid != second.master_pid && !p.workers.is_empty() => Ok(p),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    routes_to(port, &["a", "b"]).await;
+    assert!(synapse.is_running(), "synapse exited");
+    assert!(synapse.get(|c| &c.haproxy_starts) >= 3);
+    assert!(synapse.get(|c| &c.haproxy_exits) >= 2);
+
+    let last = master.show_proc().await.expect("show proc");
+    synapse.stop().await;
+    // Stopped: the master is gone and the port refuses connections.
+    let alive = std::path::Path::new(&format!("/proc/{}", last.master_pid)).exists();
+    assert!(!alive, "managed HAProxy {} still runs", last.master_pid);
+    assert!(TcpStream::connect(loopback(port)).await.is_err());
+}
