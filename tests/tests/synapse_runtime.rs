@@ -651,3 +651,71 @@ async fn managed_haproxy_is_restarted_when_killed_and_stopped_on_exit() {
     assert!(!alive, "managed HAProxy {} still runs", last.master_pid);
     assert!(TcpStream::connect(loopback(port)).await.is_err());
 }
+
+/// A reload HAProxy refuses (here: a new frontend's port is taken) is reported, the old
+/// worker keeps serving, and synapse retries with backoff until the reload succeeds —
+/// the file on disk already being right is not taken for "done".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_reload_is_reported_and_retried_until_it_succeeds() {
+    let w = World::start("refused").await;
+    let (port, api_port) = (free_port(), free_port());
+    let a = Backend::start("a").await;
+    w.register("host-a", &a).await;
+    // HAProxy runs a config with `web` only, as if written by an earlier synapse.
+    std::fs::write(
+        w.path("haproxy.cfg"),
+        format!(
+            "{}frontend web\n    bind 127.0.0.1:{port}\n    default_backend web\n\
+             backend web\n    server host-a_127.0.0.1:{p} 127.0.0.1:{p} id 1\n",
+            integration_tests::haproxy::preamble(&w.path("stats.sock")),
+            p = a.port()
+        ),
+    )
+    .expect("write cfg");
+    let haproxy = w.start_haproxy().await;
+    routes_to(port, &["a"]).await;
+    let taken = std::net::TcpListener::bind(loopback(api_port)).expect("occupy the api port");
+    let text = w
+        .config(
+            port,
+            &format!(
+                r#", "reload_method": "master_socket", "master_socket_path": "{}""#,
+                w.path("master.sock").display()
+            ),
+        )
+        .replace(
+            r#""services": {"web": {"#,
+            &format!(
+                r#""services": {{"api": {{"discovery": {{"method": "etcd", "hosts": ["{}"],
+                   "path": "{}/api"}}, "haproxy": {{"port": {api_port}}}}},
+                   "web": {{"#,
+                w.etcd_addr, w.prefix
+            ),
+        );
+    let synapse = Synapse::start(&text);
+    eventually(TIMEOUT, || async {
+        let failed = synapse.get(|c| &c.reload_failures);
+        (failed >= 2)
+            .then_some(())
+            .ok_or(format!("{failed} failed reloads"))
+    })
+    .await;
+    // The old worker still serves `web`; synapse is still there.
+    routes_to(port, &["a"]).await;
+    let procs = haproxy.master().show_proc().await.expect("show proc");
+    assert!(procs.failed_reloads >= 1, "{procs:?}");
+    assert!(synapse.is_running());
+    assert_eq!(synapse.get(|c| &c.reloads), 0);
+
+    drop(taken);
+    eventually(TIMEOUT, || async { synapse.get(|c| &c.reloads) >= 1 }).await;
+    let procs = haproxy.master().show_proc().await.expect("show proc");
+    assert_eq!(procs.failed_reloads, 0, "{procs:?}");
+    routes_to(port, &["a"]).await;
+    // The new frontend listens (its backend is empty: 503).
+    let r = http_get(loopback(api_port), "/")
+        .await
+        .expect("api answers");
+    assert_eq!(r.status, 503);
+    synapse.stop().await;
+}
