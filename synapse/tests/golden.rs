@@ -5,9 +5,10 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use common::Registration;
+use common::{AddressPolicy, Registration};
 use synapse::backends::{resolve, Backend, BackendSet, Resolution};
 use synapse::haproxy::config::{render, wanted_servers, ServerIds};
+use synapse::watcher::ec2::to_backend;
 use synapse::Config;
 
 fn golden_dir() -> PathBuf {
@@ -79,6 +80,9 @@ fn haproxy_check(name: &str, text: &str) {
     );
 }
 
+/// The seed's config as Clay.io ran it (ec2tag, `server_port_override` 50001,
+/// `server_backup_port` 50002, `server_options: "check"`): a normal and a `backup` server
+/// per instance.
 #[test]
 fn seed_config() {
     let text = include_str!("../../examples/synapse-clay.json").replace(
@@ -86,14 +90,30 @@ fn seed_config() {
         "\"do_socket\": false, \"server_order_seed\": 7,",
     );
     let config = Config::parse(&text, None).expect("seed config");
+    // Two running instances, as the ec2tag watcher turns them into backends.
+    let port = config
+        .services
+        .values()
+        .next()
+        .and_then(|s| s.port_override);
+    let instance = |ip: &str| {
+        let inst = synapse::ec2::Instance {
+            id: format!("i-{}", ip.replace('.', "")),
+            private_ip: Some(ip.to_owned()),
+            private_dns: Some(format!("ip-{}.ec2.internal", ip.replace('.', "-"))),
+        };
+        to_backend(
+            &inst,
+            port.expect("server_port_override"),
+            &AddressPolicy::default(),
+        )
+        .expect("valid instance")
+    };
     let rendered = render_config(
         &config,
         &[(
             "myservice",
-            vec![
-                reg(r#"{"host":"10.0.1.5","port":8080,"name":"ip-10-0-1-5.ec2.internal"}"#),
-                reg(r#"{"host":"10.0.1.6","port":8080,"name":"ip-10-0-1-6.ec2.internal"}"#),
-            ],
+            vec![instance("10.0.1.5"), instance("10.0.1.6")],
         )],
     );
     check_golden("seed", &rendered);

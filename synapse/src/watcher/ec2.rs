@@ -102,8 +102,9 @@ impl Ec2Watcher {
     }
 }
 
-/// One instance → one backend, through the registry's validators.
-fn to_backend(
+/// One instance → one backend, through the registry's validators: the same rules as
+/// registrations from etcd (reliability B22).
+pub fn to_backend(
     inst: &Instance,
     port: Port,
     policy: &AddressPolicy,
