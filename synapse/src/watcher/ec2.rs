@@ -16,8 +16,8 @@ use common::{AddressPolicy, Backoff, Host, InstanceId, Port, RegistrationError, 
 use tokio::time::sleep;
 use tokio_util::sync::CancellationToken;
 
-use super::{Publisher, Watcher};
-use crate::backends::{Backend, BackendSet, Discovered};
+use super::{mark_stale, publish, Publisher, Watcher};
+use crate::backends::{Backend, BackendSet};
 use crate::config::Ec2TagDiscovery;
 use crate::counters::Counters;
 use crate::ec2::credentials::CredentialInputs;
@@ -168,17 +168,10 @@ impl Watcher for Ec2Watcher {
             let wait = match listed {
                 Ok(instances) => {
                     let set = self.backends(instances, port);
-                    let changed = out.send_if_modified(|cur| {
-                        let new = Discovered {
-                            backends: set.clone(),
-                            fresh: true,
-                        };
-                        let changed = cur.as_ref() != Some(&new);
-                        *cur = Some(new);
-                        changed
-                    });
+                    let count = set.len();
+                    let changed = publish(&out, set, true);
                     if changed || backoff.attempts() > 0 {
-                        tracing::info!(service = %self.service, instances = set.len(), "EC2 instances listed");
+                        tracing::info!(service = %self.service, instances = count, "EC2 instances listed");
                     }
                     backoff.reset();
                     interval
@@ -206,17 +199,6 @@ fn log_failure(service: &ServiceName, e: &Ec2Error, retry_in: Duration, attempts
     } else {
         tracing::debug!(%service, error = %chain, ?retry_in, "EC2 listing failed");
     }
-}
-
-/// Marks the published set stale, keeping its backends.
-fn mark_stale(out: &Publisher) {
-    out.send_if_modified(|cur| match cur {
-        Some(d) if d.fresh => {
-            d.fresh = false;
-            true
-        }
-        _ => false,
-    });
 }
 
 #[cfg(test)]

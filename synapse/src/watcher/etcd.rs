@@ -29,8 +29,8 @@ use etcd_client::{Client, EventType, GetOptions, KeyValue, WatchOptions, WatchSt
 use tokio::time::{interval, sleep, sleep_until, timeout, Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use super::{Publisher, Watcher};
-use crate::backends::{Backend, BackendSet, Discovered};
+use super::{mark_stale, publish, Publisher, Watcher};
+use crate::backends::{Backend, BackendSet};
 use crate::config::EtcdDiscovery;
 use crate::counters::Counters;
 
@@ -428,27 +428,6 @@ fn validate(
     Ok(Backend::from(reg))
 }
 
-/// Publishes a complete set, waking the reconciler only if it changed.
-fn publish(out: &Publisher, backends: BackendSet, fresh: bool) {
-    out.send_if_modified(|cur| {
-        let new = Discovered { backends, fresh };
-        let changed = cur.as_ref() != Some(&new);
-        *cur = Some(new);
-        changed
-    });
-}
-
-/// Marks the published set stale (the source is away), keeping its backends.
-fn mark_stale(out: &Publisher) {
-    out.send_if_modified(|cur| match cur {
-        Some(d) if d.fresh => {
-            d.fresh = false;
-            true
-        }
-        _ => false,
-    });
-}
-
 /// The end of the key range that has `prefix` as a prefix.
 fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     let mut end = prefix.to_vec();
@@ -617,7 +596,7 @@ mod tests {
         mark_stale(&tx);
         assert_eq!(
             *rx.borrow(),
-            Some(Discovered {
+            Some(crate::backends::Discovered {
                 backends: set,
                 fresh: false
             })

@@ -18,7 +18,7 @@ use common::{Port, ServiceName};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::backends::Discovered;
+use crate::backends::{BackendSet, Discovered};
 use crate::config::{DiscoveryConfig, ServiceConfig};
 use crate::counters::Counters;
 
@@ -29,6 +29,28 @@ pub use r#static::StaticWatcher;
 
 /// Where a watcher publishes.
 pub type Publisher = watch::Sender<Option<Discovered>>;
+
+/// Publishes a complete set, waking the reconciler only if it changed. Returns whether
+/// it did.
+pub(crate) fn publish(out: &Publisher, backends: BackendSet, fresh: bool) -> bool {
+    out.send_if_modified(|cur| {
+        let new = Discovered { backends, fresh };
+        let changed = cur.as_ref() != Some(&new);
+        *cur = Some(new);
+        changed
+    })
+}
+
+/// Marks the published set stale (the source is away), keeping its backends.
+pub(crate) fn mark_stale(out: &Publisher) {
+    out.send_if_modified(|cur| match cur {
+        Some(d) if d.fresh => {
+            d.fresh = false;
+            true
+        }
+        _ => false,
+    });
+}
 
 /// A source of backends for one service. Runs until cancelled.
 pub trait Watcher: Send + 'static {
