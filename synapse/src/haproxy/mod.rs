@@ -192,15 +192,20 @@ impl HaproxyOutput {
             // The supervisor wakes the loop when HAProxy is back.
             self.next_verify_at = Some(Instant::now() + VERIFY_INTERVAL);
         }
+        // HAProxy itself accepted every server change: the candidate differs from the
+        // file only in server lines it validated, so `haproxy -c` would add nothing.
+        let mut runtime_complete = false;
         if self.runtime_enabled() && running {
             let pass = self.runtime_pass(&desired).await;
             applied.runtime_commands = pass.commands;
+            runtime_complete = pass.reload.is_none();
             if let Some(why) = pass.reload {
                 self.need_reload(why);
             }
         }
         if self.deployed.as_deref() != Some(rendered.as_str()) {
-            if let Err(e) = self.writer.write(&rendered).await {
+            let check = !(runtime_complete && self.same_structure(&desired.config));
+            if let Err(e) = self.writer.write(&rendered, check).await {
                 match &e {
                     ReloadError::CheckFailed { .. } => Counters::inc(&self.counters.check_failures),
                     _ => Counters::inc(&self.counters.write_failures),
@@ -233,6 +238,20 @@ impl HaproxyOutput {
         }
         self.reload(&desired, &mut applied).await?;
         Ok(applied)
+    }
+
+    /// Whether the file on disk has `config`'s structure (everything but server lines).
+    fn same_structure(&self, config: &ConfigModel) -> bool {
+        let Some(deployed) = self.deployed.as_deref().map(ConfigModel::parse) else {
+            return false;
+        };
+        deployed.base == config.base
+            && deployed.backends.len() == config.backends.len()
+            && deployed
+                .backends
+                .iter()
+                .zip(&config.backends)
+                .all(|((n1, b1), (n2, b2))| n1 == n2 && b1.lines == b2.lines)
     }
 
     /// Managed mode: notices a (re)started HAProxy, which runs the file on disk. False

@@ -114,9 +114,9 @@ impl Writer {
         self.config_path.as_deref()
     }
 
-    /// Puts `text` in place (checked first, when checks are on). Without a config path
-    /// (`do_writes: false`) this does nothing.
-    pub async fn write(&self, text: &str) -> Result<(), ReloadError> {
+    /// Puts `text` in place (checked first when checks are on and `check` is set).
+    /// Without a config path (`do_writes: false`) this does nothing.
+    pub async fn write(&self, text: &str, check: bool) -> Result<(), ReloadError> {
         let Some(path) = self.config_path.clone() else {
             return Ok(());
         };
@@ -125,7 +125,7 @@ impl Writer {
             .filter(|d| !d.as_os_str().is_empty())
             .unwrap_or(Path::new("."))
             .to_owned();
-        let Some(check) = &self.check else {
+        let Some(check) = self.check.as_ref().filter(|_| check) else {
             let text = text.to_owned();
             return tokio::task::spawn_blocking(move || write_atomically(&dir, &path, &text))
                 .await?;
@@ -465,7 +465,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let w = writer(dir.path(), "");
         let r = Reloader::new(&config(dir.path(), ""));
-        w.write("global\n").await.unwrap();
+        w.write("global\n", true).await.unwrap();
         assert_eq!(
             std::fs::read_to_string(dir.path().join("haproxy.cfg")).unwrap(),
             "global\n"
@@ -490,8 +490,8 @@ mod tests {
             dir.path(),
             r#", "do_checks": true, "check_command": "grep -q good $SYNAPSE_CANDIDATE_CONFIG""#,
         );
-        w.write("good\n").await.unwrap();
-        let err = w.write("bad\n").await.unwrap_err();
+        w.write("good\n", true).await.unwrap();
+        let err = w.write("bad\n", true).await.unwrap_err();
         assert!(matches!(err, ReloadError::CheckFailed { .. }), "{err}");
         assert_eq!(
             std::fs::read_to_string(dir.path().join("haproxy.cfg")).unwrap(),
@@ -506,12 +506,12 @@ mod tests {
         let w = writer(dir.path(), r#", "do_checks": true"#);
         let good = "defaults\n    mode http\n    timeout connect 1s\n    timeout client 1s\n    \
                     timeout server 1s\n\nlisten x\n    bind 127.0.0.1:1\n";
-        w.write(good).await.unwrap();
+        w.write(good, true).await.unwrap();
         // Valid but without a listener (haproxy -c exits 2): still written.
-        w.write("global\n    maxconn 10\n").await.unwrap();
-        w.write(good).await.unwrap();
+        w.write("global\n    maxconn 10\n", true).await.unwrap();
+        w.write(good, true).await.unwrap();
         let err = w
-            .write("global\n    no-such-keyword 1\n")
+            .write("global\n    no-such-keyword 1\n", true)
             .await
             .unwrap_err();
         assert!(matches!(err, ReloadError::CheckFailed { .. }), "{err}");

@@ -1,0 +1,286 @@
+//! Benchmark (not a test; `#[ignore]`d, run by `scripts/bench`): etcd put → the first
+//! request served by the new server, and etcd delete → the last request it serves, for
+//! the runtime-API path and the reload-every-change path, side by side. Real etcd, real
+//! HAProxy (master-worker), real backends, synapse in-process; all on loopback.
+//!
+//! Prints min/p50/p99/max per path and writes the samples as JSON to `$BENCH_OUT`
+//! (default `target/bench-propagation.json`). `BENCH_TRIALS` (default 100) trials per
+//! path, after 3 warm-up trials.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{Host, InstanceId, Port, Registration, ServiceName, ServicePath};
+use integration_tests::{
+    eventually, free_port, http_get, init_tracing, loopback, Backend, Etcd, Haproxy,
+    HaproxyOptions, Workdir,
+};
+use synapse::counters::Counters;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+const TIMEOUT: Duration = Duration::from_secs(20);
+const WARMUP: usize = 3;
+/// A removal counts as done after this many responses in a row from the other server.
+const SETTLED: usize = 30;
+
+struct Samples(Vec<f64>);
+
+impl Samples {
+    fn sorted(&self) -> Vec<f64> {
+        let mut v = self.0.clone();
+        v.sort_by(f64::total_cmp);
+        v
+    }
+
+    fn quantile(&self, q: f64) -> f64 {
+        let v = self.sorted();
+        let i = ((v.len() as f64 - 1.0) * q).round() as usize;
+        v.get(i).copied().unwrap_or(f64::NAN)
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "min": self.quantile(0.0),
+            "p50": self.quantile(0.5),
+            "p99": self.quantile(0.99),
+            "max": self.quantile(1.0),
+            "samples": self.0,
+        })
+    }
+
+    fn row(&self, name: &str) -> String {
+        format!(
+            "{name:<40} {:>8.2} {:>8.2} {:>8.2} {:>8.2}",
+            self.quantile(0.0),
+            self.quantile(0.5),
+            self.quantile(0.99),
+            self.quantile(1.0)
+        )
+    }
+}
+
+struct PathResult {
+    put: Samples,
+    delete: Samples,
+    reloads: u32,
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Requests until one is answered by `id`; the instant it was.
+async fn first_from(port: u16, id: &str) -> Instant {
+    let deadline = Instant::now() + TIMEOUT;
+    while Instant::now() < deadline {
+        if let Ok(r) = http_get(loopback(port), "/").await {
+            if r.body == id {
+                return Instant::now();
+            }
+        }
+    }
+    panic!("{id} never answered");
+}
+
+/// Requests until `SETTLED` in a row come from elsewhere than `id`; the instant the
+/// first of them was answered.
+async fn last_from(port: u16, id: &str) -> Instant {
+    let deadline = Instant::now() + TIMEOUT;
+    let mut run_start = Instant::now();
+    let mut run = 0;
+    while Instant::now() < deadline {
+        match http_get(loopback(port), "/").await {
+            Ok(r) if r.status == 200 && r.body != id => {
+                if run == 0 {
+                    run_start = Instant::now();
+                }
+                run += 1;
+                if run >= SETTLED {
+                    return run_start;
+                }
+            }
+            _ => run = 0,
+        }
+    }
+    panic!("{id} kept answering");
+}
+
+async fn bench_path(runtime: bool, trials: usize) -> PathResult {
+    let dir = Workdir::new();
+    let etcd = Etcd::start().await;
+    let client = etcd.client().await;
+    let port = free_port();
+    let (base, new) = (Backend::start("base").await, Backend::start("new").await);
+    let path = ServicePath::new("/bench/web").expect("path");
+    let key = |instance: &str| {
+        path.nerve_key(
+            &InstanceId::new(instance).expect("id"),
+            &ServiceName::new("web").expect("name"),
+            1,
+        )
+    };
+    let value = |instance: &str, b: &Backend| {
+        Registration {
+            host: Host::Ip(b.addr().ip()),
+            port: Port::new(b.port()).expect("port"),
+            name: InstanceId::new(instance).expect("id"),
+            weight: None,
+            haproxy_server_options: None,
+            labels: Default::default(),
+        }
+        .encode()
+    };
+    let mut kv = client.kv_client();
+    kv.put(key("base"), value("base", &base), None)
+        .await
+        .expect("put");
+    let socket = if runtime {
+        format!(
+            r#""socket_file_path": "{}","#,
+            dir.join("stats.sock").display()
+        )
+    } else {
+        r#""do_socket": false,"#.to_owned()
+    };
+    let text = format!(
+        r#"{{
+          "services": {{"web": {{
+            "discovery": {{"method": "etcd", "hosts": ["{etcd}"], "path": "/bench/web"}},
+            "haproxy": {{"port": {port}, "server_options": "check inter 2s",
+                         "listen": ["balance roundrobin"]}}}}}},
+          "debounce": 0, "debounce_max_wait": 0,
+          "haproxy": {{
+            "config_file_path": "{cfg}", {socket}
+            "do_checks": true,
+            "reload_method": "master_socket", "master_socket_path": "{master}",
+            "restart_interval": 0.05, "bind_address": "127.0.0.1", "server_order_seed": 1,
+            "global": ["stats socket {stats} mode 600 level admin expose-fd listeners",
+                       "server-state-file {state}", "hard-stop-after 5s"],
+            "defaults": ["mode http", "timeout connect 1s", "timeout client 10s",
+                         "timeout server 10s", "option idle-close-on-response",
+                         "load-server-state-from-file global"]
+          }}
+        }}"#,
+        etcd = etcd.client_addr(),
+        cfg = dir.join("haproxy.cfg").display(),
+        master = dir.join("master.sock").display(),
+        stats = dir.join("stats.sock").display(),
+        state = dir.join("server-state").display(),
+    );
+    let config = synapse::Config::parse(&text, None).expect("config");
+    let counters = Arc::new(Counters::default());
+    let cancel = CancellationToken::new();
+    let task = tokio::spawn(synapse::run_with(config, counters.clone(), cancel.clone()));
+    let cfg = dir.join("haproxy.cfg");
+    eventually(TIMEOUT, || async { cfg.exists() }).await;
+    let haproxy =
+        Haproxy::start(HaproxyOptions::new(&cfg).stats_socket(dir.join("stats.sock"))).await;
+    std::os::unix::fs::symlink(haproxy.master_socket(), dir.join("master.sock")).expect("link");
+    eventually(TIMEOUT, || async {
+        Counters::get(&counters.reloads) >= 1
+            && http_get(loopback(port), "/")
+                .await
+                .is_ok_and(|r| r.body == "base")
+    })
+    .await;
+    let reloads_before = haproxy.show_proc().await.expect("show proc").reloads;
+    let mut put = Vec::new();
+    let mut delete = Vec::new();
+    for trial in 0..WARMUP + trials {
+        let t0 = Instant::now();
+        kv.put(key("new"), value("new", &new), None)
+            .await
+            .expect("put");
+        let served = first_from(port, "new").await - t0;
+        let t1 = Instant::now();
+        kv.delete(key("new"), None).await.expect("delete");
+        let stopped = last_from(port, "new").await.saturating_duration_since(t1);
+        if trial >= WARMUP {
+            put.push(ms(served));
+            delete.push(ms(stopped));
+        }
+    }
+    let reloads = haproxy.show_proc().await.expect("show proc").reloads - reloads_before;
+    cancel.cancel();
+    task.await.expect("synapse").expect("synapse run");
+    drop(haproxy);
+    PathResult {
+        put: Samples(put),
+        delete: Samples(delete),
+        reloads,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: run with scripts/bench"]
+async fn bench_propagation() {
+    init_tracing();
+    let trials: usize = std::env::var("BENCH_TRIALS")
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(100);
+    let out = std::env::var_os("BENCH_OUT").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench-propagation.json"),
+        PathBuf::from,
+    );
+    let runtime = bench_path(true, trials).await;
+    let reload = bench_path(false, trials).await;
+    let version = std::process::Command::new(
+        std::env::var("HAPROXY_BIN").unwrap_or_else(|_| "haproxy".into()),
+    )
+    .arg("-v")
+    .output()
+    .map(|o| {
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_owned()
+    })
+    .unwrap_or_default();
+    println!("\n{version}; {trials} trials per path (+{WARMUP} warm-up); milliseconds");
+    println!(
+        "{:<40} {:>8} {:>8} {:>8} {:>8}",
+        "", "min", "p50", "p99", "max"
+    );
+    println!(
+        "{}",
+        runtime.put.row("runtime API: put -> served by new server")
+    );
+    println!(
+        "{}",
+        reload.put.row("reload:      put -> served by new server")
+    );
+    println!(
+        "{}",
+        runtime.delete.row("runtime API: delete -> last served")
+    );
+    println!(
+        "{}",
+        reload.delete.row("reload:      delete -> last served")
+    );
+    println!(
+        "HAProxy reloads during the trials: runtime API {}, reload path {}",
+        runtime.reloads, reload.reloads
+    );
+    let json = serde_json::json!({
+        "haproxy": version,
+        "trials": trials,
+        "unit": "ms",
+        "settings": {"debounce": 0, "restart_interval": 0.05, "do_checks": true,
+                     "reload_method": "master_socket"},
+        "runtime_api": {"put_to_served": runtime.put.json(), "delete_to_last_served": runtime.delete.json(),
+                        "reloads": runtime.reloads},
+        "reload": {"put_to_served": reload.put.json(), "delete_to_last_served": reload.delete.json(),
+                   "reloads": reload.reloads},
+    });
+    if let Some(parent) = out.parent() {
+        std::fs::create_dir_all(parent).expect("results dir");
+    }
+    std::fs::write(&out, serde_json::to_string_pretty(&json).expect("json"))
+        .expect("write results");
+    println!("results: {}", out.display());
+    assert_eq!(runtime.reloads, 0, "the runtime-API path reloaded");
+}
