@@ -236,7 +236,7 @@ impl fmt::Display for ReloadReason {
                 server,
                 why,
             } => write!(f, "cannot change {backend}/{server} at runtime: {why}"),
-            Self::NoRuntimeApi => f.write_str("the runtime API is not available"),
+            Self::NoRuntimeApi => f.write_str("no runtime API (off, or its socket did not answer)"),
             Self::CommandFailed { command, answer } => {
                 write!(f, "`{command}` failed: {answer}")
             }
