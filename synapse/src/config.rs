@@ -1618,4 +1618,77 @@ mod tests {
         let api = &c.services[&ServiceName::new("api").unwrap()];
         assert_eq!(api.default_servers.len(), 1);
     }
+
+    fn haproxy(keys: &str) -> Result<HaproxyConfig, ConfigErrors> {
+        parse(&format!(
+            r#"{{"services": {{"web": {{"discovery": {{"method": "base"}}}}}},
+                "haproxy": {{"config_file_path": "/etc/haproxy/haproxy.cfg"{keys}}}}}"#
+        ))
+        .map(|c| c.haproxy.unwrap())
+    }
+
+    #[test]
+    fn reload_methods_and_managed_mode() {
+        let h = haproxy(r#", "reload_command": "true""#).unwrap();
+        assert_eq!(h.reload_method, Some(ReloadMethod::Command("true".into())));
+        assert!(h.managed.is_none() && h.dynamic_servers);
+        let h = haproxy(r#", "master_socket_path": "/run/m.sock""#).unwrap();
+        assert_eq!(h.reload_method, Some(ReloadMethod::MasterSocket));
+        let h = haproxy(r#", "pid_file_path": "/run/h.pid""#).unwrap();
+        assert_eq!(h.reload_method, Some(ReloadMethod::Signal));
+        let h =
+            haproxy(r#", "managed": true, "stop_timeout": 3, "dynamic_servers": "off""#).unwrap();
+        assert_eq!(h.reload_method, Some(ReloadMethod::MasterSocket));
+        assert_eq!(
+            h.master_socket_path.as_deref(),
+            Some(Path::new("/etc/haproxy/haproxy-master.sock"))
+        );
+        let m = h.managed.unwrap();
+        assert_eq!(
+            (m.binary.to_str(), m.stop_timeout),
+            (Some("haproxy"), Duration::from_secs(3))
+        );
+        assert!(!h.dynamic_servers);
+        let h = haproxy(r#", "do_reloads": false"#).unwrap();
+        assert_eq!(h.reload_method, None);
+        let errs = haproxy(
+            r#", "reload_method": "master_socket", "haproxy_binary": "/x", "dynamic_servers": "on""#,
+        )
+        .unwrap_err();
+        for p in [
+            "haproxy.master_socket_path",
+            "haproxy.haproxy_binary",
+            "haproxy.dynamic_servers",
+        ] {
+            assert!(errs.mentions(p), "{p} not in:\n{errs}");
+        }
+        let errs = haproxy(r#", "reload_method": "signal""#).unwrap_err();
+        assert!(errs.mentions("haproxy.pid_file_path"), "{errs}");
+        let errs = haproxy(r#", "reload_method": "usr2""#).unwrap_err();
+        assert!(errs.mentions("haproxy.reload_method"), "{errs}");
+        let errs = parse(
+            r#"{"services": {"web": {"discovery": {"method": "base"}}},
+                "haproxy": {"do_writes": false, "managed": true}}"#,
+        )
+        .unwrap_err();
+        assert!(errs.mentions("haproxy.managed"), "{errs}");
+    }
+
+    #[test]
+    fn server_state_file_comes_from_global() {
+        let h = haproxy(
+            r#", "reload_command": "true",
+               "global": ["server-state-base /var/lib/haproxy", "server-state-file state"]"#,
+        )
+        .unwrap();
+        assert_eq!(
+            h.server_state_file.as_deref(),
+            Some(Path::new("/var/lib/haproxy/state"))
+        );
+        let h =
+            haproxy(r#", "reload_command": "true", "global": ["server-state-file /s"]"#).unwrap();
+        assert_eq!(h.server_state_file.as_deref(), Some(Path::new("/s")));
+        let h = haproxy(r#", "reload_command": "true""#).unwrap();
+        assert_eq!(h.server_state_file, None);
+    }
 }
