@@ -24,6 +24,7 @@ fn check_config_accepts_the_examples() {
         "synapse.json",
         "synapse-clay.json",
         "synapse-etcd-clay.json",
+        "synapse-managed.json",
     ] {
         let text = std::fs::read_to_string(
             std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
