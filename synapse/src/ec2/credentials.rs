@@ -371,6 +371,106 @@ mod tests {
         assert!(parse_role_credentials("<html>").is_err());
     }
 
+    /// A minimal IMDSv2 on loopback: `PUT /latest/api/token`, then GETs that must carry
+    /// the token. Counts token requests; `expiration` is what the role document says.
+    async fn fake_imds(
+        expiration: &'static str,
+    ) -> (String, std::sync::Arc<std::sync::atomic::AtomicU32>) {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let tokens = std::sync::Arc::new(AtomicU32::new(0));
+        let counter = tokens.clone();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let mut buf = vec![0u8; 4096];
+                let n = conn.read(&mut buf).await.unwrap_or(0);
+                let req = String::from_utf8_lossy(&buf[..n]).to_string();
+                let line = req.lines().next().unwrap_or("").to_owned();
+                let has_token = req
+                    .to_ascii_lowercase()
+                    .contains("x-aws-ec2-metadata-token: tok-");
+                let (status, body) = if line.starts_with("PUT /latest/api/token") {
+                    let k = counter.fetch_add(1, Ordering::SeqCst);
+                    ("200 OK", format!("tok-{k}"))
+                } else if !has_token {
+                    ("401 Unauthorized", String::new())
+                } else if line.starts_with("GET /latest/meta-data/iam/security-credentials/ ") {
+                    ("200 OK", "synapse-role\n".to_owned())
+                } else if line
+                    .starts_with("GET /latest/meta-data/iam/security-credentials/synapse-role ")
+                {
+                    (
+                        "200 OK",
+                        format!(
+                            r#"{{"Code":"Success","AccessKeyId":"ASIAROLE","SecretAccessKey":"rolesecret","Token":"session","Expiration":"{expiration}"}}"#
+                        ),
+                    )
+                } else {
+                    ("404 Not Found", String::new())
+                };
+                let resp = format!(
+                    "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = conn.write_all(resp.as_bytes()).await;
+            }
+        });
+        (format!("http://{addr}"), tokens)
+    }
+
+    fn imds_provider(endpoint: String) -> CredentialProvider {
+        let env = env_of(&[]);
+        CredentialProvider::resolve(CredentialInputs {
+            config_keys: None,
+            env: &env,
+            imds_endpoint: Some(endpoint),
+        })
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn imdsv2_token_first_then_role_credentials_cached_until_near_expiry() {
+        use std::sync::atomic::Ordering;
+        // Far in the future: fetched once, then served from the cache.
+        let (endpoint, tokens) = fake_imds("2099-01-01T00:00:00Z").await;
+        let p = imds_provider(endpoint);
+        let c = p.get().await.unwrap();
+        assert_eq!(c.access_key_id, "ASIAROLE");
+        assert_eq!(c.secret_access_key.expose(), "rolesecret");
+        assert_eq!(c.session_token.as_ref().unwrap().expose(), "session");
+        p.get().await.unwrap();
+        assert_eq!(
+            tokens.load(Ordering::SeqCst),
+            1,
+            "cached credentials refetched"
+        );
+        // After EC2 says the credentials expired, the next call fetches anew.
+        p.invalidate().await;
+        p.get().await.unwrap();
+        assert_eq!(tokens.load(Ordering::SeqCst), 2);
+
+        // Already expired (or within five minutes of it): refreshed on every call.
+        let (endpoint, tokens) = fake_imds("2000-01-01T00:00:00Z").await;
+        let p = imds_provider(endpoint);
+        p.get().await.unwrap();
+        p.get().await.unwrap();
+        assert_eq!(tokens.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn imds_unreachable_is_an_error_not_a_hang() {
+        // A port nothing listens on.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let p = imds_provider(format!("http://127.0.0.1:{port}"));
+        assert!(matches!(p.get().await, Err(CredentialError::Imds(_))));
+    }
+
     #[test]
     fn secrets_are_not_printed() {
         let c = parse_shared_credentials(
