@@ -1,5 +1,8 @@
 //! Tracing set-up for the binaries: human-readable lines by default, JSON on request.
-//! The filter comes from `RUST_LOG` (default `info`).
+//! The filter comes from `RUST_LOG` (default `info`). Colours only when stderr is a
+//! terminal: escape codes in a journal or a container log are noise.
+
+use std::io::IsTerminal;
 
 use tracing_subscriber::{fmt, EnvFilter};
 
@@ -28,8 +31,14 @@ pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = match format {
-        LogFormat::Human => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Human => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
+        LogFormat::Json => builder
+            .with_ansi(false)
+            .json()
+            .flatten_event(true)
+            .try_init(),
     };
 }
 
