@@ -5,7 +5,8 @@
 //! It is deliberately tiny: GET only, one request per connection, bounded request size
 //! and time. It binds to localhost by default; it is not a public API.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -170,6 +171,71 @@ fn route(path: &str, state: &AdminState) -> (u16, &'static str, String) {
     }
 }
 
+/// Why `nerve status` / `synapse status` could not show the status.
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    #[error("no admin endpoint to ask: pass --admin <address:port>, or a config (-c) that sets admin_listen")]
+    NoAddress,
+    #[error("cannot read the admin address from {path}: {message}")]
+    Config { path: PathBuf, message: String },
+    #[error("the admin endpoint at {addr} is unreachable")]
+    Unreachable {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the admin endpoint at {addr} answered HTTP {status}")]
+    Http { addr: SocketAddr, status: u16 },
+}
+
+/// Where a `status` subcommand connects: `admin` if given, else the `admin_listen` of the
+/// config file at `config` (read as JSON with comments; nothing else of it is checked,
+/// so the subcommand works with a config the daemon would reject). A wildcard listen
+/// address (`0.0.0.0`, `::`) is asked on loopback.
+pub fn status_address(
+    admin: Option<SocketAddr>,
+    config: Option<&Path>,
+) -> Result<SocketAddr, StatusError> {
+    if let Some(addr) = admin {
+        return Ok(addr);
+    }
+    let path = config.ok_or(StatusError::NoAddress)?;
+    let bad = |message: String| StatusError::Config {
+        path: path.to_owned(),
+        message,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+    let doc = crate::config::parse_jsonc(&text).map_err(|e| bad(e.to_string()))?;
+    let listen = match doc.get("admin_listen") {
+        None | Some(serde_json::Value::Null) => return Err(StatusError::NoAddress),
+        Some(serde_json::Value::String(s)) => s.parse::<SocketAddr>().map_err(|_| {
+            bad("admin_listen must be an address and port, e.g. 127.0.0.1:9101".into())
+        })?,
+        Some(_) => return Err(bad("admin_listen must be a string".into())),
+    };
+    Ok(match listen.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::from((Ipv4Addr::LOCALHOST, listen.port()))
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::from((Ipv6Addr::LOCALHOST, listen.port()))
+        }
+        _ => listen,
+    })
+}
+
+/// The `/status` document of the endpoint at `addr`, as served (pretty JSON).
+pub async fn status(addr: SocketAddr) -> Result<String, StatusError> {
+    let (code, body) = fetch(addr, "/status")
+        .await
+        .map_err(|source| StatusError::Unreachable { addr, source })?;
+    if code == 200 {
+        Ok(body)
+    } else {
+        Err(StatusError::Http { addr, status: code })
+    }
+}
+
 /// Fetches `path` from an admin endpoint: what `nerve status` / `synapse status` use.
 pub async fn fetch(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     let io = async {
@@ -233,5 +299,50 @@ mod tests {
 
         cancel.cancel();
         task.await.unwrap();
+        // Stopped: `status` says unreachable.
+        assert!(matches!(
+            status(addr).await,
+            Err(StatusError::Unreachable { .. })
+        ));
+    }
+
+    #[test]
+    fn status_address_prefers_the_flag_then_the_config() {
+        let dir = std::env::temp_dir().join(format!("admin-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let flag: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let file = dir.join("c.json");
+        std::fs::write(
+            &file,
+            "{\n // comment\n \"admin_listen\": \"0.0.0.0:9102\", \"x\": 1,}",
+        )
+        .unwrap();
+        assert_eq!(status_address(Some(flag), Some(&file)).unwrap(), flag);
+        assert_eq!(
+            status_address(None, Some(&file)).unwrap(),
+            "127.0.0.1:9102".parse::<SocketAddr>().unwrap()
+        );
+        std::fs::write(&file, r#"{"admin_listen": "[::]:9102"}"#).unwrap();
+        assert_eq!(
+            status_address(None, Some(&file)).unwrap(),
+            "[::1]:9102".parse::<SocketAddr>().unwrap()
+        );
+        std::fs::write(&file, r#"{"services": {}}"#).unwrap();
+        assert!(matches!(
+            status_address(None, Some(&file)),
+            Err(StatusError::NoAddress)
+        ));
+        std::fs::write(&file, r#"{"admin_listen": "localhost"}"#).unwrap();
+        let err = status_address(None, Some(&file)).unwrap_err();
+        assert!(err.to_string().contains("admin_listen"), "{err}");
+        assert!(matches!(
+            status_address(None, Some(&dir.join("missing.json"))),
+            Err(StatusError::Config { .. })
+        ));
+        assert!(matches!(
+            status_address(None, None),
+            Err(StatusError::NoAddress)
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

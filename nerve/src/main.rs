@@ -1,11 +1,14 @@
-//! The nerve binary: parse the command line, set up logging, load the config, run.
-//! Exit codes: 0 after a clean stop, 64 for a bad command line or config, 1 otherwise.
+//! The nerve binary: parse the command line, set up logging, load the config, run; or,
+//! with `status`, print what a running nerve reports on its admin endpoint.
+//! Exit codes: 0 after a clean stop, 64 for a bad command line or config, 1 otherwise
+//! (`status`: 1 when the endpoint is unreachable).
 
-use std::path::PathBuf;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{CommandFactory, Parser, Subcommand};
 use common::telemetry::{self, LogFormat};
 use nerve::config::{self, Overrides};
 
@@ -15,8 +18,9 @@ use nerve::config::{self, Overrides};
 #[command(name = "nerve", version)]
 struct Cli {
     /// The config file (airbnb nerve JSON; comments and trailing commas allowed).
-    #[arg(short = 'c', long = "config", env = "NERVE_CONFIG")]
-    config: PathBuf,
+    /// Required to run; `status` reads its `admin_listen`.
+    #[arg(short = 'c', long = "config", env = "NERVE_CONFIG", global = true)]
+    config: Option<PathBuf>,
     /// Overrides the config's `instance_id`.
     #[arg(
         short = 'i',
@@ -31,6 +35,19 @@ struct Cli {
     /// Log line format: human or json.
     #[arg(long, env = "NERVE_LOG_FORMAT", default_value = "human")]
     log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Print what a running nerve believes (its admin endpoint's `/status` JSON): exit 0
+    /// when it answered, 1 when it is unreachable.
+    Status {
+        /// The admin endpoint, `address:port`. Default: the config's `admin_listen`.
+        #[arg(long, value_name = "ADDR")]
+        admin: Option<SocketAddr>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -45,14 +62,26 @@ fn main() -> ExitCode {
             };
         }
     };
+    if let Some(Cmd::Status { admin }) = cli.command {
+        return status(admin, cli.config.as_deref());
+    }
+    let Some(path) = cli.config.clone() else {
+        let _ = Cli::command()
+            .error(
+                clap::error::ErrorKind::MissingRequiredArgument,
+                "the config file is required: -c <FILE> or NERVE_CONFIG",
+            )
+            .print();
+        return ExitCode::from(exit_config());
+    };
     telemetry::init(cli.log_format);
     let overrides = Overrides {
         instance_id: cli.instance_id.clone(),
     };
-    let config = match config::load(&cli.config, &overrides) {
+    let config = match config::load(&path, &overrides) {
         Ok(config) => config,
         Err(errors) => {
-            eprintln!("error: invalid config {}:", cli.config.display());
+            eprintln!("error: invalid config {}:", path.display());
             for line in errors.to_string().lines() {
                 eprintln!("  {line}");
             }
@@ -62,13 +91,13 @@ fn main() -> ExitCode {
     if cli.check_config {
         println!(
             "{}: ok (instance {}, {} services)",
-            cli.config.display(),
+            path.display(),
             config.instance_id,
             config.services.len()
         );
         return ExitCode::SUCCESS;
     }
-    match run(cli.config, overrides, config) {
+    match run(path, overrides, config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -90,6 +119,44 @@ fn run(path: PathBuf, overrides: Overrides, config: config::Config) -> anyhow::R
             .context("cannot install the SIGHUP handler")?;
         nerve.run(cancel).await.context("nerve failed")
     })
+}
+
+/// `nerve status`: prints the `/status` JSON of a running nerve.
+fn status(admin: Option<SocketAddr>, config: Option<&Path>) -> ExitCode {
+    use common::admin::StatusError;
+    let addr = match common::admin::status_address(admin, config) {
+        Ok(addr) => addr,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(exit_config());
+        }
+    };
+    let fetched = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| StatusError::Unreachable { addr, source })
+        .and_then(|rt| rt.block_on(common::admin::status(addr)));
+    match fetched {
+        Ok(body) => {
+            print!("{body}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {}", error_chain(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
 }
 
 fn exit_config() -> u8 {

@@ -90,7 +90,13 @@ impl ServiceTask {
                 _ = cancel.cancelled() => break,
                 results = run_checks(&checks) => results,
             };
-            for ((check, result), h) in checks.iter().zip(results).zip(health.iter_mut()) {
+            for (i, ((check, (result, took)), h)) in checks
+                .iter()
+                .zip(results)
+                .zip(health.iter_mut())
+                .enumerate()
+            {
+                self.metrics.check_took(name, i, took);
                 let ok = result.is_ok();
                 self.metrics
                     .check_runs
@@ -149,6 +155,10 @@ impl ServiceTask {
                 .set(i64::from(healthy));
 
             let drained = self.maintenance_file_exists().await;
+            self.metrics
+                .service_drained
+                .get_or_create(&service_labels)
+                .set(i64::from(drained));
             if drained != state.drained {
                 if drained {
                     info!(
@@ -234,10 +244,15 @@ impl ServiceTask {
     }
 }
 
-async fn run_checks<C: Check>(checks: &[C]) -> Vec<Result<(), crate::check::CheckError>> {
+/// Each check's result and how long it took.
+async fn run_checks<C: Check>(
+    checks: &[C],
+) -> Vec<(Result<(), crate::check::CheckError>, std::time::Duration)> {
     let mut results = Vec::with_capacity(checks.len());
     for check in checks {
-        results.push(check.check().await);
+        let started = Instant::now();
+        let result = check.check().await;
+        results.push((result, started.elapsed()));
     }
     results
 }

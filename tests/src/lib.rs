@@ -1,6 +1,7 @@
 //! The integration-test harness: real etcd ([`Etcd`], [`EtcdCluster`]) and real HAProxy
 //! ([`Haproxy`]) on loopback, real HTTP backends ([`Backend`]) and a client
-//! ([`http_get`]), deadline polling ([`fn@eventually`]) and temp dirs ([`Workdir`]).
+//! ([`http_get`]), deadline polling ([`fn@eventually`]), temp dirs ([`Workdir`]) and a
+//! `/metrics` scraper ([`fn@scrape`]).
 //!
 //! Every process a test starts is stopped by PID when its handle drops, panics included.
 //! Ports are picked free at runtime; nothing listens or connects beyond 127.0.0.1.
@@ -49,6 +50,7 @@ pub mod etcd;
 pub mod eventually;
 pub mod haproxy;
 pub mod http;
+pub mod metrics;
 pub mod moto;
 pub mod ports;
 mod process;
@@ -62,6 +64,7 @@ pub use haproxy::{
     ServerState, StatRow, StatsSocket,
 };
 pub use http::{http_get, http_get_timeout, HttpResponse};
+pub use metrics::{scrape, Scrape};
 pub use moto::{Ec2Instance, Moto};
 pub use ports::{free_port, loopback};
 pub use workdir::Workdir;

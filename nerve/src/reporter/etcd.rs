@@ -182,6 +182,7 @@ impl EtcdReporter {
 
     fn lease_lost(&mut self) {
         if let Some(lease) = self.lease.take() {
+            self.metrics.lease_losses.inc();
             warn!(instance = self.instance(), lease = %format!("{:016x}", lease.id),
                 keys = self.written.len(),
                 "lease expired; registering again under a new lease");
@@ -200,6 +201,7 @@ impl EtcdReporter {
             }
         };
         let ttl = Duration::from_secs(u64::try_from(granted.ttl()).unwrap_or(0).max(1));
+        self.metrics.lease_grants.inc();
         info!(instance = self.instance(), lease = %format!("{:016x}", granted.id()),
             ttl = ?ttl, "lease granted");
         self.lease = Some(Lease {
@@ -414,6 +416,8 @@ impl Reporter for EtcdReporter {
                     source: e,
                 });
             }
+            self.metrics
+                .registration_write(want.service.as_str(), "put");
             info!(service = %want.service, instance = self.instance(), key = %key, "{verb}");
             self.written.insert(key.clone(), want.clone());
             self.publish(true);
@@ -430,6 +434,8 @@ impl Reporter for EtcdReporter {
                 self.failed("delete", &e);
                 return Err(ReportError::Delete { key, source: e });
             }
+            self.metrics
+                .registration_write(was.service.as_str(), "delete");
             info!(service = %was.service, instance = self.instance(), key = %key, "deregistered");
             self.written.remove(&key);
         }

@@ -162,6 +162,11 @@ pub struct NerveProcess {
 impl NerveProcess {
     /// Writes `config` to `<dir>/<name>.json` and starts nerve on it.
     pub fn start(dir: &Workdir, name: &str, config: &Value) -> Self {
+        Self::start_with_env(dir, name, config, &[])
+    }
+
+    /// [`NerveProcess::start`] with extra environment variables.
+    pub fn start_with_env(dir: &Workdir, name: &str, config: &Value, env: &[(&str, &str)]) -> Self {
         let config_path = dir.write(format!("{name}.json"), config.to_string());
         let log = dir.join(format!("{name}.log"));
         let mut command = Command::new(env!("CARGO_BIN_EXE_nerve"));
@@ -171,6 +176,8 @@ impl NerveProcess {
             .env("RUST_LOG", "info,nerve=debug")
             .env_remove("NERVE_CONFIG")
             .env_remove("NERVE_INSTANCE_ID")
+            .env_remove("NERVE_LOG_FORMAT")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(file))
