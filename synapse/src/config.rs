@@ -21,6 +21,7 @@ use common::{AddressPolicy, Host, InstanceId, Port, Secret, ServiceName, Service
 use serde::Deserialize;
 
 use crate::backends::{Backend, LabelCondition, LabelFilter};
+use crate::guard::GuardSettings;
 
 /// Per-service bound on instances (reliability B19).
 pub const DEFAULT_MAX_SERVERS: usize = 1000;
@@ -41,6 +42,21 @@ pub struct SynapseFile {
     pub debounce: Option<Seconds>,
     /// Longest a burst of changes may delay an apply, in seconds.
     pub debounce_max_wait: Option<Seconds>,
+    /// The mass-removal guard, for every service (a service's own section overrides it).
+    pub mass_removal_guard: Option<MassRemovalGuardFile>,
+}
+
+/// `mass_removal_guard`: hold the last good set when most servers vanish at once.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MassRemovalGuardFile {
+    pub enabled: Option<bool>,
+    /// Trip when more than this fraction of a service's servers vanish in one window.
+    pub max_removed_fraction: Option<f64>,
+    /// Seconds over which removals count together.
+    pub window: Option<Seconds>,
+    /// Seconds the last good set is kept after a trip.
+    pub hold: Option<Seconds>,
 }
 
 /// One service.
@@ -57,6 +73,8 @@ pub struct ServiceFile {
     pub backend_port_override: Option<ConfigPort>,
     /// Most servers accepted for this service; above it the last good set is kept.
     pub max_servers: Option<usize>,
+    /// Overrides the top-level `mass_removal_guard`, key by key.
+    pub mass_removal_guard: Option<MassRemovalGuardFile>,
     pub haproxy: Option<ServiceHaproxyFile>,
     pub file_output: Option<ServiceFileOutputFile>,
 }
@@ -252,6 +270,7 @@ pub struct ServiceConfig {
     /// claydotio's `server_backup_port`: one more `backup` server per instance.
     pub backup_port: Option<Port>,
     pub max_servers: usize,
+    pub mass_removal_guard: GuardSettings,
     pub haproxy: ServiceHaproxy,
     pub file_output_disabled: bool,
 }
@@ -490,6 +509,12 @@ impl Config {
             .haproxy
             .as_ref()
             .map(|h| validate_haproxy(h, &mut errors));
+        let base_guard = validate_guard(
+            GuardSettings::default(),
+            file.mass_removal_guard.as_ref(),
+            "mass_removal_guard",
+            &mut errors,
+        );
         let mut services = BTreeMap::new();
         for (name, svc) in &file.services {
             let path = join_path("services", name);
@@ -500,7 +525,14 @@ impl Config {
                     continue;
                 }
             };
-            if let Some(s) = validate_service(&service_name, svc, &path, &mut errors) {
+            let guard = validate_guard(
+                base_guard,
+                svc.mass_removal_guard.as_ref(),
+                &join_path(&path, "mass_removal_guard"),
+                &mut errors,
+            );
+            if let Some(mut s) = validate_service(&service_name, svc, &path, &mut errors) {
+                s.mass_removal_guard = guard;
                 services.insert(service_name, s);
             }
         }
@@ -534,6 +566,33 @@ impl Config {
             debounce_max_wait,
         })
     }
+}
+
+/// `base` with the keys `file` sets.
+fn validate_guard(
+    base: GuardSettings,
+    file: Option<&MassRemovalGuardFile>,
+    path: &str,
+    errors: &mut ConfigErrors,
+) -> GuardSettings {
+    let Some(f) = file else { return base };
+    let mut out = GuardSettings {
+        enabled: f.enabled.unwrap_or(base.enabled),
+        max_removed_fraction: f.max_removed_fraction.unwrap_or(base.max_removed_fraction),
+        window: f.window.map_or(base.window, Duration::from),
+        hold: f.hold.map_or(base.hold, Duration::from),
+    };
+    if !(out.max_removed_fraction > 0.0 && out.max_removed_fraction < 1.0) {
+        errors.push(
+            join_path(path, "max_removed_fraction"),
+            "must be between 0 and 1 (exclusive)",
+        );
+        out.max_removed_fraction = base.max_removed_fraction;
+    }
+    if out.window.is_zero() {
+        errors.push(join_path(path, "window"), "must be more than 0");
+    }
+    out
 }
 
 fn load_service_dir(
@@ -1018,6 +1077,8 @@ fn validate_service(
         port_override,
         backup_port,
         max_servers,
+        // Set by the caller, which knows the top-level section.
+        mass_removal_guard: GuardSettings::default(),
         haproxy,
         file_output_disabled: svc.file_output.as_ref().is_some_and(|f| f.disabled),
     })
@@ -1535,6 +1596,51 @@ mod tests {
             "haproxy.reload_command",
             "haproxy.config_file_path",
             "haproxy.global.0",
+        ] {
+            assert!(errs.mentions(p), "{p} not in:\n{errs}");
+        }
+    }
+
+    #[test]
+    fn mass_removal_guard_defaults_top_level_and_per_service() {
+        let c = parse(
+            r#"{"services": {"web": {"discovery": {"method": "etcd"}},
+                             "api": {"discovery": {"method": "etcd"},
+                                     "mass_removal_guard": {"enabled": false}}},
+                "mass_removal_guard": {"max_removed_fraction": 0.3, "hold": 5},
+                "file_output": {"output_directory": "/tmp/x"}}"#,
+        )
+        .unwrap();
+        let g = |n: &str| c.services[&ServiceName::new(n).unwrap()].mass_removal_guard;
+        let web = g("web");
+        assert!(web.enabled);
+        assert_eq!(web.max_removed_fraction, 0.3);
+        assert_eq!(web.hold, Duration::from_secs(5));
+        assert_eq!(web.window, GuardSettings::default().window);
+        assert_eq!(
+            g("api"),
+            GuardSettings {
+                enabled: false,
+                ..web
+            }
+        );
+        let errs = parse(
+            r#"{"services": {"web": {"discovery": {"method": "etcd"},
+                    "mass_removal_guard": {"max_removed_fraction": 1.5, "window": 0}}},
+                "mass_removal_guard": {"bogus": 1},
+                "file_output": {"output_directory": "/tmp/x"}}"#,
+        )
+        .unwrap_err();
+        assert!(errs.mentions("mass_removal_guard.bogus"), "{errs}");
+        let errs = parse(
+            r#"{"services": {"web": {"discovery": {"method": "etcd"},
+                    "mass_removal_guard": {"max_removed_fraction": 1.5, "window": 0}}},
+                "file_output": {"output_directory": "/tmp/x"}}"#,
+        )
+        .unwrap_err();
+        for p in [
+            "services.web.mass_removal_guard.max_removed_fraction",
+            "services.web.mass_removal_guard.window",
         ] {
             assert!(errs.mentions(p), "{p} not in:\n{errs}");
         }

@@ -38,6 +38,10 @@ pub struct Counters {
     pub haproxy_starts: AtomicU64,
     /// Managed mode: HAProxy exits synapse did not ask for.
     pub haproxy_exits: AtomicU64,
+    /// Times the mass-removal guard tripped (a service lost most servers at once).
+    pub mass_removal_trips: AtomicU64,
+    /// Services whose last good set the mass-removal guard holds now (a gauge).
+    pub mass_removal_holding: AtomicU64,
 }
 
 impl Counters {

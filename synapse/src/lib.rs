@@ -10,6 +10,8 @@
 //! - [`ec2`]: the EC2 API client behind the `ec2tag` watcher.
 //! - [`backends`]: `Backend`/`BackendSet` and the per-service rules (filters, defaults,
 //!   last-known-good, bounds).
+//! - [`guard`]: the mass-removal guard (holds the last good set when most servers
+//!   vanish at once).
 //! - [`reconcile`]: the single loop that debounces changes and applies them.
 //! - [`haproxy`]: pure rendering of haproxy.cfg and the runtime-API plan; runtime
 //!   commands, atomic write, check, confirmed reloads; optionally HAProxy itself
@@ -22,6 +24,7 @@ pub mod config;
 pub mod counters;
 pub mod ec2;
 pub mod file_output;
+pub mod guard;
 pub mod haproxy;
 pub mod reconcile;
 pub mod watcher;

@@ -23,6 +23,7 @@ use crate::backends::{resolve, BackendSet, Discovered, Resolution};
 use crate::config::Config;
 use crate::counters::Counters;
 use crate::file_output::FileOutput;
+use crate::guard::Guards;
 use crate::haproxy::HaproxyOutput;
 use crate::watcher::etcd::error_chain;
 
@@ -48,6 +49,7 @@ pub struct Reconciler {
     /// What each service routes to now (after its rules), as last applied.
     current: BTreeMap<ServiceName, BackendSet>,
     over_limit: BTreeSet<ServiceName>,
+    guards: Guards,
     counters: Arc<Counters>,
 }
 
@@ -68,6 +70,7 @@ impl Reconciler {
             file_output,
             current: BTreeMap::new(),
             over_limit: BTreeSet::new(),
+            guards: Guards::default(),
             counters,
         }
     }
@@ -125,6 +128,7 @@ impl Reconciler {
             let wake = [
                 retry_at,
                 haproxy_wake,
+                self.guards.next_release(),
                 (!waiting_noted).then_some(started + STARTUP_NOTICE),
             ]
             .into_iter()
@@ -177,7 +181,13 @@ impl Reconciler {
                     if self.over_limit.remove(&name) {
                         tracing::info!(service = %name, servers = set.len(), "back under max_servers");
                     }
-                    set
+                    self.guards.check(
+                        &name,
+                        &svc.mass_removal_guard,
+                        previous,
+                        set,
+                        &self.counters,
+                    )
                 }
                 Resolution::KeepPrevious => {
                     tracing::debug!(service = %name, "discovery is empty: keeping the previous backends (use_previous_backends)");
