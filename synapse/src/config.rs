@@ -192,8 +192,11 @@ pub struct HaproxyFile {
     pub haproxy_binary: Option<PathBuf>,
     /// How long a managed HAProxy may take to finish its connections on exit, in seconds.
     pub stop_timeout: Option<Seconds>,
-    /// Add and delete servers at runtime (`auto`), or never (`off`).
+    /// Add and delete servers at runtime (`auto`), fill pre-allocated slots (`slots`),
+    /// or neither (`off`).
     pub dynamic_servers: Option<String>,
+    /// `dynamic_servers: slots`: slots per backend are allocated in steps of this many.
+    pub server_slots: Option<u32>,
 }
 
 /// `socket_file_path`: one path, or one per HAProxy process (airbnb PR #199).
@@ -364,6 +367,9 @@ pub struct HaproxyConfig {
     pub server_state_file: Option<PathBuf>,
     /// Whether servers may be added and deleted through the runtime API.
     pub dynamic_servers: bool,
+    /// `dynamic_servers: slots`: every backend renders `slot<N>` servers in steps of
+    /// this many, free ones disabled, filled and emptied at runtime.
+    pub server_slots: Option<u32>,
 }
 
 /// `reload_method`.
@@ -445,6 +451,7 @@ pub mod defaults {
     pub const STATE_FILE_TTL: Duration = Duration::from_secs(86_400);
     pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
     pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+    pub const SERVER_SLOTS: u32 = 10;
     pub const HAPROXY_BINARY: &str = "haproxy";
     /// The managed master CLI, beside haproxy.cfg.
     pub const MASTER_SOCKET_NAME: &str = "haproxy-master.sock";
@@ -814,10 +821,26 @@ fn validate_haproxy(h: &HaproxyFile, errors: &mut ConfigErrors) -> HaproxyConfig
     );
     let dynamic_servers = match h.dynamic_servers.as_deref() {
         None | Some("auto") => true,
-        Some("off") => false,
+        Some("off" | "slots") => false,
         Some(_) => {
-            errors.push(p("dynamic_servers"), "must be `auto` or `off`");
+            errors.push(p("dynamic_servers"), "must be `auto`, `slots` or `off`");
             true
+        }
+    };
+    let server_slots = match (h.dynamic_servers.as_deref(), h.server_slots) {
+        (Some("slots"), None) => Some(defaults::SERVER_SLOTS),
+        (Some("slots"), Some(0)) => {
+            errors.push(p("server_slots"), "must be at least 1");
+            None
+        }
+        (Some("slots"), Some(n)) => Some(n),
+        (_, None) => None,
+        (_, Some(_)) => {
+            errors.push(
+                p("server_slots"),
+                "applies only with dynamic_servers: slots",
+            );
+            None
         }
     };
     if let Some(c) = &reload_command {
@@ -889,6 +912,7 @@ fn validate_haproxy(h: &HaproxyFile, errors: &mut ConfigErrors) -> HaproxyConfig
         managed,
         server_state_file,
         dynamic_servers,
+        server_slots,
     }
 }
 
@@ -1754,7 +1778,11 @@ mod tests {
             (m.binary.to_str(), m.stop_timeout),
             (Some("haproxy"), Duration::from_secs(3))
         );
-        assert!(!h.dynamic_servers);
+        assert!(!h.dynamic_servers && h.server_slots.is_none());
+        let h = haproxy(r#", "reload_command": "true", "dynamic_servers": "slots""#).unwrap();
+        assert_eq!((h.dynamic_servers, h.server_slots), (false, Some(10)));
+        let errs = haproxy(r#", "reload_command": "true", "server_slots": 4"#).unwrap_err();
+        assert!(errs.mentions("haproxy.server_slots"), "{errs}");
         let h = haproxy(r#", "do_reloads": false"#).unwrap();
         assert_eq!(h.reload_method, None);
         let errs = haproxy(

@@ -719,3 +719,109 @@ async fn a_refused_reload_is_reported_and_retried_until_it_succeeds() {
     assert_eq!(r.status, 503);
     synapse.stop().await;
 }
+
+/// `dynamic_servers: slots` on a backend whose balance algorithm refuses dynamic servers
+/// (`balance source`): servers fill and leave pre-allocated `slot<N>` servers through
+/// `set server addr` and `state`, without reloads; filling the last free slot grows the
+/// backend by a reload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slots_take_servers_without_reloads_on_a_static_algorithm() {
+    let w = World::start("slots").await;
+    let port = free_port();
+    let mut pool = Vec::new();
+    for id in ["a", "b", "c", "d"] {
+        pool.push(Backend::start(id).await);
+    }
+    let [a, b, c, d] = [&pool[0], &pool[1], &pool[2], &pool[3]];
+    w.register("host-a", a).await;
+    let text = w
+        .config(
+            port,
+            &format!(
+                r#", "reload_method": "master_socket", "master_socket_path": "{}",
+                   "dynamic_servers": "slots", "server_slots": 4"#,
+                w.path("master.sock").display()
+            ),
+        )
+        .replace(r#""balance roundrobin""#, r#""balance source""#);
+    let synapse = Synapse::start(&text);
+    let haproxy = w.start_haproxy().await;
+    eventually(TIMEOUT, || async { synapse.get(|c| &c.reloads) >= 1 }).await;
+    routes_to(port, &["a"]).await;
+    let before = generation(haproxy.master()).await;
+    // (slot, port, in maintenance) as the file says and as HAProxy runs.
+    let in_file = || -> Vec<(String, u16, bool)> {
+        w.server_lines()
+            .iter()
+            .map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                let port = f[2].rsplit(':').next().and_then(|p| p.parse().ok());
+                (f[1].to_owned(), port.unwrap_or(0), l.ends_with(" disabled"))
+            })
+            .collect()
+    };
+    let running = || async {
+        let mut s: Vec<(String, u16, bool)> = haproxy
+            .show_servers_state("web")
+            .await
+            .expect("show servers state")
+            .into_iter()
+            .map(|s| (s.name, s.port, s.admin_state.is_maint()))
+            .collect();
+        s.sort();
+        s
+    };
+    let settled = |want: Vec<(&'static str, u16, bool)>| {
+        let want: Vec<(String, u16, bool)> = want
+            .into_iter()
+            .map(|(n, p, m)| (n.to_owned(), p, m))
+            .collect();
+        let (in_file, running) = (&in_file, &running);
+        eventually(TIMEOUT, move || {
+            let want = want.clone();
+            async move {
+                let (file, run) = (in_file(), running().await);
+                if file == want && run == want {
+                    Ok(())
+                } else {
+                    Err(format!("file {file:?}, running {run:?}, want {want:?}"))
+                }
+            }
+        })
+    };
+    // `balance source` sends one client to one server: take a out to see b.
+    w.register("host-b", b).await;
+    w.deregister("host-a").await;
+    routes_to(port, &["b"]).await;
+    // a's slot is free again (maintenance, parked at 127.0.0.1:1); c takes it.
+    w.register("host-c", c).await;
+    w.deregister("host-b").await;
+    routes_to(port, &["c"]).await;
+    settled(vec![
+        ("slot1", c.port(), false),
+        ("slot2", 1, true),
+        ("slot3", 1, true),
+        ("slot4", 1, true),
+    ])
+    .await;
+    assert_eq!(
+        generation(haproxy.master()).await,
+        before,
+        "HAProxy reloaded"
+    );
+    // Filling the last free slot: served at once, and the backend grows by a reload.
+    for (i, backend) in [a, b, d].into_iter().enumerate() {
+        w.register(&format!("host-{}", ["a", "b", "d"][i]), backend)
+            .await;
+    }
+    eventually(TIMEOUT, || async {
+        let run = running().await;
+        let ready = run.iter().filter(|(_, _, maint)| !maint).count();
+        (run.len() == 8 && ready == 4)
+            .then_some(())
+            .ok_or(format!("{run:?}"))
+    })
+    .await;
+    assert!(generation(haproxy.master()).await.0 > before.0);
+    synapse.stop().await;
+}

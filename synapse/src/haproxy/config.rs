@@ -165,12 +165,19 @@ pub fn render(
         }
         let tcp = mode_is_tcp(backend_lines.iter().map(|s| s.as_str()), defaults_tcp);
         let set = backends.get(name).unwrap_or(&empty);
-        for b in ordered(set, hs.backend_order, h.server_order_seed) {
-            let _ = writeln!(
-                out,
-                "{INDENT}{}",
-                server_line(svc, h, b, ids.get(&backend_name, &b.server_name()), tcp)
-            );
+        match h.server_slots {
+            None => {
+                for b in ordered(set, hs.backend_order, h.server_order_seed) {
+                    let id = ids.get(&backend_name, &b.server_name());
+                    let line = server_line(svc, h, Some(b), id, tcp, &b.server_name());
+                    let _ = writeln!(out, "{INDENT}{line}");
+                }
+            }
+            Some(per) => {
+                for line in slot_lines(svc, h, set, ids, &backend_name, per, tcp) {
+                    let _ = writeln!(out, "{INDENT}{line}");
+                }
+            }
         }
     }
     if let Some(shared) = &h.shared_frontend {
@@ -241,30 +248,75 @@ pub fn fnv1a(bytes: &[u8]) -> u64 {
     })
 }
 
+/// The server name of slot `k` (`dynamic_servers: slots`).
+pub fn slot_name(k: u32) -> String {
+    format!("slot{k}")
+}
+
+/// `dynamic_servers: slots`: server `k` of the backend is `slot<k>`, where `k` is the
+/// server's stable id, so a server keeps its slot. Slots come in steps of `per`, with
+/// at least one free; a free slot is a disabled server at `127.0.0.1:1`. Filling and
+/// emptying one is `set server addr` + weight + state at runtime, on any balance
+/// algorithm and any HAProxy version.
+fn slot_lines(
+    svc: &ServiceConfig,
+    h: &HaproxyConfig,
+    set: &BackendSet,
+    ids: &ServerIds,
+    backend_name: &str,
+    per: u32,
+    tcp: bool,
+) -> Vec<String> {
+    let occupied: BTreeMap<u32, &Backend> = set
+        .iter()
+        .filter_map(|b| Some((ids.get(backend_name, &b.server_name())?, b)))
+        .collect();
+    let top = occupied.keys().next_back().copied().unwrap_or(0);
+    let capacity = (top / per + 1) * per;
+    (1..=capacity)
+        .map(|k| {
+            server_line(
+                svc,
+                h,
+                occupied.get(&k).copied(),
+                Some(k),
+                tcp,
+                &slot_name(k),
+            )
+        })
+        .collect()
+}
+
+/// A `server` line for backend `b`, or for a free slot (disabled, at `127.0.0.1:1`).
 fn server_line(
     svc: &ServiceConfig,
     h: &HaproxyConfig,
-    b: &Backend,
+    b: Option<&Backend>,
     id: Option<u32>,
     tcp: bool,
+    name: &str,
 ) -> String {
-    let name = b.server_name();
-    let mut line = format!("server {name} {}", server_addr(&b.host, b.port.get()));
+    let free_host = Host::Ip(std::net::Ipv4Addr::LOCALHOST.into());
+    let (host, port, instance) = match b {
+        Some(b) => (&b.host, b.port.get(), b.name.as_str()),
+        None => (&free_host, 1, name),
+    };
+    let mut line = format!("server {name} {}", server_addr(host, port));
     if let Some(id) = id {
         let _ = write!(line, " id {id}");
     }
     if !tcp {
         let cookie = match svc.haproxy.cookie_value_method {
-            CookieValueMethod::Name => name.clone(),
+            CookieValueMethod::Name => name.to_owned(),
             CookieValueMethod::Hash => sha1_smol::Sha1::from(name.as_bytes()).digest().to_string(),
         };
         let _ = write!(line, " cookie {cookie}");
     }
     if let Some(opts) = &svc.haproxy.server_options {
         let opts = opts
-            .replace("%{host}", &b.host.to_string())
-            .replace("%{port}", &b.port.to_string())
-            .replace("%{name}", b.name.as_str());
+            .replace("%{host}", &host.to_string())
+            .replace("%{port}", &port.to_string())
+            .replace("%{name}", instance);
         let opts = if h.use_nerve_weights {
             strip_weight(&opts)
         } else {
@@ -274,6 +326,10 @@ fn server_line(
             let _ = write!(line, " {opts}");
         }
     }
+    let Some(b) = b else {
+        line.push_str(" disabled");
+        return line;
+    };
     let registry_opts = b
         .haproxy_server_options
         .as_ref()
@@ -564,6 +620,110 @@ mod tests {
         assert!(mode_is_tcp(["mode http", "mode tcp"], false));
         assert!(!mode_is_tcp(["mode http"], true));
         assert!(mode_is_tcp(Vec::<&str>::new(), true));
+    }
+
+    fn slots_config() -> crate::config::Config {
+        crate::config::Config::parse(
+            r#"{"services": {"web": {"discovery": {"method": "base"},
+                 "haproxy": {"port": 8080, "server_options": "check", "listen": ["balance source"]}}},
+                "haproxy": {"do_writes": false, "do_reloads": false, "server_order_seed": 1,
+                            "dynamic_servers": "slots", "server_slots": 2}}"#,
+            None,
+        )
+        .unwrap()
+    }
+
+    fn backend(name: &str, last: u8) -> Backend {
+        Backend {
+            name: common::InstanceId::new(name).unwrap(),
+            host: Host::Ip(std::net::Ipv4Addr::new(10, 0, 0, last).into()),
+            port: common::Port::new(80).unwrap(),
+            backup: false,
+            weight: None,
+            haproxy_server_options: None,
+            labels: BTreeMap::new(),
+        }
+    }
+
+    /// Renders `names` into slots, keeping `ids` between calls as the output does.
+    fn render_slots(ids: &mut ServerIds, servers: &[(&str, u8)]) -> Vec<String> {
+        let c = slots_config();
+        let h = c.haproxy.as_ref().unwrap();
+        let web = ServiceName::new("web").unwrap();
+        let set: BackendSet = servers.iter().map(|(n, l)| backend(n, *l)).collect();
+        let desired = BTreeMap::from([(web, set)]);
+        ids.assign(&wanted_servers(&c.services, &desired), h.max_server_id);
+        let text = render(h, &c.services, &desired, ids).unwrap();
+        text.lines()
+            .filter(|l| l.trim_start().starts_with("server "))
+            .map(|l| l.trim().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn slots_keep_servers_in_place_and_grow_in_steps() {
+        let mut ids = ServerIds::default();
+        assert_eq!(
+            render_slots(&mut ids, &[("a", 1)]),
+            [
+                "server slot1 10.0.0.1:80 id 1 cookie slot1 check",
+                "server slot2 127.0.0.1:1 id 2 cookie slot2 check disabled",
+            ]
+        );
+        let grown = render_slots(&mut ids, &[("a", 1), ("b", 2)]);
+        assert_eq!(grown.len(), 4, "{grown:?}");
+        assert!(grown[1].starts_with("server slot2 10.0.0.2:80 id 2 "));
+        // a leaves: its slot is free, b stays in slot 2; c takes slot 1.
+        let after = render_slots(&mut ids, &[("b", 2), ("c", 3)]);
+        assert_eq!(after[0], "server slot1 10.0.0.3:80 id 1 cookie slot1 check");
+        assert_eq!(after[1], "server slot2 10.0.0.2:80 id 2 cookie slot2 check");
+    }
+
+    #[test]
+    fn filling_and_emptying_a_slot_is_a_runtime_change() {
+        use crate::haproxy::model::ConfigModel;
+        use crate::haproxy::plan::{plan, running_from, Desired};
+        use crate::haproxy::runtime::Capabilities;
+        let c = slots_config();
+        let h = c.haproxy.as_ref().unwrap();
+        let web = ServiceName::new("web").unwrap();
+        let mut ids = ServerIds::default();
+        let mut model = |servers: &[(&str, u8)]| {
+            let set: BackendSet = servers.iter().map(|(n, l)| backend(n, *l)).collect();
+            let desired = BTreeMap::from([(web.clone(), set)]);
+            ids.assign(&wanted_servers(&c.services, &desired), h.max_server_id);
+            ConfigModel::parse(&render(h, &c.services, &desired, &ids).unwrap())
+        };
+        let before = model(&[("a", 1)]);
+        let after = model(&[("b", 2)]);
+        let running = running_from(&before, Capabilities::for_version(2, 4));
+        let p = plan(
+            &running,
+            &Desired {
+                config: after,
+                dynamic_servers: false,
+            },
+        );
+        assert_eq!(p.reload, None, "{p:?}");
+        let cmds: Vec<String> = p.commands.iter().map(ToString::to_string).collect();
+        assert_eq!(cmds, ["set server web/slot1 addr 10.0.0.2 port 80"]);
+        let emptied = model(&[]);
+        let running = running_from(&before, Capabilities::for_version(2, 4));
+        let p = plan(
+            &running,
+            &Desired {
+                config: emptied,
+                dynamic_servers: false,
+            },
+        );
+        let cmds: Vec<String> = p.commands.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            cmds,
+            [
+                "set server web/slot1 state maint",
+                "set server web/slot1 addr 127.0.0.1 port 1"
+            ]
+        );
     }
 
     #[test]

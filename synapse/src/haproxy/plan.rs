@@ -305,7 +305,7 @@ fn plan_backend(
 ) {
     let can_add_or_del = desired.dynamic_servers && running.caps.dynamic_servers && want.dynamic;
     let add_or_del_why = if !desired.dynamic_servers {
-        "dynamic_servers is off"
+        "dynamic_servers is off, or slots (then the backend grows)"
     } else if !running.caps.dynamic_servers {
         "HAProxy is older than 2.6"
     } else {
@@ -426,6 +426,19 @@ fn change(
         });
         return None;
     }
+    let state = match (w.maint, l.admin) {
+        (true, Admin::Maint) | (false, Admin::Ready) => None,
+        (true, _) => Some(State::Maint),
+        (false, _) => Some(State::Ready),
+    };
+    // Out of rotation before the address or weight changes; back in only after.
+    if state == Some(State::Maint) {
+        plan.commands.push(RuntimeCommand::SetState {
+            backend: b.clone(),
+            server: s.clone(),
+            state: State::Maint,
+        });
+    }
     if let Some(addr) = w.addr {
         if l.addr != Some(addr) || l.port != w.port {
             let Some(port) = Port::new(w.port) else {
@@ -452,16 +465,11 @@ fn change(
             weight,
         });
     }
-    let state = match (w.maint, l.admin) {
-        (true, Admin::Maint) | (false, Admin::Ready) => None,
-        (true, _) => Some(State::Maint),
-        (false, _) => Some(State::Ready),
-    };
-    if let Some(state) = state {
+    if state == Some(State::Ready) {
         plan.commands.push(RuntimeCommand::SetState {
             backend: b,
             server: s,
-            state,
+            state: State::Ready,
         });
     }
     None
@@ -616,8 +624,8 @@ mod tests {
         assert_eq!(
             texts(&p),
             [
-                "set server web/a_10.0.0.1:80 weight 5",
                 "set server web/a_10.0.0.1:80 state maint",
+                "set server web/a_10.0.0.1:80 weight 5",
                 "add server web/c_10.0.0.3:80 10.0.0.3:80 check inter 1s id 3 weight 1",
                 "enable health web/c_10.0.0.3:80",
                 "set server web/c_10.0.0.3:80 state ready",
