@@ -57,12 +57,38 @@ impl Backend {
 /// A complete set of backends.
 pub type BackendSet = BTreeSet<Backend>;
 
-/// What a watcher publishes: a complete set, and whether its source is reachable now
-/// (`fresh: false` means "the last known set, the source is away").
+/// What a watcher publishes: a complete set, whether its source is reachable now
+/// (`fresh: false` means "the last known set, the source is away"), and which kind of
+/// source it came from (for `/status` and the metrics: is this service on its EC2
+/// fallback right now?).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Discovered {
     pub backends: BackendSet,
     pub fresh: bool,
+    pub origin: Origin,
+}
+
+/// The kind of source a discovered set came from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Origin {
+    Etcd,
+    Ec2,
+    /// `base`/`static` discovery: nothing discovered, `default_servers` only.
+    #[default]
+    Static,
+    /// A `multi` union of sources of different kinds.
+    Mixed,
+}
+
+impl Origin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Etcd => "etcd",
+            Self::Ec2 => "ec2",
+            Self::Static => "static",
+            Self::Mixed => "mixed",
+        }
+    }
 }
 
 /// `label_filters` entries.

@@ -17,7 +17,7 @@ use tokio::time::sleep;
 use tokio_util::sync::CancellationToken;
 
 use super::{mark_stale, publish, Publisher, Watcher};
-use crate::backends::{Backend, BackendSet};
+use crate::backends::{Backend, BackendSet, Origin};
 use crate::config::Ec2TagDiscovery;
 use crate::counters::Counters;
 use crate::ec2::credentials::CredentialInputs;
@@ -169,7 +169,7 @@ impl Watcher for Ec2Watcher {
                 Ok(instances) => {
                     let set = self.backends(instances, port);
                     let count = set.len();
-                    let changed = publish(&out, set, true);
+                    let changed = publish(&out, set, true, Origin::Ec2);
                     if changed || backoff.attempts() > 0 {
                         tracing::info!(service = %self.service, instances = count, "EC2 instances listed");
                     }

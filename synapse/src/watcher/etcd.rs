@@ -30,7 +30,7 @@ use tokio::time::{interval, sleep, sleep_until, timeout, Instant, MissedTickBeha
 use tokio_util::sync::CancellationToken;
 
 use super::{mark_stale, publish, Publisher, Watcher};
-use crate::backends::{Backend, BackendSet};
+use crate::backends::{Backend, BackendSet, Origin};
 use crate::config::EtcdDiscovery;
 use crate::counters::Counters;
 
@@ -167,7 +167,7 @@ impl EtcdWatcher {
                 let revision = self.list(entries).await.map_err(|e| (e, State::List))?;
                 Counters::inc(&self.counters.relists);
                 *resync_at = Instant::now() + self.config.resync_interval;
-                publish(out, entries.set(), true);
+                publish(out, entries.set(), true, Origin::Etcd);
                 Ok(State::Watch { from: revision + 1 })
             }
             State::Watch { from } => {
@@ -352,7 +352,7 @@ impl EtcdWatcher {
                             }
                         }
                     }
-                    publish(out, entries.set(), true);
+                    publish(out, entries.set(), true, Origin::Etcd);
                 }
             }
         }
@@ -592,13 +592,14 @@ mod tests {
         mark_stale(&tx);
         assert_eq!(*rx.borrow(), None);
         let set: BackendSet = [crate::backends::tests_support::backend("a", "10.0.0.1", 80)].into();
-        publish(&tx, set.clone(), true);
+        publish(&tx, set.clone(), true, Origin::Etcd);
         mark_stale(&tx);
         assert_eq!(
             *rx.borrow(),
             Some(crate::backends::Discovered {
                 backends: set,
-                fresh: false
+                fresh: false,
+                origin: Origin::Etcd,
             })
         );
     }

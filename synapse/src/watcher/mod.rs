@@ -18,7 +18,7 @@ use common::{Port, ServiceName};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::backends::{BackendSet, Discovered};
+use crate::backends::{BackendSet, Discovered, Origin};
 use crate::config::{DiscoveryConfig, ServiceConfig};
 use crate::counters::Counters;
 
@@ -30,11 +30,15 @@ pub use r#static::StaticWatcher;
 /// Where a watcher publishes.
 pub type Publisher = watch::Sender<Option<Discovered>>;
 
-/// Publishes a complete set, waking the reconciler only if it changed. Returns whether
-/// it did.
-pub(crate) fn publish(out: &Publisher, backends: BackendSet, fresh: bool) -> bool {
+/// Publishes a complete set from a source of kind `origin`, waking the reconciler only
+/// if it changed. Returns whether it did.
+pub(crate) fn publish(out: &Publisher, backends: BackendSet, fresh: bool, origin: Origin) -> bool {
     out.send_if_modified(|cur| {
-        let new = Discovered { backends, fresh };
+        let new = Discovered {
+            backends,
+            fresh,
+            origin,
+        };
         let changed = cur.as_ref() != Some(&new);
         *cur = Some(new);
         changed

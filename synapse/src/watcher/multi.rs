@@ -9,7 +9,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::{AnyWatcher, Publisher, Watcher};
-use crate::backends::Discovered;
+use crate::backends::{Discovered, Origin};
 use crate::config::Resolver;
 use crate::counters::Counters;
 
@@ -129,11 +129,17 @@ fn combine(
     match resolver {
         Resolver::Union => {
             let mut all = Discovered::default();
+            let mut origins = std::collections::BTreeSet::new();
             for child in children {
                 let child = child.as_ref()?;
                 all.backends.extend(child.backends.iter().cloned());
                 all.fresh |= child.fresh;
+                origins.insert(child.origin);
             }
+            all.origin = match (origins.pop_first(), origins.is_empty()) {
+                (Some(only), true) => only,
+                _ => Origin::Mixed,
+            };
             Some((all, Some(Source::All)))
         }
         Resolver::Sequential(_) => {
@@ -153,6 +159,7 @@ fn combine(
                 let held = Discovered {
                     backends: prev.backends.clone(),
                     fresh: false,
+                    origin: prev.origin,
                 };
                 return Some((held, Some(Source::Held)));
             }
@@ -173,9 +180,14 @@ mod tests {
     use crate::backends::tests_support::backend;
 
     fn d(fresh: bool, hosts: &[&str]) -> Option<Discovered> {
+        from(Origin::Etcd, fresh, hosts)
+    }
+
+    fn from(origin: Origin, fresh: bool, hosts: &[&str]) -> Option<Discovered> {
         Some(Discovered {
             backends: hosts.iter().map(|h| backend("a", h, 80)).collect(),
             fresh,
+            origin,
         })
     }
 
@@ -240,6 +252,22 @@ mod tests {
         .unwrap();
         assert_eq!(src, Some(Source::Child(0)));
         assert_eq!(Some(back), d(true, &["10.0.0.1"]));
+    }
+
+    #[test]
+    fn the_origin_is_the_chosen_childs_or_mixed_for_a_union() {
+        let seq = Resolver::Sequential(vec!["etcd".into(), "ec2".into()]);
+        let etcd_away = from(Origin::Etcd, false, &["10.0.0.1"]);
+        let ec2 = from(Origin::Ec2, true, &["10.0.0.2"]);
+        let (first, _) = combine(&seq, &[etcd_away.clone(), ec2.clone()], None).unwrap();
+        assert_eq!(first.origin, Origin::Ec2);
+        let ec2_away = from(Origin::Ec2, false, &["10.0.0.2"]);
+        let (held, _) = combine(&seq, &[etcd_away.clone(), ec2_away], Some(&first)).unwrap();
+        assert_eq!((held.origin, held.fresh), (Origin::Ec2, false));
+        let (all, _) = combine(&Resolver::Union, &[etcd_away.clone(), ec2], None).unwrap();
+        assert_eq!(all.origin, Origin::Mixed);
+        let (all, _) = combine(&Resolver::Union, &[etcd_away.clone(), etcd_away], None).unwrap();
+        assert_eq!(all.origin, Origin::Etcd);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use tokio_util::sync::CancellationToken;
 
 use super::{Publisher, Watcher};
-use crate::backends::Discovered;
+use crate::backends::{Discovered, Origin};
 
 /// Publishes one empty, fresh set and waits for cancellation.
 #[derive(Debug, Default)]
@@ -21,6 +21,7 @@ impl Watcher for StaticWatcher {
         out.send_replace(Some(Discovered {
             backends: Default::default(),
             fresh: true,
+            origin: Origin::Static,
         }));
         cancel.cancelled().await;
     }
