@@ -827,7 +827,8 @@ async fn bad_registrations_are_skipped_and_never_rendered() {
         "0.0.0.0",
         "fe80",
         "65536",
-        "257",
+        // B10 (a weight of 257), as rendered: a bare "257" can be part of a random port.
+        "weight 257",
         "10.0.0.9",
         "10.0.0.77",
         "outside",
