@@ -12,7 +12,7 @@ COPY image/install-packages image/http-probe /usr/local/bin/
 # The package's postinst creates the etcd system user with whatever uid is free; give it
 # a fixed one (10004) so that a host directory mounted as the data volume can be owned
 # by it.
-RUN install-packages ca-certificates tini etcd-server && \
+RUN install-packages ca-certificates tini etcd-server etcd-client && \
     rm -f /etc/init.d/etcd /etc/default/etcd && \
     groupmod -g 10004 etcd && usermod -u 10004 -g 10004 etcd && \
     install -d -o etcd -g etcd -m 0700 /var/lib/etcd
