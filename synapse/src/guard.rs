@@ -10,8 +10,8 @@
 //!
 //! Counting: a server "vanishes" when its server name leaves the set; servers replaced by
 //! new ones in the same window do not count (a deploy that swaps instances is not a mass
-//! removal). So the loss is `removed - added`, against the set applied when the window
-//! opened (the first change after `window` of quiet). While held, additions and updates
+//! removal). So the loss is `removed - added`, against every server applied since the
+//! window opened (the first change after `window` of quiet). While held, additions and updates
 //! still apply; only removals wait. The hold ends at `hold` after the trip, or earlier
 //! when the loss drops back under the threshold (the servers came back).
 //!
@@ -99,12 +99,15 @@ pub fn check(
         *state = GuardState::default();
         return Verdict::Apply(proposed);
     }
-    let window_open = state
-        .reference
-        .as_ref()
-        .is_some_and(|(_, at)| now.saturating_duration_since(*at) < settings.window);
-    if !window_open && state.held_until.is_none() {
-        state.reference = Some((names(applied), now));
+    if state.held_until.is_none() {
+        match &mut state.reference {
+            // Servers applied during the window count too (a burst of additions right
+            // before a mass expiry must not hide it).
+            Some((r, at)) if now.saturating_duration_since(*at) < settings.window => {
+                r.extend(names(applied));
+            }
+            _ => state.reference = Some((names(applied), now)),
+        }
     }
     let reference = state.reference.as_ref().map(|(r, _)| r);
     let (lost, of) = reference.map_or((0, 0), |r| loss(r, &proposed));
@@ -326,6 +329,37 @@ mod tests {
         assert_eq!(
             check(&s, &mut st, &held, set(1..=6), t0 + Duration::from_secs(2)),
             Verdict::Release(set(1..=6))
+        );
+    }
+
+    #[test]
+    fn additions_within_the_window_count_for_a_removal_right_after() {
+        // 1 server, 100 added, then the 100 expire before the window ends (S19b).
+        let s = settings();
+        let mut st = GuardState::default();
+        let t0 = Instant::now();
+        assert!(matches!(
+            check(&s, &mut st, &set([1]), set(1..=101), t0),
+            Verdict::Apply(_)
+        ));
+        let v = check(
+            &s,
+            &mut st,
+            &set(1..=101),
+            set([1]),
+            t0 + Duration::from_secs(6),
+        );
+        assert!(
+            matches!(
+                v,
+                Verdict::Hold {
+                    tripped: true,
+                    lost: 100,
+                    of: 101,
+                    ..
+                }
+            ),
+            "{v:?}"
         );
     }
 
