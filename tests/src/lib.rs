@@ -48,8 +48,10 @@
 pub mod backend;
 pub mod etcd;
 pub mod eventually;
+pub mod fault_proxy;
 pub mod haproxy;
 pub mod http;
+pub mod load;
 pub mod metrics;
 pub mod moto;
 pub mod ports;
@@ -59,11 +61,13 @@ pub mod workdir;
 pub use backend::Backend;
 pub use etcd::{Etcd, EtcdCluster, EtcdMember};
 pub use eventually::{eventually, Outcome};
+pub use fault_proxy::{Fault, FaultProxy};
 pub use haproxy::{
     AdminState, Haproxy, HaproxyError, HaproxyOptions, MasterSocket, OpState, ProcessList,
     ServerState, StatRow, StatsSocket,
 };
 pub use http::{http_get, http_get_timeout, HttpResponse};
+pub use load::{Failure, Load, LoadOptions, LoadReport};
 pub use metrics::{scrape, Scrape};
 pub use moto::{Ec2Instance, Moto};
 pub use ports::{free_port, loopback};

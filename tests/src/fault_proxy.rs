@@ -1,0 +1,197 @@
+//! A TCP fault proxy between a daemon and etcd (reliability §2.1, modelled on etcd's
+//! functional-test `etcd-proxy`): forwards `127.0.0.1:<port>` to a target, and can
+//! [`delay`](FaultProxy::delay) every chunk, [`blackhole`](FaultProxy::blackhole) (keep
+//! the sockets open, stop forwarding: a packet-dropping partition without RST),
+//! [`reset`](FaultProxy::reset) (close every connection and refuse new ones) or
+//! [`pass`](FaultProxy::pass) again.
+//!
+//! Blackhole applies to connections already open and to new ones (accepted, never
+//! forwarded), so a client's reconnect hangs as it would behind a dropped route.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::ports::loopback;
+
+/// What the proxy does to traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Forward as is.
+    Pass,
+    /// Forward, each chunk held this long first (each direction).
+    Delay(Duration),
+    /// Accept and hold connections, forward nothing.
+    Blackhole,
+    /// Close every connection; accept and close new ones at once.
+    Reset,
+}
+
+/// A running fault proxy; stops (closing every connection) on drop.
+pub struct FaultProxy {
+    addr: SocketAddr,
+    mode: watch::Sender<Fault>,
+    /// Bumped by `reset`, so connection tasks end.
+    generation: watch::Sender<u64>,
+    tasks: Arc<Mutex<JoinSet<()>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl FaultProxy {
+    /// Starts a proxy to `target` on a free loopback port, in `Pass` mode.
+    pub async fn start(target: SocketAddr) -> Self {
+        let listener = TcpListener::bind(loopback(0))
+            .await
+            .expect("bind the fault proxy");
+        let addr = listener.local_addr().expect("fault proxy address");
+        let (mode, mode_rx) = watch::channel(Fault::Pass);
+        let (generation, gen_rx) = watch::channel(0u64);
+        let tasks: Arc<Mutex<JoinSet<()>>> = Arc::default();
+        let conns = tasks.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                if *mode_rx.borrow() == Fault::Reset {
+                    drop(inbound);
+                    continue;
+                }
+                let (mode, generation) = (mode_rx.clone(), gen_rx.clone());
+                let mut set = conns.lock().expect("fault proxy tasks");
+                // Reap finished connections so the set does not grow without bound.
+                while set.try_join_next().is_some() {}
+                set.spawn(connection(inbound, target, mode, generation));
+            }
+        });
+        Self {
+            addr,
+            mode,
+            generation,
+            tasks,
+            accept,
+        }
+    }
+
+    /// Where clients connect (give this to the daemon as its etcd endpoint).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `host:port`, as etcd endpoints are written in configs.
+    pub fn endpoint(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// The current fault.
+    pub fn fault(&self) -> Fault {
+        *self.mode.borrow()
+    }
+
+    /// Forwards again (after any fault).
+    pub fn pass(&self) {
+        self.mode.send_replace(Fault::Pass);
+    }
+
+    /// Delays every chunk by `by`, each direction.
+    pub fn delay(&self, by: Duration) {
+        self.mode.send_replace(Fault::Delay(by));
+    }
+
+    /// Stops forwarding but keeps every socket open.
+    pub fn blackhole(&self) {
+        self.mode.send_replace(Fault::Blackhole);
+    }
+
+    /// Closes every connection and refuses (accepts and closes) new ones until `pass`.
+    pub fn reset(&self) {
+        self.mode.send_replace(Fault::Reset);
+        self.generation.send_modify(|g| *g += 1);
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        if let Ok(mut tasks) = self.tasks.lock() {
+            tasks.abort_all();
+        }
+    }
+}
+
+async fn connection(
+    inbound: TcpStream,
+    target: SocketAddr,
+    mode: watch::Receiver<Fault>,
+    mut generation: watch::Receiver<u64>,
+) {
+    generation.mark_unchanged();
+    let outbound = tokio::select! {
+        _ = generation.changed() => return,
+        out = connect_when_forwarding(target, mode.clone()) => match out {
+            Some(out) => out,
+            None => return,
+        },
+    };
+    let (in_read, in_write) = inbound.into_split();
+    let (out_read, out_write) = outbound.into_split();
+    tokio::select! {
+        _ = generation.changed() => {}
+        _ = pump(in_read, out_write, mode.clone()) => {}
+        _ = pump(out_read, in_write, mode) => {}
+    }
+}
+
+/// Connects to the target once the mode forwards (a blackholed connect hangs).
+async fn connect_when_forwarding(
+    target: SocketAddr,
+    mut mode: watch::Receiver<Fault>,
+) -> Option<TcpStream> {
+    loop {
+        let fault = *mode.borrow_and_update();
+        match fault {
+            Fault::Pass | Fault::Delay(_) => break,
+            Fault::Reset => return None,
+            Fault::Blackhole => {}
+        }
+        mode.changed().await.ok()?;
+    }
+    TcpStream::connect(target).await.ok()
+}
+
+/// Copies `from` → `to` chunk by chunk, obeying the mode before each write.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut mode: watch::Receiver<Fault>,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        loop {
+            let fault = *mode.borrow_and_update();
+            match fault {
+                Fault::Pass => break,
+                Fault::Delay(d) => {
+                    tokio::time::sleep(d).await;
+                    break;
+                }
+                Fault::Reset => return,
+                // Held: the bytes are dropped if the fault ends in a reset, forwarded if
+                // it ends in pass (as a TCP retransmission would deliver them).
+                Fault::Blackhole => {}
+            }
+            if mode.changed().await.is_err() {
+                return;
+            }
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,1188 @@
+//! The fault suite (reliability §4.2): real etcd (single or a 3-member cluster), real nerve
+//! processes (this test binary re-executed into `nerve::run`, so they can be SIGKILLed,
+//! SIGSTOPped and SIGTERMed by PID), real synapse (in-process, counting), real HAProxy
+//! (master-worker, reloaded through its master CLI) and real HTTP backends, under a
+//! bounded loopback load ([`Load`]) that counts every failed request.
+//!
+//! Faults: SIGKILL/SIGSTOP of etcd members and nerves, backend kills, `compact`, and a
+//! TCP [`FaultProxy`] (blackhole) between a daemon and etcd.
+//!
+//! Profiles: `ci` (default) and `soak` (`FAULT_PROFILE=soak`: the long durations of §4.2
+//! and 2,000 instances for S19). Every scenario prints one `FAULT_RESULT {json}` line to
+//! stderr and appends it to `target/faults/results.jsonl`; `scripts/faults` turns them
+//! into the table in docs/reliability.md.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_client::{Client, EventType, GetOptions, PutOptions, WatchOptions};
+use integration_tests::{
+    eventually, free_port, http_get, init_tracing, loopback, Backend, Etcd, EtcdCluster,
+    FaultProxy, Haproxy, HaproxyOptions, Load, LoadOptions, LoadReport, Workdir,
+};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::{json, Value};
+use synapse::counters::Counters;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// Lease TTL of every nerve (reliability §4.1).
+const TTL: Duration = Duration::from_secs(5);
+const TIMEOUT: Duration = Duration::from_secs(30);
+const NERVE_CHILD_ENV: &str = "FAULTS_NERVE_CONFIG";
+
+// === profile ===
+
+fn soak() -> bool {
+    std::env::var("FAULT_PROFILE").is_ok_and(|p| p == "soak")
+}
+
+/// `ci` in the ci profile, `soak` in the soak profile.
+fn pick<T>(ci: T, soak_value: T) -> T {
+    if soak() {
+        soak_value
+    } else {
+        ci
+    }
+}
+
+fn profile() -> &'static str {
+    pick("ci", "soak")
+}
+
+// === nerve as a child process ===
+
+/// The entry point of the nerve child processes: `nerve::run` on the config file named
+/// by `FAULTS_NERVE_CONFIG`, stopped by SIGTERM like the binary. Does nothing otherwise.
+#[test]
+#[ignore = "entry point of the nerve processes the fault tests start"]
+fn nerve_child() {
+    let Some(path) = std::env::var_os(NERVE_CHILD_ENV) else {
+        return;
+    };
+    common::telemetry::init(common::telemetry::LogFormat::Human);
+    let text = std::fs::read_to_string(&path).expect("nerve child config");
+    let config = nerve::config::parse(&text, &Default::default()).expect("nerve child config");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let result = runtime.block_on(async {
+        let cancel = common::shutdown::on_signals().expect("signal handlers");
+        nerve::run(config, cancel).await
+    });
+    std::process::exit(i32::from(result.is_err()));
+}
+
+/// A nerve process; SIGKILLed on drop.
+struct Nerve {
+    child: Option<Child>,
+    config: PathBuf,
+    log: PathBuf,
+}
+
+impl Nerve {
+    fn start(dir: &Workdir, name: &str, config: &Value) -> Self {
+        let config_path = dir.write(format!("{name}.json"), config.to_string());
+        let log = dir.join(format!("{name}.log"));
+        let mut nerve = Self {
+            child: None,
+            config: config_path,
+            log,
+        };
+        nerve.spawn();
+        nerve
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("nerve log");
+        let child = Command::new(std::env::current_exe().expect("test binary"))
+            .args([
+                "nerve_child",
+                "--exact",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(NERVE_CHILD_ENV, &self.config)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("start a nerve child");
+        self.child = Some(child);
+    }
+
+    fn signal(&self, signal: Signal) {
+        let child = self.child.as_ref().expect("nerve not running");
+        let pid = Pid::from_raw(i32::try_from(child.id()).expect("pid"));
+        kill(pid, signal).expect("signal nerve");
+    }
+
+    /// SIGKILL and reap.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then waits for the exit.
+    async fn terminate(&mut self) {
+        self.signal(Signal::SIGTERM);
+        let child = std::sync::Mutex::new(self.child.take().expect("nerve not running"));
+        eventually(TIMEOUT, || async {
+            matches!(child.lock().expect("child").try_wait(), Ok(Some(_)))
+        })
+        .await;
+    }
+
+    fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+}
+
+impl Drop for Nerve {
+    fn drop(&mut self) {
+        if let Some(child) = &self.child {
+            // A stopped process must be continued to die promptly and be reaped.
+            let pid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(0));
+            let _ = kill(pid, Signal::SIGCONT);
+        }
+        self.kill();
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            eprintln!("--- last lines of {} ---", self.log.display());
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
+// === synapse in-process ===
+
+struct Synapse {
+    cancel: CancellationToken,
+    task: Option<JoinHandle<Result<(), synapse::RunError>>>,
+    counters: Arc<Counters>,
+}
+
+impl Synapse {
+    fn start(config_text: &str) -> Self {
+        let config = synapse::Config::parse(config_text, None)
+            .unwrap_or_else(|e| panic!("config:\n{e}\n{config_text}"));
+        let cancel = CancellationToken::new();
+        let counters = Arc::new(Counters::default());
+        let task = tokio::spawn(synapse::run_with(config, counters.clone(), cancel.clone()));
+        Self {
+            cancel,
+            task: Some(task),
+            counters,
+        }
+    }
+
+    fn is_running(&self) -> bool {
+        self.task.as_ref().is_some_and(|t| !t.is_finished())
+    }
+
+    fn reloads(&self) -> u64 {
+        Counters::get(&self.counters.reloads)
+    }
+
+    async fn stop(mut self) {
+        self.cancel.cancel();
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(10), task)
+                .await
+                .expect("synapse did not stop within 10 s")
+                .expect("synapse panicked")
+                .expect("synapse failed");
+        }
+    }
+}
+
+impl Drop for Synapse {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+// === the world ===
+
+/// etcd: one member, or a 3-member cluster.
+enum Registry {
+    Single(Etcd),
+    Cluster(EtcdCluster),
+}
+
+impl Registry {
+    fn endpoints(&self) -> Vec<String> {
+        match self {
+            Self::Single(e) => e.endpoints(),
+            Self::Cluster(c) => c.endpoints(),
+        }
+    }
+
+    async fn client(&self) -> Client {
+        match self {
+            Self::Single(e) => e.client().await,
+            Self::Cluster(c) => c.client().await,
+        }
+    }
+}
+
+/// A simulated host: a backend, and the nerve that checks and registers it (through its
+/// own fault proxy when the world is a single etcd).
+struct Host {
+    id: String,
+    backend: Backend,
+    nerve: Nerve,
+    proxy: Option<FaultProxy>,
+}
+
+struct World {
+    dir: Workdir,
+    registry: Registry,
+    client: Client,
+    path: String,
+    port: u16,
+    synapse_proxy: Option<FaultProxy>,
+    synapse: Option<Synapse>,
+    haproxy: Option<Haproxy>,
+    hosts: Vec<Host>,
+}
+
+impl World {
+    /// etcd (`cluster`: 3 members, else 1 behind per-daemon fault proxies), three hosts
+    /// a, b, c registered by their nerves, synapse and HAProxy routing `web` to them.
+    async fn start(test: &str, cluster: bool) -> Self {
+        init_tracing();
+        let registry = if cluster {
+            Registry::Cluster(EtcdCluster::start(3).await)
+        } else {
+            Registry::Single(Etcd::start().await)
+        };
+        let client = registry.client().await;
+        let synapse_proxy = match &registry {
+            Registry::Single(e) => Some(FaultProxy::start(e.client_addr()).await),
+            Registry::Cluster(_) => None,
+        };
+        let mut w = Self {
+            dir: Workdir::new(),
+            registry,
+            client,
+            path: format!("/faults/{test}/web"),
+            port: free_port(),
+            synapse_proxy,
+            synapse: None,
+            haproxy: None,
+            hosts: Vec::new(),
+        };
+        for id in ["a", "b", "c"] {
+            w.add_host(id).await;
+        }
+        w.wait_registered(&["a", "b", "c"]).await;
+        w.synapse = Some(Synapse::start(&w.synapse_config("")));
+        w.start_haproxy().await;
+        w.routes_to(&["a", "b", "c"]).await;
+        w
+    }
+
+    fn nerve_config(&self, id: &str, port: u16, endpoints: Vec<String>) -> Value {
+        json!({
+            "instance_id": format!("host-{id}"),
+            "etcd": {"endpoints": endpoints, "dial_timeout": 1, "request_timeout": 1},
+            "lease_ttl": TTL.as_secs(),
+            "reconcile_interval": 2,
+            "shutdown_timeout": 2,
+            "services": {"web": {
+                "host": "127.0.0.1", "port": port, "reporter_type": "etcd",
+                "etcd_path": self.path, "check_interval": 0.25,
+                "checks": [{"type": "http", "uri": "/health", "timeout": 0.2, "rise": 2, "fall": 3}],
+            }},
+        })
+    }
+
+    async fn add_host(&mut self, id: &str) {
+        let backend = Backend::start(id).await;
+        let proxy = match &self.registry {
+            Registry::Single(e) => Some(FaultProxy::start(e.client_addr()).await),
+            Registry::Cluster(_) => None,
+        };
+        let endpoints = proxy
+            .as_ref()
+            .map_or_else(|| self.registry.endpoints(), |p| vec![p.endpoint()]);
+        let config = self.nerve_config(id, backend.port(), endpoints);
+        let nerve = Nerve::start(&self.dir, &format!("nerve-{id}"), &config);
+        self.hosts.push(Host {
+            id: id.to_owned(),
+            backend,
+            nerve,
+            proxy,
+        });
+    }
+
+    fn host(&mut self, id: &str) -> &mut Host {
+        self.hosts
+            .iter_mut()
+            .find(|h| h.id == id)
+            .expect("no such host")
+    }
+
+    fn synapse_config(&self, service_extra: &str) -> String {
+        let hosts: Vec<String> = match &self.synapse_proxy {
+            Some(p) => vec![p.endpoint()],
+            None => self.registry.endpoints(),
+        };
+        let master = self.dir.join("master.sock");
+        format!(
+            r#"{{
+              "services": {{"web": {{
+                "discovery": {{"method": "etcd", "hosts": {hosts}, "path": "{path}",
+                               "progress_interval": 1,
+                               "etcd": {{"dial_timeout": 1, "request_timeout": 2,
+                                         "keepalive_interval": 1, "keepalive_timeout": 1}}}},
+                "haproxy": {{"port": {port}, "server_options": "check inter 500 rise 2 fall 2",
+                             "listen": ["balance roundrobin"]}}{service_extra}
+              }}}},
+              "debounce": 0.1,
+              "debounce_max_wait": 1,
+              "haproxy": {{
+                "config_file_path": "{cfg}",
+                "do_checks": true,
+                "reload_command": "[ ! -e {master} ] || echo reload | socat stdio unix-connect:{master}",
+                "restart_interval": 1,
+                "bind_address": "127.0.0.1",
+                "global": ["stats socket {stats} mode 600 level admin expose-fd listeners",
+                           "hard-stop-after 5s"],
+                "defaults": ["mode http", "timeout connect 500ms", "timeout client 10s",
+                             "timeout server 10s", "retries 2", "option redispatch 1"]
+              }}
+            }}"#,
+            hosts = serde_json::to_string(&hosts).expect("json"),
+            path = self.path,
+            port = self.port,
+            cfg = self.cfg_path().display(),
+            master = master.display(),
+            stats = self.dir.join("stats.sock").display(),
+        )
+    }
+
+    fn cfg_path(&self) -> PathBuf {
+        self.dir.join("haproxy.cfg")
+    }
+
+    fn synapse(&self) -> &Synapse {
+        self.synapse.as_ref().expect("synapse")
+    }
+
+    async fn start_haproxy(&mut self) {
+        let cfg = self.cfg_path();
+        eventually(TIMEOUT, || async { cfg.exists() }).await;
+        let haproxy =
+            Haproxy::start(HaproxyOptions::new(&cfg).stats_socket(self.dir.join("stats.sock")))
+                .await;
+        std::os::unix::fs::symlink(haproxy.master_socket(), self.dir.join("master.sock"))
+            .expect("link master socket");
+        haproxy.master().reload().await.expect("initial reload");
+        self.haproxy = Some(haproxy);
+    }
+
+    /// The registry's server instances under the service path: instance id → lease.
+    async fn registered(&self) -> Result<BTreeMap<String, i64>, String> {
+        let mut kv = self.client.kv_client();
+        let resp = tokio::time::timeout(
+            Duration::from_secs(2),
+            kv.get(
+                format!("{}/", self.path),
+                Some(GetOptions::new().with_prefix()),
+            ),
+        )
+        .await
+        .map_err(|_| "get timed out".to_owned())?
+        .map_err(|e| e.to_string())?;
+        Ok(resp
+            .kvs()
+            .iter()
+            .filter_map(|kv| {
+                let r = common::Registration::decode(kv.value()).ok()?;
+                Some((r.name.to_string(), kv.lease()))
+            })
+            .collect())
+    }
+
+    /// Waits until exactly these hosts are registered; returns instance → lease.
+    async fn wait_registered(&self, ids: &[&str]) -> BTreeMap<String, i64> {
+        let want: BTreeSet<String> = ids.iter().map(|i| format!("host-{i}")).collect();
+        eventually(TIMEOUT, || async {
+            let got = self.registered().await?;
+            if got.keys().cloned().collect::<BTreeSet<_>>() == want {
+                Ok(got)
+            } else {
+                Err(format!("registered {got:?}, want {want:?}"))
+            }
+        })
+        .await
+    }
+
+    /// The backend ids HAProxy has as UP servers in its running config.
+    async fn haproxy_up(&self) -> Result<BTreeSet<String>, String> {
+        let h = self.haproxy.as_ref().expect("haproxy");
+        let rows = h.show_stat().await.map_err(|e| e.to_string())?;
+        let ports: BTreeMap<u16, String> = self
+            .hosts
+            .iter()
+            .map(|h| (h.backend.port(), h.id.clone()))
+            .collect();
+        Ok(rows
+            .iter()
+            .filter(|r| r.is_server() && r.get("pxname") == Some("web"))
+            .filter(|r| r.status().starts_with("UP"))
+            .filter_map(|r| {
+                let addr = r.get("addr")?;
+                let port: u16 = addr.rsplit(':').next()?.parse().ok()?;
+                ports.get(&port).cloned()
+            })
+            .collect())
+    }
+
+    /// Waits until requests reach exactly `want`.
+    async fn routes_to(&self, want: &[&str]) -> Duration {
+        let started = Instant::now();
+        let want: BTreeSet<String> = want.iter().map(|s| s.to_string()).collect();
+        let port = self.port;
+        eventually(TIMEOUT, || {
+            let want = want.clone();
+            async move {
+                let mut seen = BTreeSet::new();
+                for _ in 0..(3 * want.len() + 3) {
+                    let r = http_get(loopback(port), "/")
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    if r.status != 200 {
+                        return Err(format!("status {}", r.status));
+                    }
+                    seen.insert(r.body.trim().to_owned());
+                }
+                if seen == want {
+                    Ok(())
+                } else {
+                    Err(format!("routed to {seen:?}, want {want:?}"))
+                }
+            }
+        })
+        .await;
+        started.elapsed()
+    }
+
+    async fn revision(&self) -> i64 {
+        let mut kv = self.client.kv_client();
+        kv.get("/", Some(GetOptions::new().with_count_only()))
+            .await
+            .expect("get")
+            .header()
+            .expect("header")
+            .revision()
+    }
+
+    /// DELETE events under the service path since `revision`, by instance id (the
+    /// registry's own history: a recording watcher replayed up to a sentinel key).
+    async fn deletes_since(&self, revision: i64) -> BTreeMap<String, u64> {
+        let sentinel = format!("/faults-sentinel/{}", self.path);
+        let mut client = self.client.clone();
+        let mut stream = client
+            .watch(
+                "/",
+                Some(
+                    WatchOptions::new()
+                        .with_prefix()
+                        .with_start_revision(revision)
+                        .with_prev_key(),
+                ),
+            )
+            .await
+            .expect("watch");
+        // The client's member may just have been killed: retry on the others.
+        eventually(TIMEOUT, || {
+            let (mut c, k) = (client.clone(), sentinel.clone());
+            async move { c.put(k, "x", None).await.map(|_| ()) }
+        })
+        .await;
+        let mut deletes = BTreeMap::new();
+        loop {
+            let msg = tokio::time::timeout(Duration::from_secs(10), stream.message())
+                .await
+                .expect("replay timed out")
+                .expect("watch failed")
+                .expect("watch ended");
+            for e in msg.events() {
+                let Some(kv) = e.kv() else { continue };
+                if kv.key() == sentinel.as_bytes() {
+                    return deletes;
+                }
+                if e.event_type() != EventType::Delete
+                    || !kv.key().starts_with(self.path.as_bytes())
+                {
+                    continue;
+                }
+                let name = e
+                    .prev_kv()
+                    .and_then(|p| common::Registration::decode(p.value()).ok())
+                    .map_or_else(|| "?".to_owned(), |r| r.name.to_string());
+                *deletes.entry(name).or_default() += 1;
+            }
+        }
+    }
+
+    fn load(&self) -> Load {
+        Load::start(
+            loopback(self.port),
+            LoadOptions {
+                rate: 50,
+                timeout: Duration::from_secs(1),
+                max_requests: 50 * 400,
+                max_duration: Duration::from_secs(400),
+            },
+        )
+    }
+
+    fn cfg(&self) -> String {
+        std::fs::read_to_string(self.cfg_path()).expect("haproxy.cfg")
+    }
+
+    async fn stop(mut self) {
+        haproxy_check(&self.cfg_path());
+        if let Some(s) = self.synapse.take() {
+            assert!(s.is_running(), "synapse exited");
+            s.stop().await;
+        }
+    }
+}
+
+fn haproxy_check(path: &std::path::Path) {
+    let out = Command::new("haproxy")
+        .arg("-c")
+        .arg("-f")
+        .arg(path)
+        .output()
+        .expect("haproxy -c");
+    assert!(
+        out.status.success(),
+        "haproxy -c failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Prints a scenario's figures and appends them to `target/faults/results.jsonl`.
+fn record(id: &str, name: &str, figures: Value) {
+    let line = json!({"id": id, "scenario": name, "profile": profile(), "figures": figures});
+    eprintln!("FAULT_RESULT {line}");
+    let Some(target) = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.ancestors().nth(3).map(PathBuf::from))
+    else {
+        return;
+    };
+    let dir = target.join("faults");
+    let _ = std::fs::create_dir_all(&dir);
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("results.jsonl"))
+    {
+        use std::io::Write;
+        let _ = writeln!(f, "{line}");
+    }
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn failures(report: &LoadReport) -> Vec<String> {
+    report
+        .failures
+        .iter()
+        .take(5)
+        .map(|f| format!("{:?}: {}", f.at, f.error))
+        .collect()
+}
+
+/// Probes writes to the cluster every 100 ms; returns the longest gap between successes.
+fn write_probe(client: Client, key: String, cancel: CancellationToken) -> JoinHandle<Duration> {
+    tokio::spawn(async move {
+        let mut kv = client.kv_client();
+        let mut last_ok = Instant::now();
+        let mut max_gap = Duration::ZERO;
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return max_gap,
+                _ = tick.tick() => {}
+            }
+            let put =
+                tokio::time::timeout(Duration::from_millis(500), kv.put(key.clone(), "p", None));
+            if let Ok(Ok(_)) = put.await {
+                max_gap = max_gap.max(last_ok.elapsed());
+                last_ok = Instant::now();
+            }
+        }
+    })
+}
+
+// === scenarios ===
+
+/// S01 / S02: the etcd leader crashes (SIGKILL) or pauses (SIGSTOP) for 10 s.
+async fn leader_fault(id: &str, pause: bool) {
+    let mut w = World::start(id, true).await;
+    let leases = w.wait_registered(&["a", "b", "c"]).await;
+    let rev = w.revision().await;
+    let reloads = w.synapse().reloads();
+    let load = w.load();
+    let probe_cancel = CancellationToken::new();
+    let probe = write_probe(
+        w.client.clone(),
+        format!("/faults-probe/{id}"),
+        probe_cancel.clone(),
+    );
+    let Registry::Cluster(cluster) = &mut w.registry else {
+        unreachable!()
+    };
+    let leader = cluster.leader().await;
+    if pause {
+        cluster.pause(leader).await;
+    } else {
+        cluster.kill(leader).await;
+    }
+    // The fault lasts 10 s (its length is the scenario, not a wait for a condition).
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    if pause {
+        cluster.resume(leader).await;
+    } else {
+        cluster.restart(leader).await;
+    }
+    cluster.wait_ready().await;
+    let healed = Instant::now();
+    let converged = w.routes_to(&["a", "b", "c"]).await;
+    probe_cancel.cancel();
+    let gap = probe.await.expect("probe");
+    let report = load.stop().await;
+    let after = w.wait_registered(&["a", "b", "c"]).await;
+    let deletes = w.deletes_since(rev).await;
+    let regrants = after
+        .iter()
+        .filter(|(k, v)| leases.get(*k) != Some(v))
+        .count();
+    let reloads = w.synapse().reloads() - reloads;
+    record(
+        id,
+        if pause {
+            "leader pause"
+        } else {
+            "leader crash"
+        },
+        json!({"failed": report.failed(), "sent": report.sent, "deletes_healthy": deletes.len(),
+               "regrants": regrants, "reloads": reloads, "write_gap_ms": ms(gap),
+               "converged_ms": ms(converged.max(healed.elapsed()))}),
+    );
+    assert_eq!(report.failed(), 0, "{:?}", failures(&report));
+    assert!(
+        deletes.is_empty(),
+        "DELETEs of healthy instances: {deletes:?}"
+    );
+    assert_eq!(regrants, 0, "leases before {leases:?}, after {after:?}");
+    assert_eq!(reloads, 0);
+    assert!(gap <= Duration::from_secs(3), "write gap {gap:?}");
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s01_leader_crash() {
+    leader_fault("S01", false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s02_leader_pause() {
+    leader_fault("S02", true).await;
+}
+
+/// S07: synapse is partitioned from etcd (blackhole), the registry changes 100 times and
+/// is compacted at its head, then the partition heals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s07_compaction_while_away() {
+    let mut w = World::start("S07", false).await;
+    let load = w.load();
+    let relists = Counters::get(&w.synapse().counters.relists);
+    let restarts = Counters::get(&w.synapse().counters.watch_restarts);
+    w.synapse_proxy.as_ref().expect("proxy").blackhole();
+    // "Away": synapse has noticed the dead connection (HTTP/2 keepalive, 1 s + 1 s).
+    eventually(TIMEOUT, || async {
+        Counters::get(&w.synapse().counters.watch_restarts) > restarts
+    })
+    .await;
+    let noticed = Instant::now();
+    // Real changes: c stops cleanly, d starts; and churn that compaction erases.
+    w.host("c").nerve.terminate().await;
+    w.add_host("d").await;
+    w.wait_registered(&["a", "b", "d"]).await;
+    let mut kv = w.client.kv_client();
+    for i in 0..50 {
+        let key = format!("{}/churn-{i}", w.path);
+        let value = format!(r#"{{"host":"127.0.0.1","port":1,"name":"churn-{i}"}}"#);
+        kv.put(key.clone(), value, None).await.expect("put");
+        kv.delete(key, None).await.expect("delete");
+    }
+    let head = w.revision().await;
+    kv.compact(head, None).await.expect("compact");
+    // Still routing to the old set while away.
+    w.routes_to(&["a", "b", "c"]).await;
+    w.synapse_proxy.as_ref().expect("proxy").pass();
+    let healed = Instant::now();
+    w.routes_to(&["a", "b", "d"]).await;
+    let converged = healed.elapsed();
+    let report = load.stop().await;
+    let relists = Counters::get(&w.synapse().counters.relists) - relists;
+    let away = healed - noticed;
+    let servers = w
+        .cfg()
+        .lines()
+        .filter(|l| l.trim_start().starts_with("server "))
+        .count();
+    record(
+        "S07",
+        "compaction while away",
+        json!({"failed": report.failed(), "sent": report.sent, "relists": relists,
+               "converged_ms": ms(converged), "servers": servers, "away_ms": ms(away)}),
+    );
+    assert_eq!(report.failed(), 0, "{:?}", failures(&report));
+    assert!(relists >= 1, "no re-list after compaction");
+    assert_eq!(servers, 3, "{}", w.cfg());
+    assert!(converged <= Duration::from_secs(5), "{converged:?}");
+    w.stop().await;
+}
+
+/// S10: one host's nerve is partitioned from etcd (blackhole) for longer than the TTL:
+/// its registration expires and is removed; after the heal it comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s10_nerve_partition_longer_than_ttl() {
+    let mut w = World::start("S10", false).await;
+    let load = w.load();
+    let started = Instant::now();
+    w.host("a").proxy.as_ref().expect("proxy").blackhole();
+    w.wait_registered(&["b", "c"]).await;
+    let deleted_after = started.elapsed();
+    let removed = w.routes_to(&["b", "c"]).await;
+    // Keep the partition for 3 × TTL in all (ci: 2 × TTL).
+    let partition = pick(2 * TTL, 3 * TTL);
+    tokio::time::sleep(partition.saturating_sub(started.elapsed())).await;
+    w.host("a").proxy.as_ref().expect("proxy").pass();
+    let healed = Instant::now();
+    w.wait_registered(&["a", "b", "c"]).await;
+    let back = healed.elapsed();
+    w.routes_to(&["a", "b", "c"]).await;
+    let routed = healed.elapsed();
+    let report = load.stop().await;
+    record(
+        "S10",
+        "nerve-etcd partition > TTL",
+        json!({"failed": report.failed(), "sent": report.sent,
+               "deleted_after_ms": ms(deleted_after), "unrouted_after_delete_ms": ms(removed),
+               "registered_after_heal_ms": ms(back), "routed_after_heal_ms": ms(routed),
+               "partition_ms": ms(partition)}),
+    );
+    assert_eq!(report.failed(), 0, "{:?}", failures(&report));
+    // Deleted between TTL − TTL/3 (the last keepalive may precede the cut by TTL/3) and
+    // TTL + 1.5 s.
+    assert!(
+        deleted_after >= TTL - TTL / 3 && deleted_after <= TTL + Duration::from_millis(1500),
+        "deleted after {deleted_after:?}"
+    );
+    assert!(removed <= Duration::from_secs(2), "{removed:?}");
+    assert!(back <= Duration::from_secs(3), "{back:?}");
+    w.stop().await;
+}
+
+/// S11: synapse is partitioned from etcd; the registry changes meanwhile; HAProxy keeps
+/// serving the last set without a reload, and the changes apply after the heal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s11_synapse_partition() {
+    let mut w = World::start("S11", false).await;
+    let load = w.load();
+    let cfg = w.cfg();
+    let reloads = w.synapse().reloads();
+    let started = Instant::now();
+    w.synapse_proxy.as_ref().expect("proxy").blackhole();
+    w.host("c").nerve.terminate().await;
+    w.add_host("d").await;
+    w.wait_registered(&["a", "b", "d"]).await;
+    let partition = pick(Duration::from_secs(20), Duration::from_secs(60));
+    while started.elapsed() < partition {
+        w.routes_to(&["a", "b", "c"]).await;
+        assert!(w.synapse().is_running());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let reloads_during = w.synapse().reloads() - reloads;
+    let cfg_unchanged = w.cfg() == cfg;
+    w.synapse_proxy.as_ref().expect("proxy").pass();
+    let healed = Instant::now();
+    w.routes_to(&["a", "b", "d"]).await;
+    let converged = healed.elapsed();
+    let report = load.stop().await;
+    record(
+        "S11",
+        "synapse-etcd partition",
+        json!({"failed": report.failed(), "sent": report.sent, "reloads_during": reloads_during,
+               "cfg_unchanged_during": cfg_unchanged, "converged_ms": ms(converged),
+               "partition_ms": ms(partition)}),
+    );
+    assert_eq!(report.failed(), 0, "{:?}", failures(&report));
+    assert_eq!(reloads_during, 0);
+    assert!(cfg_unchanged, "haproxy.cfg changed during the partition");
+    assert!(converged <= Duration::from_secs(5), "{converged:?}");
+    w.stop().await;
+}
+
+/// S12: nerve SIGKILL (the service keeps running): removed after the TTL; restarted, it
+/// registers again. Variant: a restart within the TTL never drops the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s12_nerve_sigkill() {
+    let mut w = World::start("S12", false).await;
+    let load = w.load();
+    // Variant first: kill and restart at once; the server must stay routed throughout.
+    let rev = w.revision().await;
+    w.host("a").nerve.restart();
+    let until = Instant::now() + TTL + Duration::from_secs(2);
+    let mut unrouted_samples = 0;
+    while Instant::now() < until {
+        let up = w.haproxy_up().await.unwrap_or_default();
+        if !up.contains("a") {
+            unrouted_samples += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let quick_deletes = w.deletes_since(rev).await;
+    // Main case: kill, leave it dead past the TTL.
+    let killed = Instant::now();
+    w.host("a").nerve.kill();
+    w.wait_registered(&["b", "c"]).await;
+    let deleted_after = killed.elapsed();
+    let unrouted = w.routes_to(&["b", "c"]).await;
+    let restarted = Instant::now();
+    w.host("a").nerve.spawn();
+    w.wait_registered(&["a", "b", "c"]).await;
+    w.routes_to(&["a", "b", "c"]).await;
+    let back = restarted.elapsed();
+    let report = load.stop().await;
+    record(
+        "S12",
+        "nerve SIGKILL",
+        json!({"failed": report.failed(), "sent": report.sent,
+               "deleted_after_ms": ms(deleted_after), "unrouted_after_delete_ms": ms(unrouted),
+               "routed_after_restart_ms": ms(back),
+               "quick_restart_unrouted_samples": unrouted_samples,
+               "quick_restart_deletes": quick_deletes.values().sum::<u64>()}),
+    );
+    assert_eq!(report.failed(), 0, "{:?}", failures(&report));
+    assert!(
+        deleted_after >= TTL - Duration::from_millis(500)
+            && deleted_after <= TTL + Duration::from_millis(1500),
+        "deleted after {deleted_after:?}"
+    );
+    assert!(unrouted <= Duration::from_secs(2), "{unrouted:?}");
+    assert_eq!(unrouted_samples, 0, "a quick restart dropped the server");
+    w.stop().await;
+}
+
+/// S13: nerve SIGTERM: the registration goes at once (lease revoked), HAProxy drains it,
+/// then the service stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s13_nerve_sigterm() {
+    let mut w = World::start("S13", false).await;
+    let load = w.load();
+    let stopped = Instant::now();
+    w.host("a").nerve.signal(Signal::SIGTERM);
+    w.wait_registered(&["b", "c"]).await;
+    let deleted_after = stopped.elapsed();
+    let unrouted = w.routes_to(&["b", "c"]).await;
+    w.host("a").backend.kill().await;
+    // Traffic continues to b and c after the service stopped.
+    w.routes_to(&["b", "c"]).await;
+    let report = load.stop().await;
+    record(
+        "S13",
+        "nerve SIGTERM",
+        json!({"failed": report.failed(), "sent": report.sent,
+               "deleted_after_ms": ms(deleted_after), "unrouted_after_delete_ms": ms(unrouted)}),
+    );
+    assert_eq!(report.failed(), 0, "{:?}", failures(&report));
+    assert!(deleted_after <= Duration::from_secs(1), "{deleted_after:?}");
+    assert!(unrouted <= Duration::from_secs(2), "{unrouted:?}");
+    w.stop().await;
+}
+
+/// S14: nerve paused (SIGSTOP) past the TTL: its keys expire; after SIGCONT it detects the
+/// lost lease and registers again with a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s14_nerve_pause() {
+    let mut w = World::start("S14", false).await;
+    let leases = w.wait_registered(&["a", "b", "c"]).await;
+    let load = w.load();
+    let stopped = Instant::now();
+    w.host("a").nerve.signal(Signal::SIGSTOP);
+    w.wait_registered(&["b", "c"]).await;
+    let deleted_after = stopped.elapsed();
+    w.routes_to(&["b", "c"]).await;
+    tokio::time::sleep(Duration::from_secs(10).saturating_sub(stopped.elapsed())).await;
+    w.host("a").nerve.signal(Signal::SIGCONT);
+    let resumed = Instant::now();
+    let after = w.wait_registered(&["a", "b", "c"]).await;
+    let back = resumed.elapsed();
+    w.routes_to(&["a", "b", "c"]).await;
+    let report = load.stop().await;
+    let regrants = after
+        .iter()
+        .filter(|(k, v)| leases.get(*k) != Some(v))
+        .count();
+    record(
+        "S14",
+        "nerve pause > TTL",
+        json!({"failed": report.failed(), "sent": report.sent,
+               "deleted_after_ms": ms(deleted_after), "registered_after_cont_ms": ms(back),
+               "regrants": regrants}),
+    );
+    assert_eq!(report.failed(), 0, "{:?}", failures(&report));
+    assert!(back <= Duration::from_secs(3), "{back:?}");
+    assert_eq!(regrants, 1);
+    w.stop().await;
+}
+
+/// S17: a backend process dies while its nerve lives: nerve's check deregisters it,
+/// HAProxy's own check marks it down; at most the in-flight request fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s17_backend_death() {
+    let mut w = World::start("S17", false).await;
+    let load = w.load();
+    let killed = Instant::now();
+    w.host("a").backend.kill().await;
+    w.wait_registered(&["b", "c"]).await;
+    let deleted_after = killed.elapsed();
+    eventually(TIMEOUT, || async {
+        let up = w.haproxy_up().await?;
+        if up.contains("a") {
+            Err(format!("still up: {up:?}"))
+        } else {
+            Ok(())
+        }
+    })
+    .await;
+    let down_after = killed.elapsed();
+    w.routes_to(&["b", "c"]).await;
+    let report = load.stop().await;
+    record(
+        "S17",
+        "backend death",
+        json!({"failed": report.failed(), "sent": report.sent,
+               "deleted_after_ms": ms(deleted_after), "haproxy_down_after_ms": ms(down_after)}),
+    );
+    assert!(report.failed() <= 1, "{:?}", failures(&report));
+    // fall 3 × 250 ms, a check timeout, plus an etcd round trip and slack for 2 cores.
+    assert!(deleted_after <= Duration::from_secs(2), "{deleted_after:?}");
+    assert!(down_after <= Duration::from_secs(2), "{down_after:?}");
+    w.stop().await;
+}
+
+/// S19a / S19b: N instances (ci 500, soak 2,000) registered at once under leases the test
+/// keeps alive, then all leases stop being kept alive. Service `web` has the guard on
+/// (hold 8 s), `bare` the same instances with the guard off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s19_mass_registration_and_expiry() {
+    init_tracing();
+    let n: usize = pick(500, 2000);
+    let etcd = Etcd::start().await;
+    let client = etcd.client().await;
+    let dir = Workdir::new();
+    let backends = [
+        Backend::start("x").await,
+        Backend::start("y").await,
+        Backend::start("z").await,
+    ];
+    let (web_port, bare_port) = (free_port(), free_port());
+    let path = "/faults/S19/web";
+    let hold = Duration::from_secs(8);
+    let master = dir.join("master.sock");
+    let cfg = dir.join("haproxy.cfg");
+    let service = |port: u16, guard: &str| {
+        format!(
+            r#"{{"discovery": {{"method": "etcd", "hosts": ["{ep}"], "path": "{path}"}},
+                "max_servers": 5000, "mass_removal_guard": {guard},
+                "haproxy": {{"port": {port}, "listen": ["balance roundrobin"]}}}}"#,
+            ep = etcd.client_addr(),
+        )
+    };
+    let text = format!(
+        r#"{{"services": {{"web": {web}, "bare": {bare}}},
+            "debounce": 0.1, "debounce_max_wait": 1,
+            "haproxy": {{"config_file_path": "{cfg}", "do_checks": true,
+              "reload_command": "[ ! -e {master} ] || echo reload | socat stdio unix-connect:{master}",
+              "restart_interval": 1, "bind_address": "127.0.0.1",
+              "global": ["stats socket {stats} mode 600 level admin expose-fd listeners"],
+              "defaults": ["mode http", "timeout connect 500ms", "timeout client 10s",
+                           "timeout server 10s", "retries 2", "option redispatch 1"]}}}}"#,
+        web = service(web_port, &format!(r#"{{"hold": {}}}"#, hold.as_secs())),
+        bare = service(bare_port, r#"{"enabled": false}"#),
+        cfg = cfg.display(),
+        master = master.display(),
+        stats = dir.join("stats.sock").display(),
+    );
+    // One seed instance so the first config has both services.
+    let mut kv = client.kv_client();
+    let value = |i: usize| {
+        let b = &backends[i % 3];
+        format!(
+            r#"{{"host":"127.0.0.1","port":{},"name":"i-{i:04}"}}"#,
+            b.port()
+        )
+    };
+    kv.put(format!("{path}/seed"), value(9999), None)
+        .await
+        .expect("put");
+    let synapse = Synapse::start(&text);
+    eventually(TIMEOUT, || async { cfg.exists() }).await;
+    let haproxy =
+        Haproxy::start(HaproxyOptions::new(&cfg).stats_socket(dir.join("stats.sock"))).await;
+    std::os::unix::fs::symlink(haproxy.master_socket(), &master).expect("link");
+    haproxy.master().reload().await.expect("reload");
+    let serving = |want: (usize, usize)| {
+        let h = &haproxy;
+        async move {
+            eventually(TIMEOUT, || async {
+                let (w, b) = (
+                    h.show_servers_state("web")
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .len(),
+                    h.show_servers_state("bare")
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .len(),
+                );
+                if (w, b) == want {
+                    Ok(())
+                } else {
+                    Err(format!("web {w}, bare {b} servers; want {want:?}"))
+                }
+            })
+            .await
+        }
+    };
+    serving((1, 1)).await;
+    // Let the first reload settle so it is not counted.
+    eventually(TIMEOUT, || async { synapse.reloads() >= 1 }).await;
+    let reloads = synapse.reloads();
+
+    // S19a: N puts under 50 leases, as fast as they go.
+    let mut lease = client.lease_client();
+    let mut keepers = Vec::new();
+    let mut ids = Vec::new();
+    for _ in 0..50 {
+        let l = lease
+            .grant(TTL.as_secs() as i64, None)
+            .await
+            .expect("grant");
+        let (k, s) = lease.keep_alive(l.id()).await.expect("keepalive");
+        ids.push(l.id());
+        keepers.push((k, s));
+    }
+    let keep = CancellationToken::new();
+    let keeper = {
+        let keep = keep.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(TTL / 3);
+            loop {
+                tokio::select! {
+                    _ = keep.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                for (k, s) in &mut keepers {
+                    let _ = k.keep_alive().await;
+                    let _ = s.message().await;
+                }
+            }
+        })
+    };
+    let put_start = Instant::now();
+    let mut puts = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let mut kv = client.kv_client();
+        let opts = PutOptions::new().with_lease(ids[i % ids.len()]);
+        let (key, v) = (format!("{path}/i-{i:04}"), value(i));
+        puts.spawn(async move { kv.put(key, v, Some(opts)).await.map(|_| ()) });
+    }
+    while let Some(p) = puts.join_next().await {
+        p.expect("put task").expect("put");
+    }
+    let put_time = put_start.elapsed();
+    let last_put = Instant::now();
+    serving((n + 1, n + 1)).await;
+    let registered_converged = last_put.elapsed();
+    let reg_reloads = synapse.reloads() - reloads;
+    let check_start = Instant::now();
+    haproxy_check(&cfg);
+    let check_time = check_start.elapsed();
+    let load = Load::start(loopback(web_port), LoadOptions::default());
+
+    // S19b: stop keeping the leases alive.
+    keep.cancel();
+    keeper.await.expect("keeper");
+    let stopped = Instant::now();
+    serving((n + 1, 1)).await;
+    let bare_converged = stopped.elapsed();
+    let trips = Counters::get(&synapse.counters.mass_removal_trips);
+    let holding = Counters::get(&synapse.counters.mass_removal_holding);
+    // The guarded service still routes to the held set, then releases after the hold.
+    serving((1, 1)).await;
+    let released = stopped.elapsed();
+    let report = load.stop().await;
+    record(
+        "S19",
+        "mass registration / mass expiry (guard on and off)",
+        json!({"instances": n, "puts_ms": ms(put_time), "registered_converged_ms": ms(registered_converged),
+               "reloads_registration": reg_reloads, "haproxy_check_ms": ms(check_time),
+               "guard_off_converged_after_keepalive_stop_ms": ms(bare_converged),
+               "guard_trips": trips, "guard_holding_gauge": holding,
+               "guard_released_after_keepalive_stop_ms": ms(released), "hold_ms": ms(hold),
+               "failed": report.failed(), "sent": report.sent}),
+    );
+    assert!(
+        reg_reloads <= 3,
+        "{reg_reloads} reloads for the registration burst"
+    );
+    assert!(
+        registered_converged <= Duration::from_secs(5),
+        "{registered_converged:?}"
+    );
+    assert_eq!(trips, 1, "the guard did not trip exactly once");
+    assert_eq!(holding, 1, "the guard is not holding web");
+    // Expiry: TTL (+ the revoke spread) after the last keepalive; release `hold` later.
+    assert!(
+        released >= hold && released <= TTL + hold + Duration::from_secs(4),
+        "released {released:?} after the keepalives stopped"
+    );
+    assert_eq!(report.failed(), 0, "{:?}", failures(&report));
+    assert!(synapse.is_running());
+    synapse.stop().await;
+}
