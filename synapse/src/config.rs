@@ -44,6 +44,8 @@ pub struct SynapseFile {
     pub debounce_max_wait: Option<Seconds>,
     /// The mass-removal guard, for every service (a service's own section overrides it).
     pub mass_removal_guard: Option<MassRemovalGuardFile>,
+    /// `address:port` of the admin endpoint (`/metrics`, `/status`, probes); off if unset.
+    pub admin_listen: Option<String>,
 }
 
 /// `mass_removal_guard`: hold the last good set when most servers vanish at once.
@@ -257,6 +259,8 @@ pub struct Config {
     pub file_output: Option<FileOutputConfig>,
     pub debounce: Duration,
     pub debounce_max_wait: Duration,
+    /// Where the admin endpoint listens; `None`: no endpoint.
+    pub admin_listen: Option<std::net::SocketAddr>,
 }
 
 /// One service, validated.
@@ -565,12 +569,23 @@ impl Config {
         let file_output = file.file_output.map(|f| FileOutputConfig {
             output_directory: f.output_directory,
         });
+        let admin_listen = file.admin_listen.as_deref().and_then(|a| {
+            a.parse()
+                .map_err(|_| {
+                    errors.push(
+                        "admin_listen",
+                        "must be an address and port, e.g. 127.0.0.1:9102",
+                    )
+                })
+                .ok()
+        });
         errors.finish(Self {
             services,
             haproxy,
             file_output,
             debounce,
             debounce_max_wait,
+            admin_listen,
         })
     }
 }
@@ -1548,6 +1563,17 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigErrors> {
         Config::parse(text, None)
+    }
+
+    #[test]
+    fn admin_listen_is_off_unless_set() {
+        let base = r#""services": {"web": {"discovery": {"method": "base"}}},
+                      "file_output": {"output_directory": "/tmp/x"}"#;
+        assert_eq!(parse(&format!("{{{base}}}")).unwrap().admin_listen, None);
+        let c = parse(&format!(r#"{{{base}, "admin_listen": "127.0.0.1:9102"}}"#)).unwrap();
+        assert_eq!(c.admin_listen, Some("127.0.0.1:9102".parse().unwrap()));
+        let e = parse(&format!(r#"{{{base}, "admin_listen": "localhost"}}"#)).unwrap_err();
+        assert!(e.mentions("admin_listen"), "{e}");
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! Counters an operator (and the tests) can read: rejected registrations by reason,
-//! reloads, re-lists, config writes. Plain atomics; a metrics exporter can read them.
+//! reloads, re-lists, config writes. Plain atomics, exported by `crate::metrics`.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -42,6 +42,9 @@ pub struct Counters {
     pub mass_removal_trips: AtomicU64,
     /// Services whose last good set the mass-removal guard holds now (a gauge).
     pub mass_removal_holding: AtomicU64,
+    /// Per service: servers, source, staleness, etcd watch, last apply (for `/status`
+    /// and the per-service metrics).
+    pub services: crate::status::ServiceStates,
 }
 
 impl Counters {

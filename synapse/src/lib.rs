@@ -26,7 +26,9 @@ pub mod ec2;
 pub mod file_output;
 pub mod guard;
 pub mod haproxy;
+pub mod metrics;
 pub mod reconcile;
+pub mod status;
 pub mod watcher;
 
 use std::sync::Arc;
@@ -49,6 +51,8 @@ use crate::watcher::{AnyWatcher, EtcdClients, Watcher};
 pub enum RunError {
     #[error("cannot set up file_output")]
     FileOutput(#[from] FileOutputError),
+    #[error(transparent)]
+    Admin(#[from] common::admin::BindError),
 }
 
 /// Runs synapse until `cancel` fires.
@@ -63,6 +67,10 @@ pub async fn run_with(
     cancel: CancellationToken,
 ) -> Result<(), RunError> {
     let config = Arc::new(config);
+    let admin = match config.admin_listen {
+        Some(addr) => Some(serve_admin(addr, &counters, &cancel).await?),
+        None => None,
+    };
     let file_output = match &config.file_output {
         Some(f) => Some(FileOutput::new(
             f.output_directory.clone(),
@@ -93,9 +101,12 @@ pub async fn run_with(
         let watcher = AnyWatcher::for_service(svc, &clients, &counters);
         tasks.spawn(watcher.run(tx, watchers.child_token()));
         let changed = changed.clone();
+        let (counters, name) = (counters.clone(), svc.name.clone());
         tasks.spawn(async move {
             // Ends when the watcher drops its sender.
             while rx.changed().await.is_ok() {
+                // Stamped after the watcher published: the propagation delay starts here.
+                counters.services.published(&name, rx.borrow().as_ref());
                 changed.notify_one();
             }
         });
@@ -117,6 +128,29 @@ pub async fn run_with(
             }
         }
     }
+    if let Some(admin) = admin {
+        let _ = admin.await;
+    }
     tracing::info!("synapse stopped");
     Ok(())
+}
+
+/// Starts the admin endpoint: `/metrics` from `counters`, `/status`, `/healthz`, and
+/// `/readyz` (ready once every service's first set is applied). Stops with `cancel`.
+async fn serve_admin(
+    addr: std::net::SocketAddr,
+    counters: &Arc<Counters>,
+    cancel: &CancellationToken,
+) -> Result<tokio::task::JoinHandle<()>, common::admin::BindError> {
+    let snapshot = counters.clone();
+    let state = common::admin::AdminState {
+        registry: Arc::new(std::sync::Mutex::new(metrics::registry(counters.clone()))),
+        status: Arc::new(move || {
+            serde_json::to_value(snapshot.services.snapshot()).unwrap_or_default()
+        }),
+        ready: counters.services.ready_flag(),
+    };
+    let (bound, task) = common::admin::serve(addr, state, cancel.child_token()).await?;
+    tracing::info!(addr = %bound, "admin endpoint listening");
+    Ok(task)
 }

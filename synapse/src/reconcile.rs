@@ -165,6 +165,8 @@ impl Reconciler {
     /// The backends every service should route to, or `None` while some service has
     /// not published its first complete set.
     fn desired(&mut self) -> Option<BTreeMap<ServiceName, BackendSet>> {
+        // Changes received so far are in what is read next (for the propagation delay).
+        self.counters.services.begin();
         let mut discovered = BTreeMap::new();
         for (name, rx) in &self.inputs {
             discovered.insert(name.clone(), rx.borrow().clone()?);
@@ -207,6 +209,8 @@ impl Reconciler {
                     previous.cloned().unwrap_or_default()
                 }
             };
+            let over_limit = self.over_limit.contains(&name);
+            self.counters.services.resolved(svc, &d, &set, over_limit);
             desired.insert(name, set);
         }
         Some(desired)
@@ -218,8 +222,10 @@ impl Reconciler {
         desired: BTreeMap<ServiceName, BackendSet>,
     ) -> Result<(), ReconcileError> {
         let mut reload = "no";
+        let mut haproxy_applied = None;
         if let Some(h) = &mut self.haproxy {
             let applied = h.apply(&self.config.services, &desired).await?;
+            haproxy_applied = Some(applied);
             if applied.reloaded {
                 reload = "done";
             } else if applied.reload_pending {
@@ -252,6 +258,9 @@ impl Reconciler {
                 "backends changed"
             );
         }
+        self.counters
+            .services
+            .applied(&desired, haproxy_applied.as_ref());
         self.current = desired;
         Ok(())
     }

@@ -166,6 +166,7 @@ impl EtcdWatcher {
             State::List => {
                 let revision = self.list(entries).await.map_err(|e| (e, State::List))?;
                 Counters::inc(&self.counters.relists);
+                self.counters.services.etcd_listed(&self.service, revision);
                 *resync_at = Instant::now() + self.config.resync_interval;
                 publish(out, entries.set(), true, Origin::Etcd);
                 Ok(State::Watch { from: revision + 1 })
@@ -175,6 +176,9 @@ impl EtcdWatcher {
                     .start_watch(from)
                     .await
                     .map_err(|e| (e, State::Watch { from }))?;
+                self.counters
+                    .services
+                    .etcd_watching(&self.service, from - 1);
                 Ok(State::Watching {
                     stream: Box::new(stream),
                     revision: from - 1,
@@ -353,6 +357,7 @@ impl EtcdWatcher {
                         }
                     }
                     publish(out, entries.set(), true, Origin::Etcd);
+                    self.counters.services.etcd_watching(&self.service, revision);
                 }
             }
         }
@@ -465,6 +470,9 @@ impl Watcher for EtcdWatcher {
                     let delay = backoff.next_delay();
                     let level_warn = backoff.attempts() <= 1 || backoff.attempts() % 10 == 0;
                     let chain = error_chain(&e);
+                    self.counters
+                        .services
+                        .etcd_interrupted(&self.service, &chain);
                     if level_warn {
                         tracing::warn!(service = %self.service, error = %chain, retry_in = ?delay, "etcd watch interrupted; keeping the last known backends");
                     } else {
