@@ -178,11 +178,11 @@ pub enum StatusError {
     NoAddress,
     #[error("cannot read the admin address from {path}: {message}")]
     Config { path: PathBuf, message: String },
-    #[error("the admin endpoint at {addr} is unreachable")]
+    /// (The I/O error is in the message, not a `source`: this is printed as it is.)
+    #[error("the admin endpoint at {addr} is unreachable: {error}")]
     Unreachable {
         addr: SocketAddr,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("the admin endpoint at {addr} answered HTTP {status}")]
     Http { addr: SocketAddr, status: u16 },
@@ -228,7 +228,7 @@ pub fn status_address(
 pub async fn status(addr: SocketAddr) -> Result<String, StatusError> {
     let (code, body) = fetch(addr, "/status")
         .await
-        .map_err(|source| StatusError::Unreachable { addr, source })?;
+        .map_err(|error| StatusError::Unreachable { addr, error })?;
     if code == 200 {
         Ok(body)
     } else {

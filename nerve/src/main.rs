@@ -134,7 +134,7 @@ fn status(admin: Option<SocketAddr>, config: Option<&Path>) -> ExitCode {
     let fetched = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|source| StatusError::Unreachable { addr, source })
+        .map_err(|error| StatusError::Unreachable { addr, error })
         .and_then(|rt| rt.block_on(common::admin::status(addr)));
     match fetched {
         Ok(body) => {
@@ -142,21 +142,10 @@ fn status(admin: Option<SocketAddr>, config: Option<&Path>) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("error: {}", error_chain(&e));
+            eprintln!("error: {e}");
             ExitCode::FAILURE
         }
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 fn exit_config() -> u8 {

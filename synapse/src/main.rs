@@ -1,10 +1,14 @@
-//! The synapse binary: parse the command line, set up logging, load the config, run.
+//! The synapse binary: parse the command line, set up logging, load the config, run; or,
+//! with `status`, print what a running synapse reports on its admin endpoint.
+//! Exit codes: 0 after a clean stop, 64 for a bad command line or config, 1 otherwise
+//! (`status`: 1 when the endpoint is unreachable).
 
-use std::path::PathBuf;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use clap::Parser;
+use clap::{CommandFactory, Parser, Subcommand};
 use common::telemetry::{self, LogFormat};
 
 /// Watches etcd and keeps a local HAProxy routing to the healthy instances of each service.
@@ -12,14 +16,28 @@ use common::telemetry::{self, LogFormat};
 #[command(name = "synapse", version)]
 struct Cli {
     /// The config file (airbnb synapse JSON; comments and trailing commas allowed).
-    #[arg(short = 'c', long = "config", env = "SYNAPSE_CONFIG")]
-    config: PathBuf,
+    /// Required to run; `status` reads its `admin_listen`.
+    #[arg(short = 'c', long = "config", env = "SYNAPSE_CONFIG", global = true)]
+    config: Option<PathBuf>,
     /// Validate the config, print every problem, and exit (0 valid, 64 invalid).
     #[arg(long)]
     check_config: bool,
     /// Log line format: human or json.
-    #[arg(long, default_value = "human")]
+    #[arg(long, env = "SYNAPSE_LOG_FORMAT", default_value = "human")]
     log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Print what a running synapse believes (its admin endpoint's `/status` JSON): exit
+    /// 0 when it answered, 1 when it is unreachable.
+    Status {
+        /// The admin endpoint, `address:port`. Default: the config's `admin_listen`.
+        #[arg(long, value_name = "ADDR")]
+        admin: Option<SocketAddr>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -35,11 +53,23 @@ fn main() -> ExitCode {
             };
         }
     };
+    if let Some(Cmd::Status { admin }) = cli.command {
+        return status(admin, cli.config.as_deref());
+    }
+    let Some(path) = cli.config else {
+        let _ = Cli::command()
+            .error(
+                clap::error::ErrorKind::MissingRequiredArgument,
+                "the config file is required: -c <FILE> or SYNAPSE_CONFIG",
+            )
+            .print();
+        return ExitCode::from(common::EXIT_CONFIG as u8);
+    };
     telemetry::init(cli.log_format);
-    let config = match synapse::Config::load(&cli.config) {
+    let config = match synapse::Config::load(&path) {
         Ok(c) => c,
         Err(errors) => {
-            eprintln!("error: invalid config {}:", cli.config.display());
+            eprintln!("error: invalid config {}:", path.display());
             for e in &errors.0 {
                 if e.path.is_empty() {
                     eprintln!("  {}", e.message);
@@ -53,7 +83,7 @@ fn main() -> ExitCode {
     if cli.check_config {
         println!(
             "{}: valid ({} services)",
-            cli.config.display(),
+            path.display(),
             config.services.len()
         );
         return ExitCode::SUCCESS;
@@ -76,4 +106,31 @@ fn run(config: synapse::Config) -> anyhow::Result<()> {
         let cancel = common::shutdown::on_signals().context("cannot install signal handlers")?;
         synapse::run(config, cancel).await.context("synapse failed")
     })
+}
+
+/// `synapse status`: prints the `/status` JSON of a running synapse.
+fn status(admin: Option<SocketAddr>, config: Option<&Path>) -> ExitCode {
+    use common::admin::StatusError;
+    let addr = match common::admin::status_address(admin, config) {
+        Ok(addr) => addr,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(common::EXIT_CONFIG as u8);
+        }
+    };
+    let fetched = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|error| StatusError::Unreachable { addr, error })
+        .and_then(|rt| rt.block_on(common::admin::status(addr)));
+    match fetched {
+        Ok(body) => {
+            print!("{body}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
