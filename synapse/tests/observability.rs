@@ -533,6 +533,14 @@ async fn status_shows_live_state_through_an_etcd_outage() {
     // Stopped: unreachable, exit 1, nothing on stdout.
     synapse.signal(Signal::SIGTERM);
     assert_eq!(synapse.wait_exit(TIMEOUT).await.code(), Some(0));
+    // The outage in the log: a warning when it began, a line when it ended, not one
+    // per retry.
+    let log = synapse.log();
+    let began = log
+        .matches("etcd watch interrupted; keeping the last known backends")
+        .count();
+    assert!(began >= 1, "{log}");
+    assert_eq!(log.matches("etcd watch resumed").count(), began, "{log}");
     let out = synapse_status(&["-c", config]).await;
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -460,6 +460,10 @@ impl Watcher for EtcdWatcher {
             match step {
                 Ok(next) => {
                     if matches!(next, State::Watching { .. }) {
+                        if backoff.attempts() > 0 {
+                            // The end of the trouble the warning announced: one line each.
+                            tracing::info!(service = %self.service, attempts = backoff.attempts(), "etcd watch resumed");
+                        }
                         backoff.reset();
                     }
                     state = next;
