@@ -6,6 +6,8 @@ pub mod admin;
 pub mod backoff;
 pub mod config;
 pub mod etcd;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod key;
 pub mod names;
 pub mod registration;

@@ -24,6 +24,8 @@ pub mod config;
 pub mod counters;
 pub mod ec2;
 pub mod file_output;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod guard;
 pub mod haproxy;
 pub mod metrics;
