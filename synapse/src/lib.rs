@@ -18,6 +18,10 @@
 //!   (managed mode).
 //! - [`file_output`]: one JSON file per service.
 //! - [`counters`]: what synapse has done, for operators and tests.
+//! - [`status`]: what synapse believes per service (servers, source, staleness, last
+//!   apply, etcd watch) and the propagation delay; `/status` and `/readyz`.
+//! - [`metrics`]: the Prometheus registry over [`Counters`] and [`status`], served on
+//!   `admin_listen`'s `/metrics`.
 
 pub mod backends;
 pub mod config;
