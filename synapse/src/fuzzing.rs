@@ -40,7 +40,8 @@ const RENDER_CONFIG: &str = r#"{
 /// rendered. Never panics; the output passes the renderer's own line grammar; exactly
 /// one `server` line per distinct server name; no registry byte outside the safe
 /// charset on a server line; the same set in another order renders the same bytes.
-pub fn check_render(data: &[u8]) {
+/// Returns the number of servers rendered.
+pub fn check_render(data: &[u8]) -> usize {
     let Ok(config) = Config::parse(RENDER_CONFIG, None) else {
         panic!("the render harness config is invalid");
     };
@@ -57,6 +58,7 @@ pub fn check_render(data: &[u8]) {
         }
     }
     let mut outputs = Vec::new();
+    let mut rendered = 0;
     for order in [false, true] {
         let discovered: BackendSet = if order {
             accepted.iter().rev().cloned().collect()
@@ -81,6 +83,7 @@ pub fn check_render(data: &[u8]) {
             .collect();
         let want: usize = backends.values().map(BTreeSet::len).sum();
         assert_eq!(servers.len(), want, "server lines vs servers:\n{text}");
+        rendered = want;
         for line in &servers {
             assert!(
                 !line.bytes().any(|b| b"#$\"'\\;".contains(&b) || b < 0x20),
@@ -90,6 +93,7 @@ pub fn check_render(data: &[u8]) {
         outputs.push(text);
     }
     assert_eq!(outputs[0], outputs[1], "render depends on input order");
+    rendered
 }
 
 fn split(data: &[u8]) -> impl Iterator<Item = &[u8]> {
