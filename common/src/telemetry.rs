@@ -42,8 +42,13 @@ pub fn init(format: LogFormat) {
     };
 }
 
-/// For tests: logs to the test harness's captured output.
+/// For tests: logs to the test harness's captured output (which libtest prints on
+/// stdout: colours only when that is a terminal, not in a CI log).
 pub fn init_for_tests() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = fmt().with_env_filter(filter).with_test_writer().try_init();
+    let _ = fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .with_ansi(std::io::stdout().is_terminal())
+        .try_init();
 }
