@@ -86,14 +86,14 @@ impl Source {
         if over_limit || !discovered.fresh {
             return Self::LastKnownGood;
         }
-        let found: BTreeSet<(&str, String)> = discovered
+        let found: BTreeSet<(&str, &common::Host)> = discovered
             .backends
             .iter()
-            .map(|b| (b.name.as_str(), b.host.to_string()))
+            .map(|b| (b.name.as_str(), &b.host))
             .collect();
         let (mut from_discovery, mut from_defaults) = (false, false);
         for b in set {
-            if found.contains(&(b.name.as_str(), b.host.to_string())) {
+            if found.contains(&(b.name.as_str(), &b.host)) {
                 from_discovery = true;
             } else if svc.default_servers.contains(b) {
                 from_defaults = true;
