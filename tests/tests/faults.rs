@@ -1203,3 +1203,37 @@ async fn s19_mass_registration_and_expiry() {
     assert!(synapse.is_running());
     synapse.stop().await;
 }
+
+/// The fault proxy itself: pass forwards, delay holds each chunk, blackhole hangs without
+/// closing, reset closes at once, and pass heals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_proxy_modes() {
+    let backend = Backend::start("p").await;
+    let proxy = FaultProxy::start(backend.addr()).await;
+    let get = |timeout: Duration| integration_tests::http_get_timeout(proxy.addr(), "/", timeout);
+    assert_eq!(get(TIMEOUT).await.expect("pass").body, "p");
+    proxy.delay(Duration::from_millis(300));
+    let started = Instant::now();
+    assert_eq!(get(TIMEOUT).await.expect("delay").body, "p");
+    // Request and response each held 300 ms.
+    assert!(
+        started.elapsed() >= Duration::from_millis(600),
+        "{:?}",
+        started.elapsed()
+    );
+    proxy.blackhole();
+    let err = get(Duration::from_millis(500))
+        .await
+        .expect_err("blackhole");
+    assert_eq!(err.kind(), std::io::ErrorKind::TimedOut, "{err}");
+    proxy.reset();
+    let started = Instant::now();
+    get(TIMEOUT).await.expect_err("reset");
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "reset took {:?}",
+        started.elapsed()
+    );
+    proxy.pass();
+    assert_eq!(get(TIMEOUT).await.expect("healed").body, "p");
+}
