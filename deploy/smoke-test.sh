@@ -23,9 +23,10 @@
 #      its registration leaves etcd; failed requests during the switch are counted;
 #   5. `stop` one etcd member (the leader, or SMOKE_ETCD_STOP=etcd1|etcd2|etcd3): the other
 #      two stay healthy and routing keeps working; registration keeps working too:
-#      `start demo-b2` puts it back in host-a's rotation, `restart nerve-a` (a new lease)
-#      brings alpha back on host-b, `restart synapse-a` (a fresh list and watch) routes
-#      both beta instances again;
+#      `restart nerve-a` registers alpha under a new lease and host-b routes to it again;
+#      with synapse-a stopped, `start demo-b2` registers it again and host-b (synapse-b's
+#      watch) routes to it; `start synapse-a` (a fresh list through the remaining members)
+#      routes host-a to both beta instances again;
 #   6. `start` the member: all three healthy, it has caught up with the writes made while it
 #      was down, and routing still works both ways;
 #   7. `down -v` leaves no container, network or volume of the project behind.
@@ -342,29 +343,34 @@ answers_are a 30002 10 "$B1" || fail "host-a -> beta broke with $victim down"
 answers_are b 30001 10 "$ALPHA" || fail "host-b -> alpha broke with $victim down"
 log "routing with $victim down: host-a -> :30002 -> $B1, host-b -> :30001 -> $ALPHA (10/10 each)"
 
-# Registration: a service instance that comes back is registered and routed again.
-t=$(now_ms)
-compose start demo-b2 >/dev/null 2>&1
-wait_for 30 "demo-b2 back in host-a's rotation with $victim down" answers_are a 30002 6 "$B1" "$B2"
-b2_back=$(( $(now_ms) - t ))
-key_count_is /nerve/services/beta/ 2 || fail "beta has not 2 keys in etcd: $(keys /nerve/services/beta/)"
-log "start demo-b2 -> registered and routed from host-a again after $b2_back ms ($victim down)"
-
-# A nerve that restarts grants a new lease and registers again.
+# A nerve that restarts grants a new lease and registers again (a new key).
+alpha_key=$(keys /nerve/services/alpha/)
 t=$(now_ms)
 compose restart nerve-a >/dev/null 2>&1
+new_alpha_key() { local k; k=$(keys /nerve/services/alpha/); [ -n "$k" ] && [ "$k" != "$alpha_key" ]; }
+wait_for 30 "alpha registered again under a new lease with $victim down" new_alpha_key
 wait_for 30 "alpha routed from host-b after restart nerve-a with $victim down" answers_are b 30001 4 "$ALPHA"
 alpha_back=$(( $(now_ms) - t ))
 key_count_is /nerve/services/alpha/ 1 || fail "alpha has not 1 key in etcd: $(keys /nerve/services/alpha/)"
-log "restart nerve-a -> alpha registered and routed from host-b after $alpha_back ms ($victim down)"
+log "restart nerve-a -> alpha registered under a new lease and routed from host-b after $alpha_back ms" \
+  "($victim down)"
 
-# A synapse that restarts lists and watches through the remaining members.
+# A service instance that comes back is registered; synapse-b, running throughout, sees it
+# through its watch, and synapse-a, stopped meanwhile (its HAProxy config still has only
+# host-b:8080), lists it through the remaining members when it starts.
+compose stop synapse-a >/dev/null 2>&1
 t=$(now_ms)
-compose restart synapse-a >/dev/null 2>&1
-wait_for 30 "host-a routing to both beta instances after restart synapse-a with $victim down" \
+compose start demo-b2 >/dev/null 2>&1
+wait_for 30 "demo-b2 registered again with $victim down" key_count_is /nerve/services/beta/ 2
+wait_for 30 "demo-b2 back in host-b's rotation with $victim down" answers_are b 30002 6 "$B1" "$B2"
+b2_back=$(( $(now_ms) - t ))
+log "start demo-b2 -> registered, and routed from host-b (watch) after $b2_back ms ($victim down)"
+t=$(now_ms)
+compose start synapse-a >/dev/null 2>&1
+wait_for 30 "host-a routing to both beta instances after start synapse-a with $victim down" \
   answers_are a 30002 6 "$B1" "$B2"
 synapse_back=$(( $(now_ms) - t ))
-log "restart synapse-a -> host-a routes to both beta instances after $synapse_back ms ($victim down)"
+log "start synapse-a -> host-a routes to both beta instances after $synapse_back ms ($victim down)"
 
 # --- 6. start the member again: healthy, caught up, routing unchanged ---
 
@@ -395,5 +401,5 @@ log "routing with all members up: host-a -> both beta instances, host-b -> alpha
 log "summary: cold start (up -> first request host-a -> beta) ${first_ab} ms, host-b -> alpha ${first_ba} ms;" \
   "stop nerve-b -> beta unrouted $(( gone - stop_start )) ms; start nerve-b -> routed $nerve_back ms;" \
   "stop demo-b2 -> $n_failed/$n_after requests failed during the switch;" \
-  "etcd $victim down: demo-b2 back in $b2_back ms, nerve-a restart $alpha_back ms, synapse-a restart $synapse_back ms;" \
+  "etcd $victim down: nerve-a restart -> routed $alpha_back ms, demo-b2 back $b2_back ms, synapse-a start -> routed $synapse_back ms;" \
   "start $victim -> healthy $member_back ms"
