@@ -723,7 +723,17 @@ async fn exchange(socket: &Path, command: &str) -> Result<String, HaproxyError> 
         source,
     };
     let talk = async {
-        let mut stream = UnixStream::connect(socket).await.map_err(io_error)?;
+        // The master re-executes itself on every reload; for a moment its CLI socket
+        // refuses connections. Retry that (within the command timeout), nothing else.
+        let mut stream = loop {
+            match UnixStream::connect(socket).await {
+                Ok(s) => break s,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => return Err(io_error(e)),
+            }
+        };
         stream
             .write_all(format!("{command}\n").as_bytes())
             .await

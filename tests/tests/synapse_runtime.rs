@@ -116,6 +116,8 @@ impl World {
               }}}},
               "debounce": 0.02,
               "debounce_max_wait": 0.2,
+              // These tests remove servers on purpose, faster than the guard's window.
+              "mass_removal_guard": {{"enabled": false}},
               "haproxy": {{
                 "config_file_path": "{cfg}",
                 "socket_file_path": "{stats}",
