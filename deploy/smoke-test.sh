@@ -152,6 +152,7 @@ get() {
 
 # sample FROM PORT N: N requests in a row, one line each: the answer, or FAIL.
 sample() {
+  # shellcheck disable=SC2016 # the script is expanded by the container's sh
   timeout 60 docker exec "$(cid "demo-$1")" sh -c '
     i=0
     while [ "$i" -lt "$2" ]; do
@@ -198,6 +199,7 @@ docker_healthy() {
 # are WANT. Ends with "done <ms>", or "timeout" after LIMIT seconds.
 poll() {
   local from=$1 port=$2 mode=$3 want=$4 need=$5 limit=$6 out=$7
+  # shellcheck disable=SC2016 # the script is expanded by the container's sh
   timeout $(( limit + 20 )) docker exec "$(cid "demo-$from")" sh -c '
     port=$1 mode=$2 want=$3 need=$4 limit=$5
     echo ready
@@ -248,6 +250,7 @@ sample a 30002 6 | sort | uniq -c | sed 's/^/    /'
 
 log "registrations in etcd:"
 regs=$(etcdctl_ get --prefix /nerve/services/)
+# shellcheck disable=SC2001 # indents every line
 sed 's/^/    /' <<<"$regs"
 grep -qF '{"host":"10.213.57.22","port":8080,"name":"host-b"}' <<<"$regs" || fail "no registration of beta on :8080"
 grep -qF '{"host":"10.213.57.22","port":8081,"name":"host-b"}' <<<"$regs" || fail "no registration of beta on :8081"
