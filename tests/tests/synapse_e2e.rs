@@ -380,10 +380,10 @@ async fn etcd_outage_keeps_routing_and_changes_apply_after() {
     let reloads_before = synapse.reloads();
     let restarts_before = Counters::get(&synapse.counters.watch_restarts);
 
-    // etcd fully stopped. 10 s: with a 0.5 s progress interval, 1 s dial timeout and a
-    // backoff capped at 5 s, that is several reconnect cycles.
+    // etcd fully stopped for 30 s (the figure): with a 0.5 s progress interval,
+    // 1 s dial timeout and a backoff capped at 5 s, that is many reconnect cycles.
     w.etcd.kill().await;
-    let outage = tokio::time::Instant::now() + Duration::from_secs(10);
+    let outage = tokio::time::Instant::now() + Duration::from_secs(30);
     while tokio::time::Instant::now() < outage {
         let seen = ids_seen(port, 6).await.expect("routing during the outage");
         assert_eq!(seen, BTreeSet::from(["a".to_owned(), "b".to_owned()]));
@@ -391,7 +391,7 @@ async fn etcd_outage_keeps_routing_and_changes_apply_after() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let restarts = Counters::get(&synapse.counters.watch_restarts) - restarts_before;
-    assert!(restarts >= 3, "only {restarts} watch restarts in 10 s");
+    assert!(restarts >= 3, "only {restarts} watch restarts in 30 s");
     assert_eq!(
         std::fs::read_to_string(w.cfg_path()).expect("cfg"),
         cfg_before,
