@@ -56,6 +56,7 @@ pub mod metrics;
 pub mod moto;
 pub mod ports;
 mod process;
+pub mod synapse;
 pub mod workdir;
 
 pub use backend::Backend;
@@ -71,6 +72,7 @@ pub use load::{Failure, Load, LoadOptions, LoadReport};
 pub use metrics::{scrape, Scrape};
 pub use moto::{Ec2Instance, Moto};
 pub use ports::{free_port, loopback};
+pub use synapse::InProcessSynapse;
 pub use workdir::Workdir;
 
 /// Installs tracing for tests (output captured per test; filter from `RUST_LOG`).

@@ -15,13 +15,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{Client, EventType, GetOptions, PutOptions, WatchOptions};
 use integration_tests::{
     eventually, free_port, http_get, init_tracing, loopback, Backend, Etcd, EtcdCluster,
-    FaultProxy, Haproxy, HaproxyOptions, Load, LoadOptions, LoadReport, Workdir,
+    FaultProxy, Haproxy, HaproxyOptions, InProcessSynapse as Synapse, Load, LoadOptions,
+    LoadReport, Workdir,
 };
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -170,54 +170,6 @@ impl Drop for Nerve {
                 eprintln!("{line}");
             }
         }
-    }
-}
-
-// === synapse in-process ===
-
-struct Synapse {
-    cancel: CancellationToken,
-    task: Option<JoinHandle<Result<(), synapse::RunError>>>,
-    counters: Arc<Counters>,
-}
-
-impl Synapse {
-    fn start(config_text: &str) -> Self {
-        let config = synapse::Config::parse(config_text, None)
-            .unwrap_or_else(|e| panic!("config:\n{e}\n{config_text}"));
-        let cancel = CancellationToken::new();
-        let counters = Arc::new(Counters::default());
-        let task = tokio::spawn(synapse::run_with(config, counters.clone(), cancel.clone()));
-        Self {
-            cancel,
-            task: Some(task),
-            counters,
-        }
-    }
-
-    fn is_running(&self) -> bool {
-        self.task.as_ref().is_some_and(|t| !t.is_finished())
-    }
-
-    fn reloads(&self) -> u64 {
-        Counters::get(&self.counters.reloads)
-    }
-
-    async fn stop(mut self) {
-        self.cancel.cancel();
-        if let Some(task) = self.task.take() {
-            tokio::time::timeout(Duration::from_secs(10), task)
-                .await
-                .expect("synapse did not stop within 10 s")
-                .expect("synapse panicked")
-                .expect("synapse failed");
-        }
-    }
-}
-
-impl Drop for Synapse {
-    fn drop(&mut self) {
-        self.cancel.cancel();
     }
 }
 

@@ -16,12 +16,11 @@ use common::{Host, InstanceId, Port, Registration, ServiceName, ServicePath};
 use etcd_client::{Client, GetOptions};
 use integration_tests::{
     eventually, free_port, http_get, init_tracing, loopback, Backend, Etcd, Haproxy,
-    HaproxyOptions, Workdir,
+    HaproxyOptions, InProcessSynapse as Synapse, Workdir,
 };
 use synapse::counters::Counters;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
 const TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -80,54 +79,6 @@ impl Drop for Proxy {
     fn drop(&mut self) {
         self.accept.abort();
         self.cut();
-    }
-}
-
-/// synapse running in this test's runtime; cancelled (and awaited) on `stop`, cancelled
-/// on drop.
-struct Synapse {
-    cancel: CancellationToken,
-    task: Option<JoinHandle<Result<(), synapse::RunError>>>,
-    counters: Arc<Counters>,
-}
-
-impl Synapse {
-    fn start(config_text: &str) -> Self {
-        let config = synapse::Config::parse(config_text, None)
-            .unwrap_or_else(|e| panic!("config:\n{e}\n{config_text}"));
-        let cancel = CancellationToken::new();
-        let counters = Arc::new(Counters::default());
-        let task = tokio::spawn(synapse::run_with(config, counters.clone(), cancel.clone()));
-        Self {
-            cancel,
-            task: Some(task),
-            counters,
-        }
-    }
-
-    fn is_running(&self) -> bool {
-        self.task.as_ref().is_some_and(|t| !t.is_finished())
-    }
-
-    fn reloads(&self) -> u64 {
-        Counters::get(&self.counters.reloads)
-    }
-
-    async fn stop(mut self) {
-        self.cancel.cancel();
-        if let Some(task) = self.task.take() {
-            let result = tokio::time::timeout(Duration::from_secs(10), task)
-                .await
-                .expect("synapse did not stop within 10 s after cancel")
-                .expect("synapse task panicked");
-            result.expect("synapse returned an error");
-        }
-    }
-}
-
-impl Drop for Synapse {
-    fn drop(&mut self) {
-        self.cancel.cancel();
     }
 }
 

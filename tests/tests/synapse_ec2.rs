@@ -15,7 +15,7 @@ use std::time::Duration;
 use common::{Host, InstanceId, Port, Registration, ServicePath};
 use integration_tests::{
     eventually, free_port, http_get, init_tracing, loopback, Backend, Etcd, Haproxy,
-    HaproxyOptions, Moto, Workdir,
+    HaproxyOptions, InProcessSynapse as Synapse, Moto, Workdir,
 };
 use synapse::counters::Counters;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -24,34 +24,6 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 const TIMEOUT: Duration = Duration::from_secs(20);
-
-/// synapse in this test's runtime, stopped on drop.
-struct Synapse {
-    cancel: CancellationToken,
-    _task: JoinHandle<Result<(), synapse::RunError>>,
-    counters: Arc<Counters>,
-}
-
-impl Synapse {
-    fn start(config_text: &str) -> Self {
-        let config = synapse::Config::parse(config_text, None)
-            .unwrap_or_else(|e| panic!("config:\n{e}\n{config_text}"));
-        let cancel = CancellationToken::new();
-        let counters = Arc::new(Counters::default());
-        let task = tokio::spawn(synapse::run_with(config, counters.clone(), cancel.clone()));
-        Self {
-            cancel,
-            _task: task,
-            counters,
-        }
-    }
-}
-
-impl Drop for Synapse {
-    fn drop(&mut self) {
-        self.cancel.cancel();
-    }
-}
 
 /// haproxy.cfg, HAProxy and the bits of a synapse config every test here shares.
 struct World {

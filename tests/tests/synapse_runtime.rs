@@ -16,62 +16,13 @@ use common::{
 use etcd_client::Client;
 use integration_tests::{
     eventually, free_port, http_get, init_tracing, loopback, Backend, Etcd, Haproxy,
-    HaproxyOptions, MasterSocket, Workdir,
+    HaproxyOptions, InProcessSynapse as Synapse, MasterSocket, Workdir,
 };
-use synapse::counters::Counters;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
 const TIMEOUT: Duration = Duration::from_secs(20);
-
-/// synapse in this test's runtime; cancelled and awaited on `stop`, cancelled on drop.
-struct Synapse {
-    cancel: CancellationToken,
-    task: Option<JoinHandle<Result<(), synapse::RunError>>>,
-    counters: Arc<Counters>,
-}
-
-impl Synapse {
-    fn start(text: &str) -> Self {
-        let config =
-            synapse::Config::parse(text, None).unwrap_or_else(|e| panic!("config:\n{e}\n{text}"));
-        let cancel = CancellationToken::new();
-        let counters = Arc::new(Counters::default());
-        let task = tokio::spawn(synapse::run_with(config, counters.clone(), cancel.clone()));
-        Self {
-            cancel,
-            task: Some(task),
-            counters,
-        }
-    }
-
-    fn is_running(&self) -> bool {
-        self.task.as_ref().is_some_and(|t| !t.is_finished())
-    }
-
-    fn get(&self, counter: fn(&Counters) -> &std::sync::atomic::AtomicU64) -> u64 {
-        Counters::get(counter(&self.counters))
-    }
-
-    async fn stop(mut self) {
-        self.cancel.cancel();
-        if let Some(task) = self.task.take() {
-            tokio::time::timeout(Duration::from_secs(20), task)
-                .await
-                .expect("synapse did not stop within 20 s")
-                .expect("synapse panicked")
-                .expect("synapse failed");
-        }
-    }
-}
-
-impl Drop for Synapse {
-    fn drop(&mut self) {
-        self.cancel.cancel();
-    }
-}
 
 struct World {
     dir: Workdir,
