@@ -68,7 +68,9 @@ pub use haproxy::{
     ServerState, StatRow, StatsSocket,
 };
 pub use http::{http_get, http_get_timeout, HttpResponse};
-pub use load::{Failure, Load, LoadOptions, LoadReport};
+pub use load::{
+    keep_alive_loop, new_connection_loop, Failure, Load, LoadOptions, LoadReport, Tally,
+};
 pub use metrics::{scrape, Scrape};
 pub use moto::{Ec2Instance, Moto};
 pub use ports::{free_port, loopback};

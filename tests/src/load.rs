@@ -6,14 +6,18 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 use tokio::time::{interval, Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use crate::http::http_get_timeout;
+use crate::http::{http_get, http_get_timeout};
+use crate::ports::loopback;
 
 /// One failed request: when (since the start), and what happened.
 #[derive(Debug, Clone)]
@@ -161,4 +165,133 @@ impl Drop for Load {
     fn drop(&mut self) {
         self.cancel.cancel();
     }
+}
+
+// === request loops with per-loop tallies (reload tests and benchmarks) ===
+
+/// Counts of a request loop.
+#[derive(Default)]
+pub struct Tally {
+    pub ok: AtomicU64,
+    pub failed: AtomicU64,
+}
+
+/// New connection per request, every `every`, until `stop`; at most `max` requests.
+pub fn new_connection_loop(
+    port: u16,
+    every: Duration,
+    max: u64,
+    stop: Arc<AtomicBool>,
+) -> (Arc<Tally>, JoinHandle<Vec<String>>) {
+    let tally = Arc::new(Tally::default());
+    let t = tally.clone();
+    let task = tokio::spawn(async move {
+        let mut errors = Vec::new();
+        let mut tick = tokio::time::interval(every);
+        for _ in 0..max {
+            tick.tick().await;
+            if stop.load(Ordering::SeqCst) {
+                break;
+            }
+            match http_get(loopback(port), "/").await {
+                Ok(r) if r.status == 200 => {
+                    t.ok.fetch_add(1, Ordering::SeqCst);
+                }
+                other => {
+                    t.failed.fetch_add(1, Ordering::SeqCst);
+                    errors.push(format!("{other:?}"));
+                }
+            }
+        }
+        errors
+    });
+    (tally, task)
+}
+
+/// One HTTP/1.1 keep-alive connection, reused until the server says `Connection: close`
+/// (then a new one). A request that fails on a reused connection is a failure: no retry.
+pub fn keep_alive_loop(
+    port: u16,
+    every: Duration,
+    max: u64,
+    stop: Arc<AtomicBool>,
+) -> (Arc<Tally>, JoinHandle<Vec<String>>) {
+    let tally = Arc::new(Tally::default());
+    let t = tally.clone();
+    let task = tokio::spawn(async move {
+        let mut errors = Vec::new();
+        let mut conn: Option<TcpStream> = None;
+        let mut tick = tokio::time::interval(every);
+        for _ in 0..max {
+            tick.tick().await;
+            if stop.load(Ordering::SeqCst) {
+                break;
+            }
+            if conn.is_none() {
+                conn = TcpStream::connect(loopback(port)).await.ok();
+            }
+            let Some(stream) = conn.as_mut() else {
+                t.failed.fetch_add(1, Ordering::SeqCst);
+                errors.push("connect failed".into());
+                continue;
+            };
+            match tokio::time::timeout(Duration::from_secs(5), keep_alive_get(stream)).await {
+                Ok(Ok((200, close))) => {
+                    t.ok.fetch_add(1, Ordering::SeqCst);
+                    if close {
+                        conn = None;
+                    }
+                }
+                other => {
+                    t.failed.fetch_add(1, Ordering::SeqCst);
+                    errors.push(format!("{other:?}"));
+                    conn = None;
+                }
+            }
+        }
+        errors
+    });
+    (tally, task)
+}
+
+/// GET / on a kept-alive connection: (status, whether the server closes it).
+async fn keep_alive_get(stream: &mut TcpStream) -> std::io::Result<(u16, bool)> {
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: keep-alive\r\n\r\n")
+        .await?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let eof = || std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed");
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(eof());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let header = |name: &str| {
+        head.lines()
+            .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_owned()))
+    };
+    let length: usize = header("content-length:")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    while buf.len() < head_end + length {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(eof());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let close = header("connection:").is_some_and(|v| v == "close");
+    Ok((status, close))
 }

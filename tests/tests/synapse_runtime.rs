@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,12 +15,9 @@ use common::{
 };
 use etcd_client::Client;
 use integration_tests::{
-    eventually, free_port, http_get, init_tracing, loopback, Backend, Etcd, Haproxy,
-    HaproxyOptions, InProcessSynapse as Synapse, MasterSocket, Workdir,
+    eventually, free_port, http_get, init_tracing, keep_alive_loop, loopback, new_connection_loop,
+    Backend, Etcd, Haproxy, HaproxyOptions, InProcessSynapse as Synapse, MasterSocket, Workdir,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::task::JoinHandle;
 
 const TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -307,133 +304,6 @@ async fn server_changes_apply_through_the_runtime_api_without_reloads() {
     synapse.stop().await;
 }
 
-/// Counts of a request loop.
-#[derive(Default)]
-struct Tally {
-    ok: AtomicU64,
-    failed: AtomicU64,
-}
-
-/// New connection per request, every `every`, until `stop`; at most `max` requests.
-fn new_connection_loop(
-    port: u16,
-    every: Duration,
-    max: u64,
-    stop: Arc<AtomicBool>,
-) -> (Arc<Tally>, JoinHandle<Vec<String>>) {
-    let tally = Arc::new(Tally::default());
-    let t = tally.clone();
-    let task = tokio::spawn(async move {
-        let mut errors = Vec::new();
-        let mut tick = tokio::time::interval(every);
-        for _ in 0..max {
-            tick.tick().await;
-            if stop.load(Ordering::SeqCst) {
-                break;
-            }
-            match http_get(loopback(port), "/").await {
-                Ok(r) if r.status == 200 => {
-                    t.ok.fetch_add(1, Ordering::SeqCst);
-                }
-                other => {
-                    t.failed.fetch_add(1, Ordering::SeqCst);
-                    errors.push(format!("{other:?}"));
-                }
-            }
-        }
-        errors
-    });
-    (tally, task)
-}
-
-/// One HTTP/1.1 keep-alive connection, reused until the server says `Connection: close`
-/// (then a new one). A request that fails on a reused connection is a failure: no retry.
-fn keep_alive_loop(
-    port: u16,
-    every: Duration,
-    max: u64,
-    stop: Arc<AtomicBool>,
-) -> (Arc<Tally>, JoinHandle<Vec<String>>) {
-    let tally = Arc::new(Tally::default());
-    let t = tally.clone();
-    let task = tokio::spawn(async move {
-        let mut errors = Vec::new();
-        let mut conn: Option<TcpStream> = None;
-        let mut tick = tokio::time::interval(every);
-        for _ in 0..max {
-            tick.tick().await;
-            if stop.load(Ordering::SeqCst) {
-                break;
-            }
-            if conn.is_none() {
-                conn = TcpStream::connect(loopback(port)).await.ok();
-            }
-            let Some(stream) = conn.as_mut() else {
-                t.failed.fetch_add(1, Ordering::SeqCst);
-                errors.push("connect failed".into());
-                continue;
-            };
-            match tokio::time::timeout(Duration::from_secs(5), keep_alive_get(stream)).await {
-                Ok(Ok((200, close))) => {
-                    t.ok.fetch_add(1, Ordering::SeqCst);
-                    if close {
-                        conn = None;
-                    }
-                }
-                other => {
-                    t.failed.fetch_add(1, Ordering::SeqCst);
-                    errors.push(format!("{other:?}"));
-                    conn = None;
-                }
-            }
-        }
-        errors
-    });
-    (tally, task)
-}
-
-/// GET / on a kept-alive connection: (status, whether the server closes it).
-async fn keep_alive_get(stream: &mut TcpStream) -> std::io::Result<(u16, bool)> {
-    stream
-        .write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: keep-alive\r\n\r\n")
-        .await?;
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let eof = || std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "closed");
-    let head_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            return Err(eof());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
-    let status: u16 = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let header = |name: &str| {
-        head.lines()
-            .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_owned()))
-    };
-    let length: usize = header("content-length:")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    while buf.len() < head_end + length {
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            return Err(eof());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    let close = header("connection:").is_some_and(|v| v == "close");
-    Ok((status, close))
-}
-
 /// 100 registration changes, 20 of which force a reload (a changed server option),
 /// under 50 req/s of new connections and 50 req/s on keep-alive connections: no request
 /// to a healthy backend fails.
@@ -602,7 +472,9 @@ async fn managed_haproxy_is_restarted_when_killed_and_stopped_on_exit() {
     // Stopped: the master is gone and the port refuses connections.
     let alive = std::path::Path::new(&format!("/proc/{}", last.master_pid)).exists();
     assert!(!alive, "managed HAProxy {} still runs", last.master_pid);
-    assert!(TcpStream::connect(loopback(port)).await.is_err());
+    assert!(tokio::net::TcpStream::connect(loopback(port))
+        .await
+        .is_err());
 }
 
 /// A reload HAProxy refuses (here: a new frontend's port is taken) is reported, the old
