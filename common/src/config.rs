@@ -103,9 +103,69 @@ pub fn parse<T: DeserializeOwned>(text: &str) -> Result<T, ConfigErrors> {
     from_value(parse_jsonc(text)?)
 }
 
+/// The deepest nesting of objects and arrays a config may have. Real configs need
+/// about 6; the parser recurses per level, so a file nested thousands deep (found by
+/// the `config_synapse` fuzz target) would overflow a thread's stack instead of being
+/// refused with an error.
+pub const MAX_DEPTH: usize = 64;
+
+/// The deepest nesting of `{`/`[` in a JSON-with-comments text, outside strings and
+/// comments.
+pub fn nesting_depth(text: &str) -> usize {
+    let (mut depth, mut max) = (0usize, 0usize);
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '{' | '[' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            '}' | ']' => depth = depth.saturating_sub(1),
+            '"' | '\'' => {
+                while let Some(d) = chars.next() {
+                    match d {
+                        '\\' => {
+                            chars.next();
+                        }
+                        d if d == c => break,
+                        _ => {}
+                    }
+                }
+            }
+            '/' if chars.peek() == Some(&'/') => {
+                for d in chars.by_ref() {
+                    if d == '\n' {
+                        break;
+                    }
+                }
+            }
+            '/' if chars.peek() == Some(&'*') => {
+                chars.next();
+                let mut star = false;
+                for d in chars.by_ref() {
+                    if star && d == '/' {
+                        break;
+                    }
+                    star = d == '*';
+                }
+            }
+            _ => {}
+        }
+    }
+    max
+}
+
 /// JSON with `//` and `/* */` comments and trailing commas → a JSON value.
 pub fn parse_jsonc(text: &str) -> Result<Value, ConfigErrors> {
     let mut errors = ConfigErrors::default();
+    let depth = nesting_depth(text);
+    if depth > MAX_DEPTH {
+        errors.push(
+            "",
+            format_args!("nested {depth} levels deep; at most {MAX_DEPTH} are allowed"),
+        );
+        return Err(errors);
+    }
     match jsonc_parser::parse_to_serde_value(text, &jsonc_parser::ParseOptions::default()) {
         Ok(Some(value)) => Ok(value),
         Ok(None) => {
@@ -197,6 +257,10 @@ pub fn duplicate_keys(text: &str) -> ConfigErrors {
         }
     }
     let mut errors = ConfigErrors::default();
+    if nesting_depth(text) > MAX_DEPTH {
+        // parse_jsonc reports it; walking it would recurse as deep.
+        return errors;
+    }
     let parsed = jsonc_parser::parse_to_ast(
         text,
         &jsonc_parser::CollectOptions::default(),
@@ -313,6 +377,26 @@ impl<'de> Deserialize<'de> for ConfigPort {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nesting_is_counted_outside_strings_and_comments() {
+        assert_eq!(nesting_depth(r#"{"a": [1, {"b": "[[[{{"}]}"#), 3);
+        assert_eq!(
+            nesting_depth("{ // [[[[\n /* {{{{ */ 'x[': [\"\\\"[\"] }"),
+            2
+        );
+        assert_eq!(nesting_depth("]]]{"), 1);
+    }
+
+    #[test]
+    fn a_deeply_nested_file_is_an_error_not_a_stack_overflow() {
+        let deep = format!("{{\"a\": {}1{}}}", "[".repeat(100_000), "]".repeat(100_000));
+        let errors = parse_jsonc(&deep).expect_err("too deep");
+        assert!(errors.to_string().contains("at most 64"), "{errors}");
+        assert!(duplicate_keys(&deep).is_empty());
+        let ok = format!("{{\"a\": {}1{}}}", "[".repeat(60), "]".repeat(60));
+        assert!(parse_jsonc(&ok).is_ok());
+    }
 
     #[derive(Debug, Deserialize)]
     #[serde(deny_unknown_fields)]
