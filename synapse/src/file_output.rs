@@ -65,7 +65,7 @@ struct Entry<'a> {
 /// The JSON for one service's backends, sorted by server name. Pure.
 pub fn render_service(set: &BackendSet) -> String {
     let mut backends: Vec<&Backend> = set.iter().collect();
-    backends.sort_by_key(|b| b.server_name());
+    backends.sort_by_cached_key(|b| b.server_name());
     let entries: Vec<Entry<'_>> = backends
         .iter()
         .map(|b| Entry {

@@ -39,7 +39,7 @@ use crate::config::{HaproxyConfig, ServiceConfig};
 use crate::counters::Counters;
 use config::{render, wanted_servers, RenderError, ServerIds};
 use managed::{ManagedHandle, Supervisor};
-use model::ConfigModel;
+use model::{ConfigModel, Structure};
 use plan::{plan, Desired, ReloadReason, RunningState, RuntimeCommand};
 use reload::{write_atomically, ReloadError, Reloader, Writer};
 use runtime::{Session, SocketError};
@@ -90,6 +90,9 @@ pub struct HaproxyOutput {
     ids: ServerIds,
     /// The text HAProxy's config file holds (as far as we know).
     deployed: Option<String>,
+    /// `deployed` without its server lines, kept so that a runtime-only change is told
+    /// from a structural one without parsing the file again on every apply.
+    deployed_structure: Option<Structure>,
     /// What HAProxy runs: the config it loaded, with the runtime changes since.
     /// `None` while unknown.
     loaded: Option<ConfigModel>,
@@ -143,15 +146,14 @@ impl HaproxyOutput {
             Some((s, h)) => (Some(s), Some(h)),
             None => (None, None),
         };
+        let deployed_model = deployed.as_deref().map(ConfigModel::parse);
         let output = Self {
             reloader: Reloader::new(&config),
             writer,
             ids,
+            deployed_structure: deployed_model.as_ref().map(ConfigModel::structure),
             // A managed HAProxy has not loaded anything yet.
-            loaded: deployed
-                .as_deref()
-                .filter(|_| managed.is_none())
-                .map(ConfigModel::parse),
+            loaded: deployed_model.filter(|_| managed.is_none()),
             deployed,
             reload_pending: None,
             next_reload_at: Instant::now(),
@@ -216,6 +218,7 @@ impl HaproxyOutput {
                 Counters::inc(&self.counters.config_writes);
             }
             self.deployed = Some(rendered);
+            self.deployed_structure = Some(desired.config.structure());
             applied.written = true;
             if !self.runtime_enabled() {
                 self.need_reload(ReloadReason::NoRuntimeApi);
@@ -242,16 +245,9 @@ impl HaproxyOutput {
 
     /// Whether the file on disk has `config`'s structure (everything but server lines).
     fn same_structure(&self, config: &ConfigModel) -> bool {
-        let Some(deployed) = self.deployed.as_deref().map(ConfigModel::parse) else {
-            return false;
-        };
-        deployed.base == config.base
-            && deployed.backends.len() == config.backends.len()
-            && deployed
-                .backends
-                .iter()
-                .zip(&config.backends)
-                .all(|((n1, b1), (n2, b2))| n1 == n2 && b1.lines == b2.lines)
+        self.deployed_structure
+            .as_ref()
+            .is_some_and(|s| config.has_structure(s))
     }
 
     /// Managed mode: notices a (re)started HAProxy, which runs the file on disk. False

@@ -115,7 +115,38 @@ impl ServerModel {
     }
 }
 
+/// A config without its server lines: all that `haproxy -c` could object to when only
+/// servers changed (and those HAProxy already accepted at runtime).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Structure {
+    base: Vec<String>,
+    backends: Vec<(String, Vec<String>)>,
+}
+
 impl ConfigModel {
+    /// Everything but the server lines.
+    pub fn structure(&self) -> Structure {
+        Structure {
+            base: self.base.clone(),
+            backends: self
+                .backends
+                .iter()
+                .map(|(name, b)| (name.clone(), b.lines.clone()))
+                .collect(),
+        }
+    }
+
+    /// Whether this config has `structure`, compared in place (no copy).
+    pub fn has_structure(&self, structure: &Structure) -> bool {
+        self.base == structure.base
+            && self.backends.len() == structure.backends.len()
+            && self
+                .backends
+                .iter()
+                .zip(&structure.backends)
+                .all(|((n1, b1), (n2, lines))| n1 == n2 && &b1.lines == lines)
+    }
+
     /// Reads a haproxy.cfg (as rendered by synapse: sections at column 0, directives
     /// indented).
     pub fn parse(text: &str) -> Self {
