@@ -46,6 +46,7 @@
 //! `EtcdCluster::start(3).await` for a cluster with per-member `kill`/`restart`/`pause`.
 
 pub mod backend;
+pub mod bench;
 pub mod etcd;
 pub mod eventually;
 pub mod fault_proxy;

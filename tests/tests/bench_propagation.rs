@@ -3,15 +3,15 @@
 //! the runtime-API path and the reload-every-change path, side by side. Real etcd, real
 //! HAProxy (master-worker), real backends, synapse in-process; all on loopback.
 //!
-//! Prints min/p50/p99/max per path and writes the samples as JSON to `$BENCH_OUT`
-//! (default `target/bench-propagation.json`). `BENCH_TRIALS` (default 100) trials per
+//! Prints min/p50/p99/max per path and writes the samples as JSON to
+//! `target/bench/propagation.json`. `BENCH_TRIALS` (default 100) trials per
 //! path, after 3 warm-up trials.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Host, InstanceId, Port, Registration, ServiceName, ServicePath};
+use integration_tests::bench::{env_knob, haproxy_version, ms, write_result, Samples};
 use integration_tests::{
     eventually, free_port, http_get, init_tracing, loopback, Backend, Etcd, Haproxy,
     HaproxyOptions, Workdir,
@@ -25,50 +25,10 @@ const WARMUP: usize = 3;
 /// A removal counts as done after this many responses in a row from the other server.
 const SETTLED: usize = 30;
 
-struct Samples(Vec<f64>);
-
-impl Samples {
-    fn sorted(&self) -> Vec<f64> {
-        let mut v = self.0.clone();
-        v.sort_by(f64::total_cmp);
-        v
-    }
-
-    fn quantile(&self, q: f64) -> f64 {
-        let v = self.sorted();
-        let i = ((v.len() as f64 - 1.0) * q).round() as usize;
-        v.get(i).copied().unwrap_or(f64::NAN)
-    }
-
-    fn json(&self) -> serde_json::Value {
-        serde_json::json!({
-            "min": self.quantile(0.0),
-            "p50": self.quantile(0.5),
-            "p99": self.quantile(0.99),
-            "max": self.quantile(1.0),
-            "samples": self.0,
-        })
-    }
-
-    fn row(&self, name: &str) -> String {
-        format!(
-            "{name:<40} {:>8.2} {:>8.2} {:>8.2} {:>8.2}",
-            self.quantile(0.0),
-            self.quantile(0.5),
-            self.quantile(0.99),
-            self.quantile(1.0)
-        )
-    }
-}
-
 struct PathResult {
     put: Samples,
     delete: Samples,
     reloads: u32,
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
 }
 
 /// Requests until one is answered by `id`; the instant it was.
@@ -218,34 +178,12 @@ async fn bench_path(runtime: bool, trials: usize) -> PathResult {
 #[ignore = "benchmark: run with scripts/bench"]
 async fn bench_propagation() {
     init_tracing();
-    let trials: usize = std::env::var("BENCH_TRIALS")
-        .ok()
-        .and_then(|t| t.parse().ok())
-        .unwrap_or(100);
-    let out = std::env::var_os("BENCH_OUT").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench-propagation.json"),
-        PathBuf::from,
-    );
+    let trials = env_knob("BENCH_TRIALS", 100) as usize;
     let runtime = bench_path(true, trials).await;
     let reload = bench_path(false, trials).await;
-    let version = std::process::Command::new(
-        std::env::var("HAPROXY_BIN").unwrap_or_else(|_| "haproxy".into()),
-    )
-    .arg("-v")
-    .output()
-    .map(|o| {
-        String::from_utf8_lossy(&o.stdout)
-            .lines()
-            .next()
-            .unwrap_or_default()
-            .to_owned()
-    })
-    .unwrap_or_default();
+    let version = haproxy_version();
     println!("\n{version}; {trials} trials per path (+{WARMUP} warm-up); milliseconds");
-    println!(
-        "{:<40} {:>8} {:>8} {:>8} {:>8}",
-        "", "min", "p50", "p99", "max"
-    );
+    println!("{}", Samples::header(""));
     println!(
         "{}",
         runtime.put.row("runtime API: put -> served by new server")
@@ -277,11 +215,6 @@ async fn bench_propagation() {
         "reload": {"put_to_served": reload.put.json(), "delete_to_last_served": reload.delete.json(),
                    "reloads": reload.reloads},
     });
-    if let Some(parent) = out.parent() {
-        std::fs::create_dir_all(parent).expect("results dir");
-    }
-    std::fs::write(&out, serde_json::to_string_pretty(&json).expect("json"))
-        .expect("write results");
-    println!("results: {}", out.display());
+    write_result("propagation", &json);
     assert_eq!(runtime.reloads, 0, "the runtime-API path reloaded");
 }
