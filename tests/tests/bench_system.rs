@@ -854,7 +854,7 @@ async fn churn_run(runtime: bool) -> serde_json::Value {
     let mode = if runtime {
         "runtime API"
     } else {
-        "reload every change"
+        "reload path (do_socket: false, restart_interval 2 s)"
     };
     println!(
         "\nchurn, {mode}: {issued} changes in {churn_secs:.1} s ({:.0}/s; {} errors) over \
@@ -984,7 +984,7 @@ async fn bench_churn() {
     );
     write_result(
         "churn",
-        &json!({"haproxy": haproxy_version(), "runtime_api": runtime, "reload_every_change": reload}),
+        &json!({"haproxy": haproxy_version(), "runtime_api": runtime, "reload_path": reload}),
     );
 }
 
