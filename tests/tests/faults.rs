@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use etcd_client::{Client, EventType, GetOptions, PutOptions, WatchOptions};
 use integration_tests::{
-    eventually, free_port, http_get, init_tracing, loopback, Backend, Etcd, EtcdCluster,
+    eventually, free_port, http_get, init_tracing, loopback, scrape, Backend, Etcd, EtcdCluster,
     FaultProxy, Haproxy, HaproxyOptions, InProcessSynapse as Synapse, Load, LoadOptions,
     LoadReport, Workdir,
 };
@@ -212,6 +212,8 @@ struct World {
     client: Client,
     path: String,
     port: u16,
+    /// synapse's admin endpoint (`/metrics`).
+    admin: u16,
     synapse_proxy: Option<FaultProxy>,
     synapse: Option<Synapse>,
     haproxy: Option<Haproxy>,
@@ -239,6 +241,7 @@ impl World {
             client,
             path: format!("/faults/{test}/web"),
             port: free_port(),
+            admin: free_port(),
             synapse_proxy,
             synapse: None,
             haproxy: None,
@@ -313,6 +316,7 @@ impl World {
               }}}},
               "debounce": 0.1,
               "debounce_max_wait": 1,
+              "admin_listen": "127.0.0.1:{admin}",
               "haproxy": {{
                 "config_file_path": "{cfg}",
                 "do_checks": true,
@@ -328,10 +332,20 @@ impl World {
             hosts = serde_json::to_string(&hosts).expect("json"),
             path = self.path,
             port = self.port,
+            admin = self.admin,
             cfg = self.cfg_path().display(),
             master = master.display(),
             stats = self.dir.join("stats.sock").display(),
         )
+    }
+
+    /// `synapse_service_stale_seconds{service="web"}` from synapse's `/metrics`.
+    async fn stale_seconds(&self) -> f64 {
+        scrape(loopback(self.admin))
+            .await
+            .expect("synapse /metrics")
+            .get("synapse_service_stale_seconds", &[("service", "web")])
+            .expect("synapse_service_stale_seconds{service=\"web\"}")
     }
 
     fn cfg_path(&self) -> PathBuf {
@@ -803,17 +817,29 @@ async fn s11_synapse_partition() {
     }
     let reloads_during = w.synapse().reloads() - reloads;
     let cfg_unchanged = w.cfg() == cfg;
+    // Operators see it: the set is marked stale, for about as long as the partition.
+    let stale = w.stale_seconds().await;
     w.synapse_proxy.as_ref().expect("proxy").pass();
     let healed = Instant::now();
     w.routes_to(&["a", "b", "d"]).await;
     let converged = healed.elapsed();
+    eventually(Duration::from_secs(10), || async {
+        w.stale_seconds().await == 0.0
+    })
+    .await;
     let report = load.stop().await;
     record(
         "S11",
         "synapse-etcd partition",
         json!({"failed": report.failed(), "sent": report.sent, "reloads_during": reloads_during,
                "cfg_unchanged_during": cfg_unchanged, "converged_ms": ms(converged),
-               "partition_ms": ms(partition)}),
+               "partition_ms": ms(partition), "stale_seconds_at_heal": stale}),
+    );
+    // The watch notices the cut within its keepalive (1 + 1 s) and progress (1 s) bounds.
+    let stale_min = partition.as_secs_f64() - 5.0;
+    assert!(
+        stale >= stale_min && stale <= partition.as_secs_f64(),
+        "stale {stale} s at the heal, partition {partition:?}"
     );
     assert_eq!(report.failed(), 0, "{:?}", failures(&report));
     assert_eq!(reloads_during, 0);
