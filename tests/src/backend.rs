@@ -25,6 +25,8 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 struct Shared {
     id: String,
     healthy: AtomicBool,
+    /// `/health` alternates 200 / 500 on every probe (while `healthy`).
+    flapping: AtomicBool,
     requests: AtomicU64,
     health_checks: AtomicU64,
 }
@@ -67,6 +69,7 @@ impl Backend {
         let shared = Arc::new(Shared {
             id: id.into(),
             healthy: AtomicBool::new(true),
+            flapping: AtomicBool::new(false),
             requests: AtomicU64::new(0),
             health_checks: AtomicU64::new(0),
         });
@@ -96,6 +99,12 @@ impl Backend {
     /// Makes `/health` answer 200 (`true`) or 500 (`false`). Other paths are unaffected.
     pub fn set_healthy(&self, healthy: bool) {
         self.shared.healthy.store(healthy, Ordering::SeqCst);
+    }
+
+    /// Makes `/health` alternate between 200 and 500 on every probe (`true`), the
+    /// fastest possible flapping; `false` goes back to [`Backend::set_healthy`]'s answer.
+    pub fn set_flapping(&self, flapping: bool) {
+        self.shared.flapping.store(flapping, Ordering::SeqCst);
     }
 
     /// What `/health` currently answers.
@@ -171,8 +180,9 @@ async fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
             return;
         };
         let (status, reason) = if request.path == "/health" {
-            shared.health_checks.fetch_add(1, Ordering::SeqCst);
-            if shared.healthy.load(Ordering::SeqCst) {
+            let n = shared.health_checks.fetch_add(1, Ordering::SeqCst);
+            let flap_down = shared.flapping.load(Ordering::SeqCst) && n % 2 == 1;
+            if shared.healthy.load(Ordering::SeqCst) && !flap_down {
                 (200, "OK")
             } else {
                 (500, "Internal Server Error")

@@ -474,6 +474,11 @@ impl World {
     /// DELETE events under the service path since `revision`, by instance id (the
     /// registry's own history: a recording watcher replayed up to a sentinel key).
     async fn deletes_since(&self, revision: i64) -> BTreeMap<String, u64> {
+        self.events_since(revision, EventType::Delete).await
+    }
+
+    /// Events of `kind` under the service path since `revision`, by instance name.
+    async fn events_since(&self, revision: i64, kind: EventType) -> BTreeMap<String, u64> {
         let sentinel = format!("/faults-sentinel/{}", self.path);
         let client = self.client.clone();
         // The client's member may just have been killed: retry on the others.
@@ -493,9 +498,15 @@ impl World {
             }
         })
         .await;
-        eventually(TIMEOUT, || {
+        // Our sentinel is the put at `marked`; an earlier call's is older and must not
+        // end this replay early.
+        let marked = eventually(TIMEOUT, || {
             let (mut c, k) = (client.clone(), sentinel.clone());
-            async move { c.put(k, "x", None).await.map(|_| ()) }
+            async move {
+                c.put(k, "x", None)
+                    .await
+                    .map(|r| r.header().map_or(i64::MAX, |h| h.revision()))
+            }
         })
         .await;
         let mut deletes = BTreeMap::new();
@@ -508,16 +519,20 @@ impl World {
             for e in msg.events() {
                 let Some(kv) = e.kv() else { continue };
                 if kv.key() == sentinel.as_bytes() {
-                    return deletes;
-                }
-                if e.event_type() != EventType::Delete
-                    || !kv.key().starts_with(self.path.as_bytes())
-                {
+                    if kv.mod_revision() >= marked {
+                        return deletes;
+                    }
                     continue;
                 }
-                let name = e
-                    .prev_kv()
-                    .and_then(|p| common::Registration::decode(p.value()).ok())
+                if e.event_type() != kind || !kv.key().starts_with(self.path.as_bytes()) {
+                    continue;
+                }
+                let value = match kind {
+                    EventType::Delete => e.prev_kv().map(|p| p.value()),
+                    EventType::Put => Some(kv.value()),
+                };
+                let name = value
+                    .and_then(|v| common::Registration::decode(v).ok())
                     .map_or_else(|| "?".to_owned(), |r| r.name.to_string());
                 *deletes.entry(name).or_default() += 1;
             }
@@ -994,6 +1009,80 @@ async fn s17_backend_death() {
     // fall 3 × 250 ms, a check timeout, plus an etcd round trip and slack for 2 cores.
     assert!(deleted_after <= Duration::from_secs(2), "{deleted_after:?}");
     assert!(down_after <= Duration::from_secs(2), "{down_after:?}");
+    w.stop().await;
+}
+
+/// S18a: a check that alternates ok/fail on every probe (rise 2, fall 3): never two oks
+/// or three fails in a row, so the instance stays registered with no registry write.
+/// S18b: slow flapping (phases longer than rise/fall): one transition per phase, never
+/// more, and no failed request (the backend itself keeps serving).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s18_flapping_checks() {
+    let mut w = World::start("S18", false).await;
+    let load = w.load();
+    let reloads = w.synapse().reloads();
+    // a: fast flapping.
+    let rev = w.revision().await;
+    let fast = pick(Duration::from_secs(10), Duration::from_secs(60));
+    let probes = w.host("a").backend.health_checks();
+    w.host("a").backend.set_flapping(true);
+    tokio::time::sleep(fast).await;
+    w.host("a").backend.set_flapping(false);
+    let probes = w.host("a").backend.health_checks() - probes;
+    let fast_writes = w
+        .events_since(rev, EventType::Put)
+        .await
+        .get("host-a")
+        .copied();
+    let fast_deletes = w.deletes_since(rev).await.get("host-a").copied();
+    let fast_reloads = w.synapse().reloads() - reloads;
+    w.routes_to(&["a", "b", "c"]).await;
+    // b: slow flapping, phases of 2 s (soak 5 s) for 6 phases (soak 12).
+    let rev = w.revision().await;
+    let (phase, phases) = pick((Duration::from_secs(2), 6u64), (Duration::from_secs(5), 12));
+    for i in 0..phases {
+        w.host("b").backend.set_healthy(i % 2 == 1);
+        tokio::time::sleep(phase).await;
+    }
+    w.host("b").backend.set_healthy(true);
+    w.wait_registered(&["a", "b", "c"]).await;
+    let slow_deletes = w
+        .deletes_since(rev)
+        .await
+        .get("host-b")
+        .copied()
+        .unwrap_or(0);
+    let slow_puts = w
+        .events_since(rev, EventType::Put)
+        .await
+        .get("host-b")
+        .copied()
+        .unwrap_or(0);
+    w.routes_to(&["a", "b", "c"]).await;
+    let report = load.stop().await;
+    record(
+        "S18",
+        "flapping checks",
+        json!({"failed": report.failed(), "sent": report.sent,
+               "fast_probes": probes, "fast_puts": fast_writes.unwrap_or(0),
+               "fast_deletes": fast_deletes.unwrap_or(0), "fast_reloads": fast_reloads,
+               "slow_phases": phases, "slow_deletes": slow_deletes, "slow_puts": slow_puts}),
+    );
+    assert!(probes >= 10, "only {probes} probes while flapping");
+    assert_eq!(
+        (fast_writes, fast_deletes),
+        (None, None),
+        "fast flapping reached the registry"
+    );
+    assert_eq!(fast_reloads, 0);
+    // Down in phases 0, 2, 4 (one delete each), up again after each (one put each).
+    let downs = phases.div_ceil(2);
+    assert!(
+        slow_deletes >= 1 && slow_deletes <= downs,
+        "{slow_deletes} deletes in {phases} phases"
+    );
+    assert!(slow_puts <= downs, "{slow_puts} puts in {phases} phases");
+    assert_eq!(report.failed(), 0, "{:?}", failures(&report));
     w.stop().await;
 }
 
