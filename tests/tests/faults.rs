@@ -1086,6 +1086,52 @@ async fn s18_flapping_checks() {
     w.stop().await;
 }
 
+/// S26: slow etcd: every daemon's connection to etcd delayed 500 ms each way for 15 s
+/// (soak 60 s). Leases survive (no regrant), traffic is untouched, and a change made
+/// meanwhile (a clean nerve stop) still reaches HAProxy within 5 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s26_slow_etcd() {
+    let mut w = World::start("S26", false).await;
+    let leases = w.wait_registered(&["a", "b", "c"]).await;
+    let load = w.load();
+    let delay = Duration::from_millis(500);
+    let slow = pick(Duration::from_secs(15), Duration::from_secs(60));
+    let started = Instant::now();
+    w.synapse_proxy.as_ref().expect("proxy").delay(delay);
+    for h in &w.hosts {
+        h.proxy.as_ref().expect("host proxy").delay(delay);
+    }
+    // Half way through: c stops cleanly; the removal must propagate through slow etcd.
+    tokio::time::sleep(slow / 2).await;
+    let changed = Instant::now();
+    w.host("c").nerve.terminate().await;
+    w.routes_to(&["a", "b"]).await;
+    let propagated = changed.elapsed();
+    tokio::time::sleep(slow.saturating_sub(started.elapsed())).await;
+    w.synapse_proxy.as_ref().expect("proxy").pass();
+    for h in &w.hosts {
+        h.proxy.as_ref().expect("host proxy").pass();
+    }
+    let after = w.wait_registered(&["a", "b"]).await;
+    let regrants = after
+        .iter()
+        .filter(|(k, v)| leases.get(*k) != Some(v))
+        .count();
+    w.routes_to(&["a", "b"]).await;
+    let report = load.stop().await;
+    record(
+        "S26",
+        "slow etcd",
+        json!({"failed": report.failed(), "sent": report.sent, "regrants": regrants,
+               "propagated_ms": ms(propagated), "delay_ms_each_way": ms(delay),
+               "slow_ms": ms(slow)}),
+    );
+    assert_eq!(report.failed(), 0, "{:?}", failures(&report));
+    assert_eq!(regrants, 0, "leases regranted under a slow etcd");
+    assert!(propagated <= Duration::from_secs(5), "{propagated:?}");
+    w.stop().await;
+}
+
 /// S19a / S19b: N instances (ci 500, soak 2,000) registered at once under leases the test
 /// keeps alive, then all leases stop being kept alive. Service `web` has the guard on
 /// (hold 8 s), `bare` the same instances with the guard off.
