@@ -715,6 +715,114 @@ async fn s02_leader_pause() {
     leader_fault("S02", true).await;
 }
 
+/// S03: quorum loss: two of three members killed for 15 s (soak 60 s), then restarted.
+/// HAProxy keeps its set (no write, no reload), synapse marks it stale, and after quorum
+/// returns no healthy instance was deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s03_quorum_loss() {
+    let mut w = World::start("S03", true).await;
+    w.wait_registered(&["a", "b", "c"]).await;
+    let rev = w.revision().await;
+    let reloads = w.synapse().reloads();
+    let cfg = w.cfg();
+    let load = w.load();
+    let lost = pick(Duration::from_secs(15), Duration::from_secs(60));
+    let Registry::Cluster(cluster) = &mut w.registry else {
+        unreachable!()
+    };
+    let leader = cluster.leader().await;
+    let victims: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    for i in &victims {
+        cluster.kill(*i).await;
+    }
+    let killed = Instant::now();
+    eventually(Duration::from_secs(20), || async {
+        w.stale_seconds().await > 0.0
+    })
+    .await;
+    let stale_after = killed.elapsed();
+    while killed.elapsed() < lost {
+        w.routes_to(&["a", "b", "c"]).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let cfg_unchanged = w.cfg() == cfg;
+    let reloads_during = w.synapse().reloads() - reloads;
+    let Registry::Cluster(cluster) = &mut w.registry else {
+        unreachable!()
+    };
+    for i in &victims {
+        cluster.restart(*i).await;
+    }
+    cluster.wait_ready().await;
+    let healed = Instant::now();
+    eventually(Duration::from_secs(20), || async {
+        w.stale_seconds().await == 0.0
+    })
+    .await;
+    w.wait_registered(&["a", "b", "c"]).await;
+    w.routes_to(&["a", "b", "c"]).await;
+    let converged = healed.elapsed();
+    let report = load.stop().await;
+    let deletes = w.deletes_since(rev + 1).await;
+    record(
+        "S03",
+        "quorum loss",
+        json!({"failed": report.failed(), "sent": report.sent, "cfg_unchanged_during": cfg_unchanged,
+               "reloads_during": reloads_during, "stale_after_ms": ms(stale_after),
+               "deletes_healthy": deletes.len(), "converged_ms": ms(converged),
+               "loss_ms": ms(lost)}),
+    );
+    assert_eq!(report.failed(), 0, "{:?}", failures(&report));
+    assert!(cfg_unchanged, "haproxy.cfg changed during the quorum loss");
+    assert_eq!(reloads_during, 0);
+    assert!(
+        stale_after <= Duration::from_secs(10),
+        "stale after {stale_after:?}"
+    );
+    assert!(
+        deletes.is_empty(),
+        "DELETEs of healthy instances: {deletes:?}"
+    );
+    assert!(converged <= Duration::from_secs(10), "{converged:?}");
+    w.stop().await;
+}
+
+/// S08: compaction at the head while synapse is connected and caught up: its watch is
+/// not cancelled, nothing is re-listed, and the next change arrives as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s08_compaction_while_caught_up() {
+    let mut w = World::start("S08", false).await;
+    let load = w.load();
+    let relists = Counters::get(&w.synapse().counters.relists);
+    let restarts = Counters::get(&w.synapse().counters.watch_restarts);
+    let head = w.revision().await;
+    w.client
+        .kv_client()
+        .compact(head, None)
+        .await
+        .expect("compact");
+    let changed = Instant::now();
+    w.host("c").nerve.terminate().await;
+    w.routes_to(&["a", "b"]).await;
+    let propagated = changed.elapsed();
+    let report = load.stop().await;
+    let relists = Counters::get(&w.synapse().counters.relists) - relists;
+    let restarts = Counters::get(&w.synapse().counters.watch_restarts) - restarts;
+    record(
+        "S08",
+        "compaction while caught up",
+        json!({"failed": report.failed(), "sent": report.sent, "relists": relists,
+               "watch_restarts": restarts, "propagated_ms": ms(propagated)}),
+    );
+    assert_eq!(report.failed(), 0, "{:?}", failures(&report));
+    assert_eq!(
+        (relists, restarts),
+        (0, 0),
+        "compaction at the head disturbed the watch"
+    );
+    w.stop().await;
+}
+
 /// S07: synapse is partitioned from etcd (blackhole), the registry changes 100 times and
 /// is compacted at its head, then the partition heals.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
