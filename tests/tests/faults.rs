@@ -348,6 +348,15 @@ impl World {
             .expect("synapse_service_stale_seconds{service=\"web\"}")
     }
 
+    /// `synapse_ready` from synapse's `/metrics`.
+    async fn ready(&self) -> f64 {
+        scrape(loopback(self.admin))
+            .await
+            .expect("synapse /metrics")
+            .get("synapse_ready", &[])
+            .expect("synapse_ready")
+    }
+
     fn cfg_path(&self) -> PathBuf {
         self.dir.join("haproxy.cfg")
     }
@@ -821,6 +830,83 @@ async fn s08_compaction_while_caught_up() {
         "compaction at the head disturbed the watch"
     );
     w.stop().await;
+}
+
+/// S05: cold start during an outage (a host reboot while etcd is down): synapse and
+/// HAProxy start again from the haproxy.cfg on disk and route at once; synapse stays up,
+/// not ready, and does not touch the file until etcd is back. Variant: no file at all —
+/// synapse stays up and not ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s05_cold_start_during_outage() {
+    let mut w = World::start("S05", false).await;
+    let cfg = w.cfg();
+    // The reboot: synapse and HAProxy gone, etcd down.
+    w.synapse.take().expect("synapse").stop().await;
+    w.haproxy = None;
+    let Registry::Single(etcd) = &mut w.registry else {
+        unreachable!()
+    };
+    etcd.kill().await;
+    std::fs::remove_file(w.dir.join("master.sock")).expect("old master socket link");
+    let started = Instant::now();
+    w.synapse = Some(Synapse::start(&w.synapse_config("")));
+    w.start_haproxy().await;
+    w.routes_to(&["a", "b", "c"]).await;
+    let first_routed = started.elapsed();
+    let load = w.load();
+    let outage = pick(Duration::from_secs(10), Duration::from_secs(60));
+    while started.elapsed() < outage {
+        w.routes_to(&["a", "b", "c"]).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let ready_during = w.ready().await;
+    let cfg_unchanged = w.cfg() == cfg;
+    let running = w.synapse().is_running();
+    let Registry::Single(etcd) = &mut w.registry else {
+        unreachable!()
+    };
+    etcd.restart().await;
+    let back = Instant::now();
+    eventually(TIMEOUT, || async { w.ready().await == 1.0 }).await;
+    let ready_after = back.elapsed();
+    w.routes_to(&["a", "b", "c"]).await;
+    let report = load.stop().await;
+    // Variant: no file. synapse starts, cannot reach etcd, stays up and not ready.
+    w.synapse.take().expect("synapse").stop().await;
+    let Registry::Single(etcd) = &mut w.registry else {
+        unreachable!()
+    };
+    etcd.kill().await;
+    std::fs::remove_file(w.cfg_path()).expect("remove haproxy.cfg");
+    w.synapse = Some(Synapse::start(&w.synapse_config("")));
+    let bare = Instant::now();
+    let admin = loopback(w.admin);
+    eventually(TIMEOUT, || async { scrape(admin).await.is_ok() }).await;
+    let mut bare_ready = 0.0;
+    while bare.elapsed() < pick(Duration::from_secs(5), Duration::from_secs(60)) {
+        bare_ready = f64::max(bare_ready, w.ready().await);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let bare_running = w.synapse().is_running();
+    record(
+        "S05",
+        "cold start during outage",
+        json!({"failed": report.failed(), "sent": report.sent, "first_routed_ms": ms(first_routed),
+               "ready_during": ready_during, "cfg_unchanged_during": cfg_unchanged,
+               "ready_after_etcd_ms": ms(ready_after), "no_file_running": bare_running,
+               "no_file_ready": bare_ready}),
+    );
+    assert!(first_routed <= Duration::from_secs(2), "{first_routed:?}");
+    assert!(running && bare_running, "synapse exited");
+    assert_eq!(ready_during, 0.0, "ready while etcd is down");
+    assert!(cfg_unchanged, "haproxy.cfg changed during the outage");
+    assert_eq!(report.failed(), 0, "{:?}", failures(&report));
+    assert_eq!(bare_ready, 0.0, "ready with no registry and no file");
+    let Registry::Single(etcd) = &mut w.registry else {
+        unreachable!()
+    };
+    etcd.restart().await;
+    w.synapse.take().expect("synapse").stop().await;
 }
 
 /// S07: synapse is partitioned from etcd (blackhole), the registry changes 100 times and
