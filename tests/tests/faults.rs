@@ -909,6 +909,59 @@ async fn s05_cold_start_during_outage() {
     w.synapse.take().expect("synapse").stop().await;
 }
 
+/// S06: etcd wiped: stopped, its data deleted, started empty (revision 1, no leases).
+/// synapse notices the new store and re-lists, the nerves find their leases gone and
+/// register again, and HAProxy keeps its servers throughout (the empty registry in
+/// between is held by the mass-removal guard).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s06_etcd_wiped() {
+    let mut w = World::start("S06", false).await;
+    let load = w.load();
+    let relists = Counters::get(&w.synapse().counters.relists);
+    let Registry::Single(etcd) = &mut w.registry else {
+        unreachable!()
+    };
+    etcd.kill().await;
+    let data = etcd.member().data_dir().to_owned();
+    std::fs::remove_dir_all(&data).expect("wipe the data dir");
+    etcd.restart().await;
+    let up = Instant::now();
+    eventually(TIMEOUT, || async {
+        Counters::get(&w.synapse().counters.relists) > relists
+    })
+    .await;
+    let relisted = up.elapsed();
+    w.wait_registered(&["a", "b", "c"]).await;
+    let registered = up.elapsed();
+    w.routes_to(&["a", "b", "c"]).await;
+    let converged = up.elapsed();
+    let report = load.stop().await;
+    let servers = w
+        .cfg()
+        .lines()
+        .filter(|l| l.trim_start().starts_with("server "))
+        .count();
+    record(
+        "S06",
+        "etcd wiped",
+        json!({"failed": report.failed(), "sent": report.sent, "relisted_ms": ms(relisted),
+               "registered_ms": ms(registered), "converged_ms": ms(converged),
+               "servers": servers}),
+    );
+    assert_eq!(report.failed(), 0, "{:?}", failures(&report));
+    assert!(
+        relisted <= Duration::from_secs(5),
+        "re-listed after {relisted:?}"
+    );
+    assert!(
+        registered <= Duration::from_secs(5),
+        "registered after {registered:?}"
+    );
+    assert!(converged <= Duration::from_secs(10), "{converged:?}");
+    assert_eq!(servers, 3, "{}", w.cfg());
+    w.stop().await;
+}
+
 /// S07: synapse is partitioned from etcd (blackhole), the registry changes 100 times and
 /// is compacted at its head, then the partition heals.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
