@@ -175,7 +175,13 @@ pub fn render(
                 let backend_ids = ids.backend(&backend_name);
                 for (server, b) in ordered(set, hs.backend_order, h.server_order_seed) {
                     let id = backend_ids.and_then(|ids| ids.get(&server).copied());
-                    server_line(&mut out, svc, h, Some(b), id, tcp, &server);
+                    let line = ServerLine {
+                        backend: Some(b),
+                        id,
+                        name: &server,
+                        addr: name_addr(&server, b),
+                    };
+                    server_line(&mut out, svc, h, &line, tcp);
                 }
             }
             Some(per) => slot_lines(&mut out, svc, h, set, ids, &backend_name, per, tcp),
@@ -278,9 +284,35 @@ fn slot_lines(
     let top = occupied.keys().next_back().copied().unwrap_or(0);
     let capacity = (top / per + 1) * per;
     for k in 1..=capacity {
-        let b = occupied.get(&k).copied();
-        server_line(out, svc, h, b, Some(k), tcp, &slot_name(k));
+        let name = slot_name(k);
+        let line = ServerLine {
+            backend: occupied.get(&k).copied(),
+            id: Some(k),
+            name: &name,
+            addr: None,
+        };
+        server_line(out, svc, h, &line, tcp);
     }
+}
+
+/// One server line's parts: the backend (`None` for a free slot), its id, its name, and
+/// its `host:port` when already formatted (the tail of a SmartStack server name).
+struct ServerLine<'a> {
+    backend: Option<&'a Backend>,
+    id: Option<u32>,
+    name: &'a str,
+    addr: Option<&'a str>,
+}
+
+/// The `host:port` at the end of `server` = `b.server_name()` (`<name>_<host>:<port>`),
+/// so the address is not formatted twice; `None` for IPv6, which needs brackets.
+fn name_addr<'a>(server: &'a str, b: &Backend) -> Option<&'a str> {
+    if matches!(b.host, Host::Ip(std::net::IpAddr::V6(_))) {
+        return None;
+    }
+    server
+        .strip_prefix(b.name.as_str())
+        .and_then(|rest| rest.strip_prefix('_'))
 }
 
 /// Appends the indented `server` line for backend `b`, or for a free slot (disabled, at
@@ -289,19 +321,21 @@ fn server_line(
     out: &mut String,
     svc: &ServiceConfig,
     h: &HaproxyConfig,
-    b: Option<&Backend>,
-    id: Option<u32>,
+    line: &ServerLine<'_>,
     tcp: bool,
-    name: &str,
 ) {
+    let (b, name) = (line.backend, line.name);
     let free_host = Host::Ip(std::net::Ipv4Addr::LOCALHOST.into());
     let (host, port, instance) = match b {
         Some(b) => (&b.host, b.port.get(), b.name.as_str()),
         None => (&free_host, 1, name),
     };
     let _ = write!(out, "{INDENT}server {name} ");
-    write_server_addr(out, host, port);
-    if let Some(id) = id {
+    match line.addr {
+        Some(addr) => out.push_str(addr),
+        None => write_server_addr(out, host, port),
+    }
+    if let Some(id) = line.id {
         let _ = write!(out, " id {id}");
     }
     if !tcp {
@@ -619,6 +653,18 @@ mod tests {
         let ids = ServerIds::from_config(text);
         assert_eq!(ids.get("web", "a_10.0.0.1:80"), Some(7));
         assert_eq!(ids.get("web", "x"), None);
+    }
+
+    #[test]
+    fn the_address_is_the_tail_of_the_server_name_except_for_ipv6() {
+        let v4 = backend("web-1", 7);
+        assert_eq!(name_addr(&v4.server_name(), &v4), Some("10.0.0.7:80"));
+        let mut out = String::new();
+        write_server_addr(&mut out, &v4.host, 80);
+        assert_eq!(out, "10.0.0.7:80");
+        let mut v6 = v4.clone();
+        v6.host = Host::Ip("::1".parse().unwrap());
+        assert_eq!(name_addr(&v6.server_name(), &v6), None);
     }
 
     #[test]
