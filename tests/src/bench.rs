@@ -218,6 +218,15 @@ impl Daemon {
         }
     }
 
+    /// Copies its log to `$BENCH_DIR/<name>.log` (next to the results), for a look at
+    /// what it did during a run (`BENCH_DAEMON_LOG=info` for more than warnings).
+    pub fn keep_log(&self, name: &str) {
+        let dir = std::env::var_os("BENCH_DIR")
+            .map_or_else(|| workspace_target().join("bench"), PathBuf::from);
+        let _ = std::fs::create_dir_all(&dir);
+        let _ = std::fs::copy(self.process.log_path(), dir.join(format!("{name}.log")));
+    }
+
     /// The end of its log.
     pub fn log_tail(&self, lines: usize) -> String {
         self.process.log_tail(lines)

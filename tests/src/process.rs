@@ -79,6 +79,11 @@ impl ChildProcess {
         matches!(self.state(), None | Some('Z' | 'X'))
     }
 
+    /// Where its output goes.
+    pub(crate) fn log_path(&self) -> &Path {
+        &self.log
+    }
+
     /// The last `lines` lines of its log, for failure messages.
     pub(crate) fn log_tail(&self, lines: usize) -> String {
         log_tail(&self.log, lines)

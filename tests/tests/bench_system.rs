@@ -748,6 +748,14 @@ async fn churn_run(runtime: bool) -> serde_json::Value {
         .await;
     }
 
+    // synapse started before HAProxy: its first reload (no socket to talk to yet) is
+    // start-up, not churn.
+    eventually(TIMEOUT, || async {
+        metric_sum_labelled(admin, "synapse_haproxy_reloads_total", "ok")
+            .await
+            .is_some_and(|n| n >= 1.0)
+    })
+    .await;
     let reloads0 = haproxy.show_proc().await.expect("show proc").reloads;
     let usage0 = synapse.usage();
     let loads: Vec<Load> = w
@@ -849,6 +857,11 @@ async fn churn_run(runtime: bool) -> serde_json::Value {
     let runtime_commands =
         metric_sum_labelled(admin, "synapse_haproxy_runtime_commands_total", "ok").await;
     let cpu = usage1.cpu_seconds - usage0.cpu_seconds;
+    synapse.keep_log(if runtime {
+        "churn-runtime-synapse"
+    } else {
+        "churn-reload-synapse"
+    });
     synapse.stop().await;
     drop(haproxy);
     let mode = if runtime {

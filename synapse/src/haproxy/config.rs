@@ -72,6 +72,19 @@ impl ServerIds {
     /// Gives every server of every backend an id, keeping existing ones and forgetting
     /// servers (and backends) that are gone.
     pub fn assign(&mut self, wanted: &BTreeMap<String, BTreeSet<String>>, max_id: u32) {
+        self.assign_reserving(wanted, max_id, &BTreeMap::new());
+    }
+
+    /// Like [`ServerIds::assign`], but a new server never gets an id in `reserved` (per
+    /// backend): the ids of servers HAProxy still has although they are no longer wanted
+    /// (in maintenance, deleted once their connections end). HAProxy refuses `add server`
+    /// with an id in use, which would turn a runtime change into a reload.
+    pub fn assign_reserving(
+        &mut self,
+        wanted: &BTreeMap<String, BTreeSet<String>>,
+        max_id: u32,
+        reserved: &BTreeMap<String, BTreeSet<u32>>,
+    ) {
         self.by_backend.retain(|b, _| wanted.contains_key(b));
         for (backend, servers) in wanted {
             let ids = self.by_backend.entry(backend.clone()).or_default();
@@ -79,6 +92,7 @@ impl ServerIds {
             // Two servers restored with one id (a hand-edited file): keep the first.
             let mut used = BTreeSet::new();
             ids.retain(|_, id| used.insert(*id));
+            used.extend(reserved.get(backend).into_iter().flatten());
             let mut next = 1u32;
             for s in servers {
                 if ids.contains_key(s) {
@@ -99,6 +113,17 @@ impl ServerIds {
 
     pub fn get(&self, backend: &str, server: &str) -> Option<u32> {
         self.by_backend.get(backend)?.get(server).copied()
+    }
+
+    /// Gives `server` of `backend` the id `id` unless it has one: a server HAProxy still
+    /// runs under that id (e.g. removed and registered again before its deletion
+    /// finished) keeps it, rather than getting a new one HAProxy would have to reload for.
+    pub fn adopt(&mut self, backend: &str, server: &str, id: u32) {
+        self.by_backend
+            .entry(backend.to_owned())
+            .or_default()
+            .entry(server.to_owned())
+            .or_insert(id);
     }
 
     /// Every id of one backend, by server name.
@@ -644,6 +669,25 @@ mod tests {
         assert_eq!(ids.get("web", "c"), Some(3));
         ids.assign(&wanted(&["a", "b", "c", "d"]), 3);
         assert_eq!(ids.get("web", "d"), None);
+    }
+
+    #[test]
+    fn reserved_ids_are_not_given_to_new_servers() {
+        let mut ids = ServerIds::default();
+        let wanted = |names: &[&str]| {
+            BTreeMap::from([(
+                "web".to_owned(),
+                names.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>(),
+            )])
+        };
+        ids.assign(&wanted(&["a", "b", "c"]), 100);
+        // b is gone from the registry but HAProxy still has it (id 2); d is new.
+        let reserved = BTreeMap::from([("web".to_owned(), BTreeSet::from([2]))]);
+        ids.assign_reserving(&wanted(&["a", "c", "d"]), 100, &reserved);
+        assert_eq!(ids.get("web", "d"), Some(4));
+        // Once HAProxy has deleted it, its id is free again.
+        ids.assign(&wanted(&["a", "c", "d", "e"]), 100);
+        assert_eq!(ids.get("web", "e"), Some(2));
     }
 
     #[test]

@@ -24,7 +24,7 @@ pub mod plan;
 pub mod reload;
 pub mod runtime;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -179,10 +179,17 @@ impl HaproxyOutput {
         desired: &BTreeMap<ServiceName, BackendSet>,
     ) -> Result<Applied, ApplyError> {
         let mut applied = Applied::default();
-        self.ids.assign(
-            &wanted_servers(services, desired),
-            self.config.max_server_id,
-        );
+        let wanted = wanted_servers(services, desired);
+        // With slots, ids are slot numbers and HAProxy's servers are `slot<k>`: a free
+        // slot is refilled at runtime, so nothing needs reserving.
+        let reserved = if self.config.server_slots.is_none() {
+            self.adopt_running_ids(&wanted);
+            self.lingering_ids(&wanted)
+        } else {
+            BTreeMap::new()
+        };
+        self.ids
+            .assign_reserving(&wanted, self.config.max_server_id, &reserved);
         let rendered = render(&self.config, services, desired, &self.ids)?;
         let desired = Desired {
             config: ConfigModel::parse(&rendered),
@@ -241,6 +248,46 @@ impl HaproxyOutput {
         }
         self.reload(&desired, &mut applied).await?;
         Ok(applied)
+    }
+
+    /// Wanted servers HAProxy still runs keep the id they run with.
+    fn adopt_running_ids(&mut self, wanted: &BTreeMap<String, BTreeSet<String>>) {
+        let Some(loaded) = &self.loaded else { return };
+        for (name, b) in &loaded.backends {
+            let Some(want) = wanted.get(name) else {
+                continue;
+            };
+            for (server, model) in &b.servers {
+                if let (true, Some(id)) = (want.contains(server), model.id) {
+                    self.ids.adopt(name, server, id);
+                }
+            }
+        }
+    }
+
+    /// Per backend, the ids of servers HAProxy still runs that are no longer wanted
+    /// (removed, waiting for their connections to end before `del server`).
+    fn lingering_ids(
+        &self,
+        wanted: &BTreeMap<String, BTreeSet<String>>,
+    ) -> BTreeMap<String, BTreeSet<u32>> {
+        let Some(loaded) = &self.loaded else {
+            return BTreeMap::new();
+        };
+        loaded
+            .backends
+            .iter()
+            .map(|(name, b)| {
+                let keep = wanted.get(name);
+                let ids = b
+                    .servers
+                    .iter()
+                    .filter(|(s, _)| !keep.is_some_and(|k| k.contains(*s)))
+                    .filter_map(|(_, server)| server.id)
+                    .collect();
+                (name.clone(), ids)
+            })
+            .collect()
     }
 
     /// Whether the file on disk has `config`'s structure (everything but server lines).
