@@ -542,6 +542,21 @@ pub struct Haproxy {
 impl Haproxy {
     /// Starts HAProxy and waits until a worker runs (and, if given, the stats socket
     /// answers). Panics with HAProxy's output if it exits or does not get ready.
+    /// The HAProxy a synapse configured for `dir` drives: waits for synapse to write
+    /// `<dir>/haproxy.cfg`, starts on it with `<dir>/stats.sock` as the stats socket, and
+    /// links `<dir>/master.sock` to the master CLI (synapse's `master_socket_path`).
+    pub async fn start_for_synapse(dir: &Path) -> Self {
+        let cfg = dir.join("haproxy.cfg");
+        crate::eventually(Duration::from_secs(20), || async { cfg.exists() }).await;
+        let haproxy =
+            Self::start(HaproxyOptions::new(&cfg).stats_socket(dir.join("stats.sock"))).await;
+        let link = dir.join("master.sock");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(haproxy.master_socket(), &link)
+            .unwrap_or_else(|e| panic!("cannot link {}: {e}", link.display()));
+        haproxy
+    }
+
     pub async fn start(options: HaproxyOptions) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("it-haproxy-")

@@ -7,18 +7,15 @@
 //! `target/bench/propagation.json`. `BENCH_TRIALS` (default 100) trials per
 //! path, after 3 warm-up trials.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Host, InstanceId, Port, Registration, ServiceName, ServicePath};
 use integration_tests::bench::{env_knob, haproxy_version, ms, write_result, Samples};
 use integration_tests::{
     eventually, free_port, http_get, init_tracing, loopback, Backend, Etcd, Haproxy,
-    HaproxyOptions, Workdir,
+    InProcessSynapse, Workdir,
 };
-use synapse::counters::Counters;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 const TIMEOUT: Duration = Duration::from_secs(20);
 const WARMUP: usize = 3;
@@ -130,17 +127,10 @@ async fn bench_path(runtime: bool, trials: usize) -> PathResult {
         stats = dir.join("stats.sock").display(),
         state = dir.join("server-state").display(),
     );
-    let config = synapse::Config::parse(&text, None).expect("config");
-    let counters = Arc::new(Counters::default());
-    let cancel = CancellationToken::new();
-    let task = tokio::spawn(synapse::run_with(config, counters.clone(), cancel.clone()));
-    let cfg = dir.join("haproxy.cfg");
-    eventually(TIMEOUT, || async { cfg.exists() }).await;
-    let haproxy =
-        Haproxy::start(HaproxyOptions::new(&cfg).stats_socket(dir.join("stats.sock"))).await;
-    std::os::unix::fs::symlink(haproxy.master_socket(), dir.join("master.sock")).expect("link");
+    let synapse = InProcessSynapse::start(&text);
+    let haproxy = Haproxy::start_for_synapse(dir.path()).await;
     eventually(TIMEOUT, || async {
-        Counters::get(&counters.reloads) >= 1
+        synapse.reloads() >= 1
             && http_get(loopback(port), "/")
                 .await
                 .is_ok_and(|r| r.body == "base")
@@ -164,8 +154,7 @@ async fn bench_path(runtime: bool, trials: usize) -> PathResult {
         }
     }
     let reloads = haproxy.show_proc().await.expect("show proc").reloads - reloads_before;
-    cancel.cancel();
-    task.await.expect("synapse").expect("synapse run");
+    synapse.stop().await;
     drop(haproxy);
     PathResult {
         put: Samples(put),

@@ -29,7 +29,7 @@ use etcd_client::{Client, EventType, GetOptions, Txn, TxnOp, WatchOptions};
 use integration_tests::bench::{env_knob, haproxy_version, ms, write_result, Daemon, Samples};
 use integration_tests::{
     eventually, free_port, http_get, init_tracing, keep_alive_loop, loopback, new_connection_loop,
-    scrape, Backend, Etcd, Haproxy, HaproxyOptions, InProcessSynapse, Load, LoadOptions, Workdir,
+    scrape, Backend, Etcd, Haproxy, InProcessSynapse, Load, LoadOptions, Workdir,
 };
 use serde_json::json;
 use synapse::backends::{Backend as Server, BackendSet};
@@ -718,12 +718,7 @@ async fn churn_run(runtime: bool) -> serde_json::Value {
         .dir
         .write("synapse.json", w.synapse_config(runtime, admin));
     let synapse = Daemon::start("synapse", &cfg, w.dir.path());
-    let haproxy_cfg = w.dir.join("haproxy.cfg");
-    eventually(TIMEOUT, || async { haproxy_cfg.exists() }).await;
-    let haproxy =
-        Haproxy::start(HaproxyOptions::new(&haproxy_cfg).stats_socket(w.dir.join("stats.sock")))
-            .await;
-    std::os::unix::fs::symlink(haproxy.master_socket(), w.dir.join("master.sock")).expect("link");
+    let haproxy = Haproxy::start_for_synapse(w.dir.path()).await;
     let expected = |present: &[bool]| -> BTreeMap<String, BTreeSet<String>> {
         (0..CHURN_SERVICES)
             .map(|s| {
@@ -1024,34 +1019,21 @@ async fn reload_run(recommended: bool, reloads: u64) -> serde_json::Value {
         .expect("put");
     }
     let port = free_port();
-    let (stats_line, defaults): (String, Vec<&str>) = if recommended {
-        (
-            format!(
-                "stats socket {} mode 600 level admin expose-fd listeners",
-                dir.join("stats.sock").display()
-            ),
-            vec![
-                "mode http",
-                "timeout connect 1s",
-                "timeout client 10s",
-                "timeout server 10s",
-                "option idle-close-on-response",
-            ],
-        )
-    } else {
-        (
-            format!(
-                "stats socket {} mode 600 level admin",
-                dir.join("stats.sock").display()
-            ),
-            vec![
-                "mode http",
-                "timeout connect 1s",
-                "timeout client 10s",
-                "timeout server 10s",
-            ],
-        )
-    };
+    // The recommended lines (docs/haproxy.md) or neither.
+    let mut stats_line = format!(
+        "stats socket {} mode 600 level admin",
+        dir.join("stats.sock").display()
+    );
+    let mut defaults = vec![
+        "mode http",
+        "timeout connect 1s",
+        "timeout client 10s",
+        "timeout server 10s",
+    ];
+    if recommended {
+        stats_line.push_str(" expose-fd listeners");
+        defaults.push("option idle-close-on-response");
+    }
     let text = json!({
         "services": {"web": {
             "discovery": {"method": "etcd", "hosts": etcd.endpoints(), "path": root},
@@ -1071,11 +1053,7 @@ async fn reload_run(recommended: bool, reloads: u64) -> serde_json::Value {
     })
     .to_string();
     let synapse = InProcessSynapse::start(&text);
-    let cfg = dir.join("haproxy.cfg");
-    eventually(TIMEOUT, || async { cfg.exists() }).await;
-    let haproxy =
-        Haproxy::start(HaproxyOptions::new(&cfg).stats_socket(dir.join("stats.sock"))).await;
-    std::os::unix::fs::symlink(haproxy.master_socket(), dir.join("master.sock")).expect("link");
+    let haproxy = Haproxy::start_for_synapse(dir.path()).await;
     eventually(TIMEOUT, || async {
         synapse.reloads() >= 1
             && http_get(loopback(port), "/")
