@@ -20,14 +20,6 @@ impl Samples {
         self.0.push(ms(d));
     }
 
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
     /// The `q` quantile (0.0 = min, 1.0 = max), nearest rank; NaN when empty.
     pub fn quantile(&self, q: f64) -> f64 {
         let mut v = self.0.clone();

@@ -540,8 +540,6 @@ pub struct Haproxy {
 }
 
 impl Haproxy {
-    /// Starts HAProxy and waits until a worker runs (and, if given, the stats socket
-    /// answers). Panics with HAProxy's output if it exits or does not get ready.
     /// The HAProxy a synapse configured for `dir` drives: waits for synapse to write
     /// `<dir>/haproxy.cfg`, starts on it with `<dir>/stats.sock` as the stats socket, and
     /// links `<dir>/master.sock` to the master CLI (synapse's `master_socket_path`).
@@ -557,6 +555,8 @@ impl Haproxy {
         haproxy
     }
 
+    /// Starts HAProxy and waits until a worker runs (and, if given, the stats socket
+    /// answers). Panics with HAProxy's output if it exits or does not get ready.
     pub async fn start(options: HaproxyOptions) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("it-haproxy-")

@@ -183,8 +183,7 @@ impl HaproxyOutput {
         // With slots, ids are slot numbers and HAProxy's servers are `slot<k>`: a free
         // slot is refilled at runtime, so nothing needs reserving.
         let reserved = if self.config.server_slots.is_none() {
-            self.adopt_running_ids(&wanted);
-            self.lingering_ids(&wanted)
+            self.follow_running_ids(&wanted)
         } else {
             BTreeMap::new()
         };
@@ -250,44 +249,28 @@ impl HaproxyOutput {
         Ok(applied)
     }
 
-    /// Wanted servers HAProxy still runs keep the id they run with.
-    fn adopt_running_ids(&mut self, wanted: &BTreeMap<String, BTreeSet<String>>) {
-        let Some(loaded) = &self.loaded else { return };
+    /// Lines the ids up with the servers HAProxy still runs: a wanted one keeps the id
+    /// it runs with; the ids of unwanted ones (removed, waiting for their connections to
+    /// end before `del server`) are returned, per backend, to be kept from new servers.
+    fn follow_running_ids(
+        &mut self,
+        wanted: &BTreeMap<String, BTreeSet<String>>,
+    ) -> BTreeMap<String, BTreeSet<u32>> {
+        let mut lingering: BTreeMap<String, BTreeSet<u32>> = BTreeMap::new();
+        let Some(loaded) = &self.loaded else {
+            return lingering;
+        };
         for (name, b) in &loaded.backends {
-            let Some(want) = wanted.get(name) else {
-                continue;
-            };
-            for (server, model) in &b.servers {
-                if let (true, Some(id)) = (want.contains(server), model.id) {
+            let want = wanted.get(name);
+            for (server, id) in b.servers.iter().filter_map(|(s, m)| Some((s, m.id?))) {
+                if want.is_some_and(|w| w.contains(server)) {
                     self.ids.adopt(name, server, id);
+                } else {
+                    lingering.entry(name.clone()).or_default().insert(id);
                 }
             }
         }
-    }
-
-    /// Per backend, the ids of servers HAProxy still runs that are no longer wanted
-    /// (removed, waiting for their connections to end before `del server`).
-    fn lingering_ids(
-        &self,
-        wanted: &BTreeMap<String, BTreeSet<String>>,
-    ) -> BTreeMap<String, BTreeSet<u32>> {
-        let Some(loaded) = &self.loaded else {
-            return BTreeMap::new();
-        };
-        loaded
-            .backends
-            .iter()
-            .map(|(name, b)| {
-                let keep = wanted.get(name);
-                let ids = b
-                    .servers
-                    .iter()
-                    .filter(|(s, _)| !keep.is_some_and(|k| k.contains(*s)))
-                    .filter_map(|(_, server)| server.id)
-                    .collect();
-                (name.clone(), ids)
-            })
-            .collect()
+        lingering
     }
 
     /// Whether the file on disk has `config`'s structure (everything but server lines).
