@@ -36,6 +36,12 @@ pub enum ReconcileError {
     FileOutput(#[from] crate::file_output::FileOutputError),
 }
 
+/// A failed apply (a refused check, a full disk, a failed reload) is retried after
+/// 0.5–1 s, then 1–2 s (jittered): at most about once a second, so a persistent fault
+/// costs little, and within 2 s of the cause going away, which synapse cannot observe.
+const RETRY_MIN: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(2);
+
 /// How long to wait for the first complete set of every service before saying so.
 const STARTUP_NOTICE: Duration = Duration::from_secs(5);
 
@@ -77,7 +83,7 @@ impl Reconciler {
 
     /// Runs until cancelled.
     pub async fn run(mut self, cancel: CancellationToken) {
-        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+        let mut backoff = Backoff::new(RETRY_MIN, RETRY_MAX);
         let mut retry_at: Option<Instant> = None;
         let started = Instant::now();
         let mut waiting_noted = false;

@@ -75,6 +75,8 @@ pub struct EtcdMember {
     log: PathBuf,
     initial_cluster: String,
     cluster_token: String,
+    /// More flags for every start (e.g. `--quota-backend-bytes`).
+    extra_args: Vec<String>,
     process: Option<ChildProcess>,
 }
 
@@ -166,7 +168,8 @@ impl EtcdMember {
             // Unique per cluster, so members of two tests can never join each other even
             // if a port is reused.
             .args(["--initial-cluster-token", &self.cluster_token])
-            .args(["--logger", "zap", "--log-outputs", "stderr"]);
+            .args(["--logger", "zap", "--log-outputs", "stderr"])
+            .args(&self.extra_args);
         let process = ChildProcess::spawn(command, &self.log, OnDrop::Kill).unwrap_or_else(|e| {
             panic!(
                 "cannot start {} for member {}: {e}",
@@ -251,10 +254,16 @@ impl EtcdCluster {
     /// elected). Retries with fresh ports if another process took one. Panics, with the
     /// etcd log, if the cluster does not come up.
     pub async fn start(size: usize) -> Self {
+        Self::start_with_args(size, &[]).await
+    }
+
+    /// As [`start`](Self::start), every member started (and restarted) with `args` too,
+    /// e.g. `["--quota-backend-bytes=16777216"]`.
+    pub async fn start_with_args(size: usize, args: &[&str]) -> Self {
         assert!(size >= 1, "an etcd cluster needs at least one member");
         let mut last_error = String::new();
         for _ in 0..START_ATTEMPTS {
-            let cluster = Self::spawn_new(size);
+            let cluster = Self::spawn_new(size, args);
             match cluster.wait_all_serving().await {
                 Ok(()) => return cluster,
                 Err(StartError::AddrInUse(log)) => last_error = log,
@@ -264,7 +273,7 @@ impl EtcdCluster {
         panic!("etcd: ports kept being taken ({START_ATTEMPTS} attempts); last log:\n{last_error}")
     }
 
-    fn spawn_new(size: usize) -> Self {
+    fn spawn_new(size: usize, args: &[&str]) -> Self {
         let dir = data_tempdir();
         let token = format!(
             "it-{}-{}",
@@ -289,6 +298,7 @@ impl EtcdCluster {
                 log: dir.path().join(format!("m{i}.log")),
                 initial_cluster: initial_cluster.clone(),
                 cluster_token: token.clone(),
+                extra_args: args.iter().map(|a| (*a).to_owned()).collect(),
                 process: None,
             })
             .collect();
@@ -497,8 +507,13 @@ impl Etcd {
     /// Starts a node on free ports and waits until it is healthy. Panics, with the etcd
     /// log, if it does not start.
     pub async fn start() -> Self {
+        Self::start_with_args(&[]).await
+    }
+
+    /// As [`start`](Self::start), with more flags for etcd.
+    pub async fn start_with_args(args: &[&str]) -> Self {
         Self {
-            cluster: EtcdCluster::start(1).await,
+            cluster: EtcdCluster::start_with_args(1, args).await,
         }
     }
 

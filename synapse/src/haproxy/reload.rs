@@ -136,7 +136,15 @@ impl Writer {
             .unwrap_or_else(|| with_suffix(&path, ".tmp"));
         let bytes = text.to_owned();
         let cand = candidate.clone();
-        tokio::task::spawn_blocking(move || write_synced(&cand, &bytes)).await??;
+        tokio::task::spawn_blocking(move || {
+            let written = write_synced(&cand, &bytes);
+            if written.is_err() {
+                // A full disk keeps nothing half-written (and frees what it took).
+                let _ = std::fs::remove_file(&cand);
+            }
+            written
+        })
+        .await??;
         let checked = match check {
             Check::Haproxy => {
                 let mut cmd = Command::new("haproxy");
