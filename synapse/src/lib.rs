@@ -27,6 +27,7 @@ pub mod backends;
 pub mod config;
 pub mod counters;
 pub mod ec2;
+pub mod failpoint;
 pub mod file_output;
 #[doc(hidden)]
 pub mod fuzzing;

@@ -13,6 +13,7 @@
 //! into the table in docs/reliability.md.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -38,6 +39,7 @@ use tokio_util::sync::CancellationToken;
 const TTL: Duration = Duration::from_secs(5);
 const TIMEOUT: Duration = Duration::from_secs(30);
 const NERVE_CHILD_ENV: &str = "FAULTS_NERVE_CONFIG";
+const SYNAPSE_CHILD_ENV: &str = "FAULTS_SYNAPSE_CONFIG";
 
 // === profile ===
 
@@ -58,7 +60,7 @@ fn profile() -> &'static str {
     pick("ci", "soak")
 }
 
-// === nerve as a child process ===
+// === nerve and synapse as child processes ===
 
 /// The entry point of the nerve child processes: `nerve::run` on the config file named
 /// by `FAULTS_NERVE_CONFIG`, stopped by SIGTERM like the binary. Does nothing otherwise.
@@ -71,36 +73,86 @@ fn nerve_child() {
     common::telemetry::init(common::telemetry::LogFormat::Human);
     let text = std::fs::read_to_string(&path).expect("nerve child config");
     let config = nerve::config::parse(&text, &Default::default()).expect("nerve child config");
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let result = runtime.block_on(async {
+    let result = child_runtime().block_on(async {
         let cancel = common::shutdown::on_signals().expect("signal handlers");
         nerve::run(config, cancel).await
     });
     std::process::exit(i32::from(result.is_err()));
 }
 
-/// A nerve process; SIGKILLed on drop.
-struct Nerve {
+/// The entry point of the synapse child processes (S20: they crash at failpoints):
+/// `synapse::run` on the config file named by `FAULTS_SYNAPSE_CONFIG`.
+#[test]
+#[ignore = "entry point of the synapse processes the fault tests start"]
+fn synapse_child() {
+    let Some(path) = std::env::var_os(SYNAPSE_CHILD_ENV) else {
+        return;
+    };
+    common::telemetry::init(common::telemetry::LogFormat::Human);
+    let config = synapse::Config::load(std::path::Path::new(&path))
+        .unwrap_or_else(|e| panic!("synapse child config: {e:?}"));
+    let result = child_runtime().block_on(async {
+        let cancel = common::shutdown::on_signals().expect("signal handlers");
+        synapse::run(config, cancel).await
+    });
+    std::process::exit(i32::from(result.is_err()));
+}
+
+fn child_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// A nerve or synapse process (this test binary, re-executed into `nerve_child` or
+/// `synapse_child`); SIGKILLed on drop.
+struct Daemon {
+    entry: &'static str,
+    env: Vec<(&'static str, String)>,
     child: Option<Child>,
-    config: PathBuf,
     log: PathBuf,
 }
 
-impl Nerve {
-    fn start(dir: &Workdir, name: &str, config: &Value) -> Self {
+impl Daemon {
+    /// A nerve on `config`, logging to `<dir>/<name>.log`.
+    fn nerve(dir: &Workdir, name: &str, config: &Value) -> Self {
         let config_path = dir.write(format!("{name}.json"), config.to_string());
-        let log = dir.join(format!("{name}.log"));
-        let mut nerve = Self {
+        Self::start(
+            dir,
+            name,
+            "nerve_child",
+            vec![(NERVE_CHILD_ENV, config_path.display().to_string())],
+        )
+    }
+
+    /// A synapse on the config file `config`, crashing at `failpoint` if given.
+    fn synapse(
+        dir: &Workdir,
+        name: &str,
+        config: &std::path::Path,
+        failpoint: Option<&str>,
+    ) -> Self {
+        let mut env = vec![(SYNAPSE_CHILD_ENV, config.display().to_string())];
+        env.extend(failpoint.map(|f| (synapse::failpoint::ENV, f.to_owned())));
+        Self::start(dir, name, "synapse_child", env)
+    }
+
+    fn start(
+        dir: &Workdir,
+        name: &str,
+        entry: &'static str,
+        env: Vec<(&'static str, String)>,
+    ) -> Self {
+        let mut daemon = Self {
+            entry,
+            env,
             child: None,
-            config: config_path,
-            log,
+            log: dir.join(format!("{name}.log")),
         };
-        nerve.spawn();
-        nerve
+        daemon.spawn();
+        daemon
     }
 
     fn spawn(&mut self) {
@@ -108,29 +160,29 @@ impl Nerve {
             .create(true)
             .append(true)
             .open(&self.log)
-            .expect("nerve log");
+            .expect("daemon log");
         let child = Command::new(std::env::current_exe().expect("test binary"))
             .args([
-                "nerve_child",
+                self.entry,
                 "--exact",
                 "--ignored",
                 "--nocapture",
                 "--test-threads=1",
             ])
-            .env(NERVE_CHILD_ENV, &self.config)
+            .envs(self.env.iter().map(|(k, v)| (*k, v.as_str())))
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
             .spawn()
-            .expect("start a nerve child");
+            .expect("start a child process");
         self.child = Some(child);
     }
 
     fn signal(&self, signal: Signal) {
-        let child = self.child.as_ref().expect("nerve not running");
+        let child = self.child.as_ref().expect("not running");
         let pid = Pid::from_raw(i32::try_from(child.id()).expect("pid"));
-        kill(pid, signal).expect("signal nerve");
+        kill(pid, signal).expect("signal a child process");
     }
 
     /// SIGKILL and reap.
@@ -141,14 +193,19 @@ impl Nerve {
         }
     }
 
+    /// Waits for the process to exit by itself; its status.
+    async fn exited(&mut self) -> std::process::ExitStatus {
+        let child = std::sync::Mutex::new(self.child.take().expect("not running"));
+        eventually(TIMEOUT, || async {
+            child.lock().expect("child").try_wait().ok().flatten()
+        })
+        .await
+    }
+
     /// SIGTERM, then waits for the exit.
     async fn terminate(&mut self) {
         self.signal(Signal::SIGTERM);
-        let child = std::sync::Mutex::new(self.child.take().expect("nerve not running"));
-        eventually(TIMEOUT, || async {
-            matches!(child.lock().expect("child").try_wait(), Ok(Some(_)))
-        })
-        .await;
+        self.exited().await;
     }
 
     fn restart(&mut self) {
@@ -157,7 +214,7 @@ impl Nerve {
     }
 }
 
-impl Drop for Nerve {
+impl Drop for Daemon {
     fn drop(&mut self) {
         if let Some(child) = &self.child {
             // A stopped process must be continued to die promptly and be reaped.
@@ -205,7 +262,7 @@ impl Registry {
 struct Host {
     id: String,
     backend: Backend,
-    nerve: Nerve,
+    nerve: Daemon,
     proxy: Option<FaultProxy>,
 }
 
@@ -330,7 +387,7 @@ impl World {
             .as_ref()
             .map_or_else(|| self.registry.endpoints(), |p| vec![p.endpoint()]);
         let config = self.nerve_config(id, backend.port(), endpoints);
-        let nerve = Nerve::start(&self.dir, &format!("nerve-{id}"), &config);
+        let nerve = Daemon::nerve(&self.dir, &format!("nerve-{id}"), &config);
         self.hosts.push(Host {
             id: id.to_owned(),
             backend,
@@ -1761,11 +1818,11 @@ async fn s19_mass_registration_and_expiry() {
 
 /// The fault proxy itself: pass forwards, delay holds each chunk, blackhole hangs without
 /// closing, reset closes at once, and pass heals.
-/// Puts `n` registrations `filler-NNNN` of instances on `port` under the world's path,
+/// Puts registrations `filler-NNNN` (`NNNN` in `ids`) of instances on `port` under the world's path,
 /// as another writer, in transactions of 100.
-async fn put_fillers(w: &World, n: usize, port: u16) {
+async fn put_fillers(w: &World, ids: std::ops::Range<usize>, port: u16) {
     let mut kv = w.client.kv_client();
-    for chunk in (0..n).collect::<Vec<_>>().chunks(100) {
+    for chunk in ids.collect::<Vec<_>>().chunks(100) {
         let ops: Vec<TxnOp> = chunk
             .iter()
             .map(|i| {
@@ -1876,6 +1933,102 @@ fn leftover_temp_files(cfg: &std::path::Path) -> Vec<String> {
         .collect()
 }
 
+/// S20: synapse crashes (it SIGKILLs itself at a failpoint) at every step of writing
+/// haproxy.cfg and reloading, `iterations` times each, each time with a change to write.
+/// After every crash haproxy.cfg passes `haproxy -c` and is byte for byte the old file
+/// or the one the next start writes; the next start leaves no temp file behind; HAProxy
+/// never fails a request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s20_crash_during_write() {
+    let mut w = World::start("S20", false).await;
+    // The in-process synapse makes way for synapse processes on the same config.
+    w.synapse.take().expect("synapse").stop().await;
+    // With checks, haproxy.cfg.tmp is written, checked, renamed; without, a temp file
+    // of a random name is.
+    let text = w.synapse_config("");
+    let unchecked = text.replace(r#""do_checks": true"#, r#""do_checks": false"#);
+    assert_ne!(text, unchecked);
+    let configs = [
+        (true, w.dir.write("synapse.json", &text)),
+        (false, w.dir.write("synapse-unchecked.json", &unchecked)),
+    ];
+    let load = w.load();
+    let iterations = pick(5, 25);
+    let port = w.host("a").backend.port();
+    let points = [
+        "before_tmp_write",
+        "after_tmp_write",
+        "after_fsync",
+        "after_check",
+        "after_rename",
+        "before_reload",
+    ];
+    let mut outcomes: BTreeMap<String, (u32, u32)> = BTreeMap::new();
+    let mut fillers = 0;
+    let runs = configs.iter().flat_map(|(checked, config)| {
+        points
+            .iter()
+            .filter(move |p| *checked || **p != "after_check")
+            .map(move |p| (*checked, config, *p))
+    });
+    let mut crashes = 0;
+    for (checked, config, point) in runs {
+        for _ in 0..iterations {
+            crashes += 1;
+            let old = w.cfg();
+            put_fillers(&w, fillers..fillers + 1, port).await;
+            fillers += 1;
+            let mut crashing = Daemon::synapse(&w.dir, "synapse-crash", config, Some(point));
+            let status = crashing.exited().await;
+            assert_eq!(
+                status.signal(),
+                Some(Signal::SIGKILL as i32),
+                "{point}: synapse did not crash at its failpoint but exited with {status}"
+            );
+            let crashed = w.cfg();
+            haproxy_check(&w.cfg_path());
+            // The next start writes the registry's state and cleans up.
+            let mut next = Daemon::synapse(&w.dir, "synapse", config, None);
+            eventually(TIMEOUT, || async {
+                server_lines(&w.cfg()) == 3 + fillers
+                    && leftover_temp_files(&w.cfg_path()).is_empty()
+            })
+            .await;
+            let new = w.cfg();
+            next.terminate().await;
+            assert!(
+                crashed == old || crashed == new,
+                "{point}: haproxy.cfg after the crash is neither the old nor the new file:\n{crashed}"
+            );
+            let key = format!("{point}{}", if checked { "" } else { " (unchecked)" });
+            let o = outcomes.entry(key).or_default();
+            if crashed == old {
+                o.0 += 1;
+            } else {
+                o.1 += 1;
+            }
+        }
+    }
+    let report = load.stop().await;
+    record(
+        "S20",
+        "crash during write",
+        json!({"failed": report.failed(), "sent": report.sent, "crashes": crashes,
+               "old_new_after_crash": outcomes, "check_passed": crashes}),
+    );
+    assert_eq!(report.failed(), 0, "{:?}", failures(&report));
+    // Before the rename the file is the old one, from it on the new one.
+    for (point, (old, new)) in &outcomes {
+        let renamed = point.starts_with("after_rename") || point.starts_with("before_reload");
+        assert_eq!(
+            (*old == 0, *new == 0),
+            (renamed, !renamed),
+            "{point}: {old} old, {new} new"
+        );
+    }
+    w.stop().await;
+}
+
 /// S25: the disk under haproxy.cfg is full: it lives on a 16 KiB tmpfs and 250 new
 /// instances need a larger file. The file stays as it was, no reload, no temp file left,
 /// one error per attempt at most once a second; after the tmpfs grows the change lands
@@ -1897,7 +2050,7 @@ async fn s25_config_disk_full() {
     let fillers = 250;
     // Real listeners (a's backend): the load must not meet instances that were never up.
     let port = w.host("a").backend.port();
-    put_fillers(&w, fillers, port).await;
+    put_fillers(&w, 0..fillers, port).await;
     eventually(TIMEOUT, || async {
         w.synapse().get(|c| &c.write_failures) > failures_before
     })

@@ -119,6 +119,7 @@ impl HaproxyOutput {
         changed: Arc<Notify>,
     ) -> (Self, Option<Supervisor>) {
         let writer = Writer::new(&config);
+        writer.remove_leftovers();
         let deployed = match writer.config_path() {
             Some(p) => tokio::fs::read_to_string(p).await.ok(),
             None => None,
@@ -310,6 +311,7 @@ impl HaproxyOutput {
         let reason = self.reload_pending.clone().unwrap_or(ReloadReason::Initial);
         self.dump_server_state().await;
         let master_pid = self.managed.as_ref().and_then(|m| m.state().master_pid);
+        crate::failpoint::hit("before_reload");
         let reloaded = match self.reloader.reload(master_pid).await {
             Ok(r) => r,
             Err(e) => {

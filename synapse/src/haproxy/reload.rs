@@ -23,6 +23,7 @@ use tokio::time::{sleep, Instant};
 
 use super::runtime::{self, ProcessList, SocketError};
 use crate::config::{HaproxyConfig, ReloadMethod};
+use crate::failpoint;
 
 /// How long one reload may take to show up in `show proc`.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
@@ -93,6 +94,9 @@ enum Check {
     Shell(String),
 }
 
+/// The name prefix of the temp files of atomic writes.
+const TEMP_PREFIX: &str = ".synapse-";
+
 /// Where the file watcher of another container, or `haproxy -c`, finds the candidate.
 pub const CANDIDATE_ENV: &str = "SYNAPSE_CANDIDATE_CONFIG";
 
@@ -112,6 +116,44 @@ impl Writer {
 
     pub fn config_path(&self) -> Option<&Path> {
         self.config_path.as_deref()
+    }
+
+    /// Removes what a crash in the middle of a write left next to haproxy.cfg: the
+    /// candidate and the temp files of atomic writes. Run once at start-up, before any
+    /// write of this process.
+    pub fn remove_leftovers(&self) {
+        let Some(path) = &self.config_path else {
+            return;
+        };
+        let candidate = self
+            .candidate_path
+            .clone()
+            .unwrap_or_else(|| with_suffix(path, ".tmp"));
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let temps = std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(TEMP_PREFIX) && n.ends_with(".tmp"))
+            });
+        for leftover in std::iter::once(candidate).chain(temps) {
+            match std::fs::remove_file(&leftover) {
+                Ok(()) => {
+                    tracing::info!(file = %leftover.display(), "removed a temp file an earlier run left behind");
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(file = %leftover.display(), error = %e, "cannot remove a leftover temp file");
+                }
+            }
+        }
     }
 
     /// Puts `text` in place (checked first when checks are on and `check` is set).
@@ -136,6 +178,7 @@ impl Writer {
             .unwrap_or_else(|| with_suffix(&path, ".tmp"));
         let bytes = text.to_owned();
         let cand = candidate.clone();
+        failpoint::hit("before_tmp_write");
         tokio::task::spawn_blocking(move || {
             let written = write_synced(&cand, &bytes);
             if written.is_err() {
@@ -163,7 +206,7 @@ impl Writer {
             }
         };
         match checked {
-            Ok(Ok(())) => {}
+            Ok(Ok(())) => failpoint::hit("after_check"),
             Ok(Err(Failure { status, output, .. })) => {
                 let _ = std::fs::remove_file(&candidate);
                 return Err(ReloadError::CheckFailed { status, output });
@@ -178,7 +221,9 @@ impl Writer {
                 path: path.clone(),
                 source,
             })?;
-            sync_dir(&dir)
+            sync_dir(&dir)?;
+            failpoint::hit("after_rename");
+            Ok(())
         })
         .await?
     }
@@ -408,18 +453,23 @@ pub fn write_atomically(dir: &Path, path: &Path, text: &str) -> Result<(), Reloa
         path: path.to_owned(),
         source,
     };
+    failpoint::hit("before_tmp_write");
     let mut tmp = tempfile::Builder::new()
-        .prefix(".synapse-")
+        .prefix(TEMP_PREFIX)
         .suffix(".tmp")
         .tempfile_in(dir)
         .map_err(err)?;
     tmp.write_all(text.as_bytes()).map_err(err)?;
+    failpoint::hit("after_tmp_write");
     tmp.as_file().sync_all().map_err(err)?;
+    failpoint::hit("after_fsync");
     // A temp file is created 0600; the file it replaces is read by HAProxy (another
     // user, or another container).
     set_readable(tmp.path()).map_err(err)?;
     tmp.persist(path).map_err(|e| err(e.error))?;
-    sync_dir(dir)
+    sync_dir(dir)?;
+    failpoint::hit("after_rename");
+    Ok(())
 }
 
 fn write_synced(path: &Path, text: &str) -> Result<(), ReloadError> {
@@ -429,7 +479,9 @@ fn write_synced(path: &Path, text: &str) -> Result<(), ReloadError> {
     };
     let mut f = std::fs::File::create(path).map_err(err)?;
     f.write_all(text.as_bytes()).map_err(err)?;
+    failpoint::hit("after_tmp_write");
     f.sync_all().map_err(err)?;
+    failpoint::hit("after_fsync");
     set_readable(path).map_err(err)
 }
 
