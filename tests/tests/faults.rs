@@ -117,26 +117,24 @@ struct Daemon {
 
 impl Daemon {
     /// A nerve on `config`, logging to `<dir>/<name>.log`.
-    fn nerve(dir: &Workdir, name: &str, config: &Value) -> Self {
+    fn nerve(dir: &Workdir, name: &str, config: &Value, env: Vec<(&'static str, String)>) -> Self {
         let config_path = dir.write(format!("{name}.json"), config.to_string());
-        Self::start(
-            dir,
-            name,
-            "nerve_child",
-            vec![(NERVE_CHILD_ENV, config_path.display().to_string())],
-        )
+        let mut all = vec![(NERVE_CHILD_ENV, config_path.display().to_string())];
+        all.extend(env);
+        Self::start(dir, name, "nerve_child", all)
     }
 
-    /// A synapse on the config file `config`, crashing at `failpoint` if given.
+    /// A synapse on the config file `config`, with more environment variables (e.g.
+    /// [`synapse::failpoint::ENV`]).
     fn synapse(
         dir: &Workdir,
         name: &str,
         config: &std::path::Path,
-        failpoint: Option<&str>,
+        env: Vec<(&'static str, String)>,
     ) -> Self {
-        let mut env = vec![(SYNAPSE_CHILD_ENV, config.display().to_string())];
-        env.extend(failpoint.map(|f| (synapse::failpoint::ENV, f.to_owned())));
-        Self::start(dir, name, "synapse_child", env)
+        let mut all = vec![(SYNAPSE_CHILD_ENV, config.display().to_string())];
+        all.extend(env);
+        Self::start(dir, name, "synapse_child", all)
     }
 
     fn start(
@@ -183,6 +181,12 @@ impl Daemon {
         let child = self.child.as_ref().expect("not running");
         let pid = Pid::from_raw(i32::try_from(child.id()).expect("pid"));
         kill(pid, signal).expect("signal a child process");
+    }
+
+    fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     /// SIGKILL and reap.
@@ -378,6 +382,11 @@ impl World {
     }
 
     async fn add_host(&mut self, id: &str) {
+        self.add_host_with_env(id, Vec::new()).await;
+    }
+
+    /// A host whose nerve runs with more environment variables (S23: libfaketime).
+    async fn add_host_with_env(&mut self, id: &str, env: Vec<(&'static str, String)>) {
         let backend = Backend::start(id).await;
         let proxy = match &self.registry {
             Registry::Single(e) => Some(FaultProxy::start(e.client_addr()).await),
@@ -387,7 +396,7 @@ impl World {
             .as_ref()
             .map_or_else(|| self.registry.endpoints(), |p| vec![p.endpoint()]);
         let config = self.nerve_config(id, backend.port(), endpoints);
-        let nerve = Daemon::nerve(&self.dir, &format!("nerve-{id}"), &config);
+        let nerve = Daemon::nerve(&self.dir, &format!("nerve-{id}"), &config, env);
         self.hosts.push(Host {
             id: id.to_owned(),
             backend,
@@ -1978,7 +1987,8 @@ async fn s20_crash_during_write() {
             let old = w.cfg();
             put_fillers(&w, fillers..fillers + 1, port).await;
             fillers += 1;
-            let mut crashing = Daemon::synapse(&w.dir, "synapse-crash", config, Some(point));
+            let env = vec![(synapse::failpoint::ENV, point.to_owned())];
+            let mut crashing = Daemon::synapse(&w.dir, "synapse-crash", config, env);
             let status = crashing.exited().await;
             assert_eq!(
                 status.signal(),
@@ -1988,7 +1998,7 @@ async fn s20_crash_during_write() {
             let crashed = w.cfg();
             haproxy_check(&w.cfg_path());
             // The next start writes the registry's state and cleans up.
-            let mut next = Daemon::synapse(&w.dir, "synapse", config, None);
+            let mut next = Daemon::synapse(&w.dir, "synapse", config, Vec::new());
             eventually(TIMEOUT, || async {
                 server_lines(&w.cfg()) == 3 + fillers
                     && leftover_temp_files(&w.cfg_path()).is_empty()
@@ -2026,6 +2036,180 @@ async fn s20_crash_during_write() {
             "{point}: {old} old, {new} new"
         );
     }
+    w.stop().await;
+}
+
+/// libfaketime's library for multi-threaded programs (Debian's `libfaketime`).
+fn libfaketime() -> PathBuf {
+    std::fs::read_dir("/usr/lib")
+        .expect("/usr/lib")
+        .filter_map(Result::ok)
+        .map(|e| e.path().join("faketime/libfaketimeMT.so.1"))
+        .chain([PathBuf::from("/usr/lib/faketime/libfaketimeMT.so.1")])
+        .find(|p| p.exists())
+        .expect("libfaketime is not installed (scripts/install-deps installs it)")
+}
+
+/// The last timestamp in a daemon's log (`2026-12-03T21:59:30.781Z  INFO …`) minus
+/// the time now, in seconds, within ±12 h.
+fn log_clock_offset(log: &std::path::Path) -> i64 {
+    let text = std::fs::read_to_string(log).expect("daemon log");
+    let stamp = text
+        .lines()
+        .rev()
+        .find_map(|l| l.get(11..19).filter(|_| l.starts_with("20")))
+        .expect("a timestamped line");
+    let secs = stamp
+        .split(':')
+        .map(|p| p.parse::<i64>().expect("hh:mm:ss"))
+        .fold(0, |acc, p| acc * 60 + p);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let day = 86_400;
+    let diff = (secs - i64::try_from(now % 86_400).unwrap_or(0)).rem_euclid(day);
+    if diff > day / 2 {
+        diff - day
+    } else {
+        diff
+    }
+}
+
+/// `synapse_haproxy_reloads_total{result="ok"}` of a synapse process.
+async fn reloads_at(admin: u16) -> f64 {
+    eventually(TIMEOUT, || async {
+        scrape(loopback(admin))
+            .await
+            .ok()?
+            .get("synapse_haproxy_reloads_total", &[("result", "ok")])
+    })
+    .await
+}
+
+/// S23: clock skew, under libfaketime. (1) Wall-clock steps, the monotonic clock left
+/// alone (as NTP steps a clock): a nerve 1 h ahead, one 1 h behind, and synapse and a
+/// third nerve whose wall clock jumps every 10 s (soak 60 s) through +1 h, −1 h, +5 min,
+/// 0. (2) Rate: two nerves whose every clock, monotonic included, runs at ×0.5 and ×1.5.
+/// For 60 s (soak 5 min): no lease re-granted, no healthy instance deleted, no reload,
+/// no failed request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s23_clock_skew() {
+    let lib = libfaketime().display().to_string();
+    let mut w = World::start("S23", false).await;
+    let steps = w.dir.write("faketime-steps", "+0");
+    let wall = |spec: &str| {
+        vec![
+            ("LD_PRELOAD", lib.clone()),
+            ("FAKETIME", spec.to_owned()),
+            ("FAKETIME_DONT_FAKE_MONOTONIC", "1".to_owned()),
+        ]
+    };
+    let stepping = vec![
+        ("LD_PRELOAD", lib.clone()),
+        ("FAKETIME_TIMESTAMP_FILE", steps.display().to_string()),
+        ("FAKETIME_CACHE_DURATION", "1".to_owned()),
+        ("FAKETIME_DONT_FAKE_MONOTONIC", "1".to_owned()),
+    ];
+    let rate = |spec: &str| vec![("LD_PRELOAD", lib.clone()), ("FAKETIME", spec.to_owned())];
+    // synapse, on the stepping clock, takes over from the in-process one.
+    w.synapse.take().expect("synapse").stop().await;
+    let config = w.dir.write("synapse.json", w.synapse_config(""));
+    let mut synapse = Daemon::synapse(&w.dir, "synapse-skewed", &config, stepping.clone());
+    w.add_host_with_env("ahead", wall("+1h")).await;
+    w.add_host_with_env("behind", wall("-1h")).await;
+    w.add_host_with_env("stepping", stepping).await;
+    w.add_host_with_env("slow", rate("+0 x0.5")).await;
+    w.add_host_with_env("fast", rate("+0 x1.5")).await;
+    let all = ["a", "b", "c", "ahead", "behind", "stepping", "slow", "fast"];
+    let leases = w.wait_registered(&all).await;
+    w.routes_to(&all).await;
+    // Every change so far is applied (rate-limited reloads included) before counting.
+    eventually(TIMEOUT, || async {
+        let before = reloads_at(w.admin).await;
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        reloads_at(w.admin).await == before
+    })
+    .await;
+    let reloads = reloads_at(w.admin).await;
+    let rev = w.revision().await;
+    let probes = |w: &mut World| -> Vec<u64> {
+        ["a", "slow", "fast"]
+            .iter()
+            .map(|id| w.host(id).backend.health_checks())
+            .collect()
+    };
+    let probes_before = probes(&mut w);
+    let load = w.load();
+    let started = Instant::now();
+    let run = pick(Duration::from_secs(60), Duration::from_secs(300));
+    let step = pick(Duration::from_secs(10), Duration::from_secs(60));
+    let mut next_step = started + step;
+    let offsets = ["+1h", "-1h", "+5m", "+0"];
+    let mut stepped = 0;
+    while started.elapsed() < run {
+        if Instant::now() >= next_step {
+            w.dir
+                .write("faketime-steps", offsets[stepped % offsets.len()]);
+            stepped += 1;
+            next_step += step;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // The skew is real: the nerves' checks run at their clocks' rates, their logs carry
+    // their wall clocks.
+    let rates: Vec<f64> = probes(&mut w)
+        .iter()
+        .zip(&probes_before)
+        .map(|(after, before)| (after - before) as f64)
+        .collect();
+    let (slow_rate, fast_rate) = (rates[1] / rates[0], rates[2] / rates[0]);
+    let ahead = log_clock_offset(&w.host("ahead").nerve.log);
+    let behind = log_clock_offset(&w.host("behind").nerve.log);
+    w.routes_to(&all).await;
+    assert!(synapse.is_running(), "synapse exited");
+    let report = load.stop().await;
+    let after = w.wait_registered(&all).await;
+    let deletes = w.deletes_since(rev).await;
+    let regrants: Vec<&String> = leases
+        .iter()
+        .filter(|(k, v)| after.get(*k) != Some(v))
+        .map(|(k, _)| k)
+        .collect();
+    let reloads = reloads_at(w.admin).await - reloads;
+    record(
+        "S23",
+        "clock skew",
+        json!({"failed": report.failed(), "sent": report.sent, "deletes_healthy": deletes.len(),
+               "regrants": regrants.len(), "reloads": reloads, "steps": stepped,
+               "run_ms": ms(run), "check_rate_slow": slow_rate, "check_rate_fast": fast_rate,
+               "log_clock_ahead_s": ahead, "log_clock_behind_s": behind}),
+    );
+    assert!(
+        (0.35..0.65).contains(&slow_rate),
+        "x0.5 nerve checked at {slow_rate}x"
+    );
+    assert!(
+        (1.3..1.7).contains(&fast_rate),
+        "x1.5 nerve checked at {fast_rate}x"
+    );
+    let hour = 3_600;
+    let late = i64::try_from(started.elapsed().as_secs()).unwrap_or(0) + 60;
+    assert!(
+        (hour - late..=hour + 5).contains(&ahead),
+        "+1h nerve logs at {ahead} s"
+    );
+    assert!(
+        (-hour - late..=-hour + 5).contains(&behind),
+        "-1h nerve logs at {behind} s"
+    );
+    assert_eq!(report.failed(), 0, "{:?}", failures(&report));
+    assert!(
+        deletes.is_empty(),
+        "DELETEs of healthy instances: {deletes:?}"
+    );
+    assert!(regrants.is_empty(), "re-granted: {regrants:?}");
+    assert!(reloads == 0.0, "{reloads} reloads");
     w.stop().await;
 }
 
