@@ -281,6 +281,10 @@ struct Setup {
     defaults: Vec<String>,
     /// haproxy.cfg (and synapse's temp files) live in `<dir>/cfg`, a tmpfs of this size.
     cfg_tmpfs: Option<&'static str>,
+    /// `web`'s `server_options` (default: `check inter 500 rise 2 fall 2`).
+    server_options: Option<&'static str>,
+    /// More keys of the `web` service, each with a leading comma.
+    service_extra: &'static str,
 }
 
 struct World {
@@ -288,7 +292,7 @@ struct World {
     cfg_tmpfs: Option<Tmpfs>,
     dir: Workdir,
     cfg_path: PathBuf,
-    defaults: Vec<String>,
+    setup: Setup,
     registry: Registry,
     client: Client,
     path: String,
@@ -342,7 +346,7 @@ impl World {
             cfg_tmpfs,
             dir,
             cfg_path,
-            defaults: setup.defaults,
+            setup,
             registry,
             client,
             path: format!("/faults/{test}/web"),
@@ -357,7 +361,7 @@ impl World {
             w.add_host(id).await;
         }
         w.wait_registered(&["a", "b", "c"]).await;
-        w.synapse = Some(Synapse::start(&w.synapse_config("")));
+        w.synapse = Some(Synapse::start(&w.synapse_config()));
         w.start_haproxy().await;
         w.routes_to(&["a", "b", "c"]).await;
         // synapse's start-up reload (which may retry while HAProxy starts) is done before
@@ -412,7 +416,7 @@ impl World {
             .expect("no such host")
     }
 
-    fn synapse_config(&self, service_extra: &str) -> String {
+    fn synapse_config(&self) -> String {
         let hosts: Vec<String> = match &self.synapse_proxy {
             Some(p) => vec![p.endpoint()],
             None => self.registry.endpoints(),
@@ -425,7 +429,7 @@ impl World {
                                "progress_interval": 1,
                                "etcd": {{"dial_timeout": 1, "request_timeout": 2,
                                          "keepalive_interval": 1, "keepalive_timeout": 1}}}},
-                "haproxy": {{"port": {port}, "server_options": "check inter 500 rise 2 fall 2",
+                "haproxy": {{"port": {port}, "server_options": "{server_options}",
                              "listen": ["balance roundrobin"]}}{service_extra}
               }}}},
               "debounce": 0.1,
@@ -445,6 +449,11 @@ impl World {
             hosts = serde_json::to_string(&hosts).expect("json"),
             path = self.path,
             port = self.port,
+            server_options = self
+                .setup
+                .server_options
+                .unwrap_or("check inter 500 rise 2 fall 2"),
+            service_extra = self.setup.service_extra,
             admin = self.admin,
             cfg = self.cfg_path().display(),
             master = master.display(),
@@ -460,7 +469,7 @@ impl World {
                 ]
                 .iter()
                 .map(|l| (*l).to_owned())
-                .chain(self.defaults.iter().cloned())
+                .chain(self.setup.defaults.iter().cloned())
                 .collect::<Vec<String>>()
             )
             .expect("json"),
@@ -474,6 +483,19 @@ impl World {
             .expect("synapse /metrics")
             .get("synapse_service_stale_seconds", &[("service", "web")])
             .expect("synapse_service_stale_seconds{service=\"web\"}")
+    }
+
+    /// `synapse_rejected_registrations_total{reason}` from synapse's `/metrics` (0 before
+    /// the first rejection).
+    async fn rejected(&self, reason: &str) -> f64 {
+        scrape(loopback(self.admin))
+            .await
+            .expect("synapse /metrics")
+            .get(
+                "synapse_rejected_registrations_total",
+                &[("reason", reason)],
+            )
+            .unwrap_or(0.0)
     }
 
     /// `synapse_ready` from synapse's `/metrics`.
@@ -1080,7 +1102,7 @@ async fn s05_cold_start_during_outage() {
     };
     etcd.kill().await;
     let started = Instant::now();
-    w.synapse = Some(Synapse::start(&w.synapse_config("")));
+    w.synapse = Some(Synapse::start(&w.synapse_config()));
     w.start_haproxy().await;
     w.routes_to(&["a", "b", "c"]).await;
     let first_routed = started.elapsed();
@@ -1109,7 +1131,7 @@ async fn s05_cold_start_during_outage() {
     };
     etcd.kill().await;
     std::fs::remove_file(w.cfg_path()).expect("remove haproxy.cfg");
-    w.synapse = Some(Synapse::start(&w.synapse_config("")));
+    w.synapse = Some(Synapse::start(&w.synapse_config()));
     let bare = Instant::now();
     let admin = loopback(w.admin);
     eventually(TIMEOUT, || async { scrape(admin).await.is_ok() }).await;
@@ -1230,11 +1252,7 @@ async fn s07_compaction_while_away() {
     let report = load.stop().await;
     let relists = Counters::get(&w.synapse().counters.relists) - relists;
     let away = healed - noticed;
-    let servers = w
-        .cfg()
-        .lines()
-        .filter(|l| l.trim_start().starts_with("server "))
-        .count();
+    let servers = server_lines(&w.cfg());
     record(
         "S07",
         "compaction while away",
@@ -1827,19 +1845,33 @@ async fn s19_mass_registration_and_expiry() {
 
 /// The fault proxy itself: pass forwards, delay holds each chunk, blackhole hangs without
 /// closing, reset closes at once, and pass heals.
-/// Puts registrations `filler-NNNN` (`NNNN` in `ids`) of instances on `port` under the world's path,
-/// as another writer, in transactions of 100.
-async fn put_fillers(w: &World, ids: std::ops::Range<usize>, port: u16) {
+/// Puts registrations `filler-NNNN` (`NNNN` in `ids`) under the world's path, as
+/// another writer, in transactions of 100: instance `i` on `ports[i % ports.len()]`,
+/// its value padded to about `size` bytes with a label (labels are never rendered).
+async fn put_fillers(w: &World, ids: std::ops::Range<usize>, ports: &[u16], size: usize) {
     let mut kv = w.client.kv_client();
     for chunk in ids.collect::<Vec<_>>().chunks(100) {
         let ops: Vec<TxnOp> = chunk
             .iter()
             .map(|i| {
-                TxnOp::put(
-                    format!("{}/filler-{i:04}", w.path),
-                    format!(r#"{{"host":"127.0.0.1","port":{port},"name":"filler-{i:04}"}}"#),
-                    None,
-                )
+                let bare = format!(
+                    r#"{{"host":"127.0.0.1","port":{},"name":"filler-{i:04}"}}"#,
+                    ports[i % ports.len()]
+                );
+                // Labels of at most 256 bytes each; `"pN":"…",` costs 8 bytes besides.
+                let mut labels = serde_json::Map::new();
+                let mut left = size.saturating_sub(bare.len() + 12);
+                while left > 8 {
+                    let len = (left - 8).min(256);
+                    labels.insert(format!("p{}", labels.len()), "x".repeat(len).into());
+                    left = left.saturating_sub(len + 8);
+                }
+                let mut value: Value = serde_json::from_str(&bare).expect("json");
+                if !labels.is_empty() {
+                    value["labels"] = Value::Object(labels);
+                }
+                let value = value.to_string();
+                TxnOp::put(format!("{}/filler-{i:04}", w.path), value, None)
             })
             .collect();
         kv.txn(Txn::new().and_then(ops)).await.expect("put fillers");
@@ -1954,7 +1986,7 @@ async fn s20_crash_during_write() {
     w.synapse.take().expect("synapse").stop().await;
     // With checks, haproxy.cfg.tmp is written, checked, renamed; without, a temp file
     // of a random name is.
-    let text = w.synapse_config("");
+    let text = w.synapse_config();
     let unchecked = text.replace(r#""do_checks": true"#, r#""do_checks": false"#);
     assert_ne!(text, unchecked);
     let configs = [
@@ -1985,7 +2017,7 @@ async fn s20_crash_during_write() {
         for _ in 0..iterations {
             crashes += 1;
             let old = w.cfg();
-            put_fillers(&w, fillers..fillers + 1, port).await;
+            put_fillers(&w, fillers..fillers + 1, &[port], 0).await;
             fillers += 1;
             let env = vec![(synapse::failpoint::ENV, point.to_owned())];
             let mut crashing = Daemon::synapse(&w.dir, "synapse-crash", config, env);
@@ -2114,7 +2146,7 @@ async fn s23_clock_skew() {
     let rate = |spec: &str| vec![("LD_PRELOAD", lib.clone()), ("FAKETIME", spec.to_owned())];
     // synapse, on the stepping clock, takes over from the in-process one.
     w.synapse.take().expect("synapse").stop().await;
-    let config = w.dir.write("synapse.json", w.synapse_config(""));
+    let config = w.dir.write("synapse.json", w.synapse_config());
     let mut synapse = Daemon::synapse(&w.dir, "synapse-skewed", &config, stepping.clone());
     w.add_host_with_env("ahead", wall("+1h")).await;
     w.add_host_with_env("behind", wall("-1h")).await;
@@ -2213,6 +2245,73 @@ async fn s23_clock_skew() {
     w.stop().await;
 }
 
+/// S29: an oversized registry: 3 junk values of 1.4 MiB and 1,000 (soak 5,000) valid
+/// registrations of 1 KiB appear under the watched prefix while synapse is cut off, and
+/// the history is compacted, so synapse must list it all again. The list is paginated:
+/// one re-list, no list error; the junk is rejected as too_large; every valid instance is
+/// in haproxy.cfg within 10 s of the heal; no request fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s29_oversized_registry() {
+    let mut w = World::start_with(
+        "S29",
+        Setup {
+            // Thousands of servers: HAProxy's own checks slowed down to stay light.
+            server_options: Some("check inter 10s rise 2 fall 2"),
+            service_extra: r#", "max_servers": 6000"#,
+            ..Setup::default()
+        },
+    )
+    .await;
+    let n = pick(1_000, 5_000);
+    let load = w.load();
+    let relists = Counters::get(&w.synapse().counters.relists);
+    let restarts = Counters::get(&w.synapse().counters.watch_restarts);
+    let too_large = w.rejected("too_large").await;
+    w.synapse_proxy.as_ref().expect("proxy").blackhole();
+    eventually(TIMEOUT, || async {
+        Counters::get(&w.synapse().counters.watch_restarts) > restarts
+    })
+    .await;
+    let restarts = Counters::get(&w.synapse().counters.watch_restarts);
+    let mut kv = w.client.kv_client();
+    // Under etcd's 1.5 MiB request limit.
+    let junk = "j".repeat(1_400 * 1024);
+    for i in 0..3 {
+        kv.put(format!("{}/junk-{i}", w.path), junk.clone(), None)
+            .await
+            .expect("put junk");
+    }
+    let ports: Vec<u16> = ["a", "b", "c"]
+        .iter()
+        .map(|id| w.host(id).backend.port())
+        .collect();
+    put_fillers(&w, 0..n, &ports, 1024).await;
+    let head = w.revision().await;
+    kv.compact(head, None).await.expect("compact");
+    w.synapse_proxy.as_ref().expect("proxy").pass();
+    let healed = Instant::now();
+    eventually(TIMEOUT, || async { server_lines(&w.cfg()) == 3 + n }).await;
+    let converged = healed.elapsed();
+    w.routes_to(&["a", "b", "c"]).await;
+    let report = load.stop().await;
+    let relists = Counters::get(&w.synapse().counters.relists) - relists;
+    let restarts = Counters::get(&w.synapse().counters.watch_restarts) - restarts;
+    let too_large = w.rejected("too_large").await - too_large;
+    record(
+        "S29",
+        "oversized registry",
+        json!({"failed": report.failed(), "sent": report.sent, "valid": n, "relists": relists,
+               "watch_restarts_after_heal": restarts, "rejected_too_large": too_large,
+               "converged_ms": ms(converged)}),
+    );
+    assert_eq!(report.failed(), 0, "{:?}", failures(&report));
+    assert_eq!(relists, 1, "re-lists");
+    assert_eq!(restarts, 0, "the list or the watch failed after the heal");
+    assert!(too_large >= 3.0, "junk rejected {too_large} times");
+    assert!(converged <= Duration::from_secs(10), "{converged:?}");
+    w.stop().await;
+}
+
 /// S25: the disk under haproxy.cfg is full: it lives on a 16 KiB tmpfs and 250 new
 /// instances need a larger file. The file stays as it was, no reload, no temp file left,
 /// one error per attempt at most once a second; after the tmpfs grows the change lands
@@ -2234,7 +2333,7 @@ async fn s25_config_disk_full() {
     let fillers = 250;
     // Real listeners (a's backend): the load must not meet instances that were never up.
     let port = w.host("a").backend.port();
-    put_fillers(&w, 0..fillers, port).await;
+    put_fillers(&w, 0..fillers, &[port], 0).await;
     eventually(TIMEOUT, || async {
         w.synapse().get(|c| &c.write_failures) > failures_before
     })
