@@ -285,6 +285,9 @@ struct Setup {
     server_options: Option<&'static str>,
     /// More keys of the `web` service, each with a leading comma.
     service_extra: &'static str,
+    /// synapse changes servers through HAProxy's runtime API (its stats socket) and
+    /// reloads only when it must.
+    runtime_api: bool,
 }
 
 struct World {
@@ -437,7 +440,7 @@ impl World {
               "admin_listen": "127.0.0.1:{admin}",
               "haproxy": {{
                 "config_file_path": "{cfg}",
-                "do_checks": true,
+                "do_checks": true,{runtime_api}
                 "reload_command": "[ ! -e {master} ] || echo reload | socat stdio unix-connect:{master}",
                 "restart_interval": 1,
                 "bind_address": "127.0.0.1",
@@ -454,6 +457,14 @@ impl World {
                 .server_options
                 .unwrap_or("check inter 500 rise 2 fall 2"),
             service_extra = self.setup.service_extra,
+            runtime_api = if self.setup.runtime_api {
+                format!(
+                    r#" "socket_file_path": "{}","#,
+                    self.dir.join("stats.sock").display()
+                )
+            } else {
+                String::new()
+            },
             admin = self.admin,
             cfg = self.cfg_path().display(),
             master = master.display(),
@@ -2309,6 +2320,82 @@ async fn s29_oversized_registry() {
     assert_eq!(restarts, 0, "the list or the watch failed after the heal");
     assert!(too_large >= 3.0, "junk rejected {too_large} times");
     assert!(converged <= Duration::from_secs(10), "{converged:?}");
+    w.stop().await;
+}
+
+/// S22: a change storm: 100 registry changes a second for 20 s (soak 60 s) by another
+/// writer (50 instances on a's backend coming and going). synapse reloads at most once a
+/// second (`restart_interval`), HAProxy never has more than 5 old workers, no request
+/// fails, and HAProxy serves the registry's set within 2 s of the storm's end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s22_change_storm() {
+    let w = World::start_with(
+        "S22",
+        Setup {
+            // Half the instances vanish every half second, by design of the storm.
+            service_extra: r#", "mass_removal_guard": {"enabled": false}"#,
+            ..Setup::default()
+        },
+    )
+    .await;
+    let load = w.load();
+    let reloads = w.synapse().reloads();
+    let port = w.hosts[0].backend.port();
+    let haproxy = w.haproxy.as_ref().expect("haproxy");
+    let mut kv = w.client.kv_client();
+    let storm = pick(Duration::from_secs(20), Duration::from_secs(60));
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    let mut present = BTreeSet::new();
+    let (mut changes, mut max_old, mut samples) = (0usize, 0usize, 0u32);
+    let started = Instant::now();
+    while started.elapsed() < storm {
+        tick.tick().await;
+        let k = changes % 50;
+        if present.remove(&k) {
+            kv.delete(format!("{}/filler-{k:04}", w.path), None)
+                .await
+                .expect("delete");
+        } else {
+            put_fillers(&w, k..k + 1, &[port], 0).await;
+            present.insert(k);
+        }
+        changes += 1;
+        if changes % 25 == 0 {
+            // The master re-executes itself on a reload: its CLI may be away a moment.
+            if let Ok(procs) = haproxy.master().show_proc().await {
+                max_old = max_old.max(procs.old_workers.len());
+                samples += 1;
+            }
+        }
+    }
+    let rate = changes as f64 / started.elapsed().as_secs_f64();
+    let ended = Instant::now();
+    let want = 3 + present.len();
+    eventually(TIMEOUT, || async {
+        haproxy
+            .show_servers_state("web")
+            .await
+            .is_ok_and(|s| s.len() == want)
+            && server_lines(&w.cfg()) == want
+    })
+    .await;
+    let converged = ended.elapsed();
+    let reloads = w.synapse().reloads() - reloads;
+    let report = load.stop().await;
+    record(
+        "S22",
+        "change storm",
+        json!({"failed": report.failed(), "sent": report.sent, "changes": changes,
+               "changes_per_s": rate, "reloads": reloads, "max_old_workers": max_old,
+               "show_proc_samples": samples,
+               "converged_ms": ms(converged), "storm_ms": ms(storm)}),
+    );
+    assert_eq!(report.failed(), 0, "{:?}", failures(&report));
+    assert!(rate >= 90.0, "only {rate} changes/s");
+    assert!(reloads <= storm.as_secs() + 2, "{reloads} reloads");
+    assert!(samples >= 10, "show proc answered {samples} times");
+    assert!(max_old <= 5, "{max_old} old workers");
+    assert!(converged <= Duration::from_secs(2), "{converged:?}");
     w.stop().await;
 }
 
