@@ -25,7 +25,7 @@ use etcd_client::{
 use integration_tests::{
     eventually, free_port, http_get, init_tracing, loopback, scrape, Backend, Etcd, EtcdCluster,
     FaultProxy, Haproxy, HaproxyOptions, InProcessSynapse as Synapse, Load, LoadOptions,
-    LoadReport, Workdir,
+    LoadReport, ProcessList, StatsSocket, Workdir,
 };
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -2396,6 +2396,188 @@ async fn s22_change_storm() {
     assert!(samples >= 10, "show proc answered {samples} times");
     assert!(max_old <= 5, "{max_old} old workers");
     assert!(converged <= Duration::from_secs(2), "{converged:?}");
+    w.stop().await;
+}
+
+/// Waits until a synapse process answers on `admin` with `synapse_ready 1`.
+async fn wait_ready(admin: u16) {
+    eventually(TIMEOUT, || async {
+        scrape(loopback(admin))
+            .await
+            .ok()
+            .and_then(|m| m.get("synapse_ready", &[]))
+            == Some(1.0)
+    })
+    .await;
+}
+
+/// HAProxy's `show proc`, retried while the master re-executes itself.
+async fn show_proc(haproxy: &Haproxy) -> ProcessList {
+    eventually(TIMEOUT, || haproxy.master().show_proc()).await
+}
+
+/// S15: synapse in a crash loop: SIGKILLed 10 times at moments spread over its first
+/// 2 s (start-up included), the registry stable, the runtime API on. HAProxy keeps its
+/// master and serves throughout; the restarts cause at most one reload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s15_synapse_crash_loop() {
+    let mut w = World::start_with(
+        "S15",
+        Setup {
+            runtime_api: true,
+            ..Setup::default()
+        },
+    )
+    .await;
+    w.synapse.take().expect("synapse").stop().await;
+    let config = w.dir.write("synapse.json", w.synapse_config());
+    let haproxy = w.haproxy.as_ref().expect("haproxy");
+    let master = haproxy.master_pid();
+    let before = show_proc(haproxy).await;
+    let load = w.load();
+    let mut moments = Vec::new();
+    for i in 0..10u64 {
+        let mut synapse = Daemon::synapse(&w.dir, "synapse", &config, Vec::new());
+        // A fixed spread of moments over 0–2 s.
+        let moment = Duration::from_millis((i * 797 + 131) % 2_000);
+        tokio::time::sleep(moment).await;
+        assert!(synapse.is_running(), "synapse exited by itself");
+        synapse.kill();
+        moments.push(ms(moment));
+    }
+    let mut synapse = Daemon::synapse(&w.dir, "synapse", &config, Vec::new());
+    wait_ready(w.admin).await;
+    w.routes_to(&["a", "b", "c"]).await;
+    let after = show_proc(haproxy).await;
+    let reloads = after.reloads - before.reloads;
+    assert!(synapse.is_running(), "synapse exited");
+    let report = load.stop().await;
+    record(
+        "S15",
+        "synapse crash loop",
+        json!({"failed": report.failed(), "sent": report.sent, "kills": moments.len(),
+               "kill_moments_ms": moments, "reloads": reloads,
+               "master_unchanged": after.master_pid == before.master_pid}),
+    );
+    assert_eq!(report.failed(), 0, "{:?}", failures(&report));
+    assert_eq!(haproxy.master_pid(), master, "HAProxy's master changed");
+    assert_eq!(after.master_pid, before.master_pid);
+    assert!(reloads <= 1, "{reloads} reloads");
+    w.stop().await;
+}
+
+/// S16: HAProxy crashes (its master SIGKILLed) after 20 changes synapse made through
+/// the runtime API alone; the harness starts it again on the file once synapse has
+/// noticed (as systemd would, `RestartSec=2`). synapse reports the failure and keeps
+/// running; the new HAProxy serves the registry's set from the file, with no synapse
+/// action; requests fail only while no HAProxy runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s16_haproxy_crash() {
+    let mut w = World::start_with(
+        "S16",
+        Setup {
+            runtime_api: true,
+            ..Setup::default()
+        },
+    )
+    .await;
+    let reloads = w.synapse().reloads();
+    let port = w.hosts[0].backend.port();
+    // 15 instances come, 5 of them go: 20 changes, each applied at runtime.
+    for i in 0..20 {
+        if i < 15 {
+            put_fillers(&w, i..i + 1, &[port], 0).await;
+        } else {
+            let key = format!("{}/filler-{:04}", w.path, i - 15);
+            w.client
+                .kv_client()
+                .delete(key, None)
+                .await
+                .expect("delete");
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    let want = 3 + 10;
+    let stats = StatsSocket::new(w.dir.join("stats.sock"));
+    let serving = || async {
+        stats
+            .show_servers_state("web")
+            .await
+            .is_ok_and(|s| s.len() == want)
+    };
+    let haproxy = w.haproxy.take().expect("haproxy");
+    eventually(TIMEOUT, serving).await;
+    eventually(TIMEOUT, || async { server_lines(&w.cfg()) == want }).await;
+    let runtime_commands = w.synapse().get(|c| &c.runtime_commands);
+    assert_eq!(w.synapse().reloads(), reloads, "a change needed a reload");
+    assert!(
+        runtime_commands >= 20,
+        "{runtime_commands} runtime commands"
+    );
+    let writes = w.synapse().get(|c| &c.config_writes);
+    let failures_before = w.synapse().get(|c| &c.runtime_failures);
+    let load = w.load();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    kill(
+        Pid::from_raw(i32::try_from(haproxy.master_pid()).expect("pid")),
+        Signal::SIGKILL,
+    )
+    .expect("kill HAProxy");
+    let killed = Instant::now();
+    drop(haproxy);
+    eventually(TIMEOUT, || async {
+        w.synapse().get(|c| &c.runtime_failures) > failures_before
+    })
+    .await;
+    let noticed = killed.elapsed();
+    // Up again on the file synapse left.
+    let restarted = Instant::now();
+    w.haproxy = Some(Haproxy::start_for_synapse(w.dir.path()).await);
+    let down = killed.elapsed();
+    eventually(TIMEOUT, serving).await;
+    let serving_after = restarted.elapsed();
+    w.routes_to(&["a", "b", "c"]).await;
+    // synapse's next look finds HAProxy as it wants it.
+    let checked = w.synapse().get(|c| &c.runtime_failures);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let report = load.stop().await;
+    let acted = (
+        w.synapse().reloads() - reloads,
+        w.synapse().get(|c| &c.runtime_commands) - runtime_commands,
+        w.synapse().get(|c| &c.config_writes) - writes,
+    );
+    let failed_during_restart = report
+        .failures
+        .iter()
+        .filter(|f| f.at > Duration::from_secs(1) + down + Duration::from_millis(500))
+        .count();
+    record(
+        "S16",
+        "HAProxy crash",
+        json!({"failed": report.failed(), "sent": report.sent, "noticed_ms": ms(noticed),
+               "down_ms": ms(down), "serving_after_restart_ms": ms(serving_after),
+               "synapse_reloads_commands_writes_after": acted,
+               "failed_after_restart": failed_during_restart}),
+    );
+    assert!(w.synapse().is_running());
+    assert!(
+        noticed <= Duration::from_millis(2_500),
+        "noticed after {noticed:?}"
+    );
+    assert!(serving_after <= Duration::from_secs(1), "{serving_after:?}");
+    assert_eq!(acted, (0, 0, 0), "synapse acted after the restart");
+    assert_eq!(
+        w.synapse().get(|c| &c.runtime_failures),
+        checked,
+        "still failing"
+    );
+    // Requests fail only while no HAProxy runs (plus one load period of slack).
+    assert_eq!(failed_during_restart, 0, "{:?}", failures(&report));
+    assert!(
+        report.failed() <= ms(down) / 20 + 1,
+        "{} failed in {down:?} down",
+        report.failed()
+    );
     w.stop().await;
 }
 

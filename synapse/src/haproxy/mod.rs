@@ -45,7 +45,7 @@ use reload::{write_atomically, ReloadError, Reloader, Writer};
 use runtime::{Session, SocketError};
 
 /// How often the running state is compared with the desired one without any change.
-const VERIFY_INTERVAL: Duration = Duration::from_secs(5);
+const VERIFY_INTERVAL: Duration = Duration::from_secs(2);
 /// A `del server` refused because the server still has connections is tried again
 /// this often (the server is in maintenance meanwhile: no new traffic).
 const DELETE_RETRY: Duration = Duration::from_secs(1);
