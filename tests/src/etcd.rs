@@ -468,6 +468,21 @@ impl EtcdCluster {
         )
     }
 
+    /// Starts every member that is not running, all at once, and waits until each is
+    /// healthy: after a full outage one member alone has no quorum and does not serve,
+    /// so they cannot come back one by one with [`restart`](Self::restart).
+    pub async fn restart_all(&mut self) {
+        for member in &mut self.members {
+            if !member.is_running() {
+                member.process = None;
+                member.spawn();
+            }
+        }
+        if let Err(e) = self.wait_all_serving().await {
+            panic!("etcd cluster restart failed: {e:?}");
+        }
+    }
+
     /// SIGSTOP to member `i` (it freezes: no heartbeats, no answers, connections stay
     /// open). Returns once the kernel reports it stopped. Panics if it is not running.
     pub async fn pause(&mut self, i: usize) {

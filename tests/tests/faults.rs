@@ -1061,6 +1061,82 @@ async fn s03_quorum_loss() {
     w.stop().await;
 }
 
+/// S04: full outage: all three etcd members SIGKILLed for 30 s (soak 120 s). During it
+/// host c dies (backend and nerve) and host d starts. HAProxy keeps routing (its own
+/// checks take c out), synapse neither reloads nor exits; once the cluster is back, c's
+/// key expires within TTL + 2 s, d registers within 5 s, HAProxy converges within 10 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s04_full_outage() {
+    let mut w = World::start("S04", true).await;
+    let reloads = w.synapse().reloads();
+    let cfg = w.cfg();
+    let load = w.load();
+    let outage = pick(Duration::from_secs(30), Duration::from_secs(120));
+    let Registry::Cluster(cluster) = &mut w.registry else {
+        unreachable!()
+    };
+    for i in 0..3 {
+        cluster.kill(i).await;
+    }
+    let killed = Instant::now();
+    let c = w.host("c");
+    c.nerve.kill();
+    c.backend.kill().await;
+    w.add_host("d").await;
+    while killed.elapsed() < outage {
+        w.routes_to(&["a", "b"]).await;
+        assert!(w.synapse().is_running(), "synapse exited");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let cfg_unchanged = w.cfg() == cfg;
+    let reloads_during = w.synapse().reloads() - reloads;
+    let Registry::Cluster(cluster) = &mut w.registry else {
+        unreachable!()
+    };
+    cluster.restart_all().await;
+    let back = Instant::now();
+    let (mut c_removed, mut d_present) = (None, None);
+    while c_removed.is_none() || d_present.is_none() {
+        assert!(
+            back.elapsed() < TIMEOUT,
+            "c removed {c_removed:?}, d registered {d_present:?}"
+        );
+        let registered = w.registered().await.unwrap_or_default();
+        if !registered.contains_key("host-c") {
+            c_removed.get_or_insert(back.elapsed());
+        }
+        if registered.contains_key("host-d") {
+            d_present.get_or_insert(back.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    w.routes_to(&["a", "b", "d"]).await;
+    let converged = back.elapsed();
+    let report = load.stop().await;
+    let (c_removed, d_present) = (c_removed.unwrap_or_default(), d_present.unwrap_or_default());
+    record(
+        "S04",
+        "full outage",
+        json!({"failed": report.failed(), "sent": report.sent, "outage_ms": ms(outage),
+               "cfg_unchanged_during": cfg_unchanged, "reloads_during": reloads_during,
+               "c_removed_ms": ms(c_removed), "d_registered_ms": ms(d_present),
+               "converged_ms": ms(converged)}),
+    );
+    assert_eq!(report.failed(), 0, "{:?}", failures(&report));
+    assert!(cfg_unchanged, "haproxy.cfg changed during the outage");
+    assert_eq!(reloads_during, 0);
+    assert!(
+        c_removed <= TTL + Duration::from_secs(2),
+        "c removed after {c_removed:?}"
+    );
+    assert!(
+        d_present <= Duration::from_secs(5),
+        "d registered after {d_present:?}"
+    );
+    assert!(converged <= Duration::from_secs(10), "{converged:?}");
+    w.stop().await;
+}
+
 /// S08: compaction at the head while synapse is connected and caught up: its watch is
 /// not cancelled, nothing is re-listed, and the next change arrives as usual.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
