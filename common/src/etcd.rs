@@ -281,7 +281,12 @@ impl EtcdSettings {
             // etcd-client tries endpoints in turn; require_leader on watches is per call.
             .with_tcp_keepalive(self.keepalive_interval.max(Duration::from_secs(1)));
         if let Some(auth) = &self.auth {
-            opts = opts.with_user(auth.username.clone(), auth.password.expose());
+            // Tokens expire (`--auth-token-ttl`, 5 min by default): a request that meets
+            // an expired one logs in again and is retried, rather than failing until
+            // the process restarts.
+            opts = opts
+                .with_user(auth.username.clone(), auth.password.expose())
+                .with_auto_token_refresh(true);
         }
         if let Some(tls) = &self.tls {
             let read = |path: &PathBuf| {

@@ -18,6 +18,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use common::etcd::{Auth, EtcdSettings};
+use common::Secret;
 use etcd_client::{
     AlarmAction, AlarmOptions, AlarmType, Client, CompactionOptions, DeleteOptions, EventType,
     GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
@@ -259,6 +261,13 @@ impl Registry {
             Self::Cluster(c) => c.client().await,
         }
     }
+
+    fn settings(&self) -> EtcdSettings {
+        match self {
+            Self::Single(e) => e.settings(),
+            Self::Cluster(c) => c.settings(),
+        }
+    }
 }
 
 /// A simulated host: a backend, and the nerve that checks and registers it (through its
@@ -288,7 +297,14 @@ struct Setup {
     /// synapse changes servers through HAProxy's runtime API (its stats socket) and
     /// reloads only when it must.
     runtime_api: bool,
+    /// etcd auth on: every client (nerves, synapse, the harness) is `root`.
+    auth: bool,
+    /// The nerves' `reconcile_interval` in seconds (default 2).
+    nerve_reconcile: Option<u64>,
 }
+
+/// The etcd password of the `auth` worlds (a test cluster's, on loopback).
+const AUTH_PASSWORD: &str = "faults-root";
 
 struct World {
     // First: unmounted before the dir is removed.
@@ -329,7 +345,11 @@ impl World {
         } else {
             Registry::Single(Etcd::start_with_args(setup.etcd_args).await)
         };
-        let client = registry.client().await;
+        let client = if setup.auth {
+            enable_auth(&registry).await
+        } else {
+            registry.client().await
+        };
         let synapse_proxy = match &registry {
             Registry::Single(e) => Some(FaultProxy::start(e.client_addr()).await),
             Registry::Cluster(_) => None,
@@ -373,12 +393,25 @@ impl World {
         w
     }
 
+    /// The `username`/`password` keys of an etcd settings object, when auth is on.
+    fn credentials(&self) -> Value {
+        if self.setup.auth {
+            json!({"username": "root", "password": AUTH_PASSWORD})
+        } else {
+            json!({})
+        }
+    }
+
     fn nerve_config(&self, id: &str, port: u16, endpoints: Vec<String>) -> Value {
+        let mut etcd = json!({"endpoints": endpoints, "dial_timeout": 1, "request_timeout": 1});
+        if let (Some(e), Value::Object(c)) = (etcd.as_object_mut(), self.credentials()) {
+            e.extend(c);
+        }
         json!({
             "instance_id": format!("host-{id}"),
-            "etcd": {"endpoints": endpoints, "dial_timeout": 1, "request_timeout": 1},
+            "etcd": etcd,
             "lease_ttl": TTL.as_secs(),
-            "reconcile_interval": 2,
+            "reconcile_interval": self.setup.nerve_reconcile.unwrap_or(2),
             "shutdown_timeout": 2,
             "services": {"web": {
                 "host": "127.0.0.1", "port": port, "reporter_type": "etcd",
@@ -431,7 +464,7 @@ impl World {
                 "discovery": {{"method": "etcd", "hosts": {hosts}, "path": "{path}",
                                "progress_interval": 1,
                                "etcd": {{"dial_timeout": 1, "request_timeout": 2,
-                                         "keepalive_interval": 1, "keepalive_timeout": 1}}}},
+                                         "keepalive_interval": 1, "keepalive_timeout": 1{auth}}}}},
                 "haproxy": {{"port": {port}, "server_options": "{server_options}",
                              "listen": ["balance roundrobin"]}}{service_extra}
               }}}},
@@ -457,6 +490,13 @@ impl World {
                 .server_options
                 .unwrap_or("check inter 500 rise 2 fall 2"),
             service_extra = self.setup.service_extra,
+            auth = match self.credentials() {
+                Value::Object(c) if !c.is_empty() => {
+                    let text = Value::Object(c).to_string();
+                    format!(", {}", &text[1..text.len() - 1])
+                }
+                _ => String::new(),
+            },
             runtime_api = if self.setup.runtime_api {
                 format!(
                     r#" "socket_file_path": "{}","#,
@@ -553,6 +593,15 @@ impl World {
                 Some((r.name.to_string(), kv.lease()))
             })
             .collect())
+    }
+
+    /// The ports of the first three hosts' backends (a, b, c).
+    fn ports(&self) -> Vec<u16> {
+        self.hosts
+            .iter()
+            .take(3)
+            .map(|h| h.backend.port())
+            .collect()
     }
 
     /// The keys under the service path: key → (create revision, lease).
@@ -756,6 +805,38 @@ impl World {
             s.stop().await;
         }
     }
+}
+
+/// Turns etcd's auth on (user `root`, role `root`) and returns a client logged in as
+/// root.
+async fn enable_auth(registry: &Registry) -> Client {
+    let mut admin = registry.client().await;
+    admin
+        .user_add("root", AUTH_PASSWORD, None)
+        .await
+        .expect("add root");
+    // The built-in role may or may not exist yet.
+    let _ = admin.role_add("root").await;
+    admin
+        .user_grant_role("root", "root")
+        .await
+        .expect("grant root");
+    admin.auth_enable().await.expect("enable auth");
+    let settings = EtcdSettings {
+        auth: Some(Auth {
+            username: "root".to_owned(),
+            password: Secret::new(AUTH_PASSWORD),
+        }),
+        ..registry.settings()
+    };
+    // The harness's own client refreshes its token whatever the product code does.
+    let options = settings
+        .connect_options()
+        .expect("options")
+        .with_auto_token_refresh(true);
+    Client::connect(&settings.endpoints, Some(options))
+        .await
+        .expect("a root client")
 }
 
 /// A tmpfs mounted on a directory (the fault suite runs as root), unmounted on drop.
@@ -1521,6 +1602,65 @@ async fn s13_nerve_sigterm() {
     assert_eq!(report.failed(), 0, "{:?}", failures(&report));
     assert!(deleted_after <= Duration::from_secs(1), "{deleted_after:?}");
     assert!(unrouted <= Duration::from_secs(2), "{unrouted:?}");
+    w.stop().await;
+}
+
+/// S27: etcd auth on, tokens living 5 s (`--auth-token-ttl=5`). After 10 s idle (every
+/// token expired) c's service fails its check, and after 10 s more it recovers: nerve's
+/// writes meet an expired token and must log in again. The DELETE lands within 2 s of
+/// the failure, the PUT within 2 s of the recovery; nothing else is deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s27_auth_token_expiry() {
+    let mut w = World::start_with(
+        "S27",
+        Setup {
+            etcd_args: &["--auth-token-ttl=5"],
+            auth: true,
+            // etcd extends a token each time it is used: nerves that read every 2 s
+            // never see one expire.
+            nerve_reconcile: Some(60),
+            ..Setup::default()
+        },
+    )
+    .await;
+    let rev = w.revision().await;
+    let load = w.load();
+    // Idle: the tokens the daemons hold expire.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let failed_at = Instant::now();
+    w.host("c").backend.set_healthy(false);
+    w.wait_registered(&["a", "b"]).await;
+    let deleted = failed_at.elapsed();
+    w.routes_to(&["a", "b"]).await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let recovered_at = Instant::now();
+    w.host("c").backend.set_healthy(true);
+    w.wait_registered(&["a", "b", "c"]).await;
+    let registered = recovered_at.elapsed();
+    w.routes_to(&["a", "b", "c"]).await;
+    let report = load.stop().await;
+    let deletes = w.deletes_since(rev).await;
+    record(
+        "S27",
+        "auth token expiry",
+        json!({"failed": report.failed(), "sent": report.sent, "deletes": deletes,
+               "deleted_after_failure_ms": ms(deleted),
+               "registered_after_recovery_ms": ms(registered)}),
+    );
+    assert_eq!(report.failed(), 0, "{:?}", failures(&report));
+    assert_eq!(
+        deletes,
+        BTreeMap::from([("host-c".to_owned(), 1)]),
+        "DELETEs"
+    );
+    assert!(
+        deleted <= Duration::from_secs(2),
+        "deleted after {deleted:?}"
+    );
+    assert!(
+        registered <= Duration::from_secs(2),
+        "registered after {registered:?}"
+    );
     w.stop().await;
 }
 
@@ -2339,7 +2479,7 @@ async fn s23_clock_skew() {
 /// in haproxy.cfg within 10 s of the heal; no request fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s29_oversized_registry() {
-    let mut w = World::start_with(
+    let w = World::start_with(
         "S29",
         Setup {
             // Thousands of servers: HAProxy's own checks slowed down to stay light.
@@ -2368,11 +2508,7 @@ async fn s29_oversized_registry() {
             .await
             .expect("put junk");
     }
-    let ports: Vec<u16> = ["a", "b", "c"]
-        .iter()
-        .map(|id| w.host(id).backend.port())
-        .collect();
-    put_fillers(&w, 0..n, &ports, 1024).await;
+    put_fillers(&w, 0..n, &w.ports(), 1024).await;
     let head = w.revision().await;
     kv.compact(head, None).await.expect("compact");
     w.synapse_proxy.as_ref().expect("proxy").pass();
@@ -2558,11 +2694,11 @@ async fn s16_haproxy_crash() {
     )
     .await;
     let reloads = w.synapse().reloads();
-    let port = w.hosts[0].backend.port();
+    let ports = w.ports();
     // 15 instances come, 5 of them go: 20 changes, each applied at runtime.
     for i in 0..20 {
         if i < 15 {
-            put_fillers(&w, i..i + 1, &[port], 0).await;
+            put_fillers(&w, i..i + 1, &ports, 0).await;
         } else {
             let key = format!("{}/filler-{:04}", w.path, i - 15);
             w.client
@@ -2663,7 +2799,7 @@ async fn s16_haproxy_crash() {
 /// within 2 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s25_config_disk_full() {
-    let mut w = World::start_with(
+    let w = World::start_with(
         "S25",
         Setup {
             cfg_tmpfs: Some("16k"),
@@ -2676,9 +2812,9 @@ async fn s25_config_disk_full() {
     let reloads = w.synapse().reloads();
     let failures_before = w.synapse().get(|c| &c.write_failures);
     let fillers = 250;
-    // Real listeners (a's backend): the load must not meet instances that were never up.
-    let port = w.host("a").backend.port();
-    put_fillers(&w, 0..fillers, &[port], 0).await;
+    // Real listeners (a's, b's and c's backends): the load must not meet instances
+    // that were never up.
+    put_fillers(&w, 0..fillers, &w.ports(), 0).await;
     eventually(TIMEOUT, || async {
         w.synapse().get(|c| &c.write_failures) > failures_before
     })

@@ -447,7 +447,9 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 
 impl Watcher for EtcdWatcher {
     async fn run(self, out: Publisher, cancel: CancellationToken) {
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        // Back within 2 s of etcd's return after an outage; jittered (1–2 s at the cap),
+        // so a fleet of synapses does not come back in step.
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
         let mut entries = Entries::default();
         let mut state = State::List;
         let mut resync_at = Instant::now() + self.config.resync_interval;
