@@ -10,7 +10,7 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -40,6 +40,8 @@ pub struct FaultProxy {
     generation: watch::Sender<u64>,
     tasks: Arc<Mutex<JoinSet<()>>>,
     accept: tokio::task::JoinHandle<()>,
+    /// When each connection was accepted.
+    accepted: Arc<Mutex<Vec<Instant>>>,
 }
 
 impl FaultProxy {
@@ -53,8 +55,11 @@ impl FaultProxy {
         let (generation, gen_rx) = watch::channel(0u64);
         let tasks: Arc<Mutex<JoinSet<()>>> = Arc::default();
         let conns = tasks.clone();
+        let accepted: Arc<Mutex<Vec<Instant>>> = Arc::default();
+        let log = accepted.clone();
         let accept = tokio::spawn(async move {
             while let Ok((inbound, _)) = listener.accept().await {
+                log.lock().expect("accept log").push(Instant::now());
                 if *mode_rx.borrow() == Fault::Reset {
                     drop(inbound);
                     continue;
@@ -72,7 +77,14 @@ impl FaultProxy {
             generation,
             tasks,
             accept,
+            accepted,
         }
+    }
+
+    /// When each client connection was accepted, in order (a client's connection
+    /// attempts, also while the target is down).
+    pub fn accepted(&self) -> Vec<Instant> {
+        self.accepted.lock().expect("accept log").clone()
     }
 
     /// Where clients connect (give this to the daemon as its etcd endpoint).

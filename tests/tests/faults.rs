@@ -2793,6 +2793,108 @@ async fn s16_haproxy_crash() {
     w.stop().await;
 }
 
+/// S19c: a reconnect herd: 50 synapses (in-process, each through its own recording
+/// proxy) watch one etcd that is killed for 10 s (soak 30 s) and restarted. Their first
+/// attempts after the restart spread over at least 1 s (the retry jitter), and no
+/// synapse tries again sooner than its backoff floor allows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s19c_reconnect_herd() {
+    init_tracing();
+    let mut etcd = Etcd::start().await;
+    let dir = Workdir::new();
+    let path = "/faults/S19c/web";
+    let mut client = etcd.client().await;
+    client
+        .put(
+            format!("{path}/x"),
+            r#"{"host":"127.0.0.1","port":8080,"name":"x"}"#,
+            None,
+        )
+        .await
+        .expect("put");
+    let herd = 50;
+    let mut proxies = Vec::new();
+    let mut synapses = Vec::new();
+    for i in 0..herd {
+        let proxy = FaultProxy::start(etcd.client_addr()).await;
+        let out = dir.join(format!("out-{i}"));
+        std::fs::create_dir_all(&out).expect("output dir");
+        let config = format!(
+            r#"{{"services": {{"web": {{"discovery": {{"method": "etcd", "hosts": ["{ep}"],
+                 "path": "{path}", "etcd": {{"dial_timeout": 1, "request_timeout": 2,
+                 "keepalive_interval": 1, "keepalive_timeout": 1}}}}}}}},
+               "file_output": {{"output_directory": "{out}"}}}}"#,
+            ep = proxy.endpoint(),
+            out = out.display(),
+        );
+        synapses.push(Synapse::start(&config));
+        proxies.push(proxy);
+    }
+    eventually(TIMEOUT, || async {
+        synapses
+            .iter()
+            .all(|s| s.get(|c| &c.file_output_writes) >= 1)
+    })
+    .await;
+    etcd.kill().await;
+    tokio::time::sleep(pick(Duration::from_secs(10), Duration::from_secs(30))).await;
+    // From here on a connection attempt may reach etcd (it listens before it serves).
+    let back = Instant::now();
+    etcd.restart().await;
+    // Two retry periods at the cap (2 s) and then some: every synapse is back.
+    eventually(TIMEOUT, || async {
+        synapses
+            .iter()
+            .all(|s| s.get(|c| &c.watch_restarts) >= 1 && s.get(|c| &c.relists) >= 1)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let firsts: Vec<Duration> = proxies
+        .iter()
+        .filter_map(|p| {
+            p.accepted()
+                .into_iter()
+                .find(|t| *t >= back.into_std())
+                .map(|t| t - back.into_std())
+        })
+        .collect();
+    let spread = firsts.iter().max().copied().unwrap_or_default()
+        - firsts.iter().min().copied().unwrap_or_default();
+    // The shortest gap between two connection attempts of one synapse while etcd was down.
+    let min_gap = proxies
+        .iter()
+        .filter_map(|p| {
+            let times: Vec<_> = p
+                .accepted()
+                .into_iter()
+                .filter(|t| *t < back.into_std())
+                .collect();
+            times.windows(2).map(|w| w[1] - w[0]).min()
+        })
+        .min()
+        .unwrap_or_default();
+    let attempts: usize = proxies.iter().map(|p| p.accepted().len()).sum();
+    record(
+        "S19c",
+        "reconnect herd",
+        json!({"clients": herd, "reconnected": firsts.len(), "first_attempts_spread_ms": ms(spread),
+               "min_gap_between_attempts_ms": ms(min_gap), "connections": attempts}),
+    );
+    for s in synapses {
+        s.stop().await;
+    }
+    assert_eq!(firsts.len(), herd, "not every synapse came back");
+    assert!(
+        spread >= Duration::from_secs(1),
+        "first attempts within {spread:?}"
+    );
+    // Backoff 100 ms → 2 s, each delay between half and all of its nominal value.
+    assert!(
+        min_gap >= Duration::from_millis(50),
+        "attempts {min_gap:?} apart"
+    );
+}
+
 /// S25: the disk under haproxy.cfg is full: it lives on a 16 KiB tmpfs and 250 new
 /// instances need a larger file. The file stays as it was, no reload, no temp file left,
 /// one error per attempt at most once a second; after the tmpfs grows the change lands
