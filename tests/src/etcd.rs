@@ -18,6 +18,7 @@ use nix::sys::signal::Signal;
 use tempfile::TempDir;
 
 use crate::eventually::eventually;
+use crate::fault_proxy::FaultProxy;
 use crate::http::http_get_timeout;
 use crate::ports::{free_port, loopback};
 use crate::process::{ChildProcess, OnDrop};
@@ -70,7 +71,10 @@ enum StartError {
 pub struct EtcdMember {
     name: String,
     client_port: u16,
+    /// Where the member listens for peers.
     peer_port: u16,
+    /// The peer URL's port the others use: `peer_port`, or a peer proxy's.
+    advertised_peer_port: u16,
     data_dir: PathBuf,
     log: PathBuf,
     initial_cluster: String,
@@ -153,6 +157,7 @@ impl EtcdMember {
     fn spawn(&mut self) {
         let client_url = self.endpoint();
         let peer_url = format!("http://127.0.0.1:{}", self.peer_port);
+        let advertised = format!("http://127.0.0.1:{}", self.advertised_peer_port);
         let mut command = Command::new(etcd_binary());
         command
             .arg("--name")
@@ -162,7 +167,7 @@ impl EtcdMember {
             .args(["--listen-client-urls", &client_url])
             .args(["--advertise-client-urls", &client_url])
             .args(["--listen-peer-urls", &peer_url])
-            .args(["--initial-advertise-peer-urls", &peer_url])
+            .args(["--initial-advertise-peer-urls", &advertised])
             .args(["--initial-cluster", &self.initial_cluster])
             .args(["--initial-cluster-state", "new"])
             // Unique per cluster, so members of two tests can never join each other even
@@ -246,6 +251,9 @@ async fn connect(settings: &EtcdSettings) -> Client {
 pub struct EtcdCluster {
     // Declared before `dir`: the processes die before their data dirs are deleted.
     members: Vec<EtcdMember>,
+    /// With [`start_with_peer_proxies`](Self::start_with_peer_proxies): member `i`'s
+    /// peers reach it through `peer_proxies[i]`.
+    peer_proxies: Vec<FaultProxy>,
     dir: TempDir,
 }
 
@@ -260,10 +268,28 @@ impl EtcdCluster {
     /// As [`start`](Self::start), every member started (and restarted) with `args` too,
     /// e.g. `["--quota-backend-bytes=16777216"]`.
     pub async fn start_with_args(size: usize, args: &[&str]) -> Self {
+        Self::start_inner(size, args, false).await
+    }
+
+    /// As [`start`](Self::start), each member's peers reaching it through a
+    /// [`FaultProxy::start_peer`] proxy, so that [`isolate`](Self::isolate) can cut one
+    /// member off from the others while its clients still reach it.
+    pub async fn start_with_peer_proxies(size: usize) -> Self {
+        Self::start_inner(size, &[], true).await
+    }
+
+    async fn start_inner(size: usize, args: &[&str], peer_proxies: bool) -> Self {
         assert!(size >= 1, "an etcd cluster needs at least one member");
         let mut last_error = String::new();
         for _ in 0..START_ATTEMPTS {
-            let cluster = Self::spawn_new(size, args);
+            let ports: Vec<(u16, u16)> = (0..size).map(|_| (free_port(), free_port())).collect();
+            let mut proxies = Vec::new();
+            if peer_proxies {
+                for &(_, peer) in &ports {
+                    proxies.push(FaultProxy::start_peer(loopback(peer)).await);
+                }
+            }
+            let cluster = Self::spawn_new(&ports, args, proxies);
             match cluster.wait_all_serving().await {
                 Ok(()) => return cluster,
                 Err(StartError::AddrInUse(log)) => last_error = log,
@@ -273,18 +299,24 @@ impl EtcdCluster {
         panic!("etcd: ports kept being taken ({START_ATTEMPTS} attempts); last log:\n{last_error}")
     }
 
-    fn spawn_new(size: usize, args: &[&str]) -> Self {
+    /// Spawns members on `ports` (client, peer); with `peer_proxies`, member `i`
+    /// advertises `peer_proxies[i]` as its peer URL.
+    fn spawn_new(ports: &[(u16, u16)], args: &[&str], peer_proxies: Vec<FaultProxy>) -> Self {
         let dir = data_tempdir();
         let token = format!(
             "it-{}-{}",
             std::process::id(),
             CLUSTERS.fetch_add(1, Ordering::Relaxed)
         );
-        let ports: Vec<(u16, u16)> = (0..size).map(|_| (free_port(), free_port())).collect();
-        let initial_cluster = ports
+        let advertised: Vec<u16> = ports
             .iter()
             .enumerate()
-            .map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}"))
+            .map(|(i, &(_, peer))| peer_proxies.get(i).map_or(peer, |p| p.addr().port()))
+            .collect();
+        let initial_cluster = advertised
+            .iter()
+            .enumerate()
+            .map(|(i, peer)| format!("m{i}=http://127.0.0.1:{peer}"))
             .collect::<Vec<_>>()
             .join(",");
         let mut members: Vec<EtcdMember> = ports
@@ -294,6 +326,7 @@ impl EtcdCluster {
                 name: format!("m{i}"),
                 client_port,
                 peer_port,
+                advertised_peer_port: advertised[i],
                 data_dir: dir.path().join(format!("m{i}.etcd")),
                 log: dir.path().join(format!("m{i}.log")),
                 initial_cluster: initial_cluster.clone(),
@@ -305,7 +338,53 @@ impl EtcdCluster {
         for member in &mut members {
             member.spawn();
         }
-        Self { members, dir }
+        Self {
+            members,
+            peer_proxies,
+            dir,
+        }
+    }
+
+    /// Cuts member `i` off from its peers (both ways, through the peer proxies) while
+    /// its clients still reach it: a partition of one member. Needs
+    /// [`start_with_peer_proxies`](Self::start_with_peer_proxies).
+    pub async fn isolate(&self, i: usize) {
+        assert_eq!(
+            self.peer_proxies.len(),
+            self.members.len(),
+            "isolate needs a cluster started with peer proxies"
+        );
+        let id = self.member_id(i).await;
+        for (j, proxy) in self.peer_proxies.iter().enumerate() {
+            if j == i {
+                proxy.blackhole();
+            } else {
+                proxy.cut_from(id);
+            }
+        }
+    }
+
+    /// Ends [`isolate`](Self::isolate): every peer proxy forwards again.
+    pub fn heal(&self) {
+        for proxy in &self.peer_proxies {
+            proxy.pass();
+        }
+    }
+
+    /// Member `i`'s raft ID, as the others know it.
+    async fn member_id(&self, i: usize) -> u64 {
+        let name = self.members[i].name.clone();
+        let client = self.client().await;
+        let list = eventually(START_TIMEOUT, || {
+            let mut c = client.clone();
+            async move { c.member_list().await }
+        })
+        .await;
+        list.members()
+            .iter()
+            .find(|m| m.name() == name)
+            .map(|m| m.id())
+            .unwrap_or_else(|| panic!("member {name} not in the member list"))
     }
 
     async fn wait_all_serving(&self) -> Result<(), StartError> {

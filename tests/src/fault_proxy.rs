@@ -30,6 +30,10 @@ pub enum Fault {
     Blackhole,
     /// Close every connection; accept and close new ones at once.
     Reset,
+    /// Close the connections an etcd member with this ID opened (its raft requests name
+    /// it in `X-Server-From`) and refuse its new ones; forward the rest. Only a proxy
+    /// started with [`FaultProxy::start_peer`] tells connections apart.
+    CutFrom(u64),
 }
 
 /// A running fault proxy; stops (closing every connection) on drop.
@@ -44,9 +48,29 @@ pub struct FaultProxy {
     accepted: Arc<Mutex<Vec<Instant>>>,
 }
 
+impl std::fmt::Debug for FaultProxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FaultProxy")
+            .field("addr", &self.addr)
+            .field("fault", &self.fault())
+            .finish()
+    }
+}
+
 impl FaultProxy {
     /// Starts a proxy to `target` on a free loopback port, in `Pass` mode.
     pub async fn start(target: SocketAddr) -> Self {
+        Self::start_with(target, false).await
+    }
+
+    /// A proxy in front of an etcd member's peer port: it reads the first request of
+    /// each connection for the member that sent it (`X-Server-From`), so that
+    /// [`cut_from`](Self::cut_from) can part one member from the others.
+    pub async fn start_peer(target: SocketAddr) -> Self {
+        Self::start_with(target, true).await
+    }
+
+    async fn start_with(target: SocketAddr, sniff: bool) -> Self {
         let listener = TcpListener::bind(loopback(0))
             .await
             .expect("bind the fault proxy");
@@ -68,7 +92,7 @@ impl FaultProxy {
                 let mut set = conns.lock().expect("fault proxy tasks");
                 // Reap finished connections so the set does not grow without bound.
                 while set.try_join_next().is_some() {}
-                set.spawn(connection(inbound, target, mode, generation));
+                set.spawn(connection(inbound, target, mode, generation, sniff));
             }
         });
         Self {
@@ -85,6 +109,11 @@ impl FaultProxy {
     /// attempts, also while the target is down).
     pub fn accepted(&self) -> Vec<Instant> {
         self.accepted.lock().expect("accept log").clone()
+    }
+
+    /// Cuts the connections of the etcd member `id` (see [`Fault::CutFrom`]).
+    pub fn cut_from(&self, id: u64) {
+        self.mode.send_replace(Fault::CutFrom(id));
     }
 
     /// Where clients connect (give this to the daemon as its etcd endpoint).
@@ -134,25 +163,73 @@ impl Drop for FaultProxy {
 }
 
 async fn connection(
-    inbound: TcpStream,
+    mut inbound: TcpStream,
     target: SocketAddr,
     mode: watch::Receiver<Fault>,
     mut generation: watch::Receiver<u64>,
+    sniff: bool,
 ) {
     generation.mark_unchanged();
+    // The first bytes a client sends, read before connecting so they can name it.
+    let mut first = Vec::new();
+    if sniff {
+        let mut buf = vec![0u8; 16 * 1024];
+        match tokio::time::timeout(SNIFF_TIMEOUT, inbound.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => return,
+            Ok(Ok(n)) => first.extend_from_slice(&buf[..n]),
+            Err(_) => {}
+        }
+    }
+    let from = server_from(&first);
     let outbound = tokio::select! {
         _ = generation.changed() => return,
-        out = connect_when_forwarding(target, mode.clone()) => match out {
+        out = connect_when_forwarding(target, mode.clone(), from) => match out {
             Some(out) => out,
             None => return,
         },
     };
     let (in_read, in_write) = inbound.into_split();
-    let (out_read, out_write) = outbound.into_split();
+    let (out_read, mut out_write) = outbound.into_split();
+    if out_write.write_all(&first).await.is_err() {
+        return;
+    }
     tokio::select! {
         _ = generation.changed() => {}
-        _ = pump(in_read, out_write, mode.clone()) => {}
-        _ = pump(out_read, in_write, mode) => {}
+        _ = until_cut(mode.clone(), from) => {}
+        _ = pump(in_read, out_write, mode.clone(), from) => {}
+        _ = pump(out_read, in_write, mode, from) => {}
+    }
+}
+
+/// How long a sniffing proxy waits for a client's first bytes.
+const SNIFF_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The member ID in an etcd peer request's `X-Server-From` header (hex).
+fn server_from(request: &[u8]) -> Option<u64> {
+    let text = String::from_utf8_lossy(request);
+    let head = text.split("\r\n\r\n").next()?;
+    head.lines().find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        name.trim()
+            .eq_ignore_ascii_case("x-server-from")
+            .then(|| u64::from_str_radix(value.trim(), 16).ok())?
+    })
+}
+
+/// Whether the mode cuts a connection from `from`.
+fn cuts(fault: Fault, from: Option<u64>) -> bool {
+    matches!(fault, Fault::CutFrom(id) if from == Some(id))
+}
+
+/// Resolves once the mode cuts this connection.
+async fn until_cut(mut mode: watch::Receiver<Fault>, from: Option<u64>) {
+    loop {
+        if cuts(*mode.borrow_and_update(), from) {
+            return;
+        }
+        if mode.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
     }
 }
 
@@ -160,11 +237,13 @@ async fn connection(
 async fn connect_when_forwarding(
     target: SocketAddr,
     mut mode: watch::Receiver<Fault>,
+    from: Option<u64>,
 ) -> Option<TcpStream> {
     loop {
         let fault = *mode.borrow_and_update();
         match fault {
-            Fault::Pass | Fault::Delay(_) => break,
+            f if cuts(f, from) => return None,
+            Fault::Pass | Fault::Delay(_) | Fault::CutFrom(_) => break,
             Fault::Reset => return None,
             Fault::Blackhole => {}
         }
@@ -178,6 +257,7 @@ async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     mut mode: watch::Receiver<Fault>,
+    sender: Option<u64>,
 ) {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
@@ -188,7 +268,8 @@ async fn pump(
         loop {
             let fault = *mode.borrow_and_update();
             match fault {
-                Fault::Pass => break,
+                f if cuts(f, sender) => return,
+                Fault::Pass | Fault::CutFrom(_) => break,
                 Fault::Delay(d) => {
                     tokio::time::sleep(d).await;
                     break;
@@ -205,5 +286,27 @@ async fn pump(
         if to.write_all(&buf[..n]).await.is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_from_reads_the_raft_sender_header() {
+        let request = b"GET /raftstream/message/8e9e05c52164694d HTTP/1.1\r\nHost: 127.0.0.1\r\nx-server-from: 91bc3c398fb3c146\r\nX-Etcd-Cluster-ID: cdf818194e3a8c32\r\n\r\n";
+        assert_eq!(server_from(request), Some(0x91bc_3c39_8fb3_c146));
+        assert_eq!(server_from(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), None);
+        assert_eq!(server_from(b""), None);
+        // A header in the body does not count.
+        assert_eq!(
+            server_from(b"POST /raft HTTP/1.1\r\n\r\nX-Server-From: 1\r\n"),
+            None
+        );
+        assert!(cuts(Fault::CutFrom(7), Some(7)));
+        assert!(!cuts(Fault::CutFrom(7), Some(8)));
+        assert!(!cuts(Fault::CutFrom(7), None));
+        assert!(!cuts(Fault::Pass, Some(7)));
     }
 }

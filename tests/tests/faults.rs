@@ -301,6 +301,10 @@ struct Setup {
     auth: bool,
     /// The nerves' `reconcile_interval` in seconds (default 2).
     nerve_reconcile: Option<u64>,
+    /// A cluster whose peers reach each other through peer proxies (S09), synapse
+    /// pinned to a follower: the other members are in its endpoint list only through
+    /// `standby` proxies, which refuse connections until a scenario lets them pass.
+    isolatable: bool,
 }
 
 /// The etcd password of the `auth` worlds (a test cluster's, on loopback).
@@ -319,6 +323,10 @@ struct World {
     /// synapse's admin endpoint (`/metrics`).
     admin: u16,
     synapse_proxy: Option<FaultProxy>,
+    /// `isolatable` worlds: the member synapse is pinned to, and the proxies to the
+    /// others in its endpoint list.
+    pinned: Option<usize>,
+    standby: Vec<FaultProxy>,
     synapse: Option<Synapse>,
     haproxy: Option<Haproxy>,
     hosts: Vec<Host>,
@@ -340,7 +348,9 @@ impl World {
 
     async fn start_with(test: &str, setup: Setup) -> Self {
         init_tracing();
-        let registry = if setup.cluster {
+        let registry = if setup.isolatable {
+            Registry::Cluster(EtcdCluster::start_with_peer_proxies(3).await)
+        } else if setup.cluster {
             Registry::Cluster(EtcdCluster::start_with_args(3, setup.etcd_args).await)
         } else {
             Registry::Single(Etcd::start_with_args(setup.etcd_args).await)
@@ -354,6 +364,17 @@ impl World {
             Registry::Single(e) => Some(FaultProxy::start(e.client_addr()).await),
             Registry::Cluster(_) => None,
         };
+        let mut pinned = None;
+        let mut standby = Vec::new();
+        if let (true, Registry::Cluster(c)) = (setup.isolatable, &registry) {
+            let follower = (c.leader().await + 1) % c.len();
+            for i in (0..c.len()).filter(|i| *i != follower) {
+                let proxy = FaultProxy::start(c.member(i).client_addr()).await;
+                proxy.reset();
+                standby.push(proxy);
+            }
+            pinned = Some(follower);
+        }
         let dir = Workdir::new();
         let (cfg_tmpfs, cfg_path) = match setup.cfg_tmpfs {
             Some(size) => {
@@ -376,6 +397,8 @@ impl World {
             port: free_port(),
             admin: free_port(),
             synapse_proxy,
+            pinned,
+            standby,
             synapse: None,
             haproxy: None,
             hosts: Vec::new(),
@@ -453,9 +476,12 @@ impl World {
     }
 
     fn synapse_config(&self) -> String {
-        let hosts: Vec<String> = match &self.synapse_proxy {
-            Some(p) => vec![p.endpoint()],
-            None => self.registry.endpoints(),
+        let hosts: Vec<String> = match (&self.synapse_proxy, self.pinned) {
+            (Some(p), _) => vec![p.endpoint()],
+            (None, Some(i)) => std::iter::once(self.registry.endpoints()[i].clone())
+                .chain(self.standby.iter().map(FaultProxy::endpoint))
+                .collect(),
+            (None, None) => self.registry.endpoints(),
         };
         let master = self.dir.join("master.sock");
         format!(
@@ -1215,6 +1241,86 @@ async fn s04_full_outage() {
         "d registered after {d_present:?}"
     );
     assert!(converged <= Duration::from_secs(10), "{converged:?}");
+    w.stop().await;
+}
+
+/// S09: the member synapse watches through is cut off from its peers (peer proxies,
+/// both ways) for 20 s (soak 30 s) while synapse still reaches it. etcd cancels the
+/// watch once the member has had no leader a while (`require_leader`): within 6 s;
+/// synapse moves to another member; a change made during the isolation reaches HAProxy
+/// within 7 s; no request fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s09_isolated_member() {
+    let mut w = World::start_with(
+        "S09",
+        Setup {
+            isolatable: true,
+            ..Setup::default()
+        },
+    )
+    .await;
+    let rev = w.revision().await;
+    let load = w.load();
+    let restarts = Counters::get(&w.synapse().counters.watch_restarts);
+    let pinned = w.pinned.expect("pinned member");
+    // The other members become reachable for synapse; its watch stays where it is.
+    for p in &w.standby {
+        p.pass();
+    }
+    let Registry::Cluster(cluster) = &w.registry else {
+        unreachable!()
+    };
+    cluster.isolate(pinned).await;
+    let isolated = Instant::now();
+    w.host("c").nerve.terminate().await;
+    let changed = Instant::now();
+    eventually(TIMEOUT, || async {
+        Counters::get(&w.synapse().counters.watch_restarts) > restarts
+    })
+    .await;
+    let cancelled = isolated.elapsed();
+    w.routes_to(&["a", "b"]).await;
+    let visible = changed.elapsed();
+    let isolation = pick(Duration::from_secs(20), Duration::from_secs(30));
+    while isolated.elapsed() < isolation {
+        w.routes_to(&["a", "b"]).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let Registry::Cluster(cluster) = &w.registry else {
+        unreachable!()
+    };
+    cluster.heal();
+    cluster.wait_ready().await;
+    w.add_host("d").await;
+    w.wait_registered(&["a", "b", "d"]).await;
+    w.routes_to(&["a", "b", "d"]).await;
+    let report = load.stop().await;
+    let deletes = w.deletes_since(rev).await;
+    record(
+        "S09",
+        "isolated member under synapse",
+        json!({"failed": report.failed(), "sent": report.sent, "watch_cancelled_ms": ms(cancelled),
+               "change_visible_ms": ms(visible), "isolation_ms": ms(isolation),
+               "deletes": deletes}),
+    );
+    assert_eq!(report.failed(), 0, "{:?}", failures(&report));
+    // etcd cancels a stream after its member has had no leader for 3 checks 1 s apart
+    // (v3rpc `monitorLeader`), and the member loses its leader only when its own election
+    // timer fires (1–2 s): 4–6 s, where §4.2 hoped for 4.
+    assert!(
+        cancelled <= Duration::from_secs(6),
+        "watch cancelled after {cancelled:?}"
+    );
+    assert!(
+        visible <= Duration::from_secs(7),
+        "change visible after {visible:?}"
+    );
+    // Only c's clean stop.
+    assert_eq!(
+        deletes,
+        BTreeMap::from([("host-c".to_owned(), 1)]),
+        "DELETEs"
+    );
     w.stop().await;
 }
 
