@@ -14,8 +14,9 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
+use tokio::time::Instant as TokioInstant;
 
 use crate::ports::loopback;
 
@@ -252,41 +253,60 @@ async fn connect_when_forwarding(
     TcpStream::connect(target).await.ok()
 }
 
-/// Copies `from` → `to` chunk by chunk, obeying the mode before each write.
+/// Copies `from` → `to` chunk by chunk, obeying the mode before each write. Reading
+/// runs ahead of writing, so `Delay` is latency (each chunk leaves `d` after it
+/// arrived), not a queue of `d` per chunk.
 async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     mut mode: watch::Receiver<Fault>,
     sender: Option<u64>,
 ) {
-    let mut buf = vec![0u8; 16 * 1024];
-    loop {
-        let n = match from.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
-        };
+    let (tx, mut rx) = mpsc::channel::<(TokioInstant, Vec<u8>)>(256);
+    let read = async move {
+        let mut buf = vec![0u8; 16 * 1024];
         loop {
-            let fault = *mode.borrow_and_update();
-            match fault {
-                f if cuts(f, sender) => return,
-                Fault::Pass | Fault::CutFrom(_) => break,
-                Fault::Delay(d) => {
-                    tokio::time::sleep(d).await;
-                    break;
-                }
-                Fault::Reset => return,
-                // Held: the bytes are dropped if the fault ends in a reset, forwarded if
-                // it ends in pass (as a TCP retransmission would deliver them).
-                Fault::Blackhole => {}
-            }
-            if mode.changed().await.is_err() {
+            let n = match from.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            if tx
+                .send((TokioInstant::now(), buf[..n].to_vec()))
+                .await
+                .is_err()
+            {
                 return;
             }
         }
-        if to.write_all(&buf[..n]).await.is_err() {
-            return;
+    };
+    let write = async move {
+        while let Some((arrived, bytes)) = rx.recv().await {
+            loop {
+                let fault = *mode.borrow_and_update();
+                match fault {
+                    f if cuts(f, sender) => return,
+                    Fault::Pass | Fault::CutFrom(_) => break,
+                    Fault::Delay(d) => {
+                        tokio::time::sleep_until(arrived + d).await;
+                        break;
+                    }
+                    Fault::Reset => return,
+                    // Held: the bytes are dropped if the fault ends in a reset, forwarded
+                    // if it ends in pass (as a TCP retransmission would deliver them).
+                    Fault::Blackhole => {}
+                }
+                if mode.changed().await.is_err() {
+                    return;
+                }
+            }
+            if to.write_all(&bytes).await.is_err() {
+                return;
+            }
         }
-    }
+    };
+    // The writer drains what was read before an EOF; a failed writer ends the reader at
+    // its next chunk (and the connection's other tasks end it anyway).
+    tokio::join!(read, write);
 }
 
 #[cfg(test)]
