@@ -1257,7 +1257,7 @@ async fn s04_full_outage() {
 /// both ways) for 20 s (soak 30 s) while synapse still reaches it. etcd cancels the
 /// watch once the member has had no leader a while (`require_leader`): within 6 s;
 /// synapse moves to another member; a change made during the isolation reaches HAProxy
-/// within 8 s; no request fails.
+/// within 10 s; no request fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s09_isolated_member() {
     let mut w = World::start_with(
@@ -1320,10 +1320,10 @@ async fn s09_isolated_member() {
         cancelled <= Duration::from_secs(6),
         "watch cancelled after {cancelled:?}"
     );
-    // Then a reconnect, which may first land on the isolated member again (it is still
-    // in synapse's list) and retry once more.
+    // Then a reconnect: synapse's client balances over its endpoints and may land on the
+    // isolated member again (it is still in the list), each retry backing off.
     assert!(
-        visible <= Duration::from_secs(8),
+        visible <= Duration::from_secs(10),
         "change visible after {visible:?}"
     );
     // c's clean stop is deleted. A nerve whose keep-alive stream sat on the isolated

@@ -43,6 +43,8 @@ pub enum ReportError {
     KeepAliveTimeout(Duration),
     #[error("lease keep-alive stream closed by the server")]
     KeepAliveClosed,
+    #[error("a member said lease {0:016x} is gone; another did not confirm it")]
+    LeaseUnconfirmed(i64),
     #[error("lease {0:016x} has expired")]
     LeaseLost(i64),
     #[error("cannot put {key}")]
@@ -98,6 +100,12 @@ pub struct EtcdReporterConfig {
 pub struct EtcdReporter {
     config: EtcdReporterConfig,
     client: Option<Client>,
+    /// The configured endpoint the client talks to (an index, taken modulo their
+    /// number). One member at a time, as etcd's Go client pins one: a member that stops
+    /// answering (paused, or cut off from its peers) is left for the next one after a
+    /// failed keep-alive or request, where a balancer over all of them may pick it again
+    /// until the lease expires.
+    endpoint: usize,
     lease: Option<Lease>,
     written: BTreeMap<String, Written>,
     next_keepalive: Instant,
@@ -117,6 +125,7 @@ impl EtcdReporter {
             next_reconcile: now + config.reconcile_interval,
             config,
             client: None,
+            endpoint: 0,
             lease: None,
             written: BTreeMap::new(),
             status,
@@ -132,11 +141,51 @@ impl EtcdReporter {
         if let Some(client) = &self.client {
             return Ok(client.clone());
         }
-        let client = connect(&self.config.settings)
-            .await
-            .map_err(ReportError::Connect)?;
+        let all = &self.config.settings.endpoints;
+        let settings = EtcdSettings {
+            endpoints: all
+                .get(self.endpoint % all.len().max(1))
+                .map_or_else(|| all.clone(), |e| vec![e.clone()]),
+            ..self.config.settings.clone()
+        };
+        let client = match connect(&settings).await {
+            Ok(client) => client,
+            Err(e) => {
+                self.next_endpoint();
+                return Err(ReportError::Connect(e));
+            }
+        };
         self.client = Some(client.clone());
         Ok(client)
+    }
+
+    /// Drops the client; the next attempt connects to the next endpoint.
+    fn next_endpoint(&mut self) {
+        self.client = None;
+        self.endpoint = self.endpoint.wrapping_add(1);
+    }
+
+    /// Whether another member confirms that lease `id` is gone. The one that said so may
+    /// be a deposed leader that has not heard of its successor yet and still answers
+    /// keep-alives from its own, stale, view (etcd-io/etcd#15247). False when no other
+    /// member answers: the next keep-alive, on the next member, decides.
+    async fn lease_gone_elsewhere(&mut self, id: i64) -> bool {
+        if self.config.settings.endpoints.len() < 2 {
+            return true;
+        }
+        self.next_endpoint();
+        let Ok(mut client) = self.client().await else {
+            return false;
+        };
+        let wait = self.config.settings.request_timeout;
+        match tokio::time::timeout(wait, client.lease_time_to_live(id, None)).await {
+            Ok(Ok(resp)) => resp.ttl() <= 0,
+            Ok(Err(e)) if e.to_string().contains("lease not found") => true,
+            Ok(Err(_)) | Err(_) => {
+                self.next_endpoint();
+                false
+            }
+        }
     }
 
     /// How long to wait for one keep-alive answer: less than the renewal period, so a
@@ -168,7 +217,8 @@ impl EtcdReporter {
     }
 
     /// Records an etcd failure and classifies it: a refused lease means it is gone; an
-    /// auth failure drops the client so the next attempt authenticates afresh.
+    /// auth failure drops the client so the next attempt authenticates afresh; anything
+    /// else moves to the next member.
     fn failed(&mut self, op: &str, e: &etcd_client::Error) {
         self.metrics.etcd_error(op);
         let text = e.to_string();
@@ -176,6 +226,9 @@ impl EtcdReporter {
             self.lease_lost();
         } else if text.contains("auth token") || text.contains("authentication") {
             self.client = None;
+        } else {
+            // A timeout, a broken connection, "no leader": try another member.
+            self.next_endpoint();
         }
         self.publish(false);
     }
@@ -268,13 +321,22 @@ impl EtcdReporter {
                 Ok(ttl)
             }
             Err(ReportError::LeaseLost(id)) => {
+                lease.stream = None;
+                if !self.lease_gone_elsewhere(id).await {
+                    warn!(instance = self.instance(), lease = %format!("{id:016x}"),
+                        "a member said the lease is gone, another did not confirm it; keeping it");
+                    self.publish(false);
+                    return Err(ReportError::LeaseUnconfirmed(id));
+                }
                 self.lease_lost();
                 self.publish(false);
                 Err(ReportError::LeaseLost(id))
             }
             Err(e) => {
-                // A broken stream is re-opened on the next attempt.
+                // A broken stream is re-opened on the next attempt, on the next member:
+                // this one did not answer in time.
                 lease.stream = None;
+                self.next_endpoint();
                 self.metrics.etcd_error("keepalive");
                 self.publish(false);
                 Err(e)
