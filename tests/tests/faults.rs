@@ -1779,6 +1779,33 @@ async fn s27_auth_token_expiry() {
     w.stop().await;
 }
 
+/// S13, variant: nerve stops cleanly while the etcd member it talked to is down (a
+/// 3-member cluster, member 0 killed: every nerve starts on the first endpoint; the
+/// stop follows once the others have a leader). Its lease is still revoked at once,
+/// through another member.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s13_nerve_sigterm_with_a_member_down() {
+    let mut w = World::start("S13b", true).await;
+    let Registry::Cluster(cluster) = &mut w.registry else {
+        unreachable!()
+    };
+    cluster.kill(0).await;
+    // As soon as the other two have a leader: the nerve has most likely not met the dead
+    // member yet (its keep-alives are 1.7 s apart).
+    cluster.wait_ready().await;
+    let stopped = Instant::now();
+    w.host("a").nerve.signal(Signal::SIGTERM);
+    w.wait_registered(&["b", "c"]).await;
+    let deleted_after = stopped.elapsed();
+    record(
+        "S13b",
+        "nerve SIGTERM with a member down",
+        json!({"deleted_after_ms": ms(deleted_after)}),
+    );
+    assert!(deleted_after <= Duration::from_secs(1), "{deleted_after:?}");
+    w.stop().await;
+}
+
 /// S14: nerve paused (SIGSTOP) past the TTL: its keys expire; after SIGCONT it detects the
 /// lost lease and registers again with a new one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

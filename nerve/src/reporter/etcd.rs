@@ -546,21 +546,40 @@ impl Reporter for EtcdReporter {
         let Some(lease) = self.lease.take() else {
             return Ok(());
         };
-        let Some(mut client) = self.client.clone() else {
-            return Ok(());
-        };
         drop(lease.stream);
-        self.metrics.etcd_request("revoke");
-        match client.lease_revoke(lease.id).await {
-            Ok(_) => {}
-            Err(e) if e.to_string().contains("lease not found") => {}
-            Err(e) => {
-                self.metrics.etcd_error("revoke");
-                return Err(ReportError::Revoke {
-                    id: lease.id,
-                    source: e,
-                });
+        // Every member in turn, starting with the current one: the one nerve talked to
+        // may be the one that is down (the caller bounds the whole by shutdown_timeout).
+        let mut last = None;
+        for _ in 0..self.config.settings.endpoints.len().max(1) {
+            let mut client = match self.client().await {
+                Ok(c) => c,
+                Err(e) => {
+                    last = Some(e);
+                    continue;
+                }
+            };
+            self.metrics.etcd_request("revoke");
+            match client.lease_revoke(lease.id).await {
+                Ok(_) => {
+                    last = None;
+                    break;
+                }
+                Err(e) if e.to_string().contains("lease not found") => {
+                    last = None;
+                    break;
+                }
+                Err(e) => {
+                    self.metrics.etcd_error("revoke");
+                    self.next_endpoint();
+                    last = Some(ReportError::Revoke {
+                        id: lease.id,
+                        source: e,
+                    });
+                }
             }
+        }
+        if let Some(e) = last {
+            return Err(e);
         }
         for (key, was) in std::mem::take(&mut self.written) {
             info!(service = %was.service, instance = self.instance(), key = %key, "deregistered");
