@@ -564,32 +564,31 @@ impl World {
 
     /// `synapse_service_stale_seconds{service="web"}` from synapse's `/metrics`.
     async fn stale_seconds(&self) -> f64 {
-        scrape(loopback(self.admin))
-            .await
-            .expect("synapse /metrics")
-            .get("synapse_service_stale_seconds", &[("service", "web")])
-            .expect("synapse_service_stale_seconds{service=\"web\"}")
+        metric(
+            self.admin,
+            "synapse_service_stale_seconds",
+            &[("service", "web")],
+        )
+        .await
+        .expect("synapse_service_stale_seconds{service=\"web\"}")
     }
 
     /// `synapse_rejected_registrations_total{reason}` from synapse's `/metrics` (0 before
     /// the first rejection).
     async fn rejected(&self, reason: &str) -> f64 {
-        scrape(loopback(self.admin))
-            .await
-            .expect("synapse /metrics")
-            .get(
-                "synapse_rejected_registrations_total",
-                &[("reason", reason)],
-            )
-            .unwrap_or(0.0)
+        metric(
+            self.admin,
+            "synapse_rejected_registrations_total",
+            &[("reason", reason)],
+        )
+        .await
+        .unwrap_or(0.0)
     }
 
     /// `synapse_ready` from synapse's `/metrics`.
     async fn ready(&self) -> f64 {
-        scrape(loopback(self.admin))
+        metric(self.admin, "synapse_ready", &[])
             .await
-            .expect("synapse /metrics")
-            .get("synapse_ready", &[])
             .expect("synapse_ready")
     }
 
@@ -723,19 +722,7 @@ impl World {
     }
 
     async fn revision(&self) -> i64 {
-        // The client may be balanced onto a member a scenario just killed: retry.
-        eventually(TIMEOUT, || {
-            let mut kv = self.client.kv_client();
-            async move {
-                kv.get("/", Some(GetOptions::new().with_count_only()))
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .header()
-                    .map(|h| h.revision())
-                    .ok_or_else(|| "no header".to_owned())
-            }
-        })
-        .await
+        head_revision(&self.client).await
     }
 
     /// DELETE events under the service path since `revision`, by instance id (the
@@ -925,6 +912,29 @@ impl Drop for Tmpfs {
     }
 }
 
+/// One sample of synapse's `/metrics` on `admin`; `None` if it does not answer or has
+/// no such sample.
+async fn metric(admin: u16, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    scrape(loopback(admin)).await.ok()?.get(name, labels)
+}
+
+/// The registry's head revision through `client`, retried (the member it is balanced
+/// onto may just have been killed).
+async fn head_revision(client: &Client) -> i64 {
+    eventually(TIMEOUT, || {
+        let mut kv = client.kv_client();
+        async move {
+            kv.get("/", Some(GetOptions::new().with_count_only()))
+                .await
+                .map_err(|e| e.to_string())?
+                .header()
+                .map(|h| h.revision())
+                .ok_or_else(|| "no header".to_owned())
+        }
+    })
+    .await
+}
+
 fn haproxy_check(path: &std::path::Path) {
     let out = Command::new("haproxy")
         .arg("-c")
@@ -1025,18 +1035,7 @@ async fn leader_fault(id: &str, pause: bool) {
     // The registry's revision just before the heal, read from a member that stayed up:
     // a DELETE at or below it happened during the fault, one above it after the heal.
     let survivor = cluster.member((leader + 1) % cluster.len()).client().await;
-    let heal_revision = eventually(TIMEOUT, || {
-        let mut kv = survivor.kv_client();
-        async move {
-            kv.get("/", Some(GetOptions::new().with_count_only()))
-                .await
-                .map_err(|e| e.to_string())?
-                .header()
-                .map(|h| h.revision())
-                .ok_or_else(|| "no header".to_owned())
-        }
-    })
-    .await;
+    let heal_revision = head_revision(&survivor).await;
     if pause {
         cluster.resume(leader).await;
     } else {
@@ -2487,11 +2486,8 @@ fn log_clock_offset(log: &std::path::Path) -> i64 {
 
 /// `synapse_haproxy_reloads_total{result="ok"}` of a synapse process.
 async fn reloads_at(admin: u16) -> f64 {
-    eventually(TIMEOUT, || async {
-        scrape(loopback(admin))
-            .await
-            .ok()?
-            .get("synapse_haproxy_reloads_total", &[("result", "ok")])
+    eventually(TIMEOUT, || {
+        metric(admin, "synapse_haproxy_reloads_total", &[("result", "ok")])
     })
     .await
 }
@@ -2764,11 +2760,7 @@ async fn s22_change_storm() {
 /// Waits until a synapse process answers on `admin` with `synapse_ready 1`.
 async fn wait_ready(admin: u16) {
     eventually(TIMEOUT, || async {
-        scrape(loopback(admin))
-            .await
-            .ok()
-            .and_then(|m| m.get("synapse_ready", &[]))
-            == Some(1.0)
+        metric(admin, "synapse_ready", &[]).await == Some(1.0)
     })
     .await;
 }

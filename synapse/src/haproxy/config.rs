@@ -646,15 +646,17 @@ mod tests {
         assert_eq!(p("timeout server 1m"), (true, true));
     }
 
+    /// Backend `web` wanting these servers.
+    fn wanted(names: &[&str]) -> BTreeMap<String, BTreeSet<String>> {
+        BTreeMap::from([(
+            "web".to_owned(),
+            names.iter().map(|s| s.to_string()).collect(),
+        )])
+    }
+
     #[test]
     fn ids_are_stable_and_reuse_the_lowest_free() {
         let mut ids = ServerIds::default();
-        let wanted = |names: &[&str]| {
-            BTreeMap::from([(
-                "web".to_owned(),
-                names.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>(),
-            )])
-        };
         ids.assign(&wanted(&["a", "b", "c"]), 100);
         assert_eq!(
             (
@@ -674,12 +676,6 @@ mod tests {
     #[test]
     fn reserved_ids_are_not_given_to_new_servers() {
         let mut ids = ServerIds::default();
-        let wanted = |names: &[&str]| {
-            BTreeMap::from([(
-                "web".to_owned(),
-                names.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>(),
-            )])
-        };
         ids.assign(&wanted(&["a", "b", "c"]), 100);
         // b is gone from the registry but HAProxy still has it (id 2); d is new.
         let reserved = BTreeMap::from([("web".to_owned(), BTreeSet::from([2]))]);
