@@ -2,8 +2,11 @@
 //! JSON under `target/bench/`, the release daemons run as child processes, and their
 //! memory and CPU read from `/proc`.
 //!
-//! Benchmarks measure; they never assert a timing. They are `#[ignore]`d tests run by
-//! `scripts/bench` (see `docs/benchmarks.md`).
+//! Benchmarks measure; they never assert a timing. What they do assert are the
+//! correctness invariants they compute (no lost update, final state exact, no failed
+//! request, no steady-state write): [`invariants`], checked after the results are
+//! written, so `BENCH_SMOKE=1 scripts/bench` in CI fails when one breaks. They are
+//! `#[ignore]`d tests run by `scripts/bench` (see `docs/benchmarks.md`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -90,6 +93,17 @@ pub fn write_result(name: &str, value: &serde_json::Value) -> PathBuf {
     std::fs::write(&path, text).expect("write results");
     println!("results: {}", path.display());
     path
+}
+
+/// Fails the benchmark, naming each broken one, unless every `(name, held)` invariant
+/// held. Call it after [`write_result`]: the figures of a failed run are kept.
+pub fn invariants(bench: &str, checks: &[(&str, bool)]) {
+    let broken: Vec<&str> = checks
+        .iter()
+        .filter(|(_, held)| !held)
+        .map(|(name, _)| *name)
+        .collect();
+    assert!(broken.is_empty(), "{bench}: invariants broken: {broken:?}");
 }
 
 /// The release build of a workspace binary (`nerve`, `synapse`): `$BENCH_BIN_DIR/<name>`,

@@ -26,7 +26,9 @@ use std::time::Duration;
 
 use common::{Host, InstanceId, Port, Registration, ServiceName, ServicePath};
 use etcd_client::{Client, EventType, GetOptions, Txn, TxnOp, WatchOptions};
-use integration_tests::bench::{env_knob, haproxy_version, ms, write_result, Daemon, Samples};
+use integration_tests::bench::{
+    env_knob, haproxy_version, invariants, ms, write_result, Daemon, Samples,
+};
 use integration_tests::{
     eventually, free_port, http_get, init_tracing, keep_alive_loop, loopback, new_connection_loop,
     scrape, Backend, Etcd, Haproxy, InProcessSynapse, Load, LoadOptions, Workdir,
@@ -304,6 +306,16 @@ async fn bench_nerve_steady() {
             "registration_writes": delta(writes0, writes1), "check_runs": delta(checks0, checks1),
             "rss_kib": usage1.rss_kib, "peak_rss_kib": usage1.peak_rss_kib, "cpu_percent": cpu,
         }),
+    );
+    invariants(
+        "nerve_steady",
+        &[
+            ("0 etcd writes in the window", rev1 == rev0),
+            (
+                "0 registration writes",
+                delta(writes0, writes1) == Some(0.0),
+            ),
+        ],
     );
 }
 
@@ -994,6 +1006,17 @@ async fn bench_churn() {
         "churn",
         &json!({"haproxy": haproxy_version(), "runtime_api": runtime, "reload_path": reload}),
     );
+    for (path, r) in [("runtime API", &runtime), ("reload path", &reload)] {
+        invariants(
+            &format!("churn, {path}"),
+            &[
+                ("0 lost updates", r["lost_updates"] == 0),
+                ("HAProxy exact", r["exact"] == true),
+                ("haproxy.cfg exact", r["file_exact"] == true),
+                ("0 failed requests", r["failed_requests"] == 0),
+            ],
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1147,5 +1170,18 @@ async fn bench_reload_under_load() {
     write_result(
         "reload_under_load",
         &json!({"haproxy": haproxy_version(), "recommended": recommended, "plain": plain}),
+    );
+    invariants(
+        "reload_under_load, recommended config",
+        &[
+            (
+                "0 failed new-connection requests",
+                recommended["new_connection"]["failed"] == 0,
+            ),
+            (
+                "0 failed keep-alive requests",
+                recommended["keep_alive"]["failed"] == 0,
+            ),
+        ],
     );
 }
