@@ -285,14 +285,14 @@ async fn sequential_fallback_switches_to_ec2_and_back_without_failed_requests() 
     world.start_haproxy().await;
     world.wait_answering(&["etcd"]).await;
 
-    // A bounded load loop (≤ 40 s, 20 ms apart) counts failed requests throughout.
+    // A bounded load loop (≤ 120 s, 20 ms apart) counts failed requests throughout.
     let failed = Arc::new(AtomicU64::new(0));
     let sent = Arc::new(AtomicU64::new(0));
     let stop = CancellationToken::new();
     let load = {
         let (failed, sent, stop, port) = (failed.clone(), sent.clone(), stop.clone(), world.port);
         tokio::spawn(async move {
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
             while !stop.is_cancelled() && tokio::time::Instant::now() < deadline {
                 sent.fetch_add(1, Ordering::Relaxed);
                 match http_get(loopback(port), "/").await {
@@ -306,14 +306,24 @@ async fn sequential_fallback_switches_to_ec2_and_back_without_failed_requests() 
         })
     };
 
+    // The load loop must have run through each phase for "0 failed" to mean anything:
+    // wait for its requests rather than asserting how many it managed.
+    let through = |n: u64| {
+        let sent = sent.clone();
+        async move {
+            eventually(TIMEOUT, || async { sent.load(Ordering::Relaxed) >= n }).await;
+        }
+    };
+    through(sent.load(Ordering::Relaxed) + 5).await;
     etcd.kill().await;
     world.wait_answering(&["ec2"]).await;
+    through(sent.load(Ordering::Relaxed) + 5).await;
     etcd.restart().await;
     world.wait_answering(&["etcd"]).await;
+    through(sent.load(Ordering::Relaxed) + 5).await;
     stop.cancel();
     load.await.expect("load loop");
     let (sent, failed) = (sent.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
-    assert!(sent > 20, "the load loop sent only {sent} requests");
     assert_eq!(
         failed, 0,
         "{failed} of {sent} requests failed during the switches"
@@ -337,7 +347,14 @@ enum Fault {
     /// The first page carries a `nextToken`; the request for the next page fails.
     FailSecondPage,
     ExpiredToken,
+    /// Not a failure: moto's answer with hostile values written into one instance's
+    /// address and DNS name (reliability B22), see [`HOSTILE_IP`].
+    Hostile,
 }
+
+/// The instance address [`Fault::Hostile`] poisons; the rewrite keeps the rest of the
+/// document as moto wrote it.
+static HOSTILE_IP: std::sync::Mutex<String> = std::sync::Mutex::new(String::new());
 
 const FAULTS: [Fault; 7] = [
     Fault::Http500,
@@ -473,6 +490,24 @@ async fn serve_one(
                         "<nextToken>page-2</nextToken></DescribeInstancesResponse>",
                     ),
                 ),
+                f if f == Fault::Hostile as u8 => {
+                    let ip = HOSTILE_IP.lock().expect("hostile ip").clone();
+                    // A newline (as an XML character reference, as EC2 would escape it)
+                    // followed by a config line, in the address and in the DNS name.
+                    let evil = "&#10;server evil 127.0.0.1:1 check&#10;#";
+                    respond(
+                        "200 OK",
+                        &body
+                            .replace(
+                                &format!("<privateIpAddress>{ip}</privateIpAddress>"),
+                                &format!("<privateIpAddress>{ip}{evil}</privateIpAddress>"),
+                            )
+                            .replace(
+                                "<privateDnsName>",
+                                &format!("<privateDnsName>backend{evil}"),
+                            ),
+                    )
+                }
                 _ => respond("200 OK", &body),
             }
         }
@@ -558,4 +593,64 @@ async fn every_ec2_fault_leaves_the_routed_set_unchanged() {
     proxy.set(Fault::Pass);
     world.wait_answering(&["i0"]).await;
     assert!(Counters::get(&synapse.counters.reloads) >= 1);
+}
+
+/// B22: hostile values from EC2 — a config line after a newline in one instance's address
+/// and in every instance's DNS name (through a rewriting proxy, since moto hands out
+/// addresses itself), and in tag values (written through moto). The poisoned instance is
+/// skipped and counted as `invalid_host`; the others are routed under their instance ids;
+/// no hostile byte reaches haproxy.cfg, which `haproxy -c` accepts (`do_checks`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_ec2_values_are_skipped_and_never_rendered() {
+    let moto = Moto::start().await;
+    let moto_addr: SocketAddr = moto
+        .endpoint()
+        .trim_start_matches("http://")
+        .parse()
+        .expect("moto addr");
+    let proxy = FaultProxy::start(moto_addr).await;
+    let mut world = World::new();
+    let port = free_port();
+    let evil_tag = "true\nserver evil 127.0.0.1:1 check";
+    let good = moto
+        .run_instances(2, &[("servicename", "true"), ("Name", evil_tag)])
+        .await;
+    // Tagged with a hostile value instead of "true": not this service's, never routed.
+    let other = moto.run_instances(1, &[("servicename", evil_tag)]).await;
+    let poisoned = moto.run_instances(1, &[("servicename", "true")]).await;
+    *HOSTILE_IP.lock().expect("hostile ip") = poisoned[0].private_ip.clone();
+    proxy.set(Fault::Hostile);
+    let mut backends = Vec::new();
+    for (i, inst) in good.iter().chain(&other).chain(&poisoned).enumerate() {
+        backends.push(
+            Backend::start_at(format!("i{i}"), addr(&inst.private_ip, port))
+                .await
+                .expect("backend"),
+        );
+    }
+    let config = world.config(
+        &ec2_discovery(&format!("http://{}", proxy.addr)),
+        &format!(r#", "backend_port_override": {port}"#),
+    );
+    let synapse = Synapse::start(&config);
+    world.start_haproxy().await;
+    world.wait_answering(&["i0", "i1"]).await;
+    eventually(TIMEOUT, || async {
+        synapse.counters.rejected().get("invalid_host").copied() >= Some(1)
+    })
+    .await;
+    let cfg = world.haproxy_cfg();
+    for needle in ["evil", &poisoned[0].private_ip, &other[0].private_ip] {
+        assert!(!cfg.contains(needle), "{needle:?} in haproxy.cfg:\n{cfg}");
+    }
+    // The good instances are named by their ids: their DNS names were poisoned too.
+    for inst in &good {
+        assert!(cfg.contains(&inst.id), "{} missing:\n{cfg}", inst.id);
+    }
+    let check = std::process::Command::new("haproxy")
+        .args(["-c", "-q", "-f"])
+        .arg(world.dir.join("haproxy.cfg"))
+        .output()
+        .expect("haproxy -c");
+    assert!(check.status.success(), "{check:?}");
 }
