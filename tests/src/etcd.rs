@@ -1,6 +1,6 @@
 //! Real etcd on loopback: a single node ([`Etcd`]) or an N-member cluster
 //! ([`EtcdCluster`]), each member with free ports and a data dir under `/dev/shm` (when
-//! there is one: fsync-heavy etcd is much faster on tmpfs), and per-member fault
+//! there is one with room: fsync-heavy etcd is much faster on tmpfs), and per-member fault
 //! injection: stop (SIGTERM), kill (SIGKILL), restart on the same data dir and ports,
 //! pause (SIGSTOP) and resume (SIGCONT). Every process is killed by PID on drop.
 //!
@@ -40,7 +40,12 @@ fn etcd_binary() -> PathBuf {
     std::env::var_os("ETCD_BIN").map_or_else(|| PathBuf::from("/usr/bin/etcd"), PathBuf::from)
 }
 
-/// A data-dir parent on tmpfs when available.
+/// What `/dev/shm` must have free to hold etcd data dirs: each member preallocates a
+/// 64 MB WAL segment, and a busy test binary runs a dozen members at once. A container's
+/// default `/dev/shm` (64 MB) has not.
+const SHM_NEEDED: u64 = 2 << 30;
+
+/// A data-dir parent on tmpfs when there is one with room, else the temp dir.
 fn data_tempdir() -> TempDir {
     let builder = {
         let mut b = tempfile::Builder::new();
@@ -48,7 +53,10 @@ fn data_tempdir() -> TempDir {
         b
     };
     let shm = Path::new("/dev/shm");
-    if shm.is_dir() {
+    let room = nix::sys::statvfs::statvfs(shm)
+        .map(|s| u64::from(s.blocks_available()) * u64::from(s.fragment_size()))
+        .unwrap_or(0);
+    if room >= SHM_NEEDED {
         if let Ok(dir) = builder.tempdir_in(shm) {
             return dir;
         }
