@@ -3,9 +3,12 @@
 //! daemon believes), `/healthz` (liveness) and `/readyz` (readiness).
 //!
 //! It is deliberately tiny: GET only, one request per connection, bounded request size
-//! and time. It binds to localhost by default; it is not a public API.
+//! and time. It is on by default, on loopback ([`NERVE_DEFAULT_LISTEN`],
+//! [`SYNAPSE_DEFAULT_LISTEN`]); it is not a public API. A daemon whose admin address is
+//! taken keeps running without the endpoint ([`serve_or_warn`]): observability must
+//! never be the reason a service-discovery daemon is down.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -20,6 +23,72 @@ use tokio_util::sync::CancellationToken;
 const MAX_REQUEST: usize = 8 * 1024;
 /// How long a client may take to send its request.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where nerve's admin endpoint listens when the config has no `admin_listen`.
+pub const NERVE_DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9101));
+/// Where synapse's admin endpoint listens when the config has no `admin_listen`.
+pub const SYNAPSE_DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9102));
+
+/// The `admin_listen` key as written in a config file. Use it with `#[serde(default)]`,
+/// so that a missing key is [`ListenSetting::Unset`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum ListenSetting {
+    /// No key: the daemon's default address.
+    #[default]
+    Unset,
+    /// `null` or `false`: no endpoint.
+    Off,
+    /// `true`: the default address.
+    On,
+    /// An `address:port` (checked by [`ListenSetting::resolve`]).
+    Address(String),
+}
+
+impl ListenSetting {
+    /// Where to listen, `None` for no endpoint; `Err` is the message for the key.
+    pub fn resolve(&self, default: SocketAddr) -> Result<Option<SocketAddr>, String> {
+        match self {
+            Self::Unset | Self::On => Ok(Some(default)),
+            Self::Off => Ok(None),
+            Self::Address(a) => a.parse().map(Some).map_err(|_| {
+                format!(
+                    "must be an address and port, e.g. {default}, or null to turn the endpoint off"
+                )
+            }),
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ListenSetting {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = ListenSetting;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an \"address:port\" string, or null (or false) for no endpoint")
+            }
+            fn visit_unit<E>(self) -> Result<ListenSetting, E> {
+                Ok(ListenSetting::Off)
+            }
+            fn visit_none<E>(self) -> Result<ListenSetting, E> {
+                Ok(ListenSetting::Off)
+            }
+            fn visit_bool<E>(self, on: bool) -> Result<ListenSetting, E> {
+                Ok(if on {
+                    ListenSetting::On
+                } else {
+                    ListenSetting::Off
+                })
+            }
+            fn visit_str<E>(self, s: &str) -> Result<ListenSetting, E> {
+                Ok(ListenSetting::Address(s.to_owned()))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
 
 /// Produces the `/status` document on demand.
 pub type StatusFn = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
@@ -50,6 +119,32 @@ pub struct BindError {
     pub addr: SocketAddr,
     #[source]
     pub source: std::io::Error,
+}
+
+/// [`serve`], or — when `addr` cannot be bound (taken, not an address of this host) —
+/// one warning and `None`: the daemon carries on without the endpoint.
+pub async fn serve_or_warn(
+    addr: SocketAddr,
+    state: AdminState,
+    cancel: CancellationToken,
+) -> Option<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    match serve(addr, state, cancel).await {
+        Ok((bound, task)) => {
+            tracing::info!(addr = %bound, "admin endpoint listening");
+            Some((bound, task))
+        }
+        Err(e) => {
+            tracing::warn!(
+                addr = %addr,
+                error = %e.source,
+                "admin endpoint off: cannot listen on {addr} ({}); running without /metrics, \
+                 /status and the probes. Set admin_listen to a free address, or to null to \
+                 turn the endpoint off",
+                e.source
+            );
+            None
+        }
+    }
 }
 
 /// Binds `addr` and serves until `cancel` fires. Returns the bound address (useful with
@@ -174,8 +269,8 @@ fn route(path: &str, state: &AdminState) -> (u16, &'static str, String) {
 /// Why `nerve status` / `synapse status` could not show the status.
 #[derive(Debug, thiserror::Error)]
 pub enum StatusError {
-    #[error("no admin endpoint to ask: pass --admin <address:port>, or a config (-c) that sets admin_listen")]
-    NoAddress,
+    #[error("the admin endpoint is off in {} (admin_listen: null): set admin_listen, or pass --admin <address:port>", path.display())]
+    Off { path: PathBuf },
     #[error("cannot read the admin address from {path}: {message}")]
     Config { path: PathBuf, message: String },
     /// (The I/O error is in the message, not a `source`: this is printed as it is.)
@@ -188,31 +283,40 @@ pub enum StatusError {
     Http { addr: SocketAddr, status: u16 },
 }
 
-/// Where a `status` subcommand connects: `admin` if given, else the `admin_listen` of the
+/// Where a `status` subcommand connects: `admin` if given; else the `admin_listen` of the
 /// config file at `config` (read as JSON with comments; nothing else of it is checked,
-/// so the subcommand works with a config the daemon would reject). A wildcard listen
+/// so the subcommand works with a config the daemon would reject); else, or when the
+/// config has no `admin_listen`, `default` (the daemon's own default). A wildcard listen
 /// address (`0.0.0.0`, `::`) is asked on loopback.
 pub fn status_address(
     admin: Option<SocketAddr>,
     config: Option<&Path>,
+    default: SocketAddr,
 ) -> Result<SocketAddr, StatusError> {
     if let Some(addr) = admin {
         return Ok(addr);
     }
-    let path = config.ok_or(StatusError::NoAddress)?;
+    let Some(path) = config else {
+        return Ok(default);
+    };
     let bad = |message: String| StatusError::Config {
         path: path.to_owned(),
         message,
     };
     let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
     let doc = crate::config::parse_jsonc(&text).map_err(|e| bad(e.to_string()))?;
-    let listen = match doc.get("admin_listen") {
-        None | Some(serde_json::Value::Null) => return Err(StatusError::NoAddress),
-        Some(serde_json::Value::String(s)) => s.parse::<SocketAddr>().map_err(|_| {
-            bad("admin_listen must be an address and port, e.g. 127.0.0.1:9101".into())
-        })?,
-        Some(_) => return Err(bad("admin_listen must be a string".into())),
+    let setting = match doc.get("admin_listen") {
+        None => ListenSetting::Unset,
+        Some(v) => {
+            serde_json::from_value(v.clone()).map_err(|e| bad(format!("admin_listen: {e}")))?
+        }
     };
+    let listen = setting
+        .resolve(default)
+        .map_err(|e| bad(format!("admin_listen {e}")))?
+        .ok_or_else(|| StatusError::Off {
+            path: path.to_owned(),
+        })?;
     Ok(match listen.ip() {
         IpAddr::V4(ip) if ip.is_unspecified() => {
             SocketAddr::from((Ipv4Addr::LOCALHOST, listen.port()))
@@ -266,6 +370,51 @@ mod tests {
     use super::*;
     use prometheus_client::metrics::counter::Counter;
 
+    #[test]
+    fn listen_setting_reads_every_spelling() {
+        #[derive(serde::Deserialize)]
+        struct File {
+            #[serde(default)]
+            admin_listen: ListenSetting,
+        }
+        let read = |text: &str| serde_json::from_str::<File>(text).map(|f| f.admin_listen);
+        let d = NERVE_DEFAULT_LISTEN;
+        assert_eq!(read("{}").unwrap().resolve(d), Ok(Some(d)));
+        assert_eq!(
+            read(r#"{"admin_listen": true}"#).unwrap().resolve(d),
+            Ok(Some(d))
+        );
+        assert_eq!(
+            read(r#"{"admin_listen": null}"#).unwrap().resolve(d),
+            Ok(None)
+        );
+        assert_eq!(
+            read(r#"{"admin_listen": false}"#).unwrap().resolve(d),
+            Ok(None)
+        );
+        assert_eq!(
+            read(r#"{"admin_listen": "0.0.0.0:9"}"#).unwrap().resolve(d),
+            Ok(Some("0.0.0.0:9".parse().unwrap()))
+        );
+        let e = read(r#"{"admin_listen": "nine"}"#)
+            .unwrap()
+            .resolve(d)
+            .unwrap_err();
+        assert!(e.contains("127.0.0.1:9101") && e.contains("null"), "{e}");
+        let e = read(r#"{"admin_listen": 9101}"#).err().unwrap().to_string();
+        assert!(e.contains("address:port"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_taken_address_leaves_the_endpoint_off() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap();
+        let state = AdminState::new(Registry::default(), Arc::new(|| serde_json::json!({})));
+        assert!(serve_or_warn(addr, state, CancellationToken::new())
+            .await
+            .is_none());
+    }
+
     #[tokio::test]
     async fn serves_metrics_status_and_probes() {
         let mut registry = Registry::default();
@@ -307,7 +456,7 @@ mod tests {
     }
 
     #[test]
-    fn status_address_prefers_the_flag_then_the_config() {
+    fn status_address_prefers_the_flag_then_the_config_then_the_default() {
         let dir = std::env::temp_dir().join(format!("admin-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let flag: SocketAddr = "127.0.0.1:1".parse().unwrap();
@@ -317,32 +466,44 @@ mod tests {
             "{\n // comment\n \"admin_listen\": \"0.0.0.0:9102\", \"x\": 1,}",
         )
         .unwrap();
-        assert_eq!(status_address(Some(flag), Some(&file)).unwrap(), flag);
+        let default = SYNAPSE_DEFAULT_LISTEN;
         assert_eq!(
-            status_address(None, Some(&file)).unwrap(),
+            status_address(Some(flag), Some(&file), default).unwrap(),
+            flag
+        );
+        assert_eq!(
+            status_address(None, Some(&file), default).unwrap(),
             "127.0.0.1:9102".parse::<SocketAddr>().unwrap()
         );
         std::fs::write(&file, r#"{"admin_listen": "[::]:9102"}"#).unwrap();
         assert_eq!(
-            status_address(None, Some(&file)).unwrap(),
+            status_address(None, Some(&file), default).unwrap(),
             "[::1]:9102".parse::<SocketAddr>().unwrap()
         );
-        std::fs::write(&file, r#"{"services": {}}"#).unwrap();
+        // No key, or `true`: the daemon's default.
+        for text in [r#"{"services": {}}"#, r#"{"admin_listen": true}"#] {
+            std::fs::write(&file, text).unwrap();
+            assert_eq!(status_address(None, Some(&file), default).unwrap(), default);
+        }
+        for text in [r#"{"admin_listen": null}"#, r#"{"admin_listen": false}"#] {
+            std::fs::write(&file, text).unwrap();
+            let err = status_address(None, Some(&file), default).unwrap_err();
+            assert!(matches!(err, StatusError::Off { .. }), "{err}");
+            assert!(err.to_string().contains("--admin"), "{err}");
+        }
+        for text in [
+            r#"{"admin_listen": "localhost"}"#,
+            r#"{"admin_listen": 9102}"#,
+        ] {
+            std::fs::write(&file, text).unwrap();
+            let err = status_address(None, Some(&file), default).unwrap_err();
+            assert!(err.to_string().contains("admin_listen"), "{err}");
+        }
         assert!(matches!(
-            status_address(None, Some(&file)),
-            Err(StatusError::NoAddress)
-        ));
-        std::fs::write(&file, r#"{"admin_listen": "localhost"}"#).unwrap();
-        let err = status_address(None, Some(&file)).unwrap_err();
-        assert!(err.to_string().contains("admin_listen"), "{err}");
-        assert!(matches!(
-            status_address(None, Some(&dir.join("missing.json"))),
+            status_address(None, Some(&dir.join("missing.json")), default),
             Err(StatusError::Config { .. })
         ));
-        assert!(matches!(
-            status_address(None, None),
-            Err(StatusError::NoAddress)
-        ));
+        assert_eq!(status_address(None, None, default).unwrap(), default);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

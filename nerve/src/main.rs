@@ -124,13 +124,14 @@ fn run(path: PathBuf, overrides: Overrides, config: config::Config) -> anyhow::R
 /// `nerve status`: prints the `/status` JSON of a running nerve.
 fn status(admin: Option<SocketAddr>, config: Option<&Path>) -> ExitCode {
     use common::admin::StatusError;
-    let addr = match common::admin::status_address(admin, config) {
-        Ok(addr) => addr,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(exit_config());
-        }
-    };
+    let addr =
+        match common::admin::status_address(admin, config, common::admin::NERVE_DEFAULT_LISTEN) {
+            Ok(addr) => addr,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(exit_config());
+            }
+        };
     let fetched = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -53,13 +53,12 @@ use crate::reconcile::Reconciler;
 use crate::watcher::{AnyWatcher, EtcdClients, Watcher};
 
 /// Errors that stop synapse. Everything at runtime (etcd away, a failed reload) is
-/// retried instead; only outputs that cannot be set up at all end the process.
+/// retried instead; only outputs that cannot be set up at all end the process (an admin
+/// address that cannot be bound does not: synapse runs without the endpoint).
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error("cannot set up file_output")]
     FileOutput(#[from] FileOutputError),
-    #[error(transparent)]
-    Admin(#[from] common::admin::BindError),
 }
 
 /// Runs synapse until `cancel` fires.
@@ -75,7 +74,7 @@ pub async fn run_with(
 ) -> Result<(), RunError> {
     let config = Arc::new(config);
     let admin = match config.admin_listen {
-        Some(addr) => Some(serve_admin(addr, &counters, &cancel).await?),
+        Some(addr) => serve_admin(addr, &counters, &cancel).await,
         None => None,
     };
     let file_output = match &config.file_output {
@@ -144,11 +143,12 @@ pub async fn run_with(
 
 /// Starts the admin endpoint: `/metrics` from `counters`, `/status`, `/healthz`, and
 /// `/readyz` (ready once every service's first set is applied). Stops with `cancel`.
+/// `None` (after a warning) when `addr` cannot be bound.
 async fn serve_admin(
     addr: std::net::SocketAddr,
     counters: &Arc<Counters>,
     cancel: &CancellationToken,
-) -> Result<tokio::task::JoinHandle<()>, common::admin::BindError> {
+) -> Option<tokio::task::JoinHandle<()>> {
     let snapshot = counters.clone();
     let state = common::admin::AdminState {
         registry: Arc::new(std::sync::Mutex::new(metrics::registry(counters.clone()))),
@@ -157,7 +157,7 @@ async fn serve_admin(
         }),
         ready: counters.services.ready_flag(),
     };
-    let (bound, task) = common::admin::serve(addr, state, cancel.child_token()).await?;
-    tracing::info!(addr = %bound, "admin endpoint listening");
-    Ok(task)
+    common::admin::serve_or_warn(addr, state, cancel.child_token())
+        .await
+        .map(|(_, task)| task)
 }

@@ -111,13 +111,14 @@ fn run(config: synapse::Config) -> anyhow::Result<()> {
 /// `synapse status`: prints the `/status` JSON of a running synapse.
 fn status(admin: Option<SocketAddr>, config: Option<&Path>) -> ExitCode {
     use common::admin::StatusError;
-    let addr = match common::admin::status_address(admin, config) {
-        Ok(addr) => addr,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(common::EXIT_CONFIG as u8);
-        }
-    };
+    let addr =
+        match common::admin::status_address(admin, config, common::admin::SYNAPSE_DEFAULT_LISTEN) {
+            Ok(addr) => addr,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(common::EXIT_CONFIG as u8);
+            }
+        };
     let fetched = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -255,10 +255,15 @@ async fn status_subcommand_prints_the_live_state() {
     })
     .await;
 
-    // Nothing to ask: usage error. Stopped nerve: unreachable, exit 1.
-    let out = nerve_status(&[], &[]).await;
+    // The endpoint turned off in the config: usage error. Stopped nerve: unreachable, exit 1.
+    let off = dir.write("off.json", r#"{"admin_listen": null}"#);
+    let out = nerve_status(&["-c", off.to_str().expect("utf-8 path")], &[]).await;
     assert_eq!(out.status.code(), Some(64));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("admin_listen"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("admin_listen") && stderr.contains("off"),
+        "{stderr}"
+    );
     nerve.signal(Signal::SIGTERM);
     assert_eq!(nerve.wait_exit(SLACK).await.code(), Some(0));
     let out = nerve_status(&["-c", config_arg], &[]).await;
