@@ -93,6 +93,17 @@ impl<'de> serde::Deserialize<'de> for ListenSetting {
 /// Produces the `/status` document on demand.
 pub type StatusFn = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
 
+/// Produces the `/status/<name>` document for a name (a service), asynchronously (it may
+/// ask another process); `None`: no such name (404).
+pub type DetailFn = Arc<
+    dyn Fn(
+            String,
+        )
+            -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<serde_json::Value>> + Send>>
+        + Send
+        + Sync,
+>;
+
 /// What the admin endpoint serves.
 #[derive(Clone)]
 pub struct AdminState {
@@ -100,6 +111,8 @@ pub struct AdminState {
     pub status: StatusFn,
     /// `/readyz` answers 200 while this is true, 503 otherwise.
     pub ready: Arc<AtomicBool>,
+    /// `/status/<name>`, if the daemon has such documents.
+    pub detail: Option<DetailFn>,
 }
 
 impl AdminState {
@@ -108,6 +121,7 @@ impl AdminState {
             registry: Arc::new(std::sync::Mutex::new(registry)),
             status,
             ready: Arc::new(AtomicBool::new(false)),
+            detail: None,
         }
     }
 }
@@ -208,8 +222,17 @@ async fn handle(mut stream: TcpStream, state: &AdminState) -> std::io::Result<()
     let mut parts = request.split_whitespace();
     let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let path = target.split('?').next().unwrap_or("");
+    let detail = path
+        .strip_prefix("/status/")
+        .filter(|name| !name.is_empty())
+        .zip(state.detail.as_ref());
     let (status, content_type, body) = if method != "GET" && method != "HEAD" {
         (405, "text/plain", "only GET\n".to_owned())
+    } else if let Some((name, detail)) = detail {
+        match detail(name.to_owned()).await {
+            Some(doc) => (200, "application/json", pretty(&doc)),
+            None => (404, "text/plain", format!("no service {name}\n")),
+        }
     } else {
         route(path, state)
     };
@@ -248,12 +271,7 @@ fn route(path: &str, state: &AdminState) -> (u16, &'static str, String) {
                 Err(_) => (500, "text/plain", "metrics encoding failed\n".into()),
             }
         }
-        "/status" => {
-            let doc = (state.status)();
-            let mut body = serde_json::to_string_pretty(&doc).unwrap_or_else(|_| "{}".into());
-            body.push('\n');
-            (200, "application/json", body)
-        }
+        "/status" => (200, "application/json", pretty(&(state.status)())),
         "/healthz" => (200, "text/plain", "ok\n".into()),
         "/readyz" => {
             if state.ready.load(Ordering::Relaxed) {
@@ -264,6 +282,13 @@ fn route(path: &str, state: &AdminState) -> (u16, &'static str, String) {
         }
         _ => (404, "text/plain", "not found\n".into()),
     }
+}
+
+/// `doc` as pretty JSON with a final newline.
+fn pretty(doc: &serde_json::Value) -> String {
+    let mut body = serde_json::to_string_pretty(doc).unwrap_or_else(|_| "{}".into());
+    body.push('\n');
+    body
 }
 
 /// Why `nerve status` / `synapse status` could not show the status.
@@ -279,8 +304,12 @@ pub enum StatusError {
         addr: SocketAddr,
         error: std::io::Error,
     },
-    #[error("the admin endpoint at {addr} answered HTTP {status}")]
-    Http { addr: SocketAddr, status: u16 },
+    #[error("the admin endpoint at {addr} answered HTTP {status}: {}", body.trim())]
+    Http {
+        addr: SocketAddr,
+        status: u16,
+        body: String,
+    },
 }
 
 /// Where a `status` subcommand connects: `admin` if given; else the `admin_listen` of the
@@ -328,15 +357,19 @@ pub fn status_address(
     })
 }
 
-/// The `/status` document of the endpoint at `addr`, as served (pretty JSON).
-pub async fn status(addr: SocketAddr) -> Result<String, StatusError> {
-    let (code, body) = fetch(addr, "/status")
+/// The document at `path` (`/status`, ...) of the endpoint at `addr`, as served.
+pub async fn status_at(addr: SocketAddr, path: &str) -> Result<String, StatusError> {
+    let (code, body) = fetch(addr, path)
         .await
         .map_err(|error| StatusError::Unreachable { addr, error })?;
     if code == 200 {
         Ok(body)
     } else {
-        Err(StatusError::Http { addr, status: code })
+        Err(StatusError::Http {
+            addr,
+            status: code,
+            body,
+        })
     }
 }
 
@@ -450,7 +483,7 @@ mod tests {
         task.await.unwrap();
         // Stopped: `status` says unreachable.
         assert!(matches!(
-            status(addr).await,
+            status_at(addr, "/status").await,
             Err(StatusError::Unreachable { .. })
         ));
     }

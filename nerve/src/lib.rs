@@ -22,6 +22,7 @@ pub mod rate_limit;
 pub mod reporter;
 pub mod service;
 pub mod status;
+pub mod status_table;
 pub mod supervisor;
 
 use std::path::PathBuf;
@@ -120,6 +121,7 @@ impl Nerve {
                     serde_json::to_value(snapshot.snapshot()).unwrap_or_default()
                 }),
                 ready,
+                detail: None,
             };
             common::admin::serve_or_warn(addr, state, cancel.child_token()).await;
         }

@@ -1,14 +1,15 @@
 //! The nerve binary: parse the command line, set up logging, load the config, run; or,
-//! with `status`, print what a running nerve reports on its admin endpoint.
+//! with `status`, show what a running nerve reports on its admin endpoint.
 //! Exit codes: 0 after a clean stop, 64 for a bad command line or config, 1 otherwise
 //! (`status`: 1 when the endpoint is unreachable).
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand};
+use common::status_cli::{self, Output};
 use common::telemetry::{self, LogFormat};
 use nerve::config::{self, Overrides};
 
@@ -41,12 +42,24 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
-    /// Print what a running nerve believes (its admin endpoint's `/status` JSON): exit 0
-    /// when it answered, 1 when it is unreachable.
+    /// Show what a running nerve believes (its admin endpoint's `/status`): a table per
+    /// service; exit 0 when it answered, 1 when it is unreachable.
     Status {
-        /// The admin endpoint, `address:port`. Default: the config's `admin_listen`.
+        /// The admin endpoint, `address:port`. Default: the config's `admin_listen`, else
+        /// 127.0.0.1:9101.
         #[arg(long, value_name = "ADDR")]
         admin: Option<SocketAddr>,
+        /// `table`, `wide` (more columns), or `json` (the document as served).
+        #[arg(
+            short = 'o',
+            long = "output",
+            value_name = "FORMAT",
+            default_value = "table"
+        )]
+        output: Output,
+        /// Refresh every second until interrupted.
+        #[arg(short = 'w', long)]
+        watch: bool,
     },
 }
 
@@ -62,8 +75,23 @@ fn main() -> ExitCode {
             };
         }
     };
-    if let Some(Cmd::Status { admin }) = cli.command {
-        return status(admin, cli.config.as_deref());
+    if let Some(Cmd::Status {
+        admin,
+        output,
+        watch,
+    }) = cli.command
+    {
+        return ExitCode::from(status_cli::run(status_cli::Request {
+            addr: common::admin::status_address(
+                admin,
+                cli.config.as_deref(),
+                common::admin::NERVE_DEFAULT_LISTEN,
+            ),
+            path: "/status".into(),
+            output,
+            watch,
+            render: nerve::status_table::render,
+        }));
     }
     let Some(path) = cli.config.clone() else {
         let _ = Cli::command()
@@ -119,34 +147,6 @@ fn run(path: PathBuf, overrides: Overrides, config: config::Config) -> anyhow::R
             .context("cannot install the SIGHUP handler")?;
         nerve.run(cancel).await.context("nerve failed")
     })
-}
-
-/// `nerve status`: prints the `/status` JSON of a running nerve.
-fn status(admin: Option<SocketAddr>, config: Option<&Path>) -> ExitCode {
-    use common::admin::StatusError;
-    let addr =
-        match common::admin::status_address(admin, config, common::admin::NERVE_DEFAULT_LISTEN) {
-            Ok(addr) => addr,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::from(exit_config());
-            }
-        };
-    let fetched = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|error| StatusError::Unreachable { addr, error })
-        .and_then(|rt| rt.block_on(common::admin::status(addr)));
-    match fetched {
-        Ok(body) => {
-            print!("{body}");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
 }
 
 fn exit_config() -> u8 {

@@ -428,9 +428,9 @@ async fn synapse_status(args: &[&str]) -> Output {
         .expect("run synapse status")
 }
 
-/// `synapse status` output as JSON, if it succeeded.
+/// `synapse status -o json` output, if it succeeded.
 async fn status_json(args: &[&str]) -> Result<Value, String> {
-    let out = synapse_status(args).await;
+    let out = synapse_status(&[args, &["-o", "json"]].concat()).await;
     if !out.status.success() {
         return Err(format!(
             "exit {:?}: {}",
@@ -439,6 +439,27 @@ async fn status_json(args: &[&str]) -> Result<Value, String> {
         ));
     }
     serde_json::from_slice(&out.stdout).map_err(|e| format!("not JSON ({e})"))
+}
+
+/// `synapse status` as a table (uncoloured: stdout is not a terminal); panics unless it
+/// succeeded.
+async fn status_table(args: &[&str]) -> String {
+    let out = synapse_status(args).await;
+    let table = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && !table.contains('\x1b'),
+        "{table}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    table
+}
+
+/// The line of `table` that starts with `start`.
+fn line<'a>(table: &'a str, start: &str) -> &'a str {
+    table
+        .lines()
+        .find(|l| l.starts_with(start))
+        .unwrap_or_else(|| panic!("no line {start:?} in:\n{table}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -478,6 +499,19 @@ async fn status_shows_live_state_through_an_etcd_outage() {
         .expect("status --admin");
     assert_eq!(by_addr["services"]["web"]["servers"], web["servers"]);
     routes_to(w.port, &["a"]).await;
+    // For people: the service's line, and its server beside HAProxy's view of it.
+    let table = status_table(&["-c", config]).await;
+    let web_line = line(&table, "web ");
+    for want in [" etcd ", " fresh ", " watching @", " armed "] {
+        assert!(web_line.contains(want), "{want:?} in {table}");
+    }
+    let detail = status_table(&["web", "-c", config]).await;
+    let server_line = line(&detail, &server);
+    assert!(
+        server_line.contains(" up ") && server_line.contains(" UP "),
+        "{detail}"
+    );
+    assert!(detail.contains("registry and HAProxy agree"), "{detail}");
 
     // etcd goes away: the last known set stays applied, HAProxy keeps serving, and
     // status and metrics say so.
@@ -501,6 +535,11 @@ async fn status_shows_live_state_through_an_etcd_outage() {
         server.as_str()
     );
     assert!(doc["services"]["web"]["etcd"]["last_error"].is_string());
+    let table = status_table(&["-c", config]).await;
+    let web_line = line(&table, "web ");
+    for want in [" last-known-good ", " stale ", " retrying @"] {
+        assert!(web_line.contains(want), "{want:?} in {table}");
+    }
     let s = w
         .scrape_until("the stale state", |s| {
             source(s, "last_known_good") == 1.0 && of_web(s, "synapse_service_stale_seconds") > 0.0

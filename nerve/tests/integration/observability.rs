@@ -186,6 +186,20 @@ async fn nerve_status(args: &[&str], env: &[(&str, &str)]) -> Output {
         .expect("run nerve status")
 }
 
+/// The line of `nerve status` (a table) that starts with `start`; panics with the whole
+/// output if there is none, or if it is coloured.
+async fn table_line(args: &[&str], start: &str) -> String {
+    let out = nerve_status(args, &[]).await;
+    let table = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success() && !table.contains('\x1b'), "{table}");
+    assert!(table.contains("etcd connected"), "{table}");
+    table
+        .lines()
+        .find(|l| l.starts_with(start))
+        .unwrap_or_else(|| panic!("no line {start:?} in:\n{table}"))
+        .to_owned()
+}
+
 fn stdout_json(out: &Output) -> Result<Value, String> {
     if !out.status.success() {
         return Err(format!(
@@ -220,7 +234,7 @@ async fn status_subcommand_prints_the_live_state() {
 
     // By address, by config file, by NERVE_CONFIG: the same live state.
     let by_addr = eventually(SLACK, || async {
-        let doc = stdout_json(&nerve_status(&["--admin", &admin], &[]).await)?;
+        let doc = stdout_json(&nerve_status(&["--admin", &admin, "-o", "json"], &[]).await)?;
         if doc["registry"]["keys"].as_object().map(|k| k.len()) == Some(1) {
             Ok(doc)
         } else {
@@ -233,16 +247,31 @@ async fn status_subcommand_prints_the_live_state() {
     assert_eq!(by_addr["services"]["web"]["reported"], true);
     assert_eq!(by_addr["registry"]["connected"], true);
     assert_eq!(by_addr["registry"]["keys"][&kvs[0].key], "web");
-    let by_file = stdout_json(&nerve_status(&["-c", config_arg], &[]).await).expect("status -c");
+    let by_file = stdout_json(&nerve_status(&["-c", config_arg, "-o", "json"], &[]).await)
+        .expect("status -c");
     assert_eq!(by_file["registry"]["keys"], by_addr["registry"]["keys"]);
-    let by_env = stdout_json(&nerve_status(&[], &[("NERVE_CONFIG", config_arg)]).await)
+    let by_env = stdout_json(&nerve_status(&["-o", "json"], &[("NERVE_CONFIG", config_arg)]).await)
         .expect("status with NERVE_CONFIG");
     assert_eq!(by_env["instance_id"], "host-1");
+    let ttl = by_addr["registry"]["lease_ttl_secs"]
+        .as_u64()
+        .expect("lease TTL");
+    let left = by_addr["registry"]["lease_ttl_left_secs"]
+        .as_u64()
+        .expect("lease TTL left");
+    assert!(left <= ttl, "{by_addr}");
+    assert_eq!(by_addr["services"]["web"]["last_check"], "ok");
+    // The table, for people (no colour: stdout is not a terminal).
+    let line = table_line(&["-c", config_arg], "web ").await;
+    assert!(
+        line.contains(" healthy ") && line.contains(" yes "),
+        "{line}"
+    );
 
     // It follows a health flip.
     backend.set_healthy(false);
     eventually(SLACK, || async {
-        let doc = stdout_json(&nerve_status(&["-c", config_arg], &[]).await)?;
+        let doc = stdout_json(&nerve_status(&["-c", config_arg, "-o", "json"], &[]).await)?;
         let web = &doc["services"]["web"];
         if web["healthy"] == false
             && web["reported"] == false
@@ -254,6 +283,11 @@ async fn status_subcommand_prints_the_live_state() {
         }
     })
     .await;
+    let line = table_line(&["-c", config_arg], "web ").await;
+    assert!(
+        line.contains("unhealthy") && line.contains(" no ") && line.contains("answered HTTP 5"),
+        "{line}"
+    );
 
     // The endpoint turned off in the config: usage error. Stopped nerve: unreachable, exit 1.
     let off = dir.write("off.json", r#"{"admin_listen": null}"#);
