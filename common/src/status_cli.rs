@@ -33,6 +33,47 @@ impl std::str::FromStr for Output {
     }
 }
 
+/// The options both `status` subcommands take.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StatusArgs {
+    /// The admin endpoint, `address:port`. Default: the config's `admin_listen`, else the
+    /// daemon's default (nerve 127.0.0.1:9101, synapse 127.0.0.1:9102).
+    #[arg(long, value_name = "ADDR")]
+    pub admin: Option<SocketAddr>,
+    /// `table`, `wide` (more columns; synapse: every server), or `json` (the document as
+    /// served).
+    #[arg(
+        short = 'o',
+        long = "output",
+        value_name = "FORMAT",
+        default_value = "table"
+    )]
+    pub output: Output,
+    /// Refresh every second until interrupted.
+    #[arg(short = 'w', long)]
+    pub watch: bool,
+}
+
+impl StatusArgs {
+    /// The request for `path` on the endpoint `--admin`, the config at `config` or
+    /// `default` names.
+    pub fn request(
+        self,
+        config: Option<&std::path::Path>,
+        default: SocketAddr,
+        path: String,
+        render: Render,
+    ) -> Request {
+        Request {
+            addr: crate::admin::status_address(self.admin, config, default),
+            path,
+            output: self.output,
+            watch: self.watch,
+            render,
+        }
+    }
+}
+
 /// Turns a status document into text for people: `wide` for every detail, `colour` for
 /// ANSI colours. `Err` when the document is not what the renderer understands.
 pub type Render = fn(&serde_json::Value, bool, bool) -> Result<String, String>;

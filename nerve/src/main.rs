@@ -3,13 +3,12 @@
 //! Exit codes: 0 after a clean stop, 64 for a bad command line or config, 1 otherwise
 //! (`status`: 1 when the endpoint is unreachable).
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand};
-use common::status_cli::{self, Output};
+use common::status_cli::{self, StatusArgs};
 use common::telemetry::{self, LogFormat};
 use nerve::config::{self, Overrides};
 
@@ -45,21 +44,8 @@ enum Cmd {
     /// Show what a running nerve believes (its admin endpoint's `/status`): a table per
     /// service; exit 0 when it answered, 1 when it is unreachable.
     Status {
-        /// The admin endpoint, `address:port`. Default: the config's `admin_listen`, else
-        /// 127.0.0.1:9101.
-        #[arg(long, value_name = "ADDR")]
-        admin: Option<SocketAddr>,
-        /// `table`, `wide` (more columns), or `json` (the document as served).
-        #[arg(
-            short = 'o',
-            long = "output",
-            value_name = "FORMAT",
-            default_value = "table"
-        )]
-        output: Output,
-        /// Refresh every second until interrupted.
-        #[arg(short = 'w', long)]
-        watch: bool,
+        #[command(flatten)]
+        view: StatusArgs,
     },
 }
 
@@ -75,23 +61,13 @@ fn main() -> ExitCode {
             };
         }
     };
-    if let Some(Cmd::Status {
-        admin,
-        output,
-        watch,
-    }) = cli.command
-    {
-        return ExitCode::from(status_cli::run(status_cli::Request {
-            addr: common::admin::status_address(
-                admin,
-                cli.config.as_deref(),
-                common::admin::NERVE_DEFAULT_LISTEN,
-            ),
-            path: "/status".into(),
-            output,
-            watch,
-            render: nerve::status_table::render,
-        }));
+    if let Some(Cmd::Status { view }) = cli.command {
+        return ExitCode::from(status_cli::run(view.request(
+            cli.config.as_deref(),
+            common::admin::NERVE_DEFAULT_LISTEN,
+            "/status".into(),
+            nerve::status_table::render,
+        )));
     }
     let Some(path) = cli.config.clone() else {
         let _ = Cli::command()

@@ -3,13 +3,12 @@
 //! Exit codes: 0 after a clean stop, 64 for a bad command line or config, 1 otherwise
 //! (`status`: 1 when the endpoint is unreachable).
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{CommandFactory, Parser, Subcommand};
-use common::status_cli::{self, Output};
+use common::status_cli::{self, StatusArgs};
 use common::telemetry::{self, LogFormat};
 
 /// Watches etcd and keeps a local HAProxy routing to the healthy instances of each service.
@@ -38,22 +37,8 @@ enum Cmd {
     Status {
         /// One service: its servers, registry and HAProxy side by side.
         service: Option<String>,
-        /// The admin endpoint, `address:port`. Default: the config's `admin_listen`, else
-        /// 127.0.0.1:9102.
-        #[arg(long, value_name = "ADDR")]
-        admin: Option<SocketAddr>,
-        /// `table`, `wide` (more columns, every server), or `json` (the document as
-        /// served).
-        #[arg(
-            short = 'o',
-            long = "output",
-            value_name = "FORMAT",
-            default_value = "table"
-        )]
-        output: Output,
-        /// Refresh every second until interrupted.
-        #[arg(short = 'w', long)]
-        watch: bool,
+        #[command(flatten)]
+        view: StatusArgs,
     },
 }
 
@@ -70,13 +55,7 @@ fn main() -> ExitCode {
             };
         }
     };
-    if let Some(Cmd::Status {
-        service,
-        admin,
-        output,
-        watch,
-    }) = cli.command
-    {
+    if let Some(Cmd::Status { service, view }) = cli.command {
         let (path, render): (String, status_cli::Render) = match service {
             Some(s) => (
                 format!("/status/{s}"),
@@ -84,17 +63,12 @@ fn main() -> ExitCode {
             ),
             None => ("/status".into(), synapse::status_table::render),
         };
-        return ExitCode::from(status_cli::run(status_cli::Request {
-            addr: common::admin::status_address(
-                admin,
-                cli.config.as_deref(),
-                common::admin::SYNAPSE_DEFAULT_LISTEN,
-            ),
+        return ExitCode::from(status_cli::run(view.request(
+            cli.config.as_deref(),
+            common::admin::SYNAPSE_DEFAULT_LISTEN,
             path,
-            output,
-            watch,
             render,
-        }));
+        )));
     }
     let Some(path) = cli.config else {
         let _ = Cli::command()
