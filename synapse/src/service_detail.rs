@@ -40,7 +40,12 @@ pub async fn document(config: &Config, counters: &Counters, service: &str) -> Op
         })
         .unwrap_or_default();
     let backend = svc.backend_name();
-    let (live, error) = match haproxy(config, &backend).await {
+    let live = if svc.haproxy.disabled {
+        Err("the service's haproxy section is disabled: HAProxy does not route it".to_owned())
+    } else {
+        haproxy(config, &backend).await
+    };
+    let (live, error) = match live {
         Ok(live) => (live, None),
         Err(e) => (BTreeMap::new(), Some(e)),
     };
