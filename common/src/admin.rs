@@ -3,9 +3,12 @@
 //! daemon believes), `/healthz` (liveness) and `/readyz` (readiness).
 //!
 //! It is deliberately tiny: GET only, one request per connection, bounded request size
-//! and time. It binds to localhost by default; it is not a public API.
+//! and time. It is on by default, on loopback ([`NERVE_DEFAULT_LISTEN`],
+//! [`SYNAPSE_DEFAULT_LISTEN`]); it is not a public API. A daemon whose admin address is
+//! taken keeps running without the endpoint ([`serve_or_warn`]): observability must
+//! never be the reason a service-discovery daemon is down.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -21,8 +24,85 @@ const MAX_REQUEST: usize = 8 * 1024;
 /// How long a client may take to send its request.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Where nerve's admin endpoint listens when the config has no `admin_listen`.
+pub const NERVE_DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9101));
+/// Where synapse's admin endpoint listens when the config has no `admin_listen`.
+pub const SYNAPSE_DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9102));
+
+/// The `admin_listen` key as written in a config file. Use it with `#[serde(default)]`,
+/// so that a missing key is [`ListenSetting::Unset`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum ListenSetting {
+    /// No key: the daemon's default address.
+    #[default]
+    Unset,
+    /// `null` or `false`: no endpoint.
+    Off,
+    /// `true`: the default address.
+    On,
+    /// An `address:port` (checked by [`ListenSetting::resolve`]).
+    Address(String),
+}
+
+impl ListenSetting {
+    /// Where to listen, `None` for no endpoint; `Err` is the message for the key.
+    pub fn resolve(&self, default: SocketAddr) -> Result<Option<SocketAddr>, String> {
+        match self {
+            Self::Unset | Self::On => Ok(Some(default)),
+            Self::Off => Ok(None),
+            Self::Address(a) => a.parse().map(Some).map_err(|_| {
+                format!(
+                    "must be an address and port, e.g. {default}, or null to turn the endpoint off"
+                )
+            }),
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ListenSetting {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = ListenSetting;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an \"address:port\" string, or null (or false) for no endpoint")
+            }
+            fn visit_unit<E>(self) -> Result<ListenSetting, E> {
+                Ok(ListenSetting::Off)
+            }
+            fn visit_none<E>(self) -> Result<ListenSetting, E> {
+                Ok(ListenSetting::Off)
+            }
+            fn visit_bool<E>(self, on: bool) -> Result<ListenSetting, E> {
+                Ok(if on {
+                    ListenSetting::On
+                } else {
+                    ListenSetting::Off
+                })
+            }
+            fn visit_str<E>(self, s: &str) -> Result<ListenSetting, E> {
+                Ok(ListenSetting::Address(s.to_owned()))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
 /// Produces the `/status` document on demand.
 pub type StatusFn = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
+
+/// Produces the `/status/<name>` document for a name (a service), asynchronously (it may
+/// ask another process); `None`: no such name (404).
+pub type DetailFn = Arc<
+    dyn Fn(
+            String,
+        )
+            -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<serde_json::Value>> + Send>>
+        + Send
+        + Sync,
+>;
 
 /// What the admin endpoint serves.
 #[derive(Clone)]
@@ -31,6 +111,8 @@ pub struct AdminState {
     pub status: StatusFn,
     /// `/readyz` answers 200 while this is true, 503 otherwise.
     pub ready: Arc<AtomicBool>,
+    /// `/status/<name>`, if the daemon has such documents.
+    pub detail: Option<DetailFn>,
 }
 
 impl AdminState {
@@ -39,6 +121,7 @@ impl AdminState {
             registry: Arc::new(std::sync::Mutex::new(registry)),
             status,
             ready: Arc::new(AtomicBool::new(false)),
+            detail: None,
         }
     }
 }
@@ -50,6 +133,32 @@ pub struct BindError {
     pub addr: SocketAddr,
     #[source]
     pub source: std::io::Error,
+}
+
+/// [`serve`], or — when `addr` cannot be bound (taken, not an address of this host) —
+/// one warning and `None`: the daemon carries on without the endpoint.
+pub async fn serve_or_warn(
+    addr: SocketAddr,
+    state: AdminState,
+    cancel: CancellationToken,
+) -> Option<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    match serve(addr, state, cancel).await {
+        Ok((bound, task)) => {
+            tracing::info!(addr = %bound, "admin endpoint listening");
+            Some((bound, task))
+        }
+        Err(e) => {
+            tracing::warn!(
+                addr = %addr,
+                error = %e.source,
+                "admin endpoint off: cannot listen on {addr} ({}); running without /metrics, \
+                 /status and the probes. Set admin_listen to a free address, or to null to \
+                 turn the endpoint off",
+                e.source
+            );
+            None
+        }
+    }
 }
 
 /// Binds `addr` and serves until `cancel` fires. Returns the bound address (useful with
@@ -113,8 +222,17 @@ async fn handle(mut stream: TcpStream, state: &AdminState) -> std::io::Result<()
     let mut parts = request.split_whitespace();
     let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let path = target.split('?').next().unwrap_or("");
+    let detail = path
+        .strip_prefix("/status/")
+        .filter(|name| !name.is_empty())
+        .zip(state.detail.as_ref());
     let (status, content_type, body) = if method != "GET" && method != "HEAD" {
         (405, "text/plain", "only GET\n".to_owned())
+    } else if let Some((name, detail)) = detail {
+        match detail(name.to_owned()).await {
+            Some(doc) => (200, "application/json", pretty(&doc)),
+            None => (404, "text/plain", format!("no service {name}\n")),
+        }
     } else {
         route(path, state)
     };
@@ -153,12 +271,7 @@ fn route(path: &str, state: &AdminState) -> (u16, &'static str, String) {
                 Err(_) => (500, "text/plain", "metrics encoding failed\n".into()),
             }
         }
-        "/status" => {
-            let doc = (state.status)();
-            let mut body = serde_json::to_string_pretty(&doc).unwrap_or_else(|_| "{}".into());
-            body.push('\n');
-            (200, "application/json", body)
-        }
+        "/status" => (200, "application/json", pretty(&(state.status)())),
         "/healthz" => (200, "text/plain", "ok\n".into()),
         "/readyz" => {
             if state.ready.load(Ordering::Relaxed) {
@@ -171,11 +284,18 @@ fn route(path: &str, state: &AdminState) -> (u16, &'static str, String) {
     }
 }
 
+/// `doc` as pretty JSON with a final newline.
+fn pretty(doc: &serde_json::Value) -> String {
+    let mut body = serde_json::to_string_pretty(doc).unwrap_or_else(|_| "{}".into());
+    body.push('\n');
+    body
+}
+
 /// Why `nerve status` / `synapse status` could not show the status.
 #[derive(Debug, thiserror::Error)]
 pub enum StatusError {
-    #[error("no admin endpoint to ask: pass --admin <address:port>, or a config (-c) that sets admin_listen")]
-    NoAddress,
+    #[error("the admin endpoint is off in {} (admin_listen: null): set admin_listen, or pass --admin <address:port>", path.display())]
+    Off { path: PathBuf },
     #[error("cannot read the admin address from {path}: {message}")]
     Config { path: PathBuf, message: String },
     /// (The I/O error is in the message, not a `source`: this is printed as it is.)
@@ -184,35 +304,48 @@ pub enum StatusError {
         addr: SocketAddr,
         error: std::io::Error,
     },
-    #[error("the admin endpoint at {addr} answered HTTP {status}")]
-    Http { addr: SocketAddr, status: u16 },
+    #[error("the admin endpoint at {addr} answered HTTP {status}: {}", body.trim())]
+    Http {
+        addr: SocketAddr,
+        status: u16,
+        body: String,
+    },
 }
 
-/// Where a `status` subcommand connects: `admin` if given, else the `admin_listen` of the
+/// Where a `status` subcommand connects: `admin` if given; else the `admin_listen` of the
 /// config file at `config` (read as JSON with comments; nothing else of it is checked,
-/// so the subcommand works with a config the daemon would reject). A wildcard listen
+/// so the subcommand works with a config the daemon would reject); else, or when the
+/// config has no `admin_listen`, `default` (the daemon's own default). A wildcard listen
 /// address (`0.0.0.0`, `::`) is asked on loopback.
 pub fn status_address(
     admin: Option<SocketAddr>,
     config: Option<&Path>,
+    default: SocketAddr,
 ) -> Result<SocketAddr, StatusError> {
     if let Some(addr) = admin {
         return Ok(addr);
     }
-    let path = config.ok_or(StatusError::NoAddress)?;
+    let Some(path) = config else {
+        return Ok(default);
+    };
     let bad = |message: String| StatusError::Config {
         path: path.to_owned(),
         message,
     };
     let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
     let doc = crate::config::parse_jsonc(&text).map_err(|e| bad(e.to_string()))?;
-    let listen = match doc.get("admin_listen") {
-        None | Some(serde_json::Value::Null) => return Err(StatusError::NoAddress),
-        Some(serde_json::Value::String(s)) => s.parse::<SocketAddr>().map_err(|_| {
-            bad("admin_listen must be an address and port, e.g. 127.0.0.1:9101".into())
-        })?,
-        Some(_) => return Err(bad("admin_listen must be a string".into())),
+    let setting = match doc.get("admin_listen") {
+        None => ListenSetting::Unset,
+        Some(v) => {
+            serde_json::from_value(v.clone()).map_err(|e| bad(format!("admin_listen: {e}")))?
+        }
     };
+    let listen = setting
+        .resolve(default)
+        .map_err(|e| bad(format!("admin_listen {e}")))?
+        .ok_or_else(|| StatusError::Off {
+            path: path.to_owned(),
+        })?;
     Ok(match listen.ip() {
         IpAddr::V4(ip) if ip.is_unspecified() => {
             SocketAddr::from((Ipv4Addr::LOCALHOST, listen.port()))
@@ -224,15 +357,19 @@ pub fn status_address(
     })
 }
 
-/// The `/status` document of the endpoint at `addr`, as served (pretty JSON).
-pub async fn status(addr: SocketAddr) -> Result<String, StatusError> {
-    let (code, body) = fetch(addr, "/status")
+/// The document at `path` (`/status`, ...) of the endpoint at `addr`, as served.
+pub async fn status_at(addr: SocketAddr, path: &str) -> Result<String, StatusError> {
+    let (code, body) = fetch(addr, path)
         .await
         .map_err(|error| StatusError::Unreachable { addr, error })?;
     if code == 200 {
         Ok(body)
     } else {
-        Err(StatusError::Http { addr, status: code })
+        Err(StatusError::Http {
+            addr,
+            status: code,
+            body,
+        })
     }
 }
 
@@ -265,6 +402,51 @@ pub async fn fetch(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String
 mod tests {
     use super::*;
     use prometheus_client::metrics::counter::Counter;
+
+    #[test]
+    fn listen_setting_reads_every_spelling() {
+        #[derive(serde::Deserialize)]
+        struct File {
+            #[serde(default)]
+            admin_listen: ListenSetting,
+        }
+        let read = |text: &str| serde_json::from_str::<File>(text).map(|f| f.admin_listen);
+        let d = NERVE_DEFAULT_LISTEN;
+        assert_eq!(read("{}").unwrap().resolve(d), Ok(Some(d)));
+        assert_eq!(
+            read(r#"{"admin_listen": true}"#).unwrap().resolve(d),
+            Ok(Some(d))
+        );
+        assert_eq!(
+            read(r#"{"admin_listen": null}"#).unwrap().resolve(d),
+            Ok(None)
+        );
+        assert_eq!(
+            read(r#"{"admin_listen": false}"#).unwrap().resolve(d),
+            Ok(None)
+        );
+        assert_eq!(
+            read(r#"{"admin_listen": "0.0.0.0:9"}"#).unwrap().resolve(d),
+            Ok(Some("0.0.0.0:9".parse().unwrap()))
+        );
+        let e = read(r#"{"admin_listen": "nine"}"#)
+            .unwrap()
+            .resolve(d)
+            .unwrap_err();
+        assert!(e.contains("127.0.0.1:9101") && e.contains("null"), "{e}");
+        let e = read(r#"{"admin_listen": 9101}"#).err().unwrap().to_string();
+        assert!(e.contains("address:port"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_taken_address_leaves_the_endpoint_off() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap();
+        let state = AdminState::new(Registry::default(), Arc::new(|| serde_json::json!({})));
+        assert!(serve_or_warn(addr, state, CancellationToken::new())
+            .await
+            .is_none());
+    }
 
     #[tokio::test]
     async fn serves_metrics_status_and_probes() {
@@ -301,13 +483,13 @@ mod tests {
         task.await.unwrap();
         // Stopped: `status` says unreachable.
         assert!(matches!(
-            status(addr).await,
+            status_at(addr, "/status").await,
             Err(StatusError::Unreachable { .. })
         ));
     }
 
     #[test]
-    fn status_address_prefers_the_flag_then_the_config() {
+    fn status_address_prefers_the_flag_then_the_config_then_the_default() {
         let dir = std::env::temp_dir().join(format!("admin-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let flag: SocketAddr = "127.0.0.1:1".parse().unwrap();
@@ -317,32 +499,44 @@ mod tests {
             "{\n // comment\n \"admin_listen\": \"0.0.0.0:9102\", \"x\": 1,}",
         )
         .unwrap();
-        assert_eq!(status_address(Some(flag), Some(&file)).unwrap(), flag);
+        let default = SYNAPSE_DEFAULT_LISTEN;
         assert_eq!(
-            status_address(None, Some(&file)).unwrap(),
+            status_address(Some(flag), Some(&file), default).unwrap(),
+            flag
+        );
+        assert_eq!(
+            status_address(None, Some(&file), default).unwrap(),
             "127.0.0.1:9102".parse::<SocketAddr>().unwrap()
         );
         std::fs::write(&file, r#"{"admin_listen": "[::]:9102"}"#).unwrap();
         assert_eq!(
-            status_address(None, Some(&file)).unwrap(),
+            status_address(None, Some(&file), default).unwrap(),
             "[::1]:9102".parse::<SocketAddr>().unwrap()
         );
-        std::fs::write(&file, r#"{"services": {}}"#).unwrap();
+        // No key, or `true`: the daemon's default.
+        for text in [r#"{"services": {}}"#, r#"{"admin_listen": true}"#] {
+            std::fs::write(&file, text).unwrap();
+            assert_eq!(status_address(None, Some(&file), default).unwrap(), default);
+        }
+        for text in [r#"{"admin_listen": null}"#, r#"{"admin_listen": false}"#] {
+            std::fs::write(&file, text).unwrap();
+            let err = status_address(None, Some(&file), default).unwrap_err();
+            assert!(matches!(err, StatusError::Off { .. }), "{err}");
+            assert!(err.to_string().contains("--admin"), "{err}");
+        }
+        for text in [
+            r#"{"admin_listen": "localhost"}"#,
+            r#"{"admin_listen": 9102}"#,
+        ] {
+            std::fs::write(&file, text).unwrap();
+            let err = status_address(None, Some(&file), default).unwrap_err();
+            assert!(err.to_string().contains("admin_listen"), "{err}");
+        }
         assert!(matches!(
-            status_address(None, Some(&file)),
-            Err(StatusError::NoAddress)
-        ));
-        std::fs::write(&file, r#"{"admin_listen": "localhost"}"#).unwrap();
-        let err = status_address(None, Some(&file)).unwrap_err();
-        assert!(err.to_string().contains("admin_listen"), "{err}");
-        assert!(matches!(
-            status_address(None, Some(&dir.join("missing.json"))),
+            status_address(None, Some(&dir.join("missing.json")), default),
             Err(StatusError::Config { .. })
         ));
-        assert!(matches!(
-            status_address(None, None),
-            Err(StatusError::NoAddress)
-        ));
+        assert_eq!(status_address(None, None, default).unwrap(), default);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

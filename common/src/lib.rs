@@ -1,6 +1,7 @@
 //! Shared pieces of nerve and synapse: the registration contract that nerve writes and
 //! synapse reads, the etcd key schema, etcd connection settings, config-file parsing,
-//! backoff, shutdown signals and tracing setup.
+//! backoff, shutdown signals and tracing setup; the admin endpoint and the `status`
+//! subcommands' tables.
 
 pub mod admin;
 pub mod backoff;
@@ -13,6 +14,8 @@ pub mod names;
 pub mod registration;
 pub mod secret;
 pub mod shutdown;
+pub mod status_cli;
+pub mod table;
 pub mod telemetry;
 
 pub use backoff::Backoff;

@@ -58,7 +58,8 @@ struct NerveFile {
     reconcile_interval: Option<Seconds>,
     shutdown_timeout: Option<Seconds>,
     maintenance_file: Option<PathBuf>,
-    admin_listen: Option<String>,
+    #[serde(default)]
+    admin_listen: common::admin::ListenSetting,
 }
 
 /// One entry of `services` (or one file in `service_conf_dir`).
@@ -144,7 +145,7 @@ pub struct Config {
     pub heartbeat_path: Option<PathBuf>,
     /// While this file exists, every service is reported down.
     pub maintenance_file: Option<PathBuf>,
-    /// Where the admin endpoint (`/status`, `/metrics`) listens.
+    /// Where the admin endpoint (`/status`, `/metrics`) listens; `None`: no endpoint.
     pub admin_listen: Option<SocketAddr>,
 }
 
@@ -351,16 +352,10 @@ pub fn parse(text: &str, overrides: &Overrides) -> Result<Config, ConfigErrors> 
     );
     let admin_listen = file
         .admin_listen
-        .as_deref()
-        .and_then(|a| match a.parse::<SocketAddr>() {
-            Ok(addr) => Some(addr),
-            Err(_) => {
-                errors.push(
-                    "admin_listen",
-                    "must be an address and port, e.g. 127.0.0.1:9101",
-                );
-                None
-            }
+        .resolve(common::admin::NERVE_DEFAULT_LISTEN)
+        .unwrap_or_else(|e| {
+            errors.push("admin_listen", e);
+            None
         });
 
     match instance_id {

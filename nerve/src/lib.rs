@@ -22,6 +22,7 @@ pub mod rate_limit;
 pub mod reporter;
 pub mod service;
 pub mod status;
+pub mod status_table;
 pub mod supervisor;
 
 use std::path::PathBuf;
@@ -29,7 +30,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::admin::{AdminState, BindError};
+use common::admin::AdminState;
 use common::Backoff;
 use prometheus_client::registry::Registry;
 use tokio::sync::{mpsc, watch};
@@ -39,12 +40,11 @@ use tracing::{error, info};
 pub use config::Config;
 pub use status::Status;
 
-/// Why nerve stopped other than by being asked to. Registry trouble is never among them:
-/// nerve retries etcd for ever.
+/// Why nerve stopped other than by being asked to. Registry trouble is never among them
+/// (nerve retries etcd for ever), nor an admin address it cannot bind (it runs without
+/// the endpoint).
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error(transparent)]
-    Admin(#[from] BindError),
     #[error("the reporter task stopped unexpectedly")]
     ReporterStopped(#[source] tokio::task::JoinError),
 }
@@ -121,9 +121,9 @@ impl Nerve {
                     serde_json::to_value(snapshot.snapshot()).unwrap_or_default()
                 }),
                 ready,
+                detail: None,
             };
-            let (bound, _task) = common::admin::serve(addr, state, cancel.child_token()).await?;
-            info!(addr = %bound, "admin endpoint listening");
+            common::admin::serve_or_warn(addr, state, cancel.child_token()).await;
         }
 
         let (desired_tx, desired_rx) = watch::channel(reporter::Desired::new());

@@ -1,14 +1,14 @@
 //! The nerve binary: parse the command line, set up logging, load the config, run; or,
-//! with `status`, print what a running nerve reports on its admin endpoint.
+//! with `status`, show what a running nerve reports on its admin endpoint.
 //! Exit codes: 0 after a clean stop, 64 for a bad command line or config, 1 otherwise
 //! (`status`: 1 when the endpoint is unreachable).
 
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand};
+use common::status_cli::{self, StatusArgs};
 use common::telemetry::{self, LogFormat};
 use nerve::config::{self, Overrides};
 
@@ -41,12 +41,11 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
-    /// Print what a running nerve believes (its admin endpoint's `/status` JSON): exit 0
-    /// when it answered, 1 when it is unreachable.
+    /// Show what a running nerve believes (its admin endpoint's `/status`): a table per
+    /// service; exit 0 when it answered, 1 when it is unreachable.
     Status {
-        /// The admin endpoint, `address:port`. Default: the config's `admin_listen`.
-        #[arg(long, value_name = "ADDR")]
-        admin: Option<SocketAddr>,
+        #[command(flatten)]
+        view: StatusArgs,
     },
 }
 
@@ -62,8 +61,13 @@ fn main() -> ExitCode {
             };
         }
     };
-    if let Some(Cmd::Status { admin }) = cli.command {
-        return status(admin, cli.config.as_deref());
+    if let Some(Cmd::Status { view }) = cli.command {
+        return ExitCode::from(status_cli::run(view.request(
+            cli.config.as_deref(),
+            common::admin::NERVE_DEFAULT_LISTEN,
+            "/status".into(),
+            nerve::status_table::render,
+        )));
     }
     let Some(path) = cli.config.clone() else {
         let _ = Cli::command()
@@ -119,33 +123,6 @@ fn run(path: PathBuf, overrides: Overrides, config: config::Config) -> anyhow::R
             .context("cannot install the SIGHUP handler")?;
         nerve.run(cancel).await.context("nerve failed")
     })
-}
-
-/// `nerve status`: prints the `/status` JSON of a running nerve.
-fn status(admin: Option<SocketAddr>, config: Option<&Path>) -> ExitCode {
-    use common::admin::StatusError;
-    let addr = match common::admin::status_address(admin, config) {
-        Ok(addr) => addr,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(exit_config());
-        }
-    };
-    let fetched = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|error| StatusError::Unreachable { addr, error })
-        .and_then(|rt| rt.block_on(common::admin::status(addr)));
-    match fetched {
-        Ok(body) => {
-            print!("{body}");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
 }
 
 fn exit_config() -> u8 {

@@ -31,6 +31,9 @@ pub struct ServiceState {
     pub settled: bool,
     /// The service should be registered.
     pub reported: bool,
+    /// The last round of checks: `ok`, `no checks`, or the first failure; `None`
+    /// before the first round.
+    pub last_check: Option<String>,
 }
 
 /// A [`ServiceState`] from one generation of one service's task.
@@ -73,6 +76,7 @@ impl ServiceTask {
             drained: false,
             settled: no_checks,
             reported: false,
+            last_check: None,
         };
         let mut sent: Option<ServiceState> = None;
         let service_labels = self.metrics.service(name);
@@ -90,6 +94,7 @@ impl ServiceTask {
                 _ = cancel.cancelled() => break,
                 results = run_checks(&checks) => results,
             };
+            let mut last_check = None;
             for (i, ((check, (result, took)), h)) in checks
                 .iter()
                 .zip(results)
@@ -106,8 +111,10 @@ impl ServiceTask {
                     })
                     .inc();
                 if let Err(e) = &result {
-                    debug!(service = name, instance, check = check.describe(), error = %crate::error_chain(e),
+                    let error = crate::error_chain(e);
+                    debug!(service = name, instance, check = check.describe(), error = %error,
                         "check failed");
+                    last_check.get_or_insert_with(|| format!("{}: {error}", check.describe()));
                 }
                 match h.observe(ok) {
                     Some(Transition::BecameUp) => {
@@ -210,11 +217,15 @@ impl ServiceTask {
                 .get_or_create(&service_labels)
                 .set(i64::from(reported));
 
+            let last_check = Some(
+                last_check.unwrap_or_else(|| if no_checks { "no checks" } else { "ok" }.to_owned()),
+            );
             state = ServiceState {
                 healthy,
                 drained,
                 settled,
                 reported,
+                last_check,
             };
             if sent.as_ref() != Some(&state) {
                 let update = ServiceUpdate {

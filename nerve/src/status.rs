@@ -1,6 +1,7 @@
-//! What nerve believes, as a snapshot: each service's health and drain state and what is
-//! registered in etcd under which lease. Served as JSON on the admin endpoint's
-//! `/status`, and available to library users through [`crate::Nerve::status`].
+//! What nerve believes, as a snapshot: each service's health, last check and drain state,
+//! and what is registered in etcd under which lease. Served as JSON on the admin
+//! endpoint's `/status` ([`StatusHandle::snapshot`]), and available to library users
+//! through [`crate::Nerve::status`]. The table `nerve status` prints is [`render`].
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -8,6 +9,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 use tokio::sync::watch;
+use tokio::time::{Duration, Instant};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Status {
@@ -28,6 +30,9 @@ pub struct ServiceStatus {
     pub etcd_path: String,
     /// A SIGHUP replacement is being health-checked before it takes over.
     pub replacing: bool,
+    /// The last round of checks: `ok`, `no checks`, or the first failing check and its
+    /// error; `null` before the first round.
+    pub last_check: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -36,8 +41,14 @@ pub struct RegistryStatus {
     pub connected: bool,
     pub lease_id: Option<i64>,
     pub lease_ttl_secs: Option<u64>,
+    /// Seconds until the lease expires unless renewed, as of the snapshot (from the TTL
+    /// etcd gave at the last grant or keep-alive).
+    pub lease_ttl_left_secs: Option<u64>,
     /// Keys nerve believes it holds, with the service each belongs to.
     pub keys: BTreeMap<String, String>,
+    /// When the lease was last granted or renewed, and the TTL from then.
+    #[serde(skip)]
+    pub lease_renewed: Option<(Instant, Duration)>,
 }
 
 /// Shared by the tasks that update parts of the status.
@@ -63,8 +74,14 @@ impl StatusHandle {
         self.tx.subscribe()
     }
 
+    /// The status now, with the lease's TTL left worked out.
     pub fn snapshot(&self) -> Status {
-        self.tx.borrow().clone()
+        let mut s = self.tx.borrow().clone();
+        s.registry.lease_ttl_left_secs = s
+            .registry
+            .lease_renewed
+            .map(|(at, ttl)| ttl.saturating_sub(at.elapsed()).as_secs());
+        s
     }
 
     pub fn update_services(&self, f: impl FnOnce(&mut BTreeMap<String, ServiceStatus>)) {

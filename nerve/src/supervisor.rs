@@ -391,6 +391,7 @@ impl Supervisor {
                         reported: state.as_ref().is_some_and(|s| s.reported),
                         etcd_path: slot.active.config.path.to_string(),
                         replacing: slot.pending.is_some(),
+                        last_check: state.as_ref().and_then(|s| s.last_check.clone()),
                     },
                 )
             })

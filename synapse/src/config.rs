@@ -44,8 +44,10 @@ pub struct SynapseFile {
     pub debounce_max_wait: Option<Seconds>,
     /// The mass-removal guard, for every service (a service's own section overrides it).
     pub mass_removal_guard: Option<MassRemovalGuardFile>,
-    /// `address:port` of the admin endpoint (`/metrics`, `/status`, probes); off if unset.
-    pub admin_listen: Option<String>,
+    /// `address:port` of the admin endpoint (`/metrics`, `/status`, probes);
+    /// `127.0.0.1:9102` if unset, off if `null`/`false`.
+    #[serde(default)]
+    pub admin_listen: common::admin::ListenSetting,
 }
 
 /// `mass_removal_guard`: hold the last good set when most servers vanish at once.
@@ -569,16 +571,13 @@ impl Config {
         let file_output = file.file_output.map(|f| FileOutputConfig {
             output_directory: f.output_directory,
         });
-        let admin_listen = file.admin_listen.as_deref().and_then(|a| {
-            a.parse()
-                .map_err(|_| {
-                    errors.push(
-                        "admin_listen",
-                        "must be an address and port, e.g. 127.0.0.1:9102",
-                    )
-                })
-                .ok()
-        });
+        let admin_listen = file
+            .admin_listen
+            .resolve(common::admin::SYNAPSE_DEFAULT_LISTEN)
+            .unwrap_or_else(|e| {
+                errors.push("admin_listen", e);
+                None
+            });
         errors.finish(Self {
             services,
             haproxy,
@@ -1566,10 +1565,17 @@ mod tests {
     }
 
     #[test]
-    fn admin_listen_is_off_unless_set() {
+    fn admin_listen_is_on_unless_turned_off() {
         let base = r#""services": {"web": {"discovery": {"method": "base"}}},
                       "file_output": {"output_directory": "/tmp/x"}"#;
-        assert_eq!(parse(&format!("{{{base}}}")).unwrap().admin_listen, None);
+        assert_eq!(
+            parse(&format!("{{{base}}}")).unwrap().admin_listen,
+            Some(common::admin::SYNAPSE_DEFAULT_LISTEN)
+        );
+        for off in ["null", "false"] {
+            let c = parse(&format!(r#"{{{base}, "admin_listen": {off}}}"#)).unwrap();
+            assert_eq!(c.admin_listen, None);
+        }
         let c = parse(&format!(r#"{{{base}, "admin_listen": "127.0.0.1:9102"}}"#)).unwrap();
         assert_eq!(c.admin_listen, Some("127.0.0.1:9102".parse().unwrap()));
         let e = parse(&format!(r#"{{{base}, "admin_listen": "localhost"}}"#)).unwrap_err();

@@ -231,6 +231,11 @@ impl Guards {
         set
     }
 
+    /// When `service`'s hold ends, if its guard holds now.
+    pub fn held_until(&self, service: &ServiceName) -> Option<Instant> {
+        self.states.get(service).and_then(GuardState::held_until)
+    }
+
     /// The earliest end of a hold (the reconcile loop wakes then to release it).
     pub fn next_release(&self) -> Option<Instant> {
         self.states

@@ -22,6 +22,8 @@
 //!   apply, etcd watch) and the propagation delay; `/status` and `/readyz`.
 //! - [`metrics`]: the Prometheus registry over [`Counters`] and [`status`], served on
 //!   `admin_listen`'s `/metrics`.
+//! - [`service_detail`]: `/status/<service>`, the registry beside HAProxy's runtime state.
+//! - [`status_table`]: the tables `synapse status` prints.
 
 pub mod backends;
 pub mod config;
@@ -35,7 +37,9 @@ pub mod guard;
 pub mod haproxy;
 pub mod metrics;
 pub mod reconcile;
+pub mod service_detail;
 pub mod status;
+pub mod status_table;
 pub mod watcher;
 
 use std::sync::Arc;
@@ -53,13 +57,12 @@ use crate::reconcile::Reconciler;
 use crate::watcher::{AnyWatcher, EtcdClients, Watcher};
 
 /// Errors that stop synapse. Everything at runtime (etcd away, a failed reload) is
-/// retried instead; only outputs that cannot be set up at all end the process.
+/// retried instead; only outputs that cannot be set up at all end the process (an admin
+/// address that cannot be bound does not: synapse runs without the endpoint).
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error("cannot set up file_output")]
     FileOutput(#[from] FileOutputError),
-    #[error(transparent)]
-    Admin(#[from] common::admin::BindError),
 }
 
 /// Runs synapse until `cancel` fires.
@@ -75,7 +78,7 @@ pub async fn run_with(
 ) -> Result<(), RunError> {
     let config = Arc::new(config);
     let admin = match config.admin_listen {
-        Some(addr) => Some(serve_admin(addr, &counters, &cancel).await?),
+        Some(addr) => serve_admin(addr, &config, &counters, &cancel).await,
         None => None,
     };
     let file_output = match &config.file_output {
@@ -142,22 +145,29 @@ pub async fn run_with(
     Ok(())
 }
 
-/// Starts the admin endpoint: `/metrics` from `counters`, `/status`, `/healthz`, and
-/// `/readyz` (ready once every service's first set is applied). Stops with `cancel`.
+/// Starts the admin endpoint: `/metrics` from `counters`, `/status`, `/status/<service>`,
+/// `/healthz`, and `/readyz` (ready once every service's first set is applied). Stops
+/// with `cancel`. `None` (after a warning) when `addr` cannot be bound.
 async fn serve_admin(
     addr: std::net::SocketAddr,
+    config: &Arc<Config>,
     counters: &Arc<Counters>,
     cancel: &CancellationToken,
-) -> Result<tokio::task::JoinHandle<()>, common::admin::BindError> {
+) -> Option<tokio::task::JoinHandle<()>> {
     let snapshot = counters.clone();
+    let (config, detail_counters) = (config.clone(), counters.clone());
     let state = common::admin::AdminState {
         registry: Arc::new(std::sync::Mutex::new(metrics::registry(counters.clone()))),
         status: Arc::new(move || {
             serde_json::to_value(snapshot.services.snapshot()).unwrap_or_default()
         }),
         ready: counters.services.ready_flag(),
+        detail: Some(Arc::new(move |service| {
+            let (config, counters) = (config.clone(), detail_counters.clone());
+            Box::pin(async move { service_detail::document(&config, &counters, &service).await })
+        })),
     };
-    let (bound, task) = common::admin::serve(addr, state, cancel.child_token()).await?;
-    tracing::info!(addr = %bound, "admin endpoint listening");
-    Ok(task)
+    common::admin::serve_or_warn(addr, state, cancel.child_token())
+        .await
+        .map(|(_, task)| task)
 }

@@ -1,14 +1,14 @@
 //! The synapse binary: parse the command line, set up logging, load the config, run; or,
-//! with `status`, print what a running synapse reports on its admin endpoint.
+//! with `status`, show what a running synapse reports on its admin endpoint.
 //! Exit codes: 0 after a clean stop, 64 for a bad command line or config, 1 otherwise
 //! (`status`: 1 when the endpoint is unreachable).
 
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{CommandFactory, Parser, Subcommand};
+use common::status_cli::{self, StatusArgs};
 use common::telemetry::{self, LogFormat};
 
 /// Watches etcd and keeps a local HAProxy routing to the healthy instances of each service.
@@ -31,12 +31,14 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
-    /// Print what a running synapse believes (its admin endpoint's `/status` JSON): exit
-    /// 0 when it answered, 1 when it is unreachable.
+    /// Show what a running synapse believes (its admin endpoint's `/status`): a table per
+    /// service; with a service, its servers in the registry beside HAProxy's runtime
+    /// state. Exit 0 when it answered, 1 when it is unreachable or has no such service.
     Status {
-        /// The admin endpoint, `address:port`. Default: the config's `admin_listen`.
-        #[arg(long, value_name = "ADDR")]
-        admin: Option<SocketAddr>,
+        /// One service: its servers, registry and HAProxy side by side.
+        service: Option<String>,
+        #[command(flatten)]
+        view: StatusArgs,
     },
 }
 
@@ -53,8 +55,20 @@ fn main() -> ExitCode {
             };
         }
     };
-    if let Some(Cmd::Status { admin }) = cli.command {
-        return status(admin, cli.config.as_deref());
+    if let Some(Cmd::Status { service, view }) = cli.command {
+        let (path, render): (String, status_cli::Render) = match service {
+            Some(s) => (
+                format!("/status/{s}"),
+                synapse::status_table::render_service,
+            ),
+            None => ("/status".into(), synapse::status_table::render),
+        };
+        return ExitCode::from(status_cli::run(view.request(
+            cli.config.as_deref(),
+            common::admin::SYNAPSE_DEFAULT_LISTEN,
+            path,
+            render,
+        )));
     }
     let Some(path) = cli.config else {
         let _ = Cli::command()
@@ -106,31 +120,4 @@ fn run(config: synapse::Config) -> anyhow::Result<()> {
         let cancel = common::shutdown::on_signals().context("cannot install signal handlers")?;
         synapse::run(config, cancel).await.context("synapse failed")
     })
-}
-
-/// `synapse status`: prints the `/status` JSON of a running synapse.
-fn status(admin: Option<SocketAddr>, config: Option<&Path>) -> ExitCode {
-    use common::admin::StatusError;
-    let addr = match common::admin::status_address(admin, config) {
-        Ok(addr) => addr,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(common::EXIT_CONFIG as u8);
-        }
-    };
-    let fetched = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|error| StatusError::Unreachable { addr, error })
-        .and_then(|rt| rt.block_on(common::admin::status(addr)));
-    match fetched {
-        Ok(body) => {
-            print!("{body}");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
-    }
 }

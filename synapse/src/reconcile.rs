@@ -217,6 +217,11 @@ impl Reconciler {
             };
             let over_limit = self.over_limit.contains(&name);
             self.counters.services.resolved(svc, &d, &set, over_limit);
+            self.counters.services.guard(
+                &name,
+                svc.mass_removal_guard.enabled,
+                self.guards.held_until(&name),
+            );
             desired.insert(name, set);
         }
         Some(desired)

@@ -202,6 +202,8 @@ struct ServiceState {
     in_flight: Option<Instant>,
     last_change: Option<Event>,
     etcd: Option<EtcdWatch>,
+    /// The mass-removal guard: enabled, and when its hold ends while it holds.
+    guard: Option<(bool, Option<Instant>)>,
 }
 
 #[derive(Debug, Default)]
@@ -361,6 +363,15 @@ impl ServiceStates {
         }
     }
 
+    /// The mass-removal guard of `service` is `enabled` and holds until `held_until`.
+    pub fn guard(&self, service: &ServiceName, enabled: bool, held_until: Option<Instant>) {
+        self.lock()
+            .services
+            .entry(service.clone())
+            .or_default()
+            .guard = Some((enabled, held_until));
+    }
+
     /// The etcd watcher listed `service`'s prefix at `revision`.
     pub fn etcd_listed(&self, service: &ServiceName, revision: i64) {
         self.etcd(service, |w| {
@@ -444,6 +455,11 @@ impl ServiceStates {
                         revision: w.revision,
                         last_error: w.last_error.clone(),
                     }),
+                    guard: s.guard.map(|(enabled, until)| GuardStatus {
+                        enabled,
+                        holding: until.is_some(),
+                        hold_seconds_left: until.map(|t| (t - now.min(t)).as_secs_f64()),
+                    }),
                 };
                 (name.to_string(), status)
             })
@@ -510,6 +526,18 @@ pub struct ServiceStatus {
     /// The last apply that changed this service's servers.
     pub last_change: Option<EventStatus>,
     pub etcd: Option<EtcdStatus>,
+    /// The mass-removal guard; `null` before the first apply.
+    pub guard: Option<GuardStatus>,
+}
+
+/// The mass-removal guard of one service.
+#[derive(Debug, Clone, Serialize)]
+pub struct GuardStatus {
+    pub enabled: bool,
+    /// Holding the last good set after most servers vanished at once.
+    pub holding: bool,
+    /// Seconds until the hold ends; `null` while not holding.
+    pub hold_seconds_left: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]

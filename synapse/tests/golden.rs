@@ -1,5 +1,7 @@
 //! Golden files: the rendered haproxy.cfg for representative configs, pinned byte for
-//! byte in `tests/golden/*.cfg`, and accepted by the real `haproxy -c`.
+//! byte in `tests/golden/*.cfg`, and accepted by the real `haproxy -c`; the tables of
+//! `synapse status` for fixed status documents (`tests/golden/status-*.json` →
+//! `.txt`, the first from a real run of `scripts/demo`).
 //! Regenerate with `UPDATE_GOLDEN=1 cargo test -p synapse --test golden`.
 
 use std::collections::BTreeMap;
@@ -44,16 +46,7 @@ fn render_config(config: &Config, discovered: &[(&str, Vec<Backend>)]) -> String
 }
 
 fn check_golden(name: &str, text: &str) {
-    let path = golden_dir().join(format!("{name}.cfg"));
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        std::fs::write(&path, text).expect("write golden");
-    }
-    let want = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e} (run with UPDATE_GOLDEN=1)", path.display()));
-    assert_eq!(
-        text, want,
-        "{name}: rendered config differs from the golden file"
-    );
+    integration_tests::check_golden(&golden_dir().join(format!("{name}.cfg")), text);
     haproxy_check(name, text);
 }
 
@@ -233,4 +226,34 @@ fn charset_valid_keywords_stay_in_argument_position() {
     }
     assert!(!rendered.contains("/tmp/x"));
     haproxy_check("keywords", &rendered);
+}
+
+/// `synapse status` (table and wide) and `synapse status <service>` for fixed documents:
+/// one from a real run of the demo, and made-up ones with every kind of trouble (stale,
+/// last-known-good, a guard holding, etcd retrying, quarantine and maintenance, a
+/// service not applied yet, disagreements between the registry and HAProxy).
+#[test]
+fn status_tables() {
+    use synapse::status_table::{render, render_service};
+    type Render = fn(&serde_json::Value, bool, bool) -> Result<String, String>;
+    let cases: [(&str, Render); 4] = [
+        ("status-demo", render),
+        ("status-trouble", render),
+        ("service-demo", render_service),
+        ("service-web", render_service),
+    ];
+    for (name, render) in cases {
+        let input = std::fs::read_to_string(golden_dir().join(format!("{name}.json")))
+            .expect("golden input");
+        let doc: serde_json::Value = serde_json::from_str(&input).expect("JSON");
+        for (wide, suffix) in [(false, ""), (true, "-wide")] {
+            let text = render(&doc, wide, false).expect("render");
+            integration_tests::check_golden(
+                &golden_dir().join(format!("{name}{suffix}.txt")),
+                &text,
+            );
+        }
+        let coloured = render(&doc, false, true).expect("render");
+        assert!(coloured.contains("\x1b["), "{name}: no colour when asked");
+    }
 }

@@ -428,9 +428,9 @@ async fn synapse_status(args: &[&str]) -> Output {
         .expect("run synapse status")
 }
 
-/// `synapse status` output as JSON, if it succeeded.
+/// `synapse status -o json` output, if it succeeded.
 async fn status_json(args: &[&str]) -> Result<Value, String> {
-    let out = synapse_status(args).await;
+    let out = synapse_status(&[args, &["-o", "json"]].concat()).await;
     if !out.status.success() {
         return Err(format!(
             "exit {:?}: {}",
@@ -439,6 +439,27 @@ async fn status_json(args: &[&str]) -> Result<Value, String> {
         ));
     }
     serde_json::from_slice(&out.stdout).map_err(|e| format!("not JSON ({e})"))
+}
+
+/// `synapse status` as a table (uncoloured: stdout is not a terminal); panics unless it
+/// succeeded.
+async fn status_table(args: &[&str]) -> String {
+    let out = synapse_status(args).await;
+    let table = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && !table.contains('\x1b'),
+        "{table}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    table
+}
+
+/// The line of `table` that starts with `start`.
+fn line<'a>(table: &'a str, start: &str) -> &'a str {
+    table
+        .lines()
+        .find(|l| l.starts_with(start))
+        .unwrap_or_else(|| panic!("no line {start:?} in:\n{table}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -478,6 +499,19 @@ async fn status_shows_live_state_through_an_etcd_outage() {
         .expect("status --admin");
     assert_eq!(by_addr["services"]["web"]["servers"], web["servers"]);
     routes_to(w.port, &["a"]).await;
+    // For people: the service's line, and its server beside HAProxy's view of it.
+    let table = status_table(&["-c", config]).await;
+    let web_line = line(&table, "web ");
+    for want in [" etcd ", " fresh ", " watching @"] {
+        assert!(web_line.contains(want), "{want:?} in {table}");
+    }
+    let detail = status_table(&["web", "-c", config]).await;
+    let server_line = line(&detail, &server);
+    assert!(
+        server_line.contains(" up ") && server_line.contains(" UP "),
+        "{detail}"
+    );
+    assert!(detail.contains("registry and HAProxy agree"), "{detail}");
 
     // etcd goes away: the last known set stays applied, HAProxy keeps serving, and
     // status and metrics say so.
@@ -501,6 +535,11 @@ async fn status_shows_live_state_through_an_etcd_outage() {
         server.as_str()
     );
     assert!(doc["services"]["web"]["etcd"]["last_error"].is_string());
+    let table = status_table(&["-c", config]).await;
+    let web_line = line(&table, "web ");
+    for want in [" last-known-good ", " stale ", " retrying @"] {
+        assert!(web_line.contains(want), "{want:?} in {table}");
+    }
     let s = w
         .scrape_until("the stale state", |s| {
             source(s, "last_known_good") == 1.0 && of_web(s, "synapse_service_stale_seconds") > 0.0
@@ -547,4 +586,85 @@ async fn status_shows_live_state_through_an_etcd_outage() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("unreachable"), "{stderr}");
     assert!(out.stdout.is_empty());
+}
+
+/// With no `admin_listen`, synapse serves its admin endpoint on the default
+/// 127.0.0.1:9102 and `synapse status` (no flags, no config) finds it; a second synapse
+/// whose default port is taken says so once and runs on without it (it still writes its
+/// output).
+///
+/// The default port is fixed: this is the only test in this binary that leaves it to
+/// synapse (the others set a free port). Something else on the machine may hold it; the
+/// first synapse's log says which, and then only the check that it serves the port is
+/// skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_admin_endpoint_and_a_taken_port() {
+    const DEADLINE: Duration = Duration::from_secs(30);
+    init_tracing();
+    let config = |dir: &Workdir, service: &str| {
+        format!(
+            r#"{{"services": {{"{service}": {{"discovery": {{"method": "base"}},
+                  "default_servers": [{{"name": "s1", "host": "127.0.0.1", "port": 8001}}]}}}},
+                "file_output": {{"output_directory": "{}"}}}}"#,
+            dir.path().display()
+        )
+    };
+    let admin_line = |synapse: &SynapseProcess| {
+        let log = synapse.log();
+        match (
+            log.contains("admin endpoint listening"),
+            log.contains("admin endpoint off: cannot listen on"),
+        ) {
+            (true, false) => Ok(true),
+            (false, true) => Ok(false),
+            _ => Err(format!("no single admin endpoint line yet:\n{log}")),
+        }
+    };
+    let (dir1, dir2) = (Workdir::new(), Workdir::new());
+    let mut first = SynapseProcess::start(&dir1, &config(&dir1, "dflt-first"), &[]);
+    let served = eventually(DEADLINE, || async { admin_line(&first) }).await;
+    if served {
+        eventually(DEADLINE, || async {
+            let out = synapse_status(&[]).await;
+            let table = String::from_utf8_lossy(&out.stdout).into_owned();
+            // Applied: the service routes to its default server.
+            if out.status.success()
+                && table.starts_with("synapse  ready")
+                && table
+                    .lines()
+                    .any(|l| l.starts_with("dflt-first ") && l.contains(" static "))
+            {
+                Ok(())
+            } else {
+                Err(format!("{table}{}", String::from_utf8_lossy(&out.stderr)))
+            }
+        })
+        .await;
+        let metrics = scrape(common::admin::SYNAPSE_DEFAULT_LISTEN)
+            .await
+            .expect("/metrics on the default port");
+        assert_eq!(
+            metrics.value("synapse_service_backends", &[("service", "dflt-first")]),
+            1.0
+        );
+    } else {
+        eprintln!(
+            "{} is taken by another process: not checking that synapse serves it",
+            common::admin::SYNAPSE_DEFAULT_LISTEN
+        );
+    }
+
+    let mut second = SynapseProcess::start(&dir2, &config(&dir2, "dflt-second"), &[]);
+    assert!(!eventually(DEADLINE, || async { admin_line(&second) }).await);
+    let output = dir2.join("dflt-second.json");
+    eventually(DEADLINE, || async {
+        std::fs::read_to_string(&output).map_err(|e| e.to_string())
+    })
+    .await;
+    let log = second.log();
+    assert_eq!(log.matches("admin endpoint off").count(), 1, "{log}");
+    second.signal(Signal::SIGTERM);
+    assert_eq!(second.wait_exit(DEADLINE).await.code(), Some(0), "{log}");
+    first.signal(Signal::SIGTERM);
+    assert_eq!(first.wait_exit(DEADLINE).await.code(), Some(0));
 }

@@ -8,11 +8,26 @@
 //! written, so `BENCH_SMOKE=1 scripts/bench` in CI fails when one breaks. They are
 //! `#[ignore]`d tests run by `scripts/bench` (see `docs/benchmarks.md`).
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use crate::process::{ChildProcess, OnDrop};
+
+/// A progress line, `[bench 1m05s] <step>`, on stderr when it is a terminal (nothing in a
+/// log or CI); the time is since the benchmark binary's first progress line.
+pub fn progress(step: impl std::fmt::Display) {
+    static START: OnceLock<Instant> = OnceLock::new();
+    let elapsed = START.get_or_init(Instant::now).elapsed();
+    if std::io::stderr().is_terminal() {
+        eprintln!(
+            "[bench {}] {step}",
+            common::table::duration(elapsed.as_secs_f64())
+        );
+    }
+}
 
 /// Latency samples in milliseconds.
 #[derive(Debug, Clone, Default)]

@@ -50,6 +50,7 @@ pub mod bench;
 pub mod etcd;
 pub mod eventually;
 pub mod fault_proxy;
+pub mod golden;
 pub mod haproxy;
 pub mod http;
 pub mod load;
@@ -64,6 +65,7 @@ pub use backend::Backend;
 pub use etcd::{Etcd, EtcdCluster, EtcdMember};
 pub use eventually::{eventually, Outcome};
 pub use fault_proxy::{Fault, FaultProxy};
+pub use golden::check_golden;
 pub use haproxy::{
     AdminState, Haproxy, HaproxyError, HaproxyOptions, MasterSocket, OpState, ProcessList,
     ServerState, StatRow, StatsSocket,

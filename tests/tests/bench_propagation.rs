@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use common::{Host, InstanceId, Port, Registration, ServiceName, ServicePath};
-use integration_tests::bench::{env_knob, haproxy_version, ms, write_result, Samples};
+use integration_tests::bench::{env_knob, haproxy_version, ms, progress, write_result, Samples};
 use integration_tests::{
     eventually, free_port, http_get, init_tracing, loopback, Backend, Etcd, Haproxy,
     InProcessSynapse, Workdir,
@@ -65,6 +65,14 @@ async fn last_from(port: u16, id: &str) -> Instant {
 }
 
 async fn bench_path(runtime: bool, trials: usize) -> PathResult {
+    progress(format_args!(
+        "propagation: {trials} trials, {}",
+        if runtime {
+            "runtime API"
+        } else {
+            "reload path"
+        }
+    ));
     let dir = Workdir::new();
     let etcd = Etcd::start().await;
     let client = etcd.client().await;

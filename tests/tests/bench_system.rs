@@ -27,7 +27,7 @@ use std::time::Duration;
 use common::{Host, InstanceId, Port, Registration, ServiceName, ServicePath};
 use etcd_client::{Client, EventType, GetOptions, Txn, TxnOp, WatchOptions};
 use integration_tests::bench::{
-    env_knob, haproxy_version, invariants, ms, write_result, Daemon, Samples,
+    env_knob, haproxy_version, invariants, ms, progress, write_result, Daemon, Samples,
 };
 use integration_tests::{
     eventually, free_port, http_get, init_tracing, keep_alive_loop, loopback, new_connection_loop,
@@ -99,6 +99,7 @@ async fn metric_sum(addr: SocketAddr, name: &str) -> Option<f64> {
 #[ignore = "benchmark: run with scripts/bench"]
 async fn bench_health_flip() {
     init_tracing();
+    progress("health flip: starting");
     let trials = env_knob("BENCH_FLIP_TRIALS", 30);
     let interval = Duration::from_secs(1);
     let dir = Workdir::new();
@@ -203,6 +204,7 @@ async fn bench_health_flip() {
 #[ignore = "benchmark: run with scripts/bench"]
 async fn bench_nerve_steady() {
     init_tracing();
+    progress("nerve steady state: starting");
     let services = env_knob("BENCH_NERVE_SERVICES", 100);
     let window = Duration::from_secs(env_knob("BENCH_STEADY_SECS", 60));
     let dir = Workdir::new();
@@ -375,6 +377,7 @@ fn bench_render() {
     );
     println!("{}", Samples::header(""));
     for (services, per) in shapes {
+        progress(format_args!("render: {services} services x {per} servers"));
         let config = render_config(services);
         let h = config.haproxy.as_ref().expect("haproxy section");
         let mut desired: BTreeMap<ServiceName, BackendSet> = config
@@ -530,6 +533,7 @@ async fn bench_synapse_scale() {
         if total > max {
             continue;
         }
+        progress(format_args!("synapse scale: {total} servers"));
         let dir = Workdir::new();
         let etcd = Etcd::start().await;
         let client = etcd.client().await;
@@ -692,6 +696,14 @@ impl Rng {
 }
 
 async fn churn_run(runtime: bool) -> serde_json::Value {
+    progress(format_args!(
+        "churn: {}",
+        if runtime {
+            "runtime API"
+        } else {
+            "reload path"
+        }
+    ));
     let rate = env_knob("BENCH_CHURN_RATE", 1000);
     let secs = env_knob("BENCH_CHURN_SECS", 60);
     let dir = Workdir::new();
@@ -1023,6 +1035,10 @@ async fn bench_churn() {
 // reload under load
 
 async fn reload_run(recommended: bool, reloads: u64) -> serde_json::Value {
+    progress(format_args!(
+        "reload under load: {reloads} reloads, {} settings",
+        if recommended { "recommended" } else { "plain" }
+    ));
     let dir = Workdir::new();
     let etcd = Etcd::start().await;
     let mut kv = etcd.client().await.kv_client();

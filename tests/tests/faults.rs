@@ -450,6 +450,9 @@ impl World {
             "lease_ttl": TTL.as_secs(),
             "reconcile_interval": self.setup.nerve_reconcile.unwrap_or(2),
             "shutdown_timeout": 2,
+            // Its own port: the hosts' nerves would share the default one, and all but
+            // the first would warn (S24 counts a nerve's warnings).
+            "admin_listen": loopback(free_port()).to_string(),
             "services": {"web": {
                 "host": "127.0.0.1", "port": port, "reporter_type": "etcd",
                 "etcd_path": self.path, "check_interval": 0.25,

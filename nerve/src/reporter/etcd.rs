@@ -78,6 +78,8 @@ struct Lease {
     id: i64,
     /// As granted (or last reported) by the server.
     ttl: Duration,
+    /// When etcd last granted or renewed it (with `ttl` to run from then).
+    renewed: Instant,
     stream: Option<(LeaseKeeper, LeaseKeepAliveStream)>,
 }
 
@@ -260,6 +262,7 @@ impl EtcdReporter {
         self.lease = Some(Lease {
             id: granted.id(),
             ttl,
+            renewed: Instant::now(),
             stream: None,
         });
         self.written.clear();
@@ -318,6 +321,7 @@ impl EtcdReporter {
         match result {
             Ok(ttl) => {
                 lease.ttl = ttl;
+                lease.renewed = Instant::now();
                 Ok(ttl)
             }
             Err(ReportError::LeaseLost(id)) => {
@@ -437,6 +441,7 @@ impl EtcdReporter {
             r.connected = connected && lease.is_some();
             r.lease_id = lease.map(|l| l.id);
             r.lease_ttl_secs = lease.map(|l| l.ttl.as_secs());
+            r.lease_renewed = lease.map(|l| (l.renewed, l.ttl));
             r.keys = keys;
         });
     }

@@ -9,4 +9,5 @@ mod checks;
 mod etcd_faults;
 mod observability;
 mod registration;
+mod status_table;
 mod support;

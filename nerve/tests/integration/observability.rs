@@ -186,6 +186,20 @@ async fn nerve_status(args: &[&str], env: &[(&str, &str)]) -> Output {
         .expect("run nerve status")
 }
 
+/// The line of `nerve status` (a table) that starts with `start`; panics with the whole
+/// output if there is none, or if it is coloured.
+async fn table_line(args: &[&str], start: &str) -> String {
+    let out = nerve_status(args, &[]).await;
+    let table = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success() && !table.contains('\x1b'), "{table}");
+    assert!(table.contains("etcd connected"), "{table}");
+    table
+        .lines()
+        .find(|l| l.starts_with(start))
+        .unwrap_or_else(|| panic!("no line {start:?} in:\n{table}"))
+        .to_owned()
+}
+
 fn stdout_json(out: &Output) -> Result<Value, String> {
     if !out.status.success() {
         return Err(format!(
@@ -220,7 +234,7 @@ async fn status_subcommand_prints_the_live_state() {
 
     // By address, by config file, by NERVE_CONFIG: the same live state.
     let by_addr = eventually(SLACK, || async {
-        let doc = stdout_json(&nerve_status(&["--admin", &admin], &[]).await)?;
+        let doc = stdout_json(&nerve_status(&["--admin", &admin, "-o", "json"], &[]).await)?;
         if doc["registry"]["keys"].as_object().map(|k| k.len()) == Some(1) {
             Ok(doc)
         } else {
@@ -233,16 +247,31 @@ async fn status_subcommand_prints_the_live_state() {
     assert_eq!(by_addr["services"]["web"]["reported"], true);
     assert_eq!(by_addr["registry"]["connected"], true);
     assert_eq!(by_addr["registry"]["keys"][&kvs[0].key], "web");
-    let by_file = stdout_json(&nerve_status(&["-c", config_arg], &[]).await).expect("status -c");
+    let by_file = stdout_json(&nerve_status(&["-c", config_arg, "-o", "json"], &[]).await)
+        .expect("status -c");
     assert_eq!(by_file["registry"]["keys"], by_addr["registry"]["keys"]);
-    let by_env = stdout_json(&nerve_status(&[], &[("NERVE_CONFIG", config_arg)]).await)
+    let by_env = stdout_json(&nerve_status(&["-o", "json"], &[("NERVE_CONFIG", config_arg)]).await)
         .expect("status with NERVE_CONFIG");
     assert_eq!(by_env["instance_id"], "host-1");
+    let ttl = by_addr["registry"]["lease_ttl_secs"]
+        .as_u64()
+        .expect("lease TTL");
+    let left = by_addr["registry"]["lease_ttl_left_secs"]
+        .as_u64()
+        .expect("lease TTL left");
+    assert!(left <= ttl, "{by_addr}");
+    assert_eq!(by_addr["services"]["web"]["last_check"], "ok");
+    // The table, for people (no colour: stdout is not a terminal).
+    let line = table_line(&["-c", config_arg], "web ").await;
+    assert!(
+        line.contains(" healthy ") && line.contains(" yes "),
+        "{line}"
+    );
 
     // It follows a health flip.
     backend.set_healthy(false);
     eventually(SLACK, || async {
-        let doc = stdout_json(&nerve_status(&["-c", config_arg], &[]).await)?;
+        let doc = stdout_json(&nerve_status(&["-c", config_arg, "-o", "json"], &[]).await)?;
         let web = &doc["services"]["web"];
         if web["healthy"] == false
             && web["reported"] == false
@@ -254,11 +283,21 @@ async fn status_subcommand_prints_the_live_state() {
         }
     })
     .await;
+    let line = table_line(&["-c", config_arg], "web ").await;
+    assert!(
+        line.contains("unhealthy") && line.contains(" no ") && line.contains("answered HTTP 5"),
+        "{line}"
+    );
 
-    // Nothing to ask: usage error. Stopped nerve: unreachable, exit 1.
-    let out = nerve_status(&[], &[]).await;
+    // The endpoint turned off in the config: usage error. Stopped nerve: unreachable, exit 1.
+    let off = dir.write("off.json", r#"{"admin_listen": null}"#);
+    let out = nerve_status(&["-c", off.to_str().expect("utf-8 path")], &[]).await;
     assert_eq!(out.status.code(), Some(64));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("admin_listen"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("admin_listen") && stderr.contains("off"),
+        "{stderr}"
+    );
     nerve.signal(Signal::SIGTERM);
     assert_eq!(nerve.wait_exit(SLACK).await.code(), Some(0));
     let out = nerve_status(&["-c", config_arg], &[]).await;
@@ -266,4 +305,86 @@ async fn status_subcommand_prints_the_live_state() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("unreachable"), "{stderr}");
     assert!(out.stdout.is_empty());
+}
+
+/// Which of the two lines about the admin endpoint `log` has, once it has one: `true`
+/// listening, `false` off (the address was taken).
+fn admin_line(log: &str) -> Result<bool, String> {
+    let listening = log.contains("admin endpoint listening");
+    let off = log.contains("admin endpoint off: cannot listen on");
+    match (listening, off) {
+        (true, false) => Ok(true),
+        (false, true) => Ok(false),
+        _ => Err(format!("no single admin endpoint line yet:\n{log}")),
+    }
+}
+
+/// With no `admin_listen`, nerve serves its admin endpoint on the default
+/// 127.0.0.1:9101 and `nerve status` (no flags, no config) finds it; a second nerve
+/// whose default port is taken says so once and runs on without the endpoint.
+///
+/// The default port is fixed: this is the only test in this binary that leaves it to
+/// nerve (the others set a free port), so nothing here competes for it. Something else
+/// on the machine may hold it; then the first nerve cannot have it either, which this
+/// test reads from its log: it skips only the check that the first nerve serves the
+/// port, and still checks that both nerves run and register despite the conflict.
+#[tokio::test]
+async fn default_admin_endpoint_and_a_taken_port() {
+    const DEADLINE: Duration = Duration::from_secs(30);
+    init_tracing();
+    let etcd = Etcd::start().await;
+    let client = etcd.client().await;
+    let dir = Workdir::new();
+    let backend = Backend::start("web").await;
+    let nerve_on = |instance: &str, path: &str| {
+        let mut cfg = config(
+            &etcd.endpoints(),
+            instance,
+            json!({"web": http_service(backend.port(), path, 1, 1)}),
+        );
+        cfg.as_object_mut().expect("object").remove("admin_listen");
+        cfg
+    };
+    let mut first = NerveProcess::start(&dir, "first", &nerve_on("host-default", "/svc/first"));
+    wait_keys(&client, "/svc/first/", 1, DEADLINE).await;
+    let served = eventually(DEADLINE, || async { admin_line(&first.log()) }).await;
+    if served {
+        let doc = eventually(DEADLINE, || async {
+            let doc = stdout_json(&nerve_status(&["-o", "json"], &[]).await)?;
+            if doc["registry"]["keys"].as_object().map(|k| k.len()) == Some(1) {
+                Ok(doc)
+            } else {
+                Err(doc.to_string())
+            }
+        })
+        .await;
+        assert_eq!(
+            doc["instance_id"], "host-default",
+            "another nerve on the port"
+        );
+        let line = table_line(&[], "web ").await;
+        assert!(line.contains(" yes "), "{line}");
+        let metrics = scrape(common::admin::NERVE_DEFAULT_LISTEN)
+            .await
+            .expect("/metrics on the default port");
+        assert_eq!(metrics.value("nerve_registrations", &[]), 1.0);
+    } else {
+        eprintln!(
+            "{} is taken by another process: not checking that nerve serves it",
+            common::admin::NERVE_DEFAULT_LISTEN
+        );
+    }
+
+    // The port is taken now (by the first nerve, or by whatever held it).
+    let mut second = NerveProcess::start(&dir, "second", &nerve_on("host-second", "/svc/second"));
+    wait_keys(&client, "/svc/second/", 1, DEADLINE).await;
+    assert!(!eventually(DEADLINE, || async { admin_line(&second.log()) }).await);
+    let log = second.log();
+    assert_eq!(log.matches("admin endpoint off").count(), 1, "{log}");
+    assert!(second.is_running(), "{log}");
+    assert!(first.is_running());
+    second.signal(Signal::SIGTERM);
+    assert_eq!(second.wait_exit(DEADLINE).await.code(), Some(0));
+    first.signal(Signal::SIGTERM);
+    assert_eq!(first.wait_exit(DEADLINE).await.code(), Some(0));
 }

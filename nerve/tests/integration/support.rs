@@ -6,7 +6,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
 use etcd_client::{Client, GetOptions, WatchOptions};
-use integration_tests::{eventually, Workdir};
+use integration_tests::{eventually, free_port, loopback, Workdir};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::{json, Value};
@@ -18,10 +18,13 @@ pub const INTERVAL: f64 = 0.1;
 /// Lease TTL used by the tests (s).
 pub const TTL: u64 = 2;
 
-/// A nerve config: `services` as JSON, short intervals, the test's etcd.
+/// A nerve config: `services` as JSON, short intervals, the test's etcd, the admin
+/// endpoint on a free port (the default one is for the one test of it:
+/// `admin_default`; nerves running at once would share it).
 pub fn config(endpoints: &[String], instance: &str, services: Value) -> Value {
     json!({
         "instance_id": instance,
+        "admin_listen": loopback(free_port()).to_string(),
         "etcd": {"endpoints": endpoints, "dial_timeout": 1, "request_timeout": 1},
         "lease_ttl": TTL,
         "reconcile_interval": 1,
