@@ -2226,12 +2226,29 @@ async fn s19_mass_registration_and_expiry() {
     let tripped = stopped.elapsed();
     let trips = Counters::get(&synapse.counters.mass_removal_trips);
     let holding = Counters::get(&synapse.counters.mass_removal_holding);
-    let held = haproxy
-        .show_servers_state("web")
-        .await
-        .expect("show servers state")
-        .len();
-    serving((held, 1)).await;
+    // The unguarded service converges while the guarded one still serves what it holds
+    // (more than the one server left). A count read right after the trip could be the
+    // old worker's view during a reload; wait for the state itself instead.
+    let held = eventually(TIMEOUT, || async {
+        let count = |b: &'static str| {
+            let h = &haproxy;
+            async move {
+                h.show_servers_state(b)
+                    .await
+                    .map(|s| s.len())
+                    .map_err(|e| e.to_string())
+            }
+        };
+        let (w, b) = (count("web").await?, count("bare").await?);
+        if b == 1 && w > 1 {
+            Ok(w)
+        } else {
+            Err(format!(
+                "web {w}, bare {b} servers; want web > 1 (held), bare 1"
+            ))
+        }
+    })
+    .await;
     let bare_converged = stopped.elapsed();
     // The guarded service releases after the hold.
     serving((1, 1)).await;
@@ -2248,9 +2265,11 @@ async fn s19_mass_registration_and_expiry() {
                "guard_released_after_keepalive_stop_ms": ms(released), "hold_ms": ms(hold),
                "failed": report.failed(), "sent": report.sent}),
     );
+    // Reloads are rate-limited to one a second (`restart_interval`): at most one per
+    // started second the puts took (the harness's pace, not synapse's), plus three.
     assert!(
-        reg_reloads <= 3,
-        "{reg_reloads} reloads for the registration burst"
+        reg_reloads <= put_time.as_secs() + 3,
+        "{reg_reloads} reloads for the registration burst ({put_time:?} of puts)"
     );
     assert!(
         registered_converged <= deadline(Duration::from_secs(5)),
@@ -2264,7 +2283,7 @@ async fn s19_mass_registration_and_expiry() {
     // the trip.
     assert!(
         released >= tripped + hold - Duration::from_secs(1)
-            && released <= TTL + hold + Duration::from_secs(6),
+            && released <= deadline(TTL + hold + Duration::from_secs(6)),
         "released {released:?} after the keepalives stopped"
     );
     assert_eq!(report.failed(), 0, "{:?}", failures(&report));
