@@ -69,7 +69,6 @@ impl World {
               "haproxy": {{
                 "config_file_path": "{cfg}",
                 "socket_file_path": "{stats}",
-                "do_checks": true,
                 "use_nerve_weights": true,
                 "restart_interval": 0.2,
                 "bind_address": "127.0.0.1",
@@ -525,7 +524,14 @@ async fn a_refused_reload_is_reported_and_retried_until_it_succeeds() {
             .ok_or(format!("{failed} failed reloads"))
     })
     .await;
-    // The old worker still serves `web`; synapse is still there.
+    // The old worker still serves `web`; synapse is still there; the file HAProxy
+    // refused is not left on disk (a restart would fail on it): the last good one is
+    // put back between the attempts.
+    eventually(TIMEOUT, || async {
+        let text = std::fs::read_to_string(w.path("haproxy.cfg")).unwrap_or_default();
+        !text.contains("frontend api")
+    })
+    .await;
     routes_to(port, &["a"]).await;
     let procs = haproxy.master().show_proc().await.expect("show proc");
     assert!(procs.failed_reloads >= 1, "{procs:?}");
@@ -648,5 +654,183 @@ async fn slots_take_servers_without_reloads_on_a_static_algorithm() {
     })
     .await;
     assert!(generation(haproxy.master()).await.0 > before.0);
+    synapse.stop().await;
+}
+
+impl World {
+    /// Puts a raw value under `instance`'s key (values the test types would refuse).
+    async fn put_raw(&self, instance: &str, value: &str) {
+        self.client
+            .kv_client()
+            .put(self.key(instance), value, None)
+            .await
+            .expect("put");
+    }
+
+    /// `haproxy -c` on the file synapse left on disk.
+    fn file_passes_check(&self) -> Result<(), String> {
+        integration_tests::haproxy::check_config(&self.path("haproxy.cfg"))
+    }
+}
+
+/// The quarantined servers of `web` in synapse's `/status`: name → HAProxy's error.
+fn quarantined(synapse: &Synapse) -> std::collections::BTreeMap<String, String> {
+    let status = synapse.counters.services.snapshot();
+    status.services["web"]
+        .quarantined
+        .iter()
+        .map(|q| (q.name.clone(), q.error.clone()))
+        .collect()
+}
+
+/// Issue 17, a blast radius of one: registrations HAProxy would refuse never break the
+/// host. With the default config (`do_checks` unset): an out-of-range option is refused
+/// by the decoder (counted), a host name HAProxy cannot resolve is quarantined (HAProxy's
+/// error line in `/status`); a valid registration put after them is routed through the
+/// runtime API without a reload; the file on disk passes `haproxy -c` throughout; a
+/// reload and a cold restart of HAProxy from it work; fixing the value in etcd routes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_registrations_are_quarantined_and_the_rest_is_routed() {
+    let w = World::start("quarantine").await;
+    let port = free_port();
+    let (a, b, c) = (
+        Backend::start("a").await,
+        Backend::start("b").await,
+        Backend::start("c").await,
+    );
+    w.register("host-a", &a).await;
+    let text = w
+        .config(
+            port,
+            &format!(
+                r#", "reload_method": "master_socket", "master_socket_path": "{}""#,
+                w.path("master.sock").display()
+            ),
+        )
+        .replace(
+            r#""discovery": {"method": "etcd","#,
+            r#""discovery": {"method": "etcd", "allow_hostnames": true,"#,
+        );
+    let synapse = Synapse::start(&text);
+    let haproxy = w.start_haproxy().await;
+    eventually(TIMEOUT, || async { synapse.get(|c| &c.reloads) >= 1 }).await;
+    routes_to(port, &["a"]).await;
+    let before = generation(haproxy.master()).await;
+
+    // Two refused registrations, then a valid one.
+    let bad_option = format!(
+        r#"{{"host":"127.0.0.1","port":{},"name":"bad-option","haproxy_server_options":"check inter 0"}}"#,
+        c.port()
+    );
+    w.put_raw("bad-option", &bad_option).await;
+    let bad_dns = format!(
+        r#"{{"host":"no-such-host.invalid","port":{},"name":"bad-dns"}}"#,
+        c.port()
+    );
+    w.put_raw("bad-dns", &bad_dns).await;
+    let dns_server = format!("bad-dns_no-such-host.invalid:{}", c.port());
+    eventually(TIMEOUT, || async {
+        let q = quarantined(&synapse);
+        match q.get(&dns_server) {
+            Some(e) if e.contains("could not resolve") => Ok(()),
+            _ => Err(format!("quarantined: {q:?}")),
+        }
+    })
+    .await;
+    assert_eq!(synapse.counters.rejected().get("invalid_option"), Some(&1));
+    w.register("host-b", &b).await;
+    routes_to(port, &["a", "b"]).await;
+    // Through the runtime API: HAProxy did not reload.
+    assert_eq!(generation(haproxy.master()).await, before);
+    // Reported: the metric, labelled by service.
+    let summary = synapse.counters.services.summaries();
+    assert_eq!(summary[0].quarantined, 1, "{summary:?}");
+    // The file on disk holds the valid servers only (written right after the runtime
+    // pass) and passes the check.
+    eventually(TIMEOUT, || async { w.server_lines().len() == 2 }).await;
+    w.file_passes_check()
+        .expect("haproxy -c on the file on disk");
+    let lines = w.server_lines();
+    assert!(!lines.iter().any(|l| l.contains("bad-")), "{lines:?}");
+    // A reload and a cold restart from that file work.
+    haproxy.reload().await.expect("reload");
+    routes_to(port, &["a", "b"]).await;
+    haproxy.stop().await;
+    let _ = std::fs::remove_file(w.path("master.sock"));
+    let _ = std::fs::remove_file(w.path("haproxy.pid"));
+    let haproxy = w.start_haproxy().await;
+    routes_to(port, &["a", "b"]).await;
+
+    // Fixing the values in etcd routes them.
+    w.put_raw(
+        "bad-dns",
+        &bad_dns.replace("no-such-host.invalid", "127.0.0.1"),
+    )
+    .await;
+    w.put_raw("bad-option", &bad_option.replace("inter 0", "inter 300ms"))
+        .await;
+    routes_to(port, &["a", "b", "c"]).await;
+    eventually(TIMEOUT, || async { quarantined(&synapse).is_empty() }).await;
+    w.file_passes_check()
+        .expect("haproxy -c on the file on disk");
+    assert!(synapse.is_running());
+    drop(haproxy);
+    synapse.stop().await;
+}
+
+/// Issue 17: with `do_checks` unset, the operator's own lines breaking the check (the
+/// `errorfile` the defaults name disappears) keep the last good file on disk, and
+/// traffic flows: a new server still goes in through the runtime API. Once the file is
+/// back, the new render is written, and it passes `haproxy -c`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_lines_breaking_the_check_keep_the_last_good_file() {
+    let w = World::start("operator").await;
+    let port = free_port();
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let errorfile = w.path("503.http");
+    let page = "HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain\r\n\r\ndown\n";
+    std::fs::write(&errorfile, page).expect("errorfile");
+    w.register("host-a", &a).await;
+    let text = w
+        .config(
+            port,
+            &format!(
+                r#", "reload_method": "master_socket", "master_socket_path": "{}""#,
+                w.path("master.sock").display()
+            ),
+        )
+        .replace(
+            r#""retries 2","#,
+            &format!(r#""retries 2", "errorfile 503 {}","#, errorfile.display()),
+        );
+    let synapse = Synapse::start(&text);
+    let haproxy = w.start_haproxy().await;
+    eventually(TIMEOUT, || async { synapse.get(|c| &c.reloads) >= 1 }).await;
+    routes_to(port, &["a"]).await;
+    let good = std::fs::read_to_string(w.path("haproxy.cfg")).expect("file");
+
+    std::fs::remove_file(&errorfile).expect("remove errorfile");
+    let checks = synapse.get(|c| &c.check_failures);
+    w.register("host-b", &b).await;
+    eventually(TIMEOUT, || async {
+        synapse.get(|c| &c.check_failures) > checks
+    })
+    .await;
+    routes_to(port, &["a", "b"]).await;
+    assert_eq!(
+        std::fs::read_to_string(w.path("haproxy.cfg")).expect("file"),
+        good,
+        "a file that fails the check was written"
+    );
+    // Nobody is blamed for the operator's lines.
+    assert!(quarantined(&synapse).is_empty());
+
+    std::fs::write(&errorfile, page).expect("errorfile");
+    eventually(TIMEOUT, || async { w.server_lines().len() == 2 }).await;
+    w.file_passes_check()
+        .expect("haproxy -c on the file on disk");
+    routes_to(port, &["a", "b"]).await;
+    assert!(synapse.is_running());
+    drop(haproxy);
     synapse.stop().await;
 }
