@@ -727,6 +727,7 @@ async fn refused_registrations_are_quarantined_and_the_rest_is_routed() {
         c.port()
     );
     w.put_raw("bad-dns", &bad_dns).await;
+    let put = tokio::time::Instant::now();
     let dns_server = format!("bad-dns_no-such-host.invalid:{}", c.port());
     eventually(TIMEOUT, || async {
         let q = quarantined(&synapse);
@@ -736,9 +737,12 @@ async fn refused_registrations_are_quarantined_and_the_rest_is_routed() {
         }
     })
     .await;
+    let quarantined_after = put.elapsed();
     assert_eq!(synapse.counters.rejected().get("invalid_option"), Some(&1));
+    let put = tokio::time::Instant::now();
     w.register("host-b", &b).await;
     routes_to(port, &["a", "b"]).await;
+    let routed_after = put.elapsed();
     // Through the runtime API: HAProxy did not reload.
     assert_eq!(generation(haproxy.master()).await, before);
     // Reported: the metric, labelled by service.
@@ -768,7 +772,15 @@ async fn refused_registrations_are_quarantined_and_the_rest_is_routed() {
     .await;
     w.put_raw("bad-option", &bad_option.replace("inter 0", "inter 300ms"))
         .await;
+    let fixed = tokio::time::Instant::now();
     routes_to(port, &["a", "b", "c"]).await;
+    println!(
+        "quarantine: quarantined {quarantined_after:?} after the put, next valid one routed \
+         {routed_after:?} after its put (0 reloads), fixed value routed {:?} after its put; \
+         check failures {}",
+        fixed.elapsed(),
+        synapse.get(|c| &c.check_failures)
+    );
     eventually(TIMEOUT, || async { quarantined(&synapse).is_empty() }).await;
     w.file_passes_check()
         .expect("haproxy -c on the file on disk");
@@ -824,8 +836,15 @@ async fn operator_lines_breaking_the_check_keep_the_last_good_file() {
     // Nobody is blamed for the operator's lines.
     assert!(quarantined(&synapse).is_empty());
 
+    let failed_checks = synapse.get(|c| &c.check_failures) - checks;
     std::fs::write(&errorfile, page).expect("errorfile");
+    let back = tokio::time::Instant::now();
     eventually(TIMEOUT, || async { w.server_lines().len() == 2 }).await;
+    println!(
+        "operator lines: {failed_checks} failed checks, file unchanged, b routed meanwhile; \
+         written {:?} after the errorfile returned",
+        back.elapsed()
+    );
     w.file_passes_check()
         .expect("haproxy -c on the file on disk");
     routes_to(port, &["a", "b"]).await;
