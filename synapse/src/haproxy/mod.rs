@@ -319,21 +319,15 @@ impl HaproxyOutput {
             }
         };
         Counters::inc(&self.counters.check_failures);
-        let suspects = suspects(&sets, self.good_sets.as_ref());
-        let found = {
-            let (writer, config, ids) = (&self.writer, &self.config, &self.ids);
-            let sets = &sets;
-            find_refused(suspects, |left_out| {
-                let text = render(config, services, &without(sets, &left_out), ids);
-                async move {
-                    match text {
-                        Ok(text) => writer.check_only(&text).await,
-                        Err(e) => Err(e.to_string()),
-                    }
-                }
-            })
-            .await
-        };
+        // The servers new since the last written file first; if the check fails without
+        // them too, every server (one that HAProxy accepted before may be refused now,
+        // e.g. a host name that stopped resolving).
+        let mut found = self
+            .bisect(services, &sets, suspects(&sets, self.good_sets.as_ref()))
+            .await;
+        if found.is_none() && self.good_sets.is_some() {
+            found = self.bisect(services, &sets, suspects(&sets, None)).await;
+        }
         let refused = match found {
             Some(refused) if !refused.is_empty() => refused,
             _ => {
@@ -356,6 +350,27 @@ impl HaproxyOutput {
         }
         self.good_sets = Some(sets);
         Ok((rendered, model))
+    }
+
+    /// [`find_refused`] with the configured check, on renders of `sets` without some of
+    /// `suspects`.
+    async fn bisect(
+        &self,
+        services: &BTreeMap<ServiceName, ServiceConfig>,
+        sets: &BTreeMap<ServiceName, BackendSet>,
+        suspects: Vec<quarantine::Suspect>,
+    ) -> Option<Vec<(quarantine::Suspect, String)>> {
+        let (writer, config, ids) = (&self.writer, &self.config, &self.ids);
+        find_refused(suspects, |left_out| {
+            let text = render(config, services, &without(sets, &left_out), ids);
+            async move {
+                match text {
+                    Ok(text) => writer.check_only(&text).await,
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+        })
+        .await
     }
 
     /// Lines the ids up with the servers HAProxy still runs: a wanted one keeps the id

@@ -1,7 +1,7 @@
 //! Putting a rendered haproxy.cfg in place, and reloading HAProxy.
 //!
 //! Writing is atomic: the text goes to a temporary file in the config's own directory,
-//! is fsynced, optionally checked (`check_command`, e.g. `haproxy -c -f`), renamed over
+//! is fsynced, checked (`check_command`, or `haproxy -c -f`), renamed over
 //! the old file, and the directory is fsynced. HAProxy (or the seed's file watcher in
 //! another container) therefore only ever sees the old file or the new one, and a
 //! candidate that fails the check never replaces a working file.
@@ -88,7 +88,7 @@ pub struct Writer {
 
 #[derive(Debug, Clone)]
 enum Check {
-    /// `haproxy -c -q -f <candidate>`, run without a shell.
+    /// `haproxy -c -f <candidate>`, run without a shell.
     Haproxy,
     /// The operator's `check_command`, run by `sh -c`, with the candidate's path in
     /// `SYNAPSE_CANDIDATE_CONFIG`.
