@@ -156,6 +156,15 @@ impl World {
     }
 }
 
+/// Backends answering `a`, `b` and `c`.
+async fn three_backends() -> (Backend, Backend, Backend) {
+    (
+        Backend::start("a").await,
+        Backend::start("b").await,
+        Backend::start("c").await,
+    )
+}
+
 /// The backend ids that answer `n` requests to `port`.
 async fn ids_seen(port: u16, n: usize) -> Result<BTreeSet<String>, String> {
     let mut ids = BTreeSet::new();
@@ -198,11 +207,7 @@ async fn generation(master: &MasterSocket) -> (u32, Vec<u32>) {
 async fn server_changes_apply_through_the_runtime_api_without_reloads() {
     let w = World::start("runtime").await;
     let port = free_port();
-    let (a, b, c) = (
-        Backend::start("a").await,
-        Backend::start("b").await,
-        Backend::start("c").await,
-    );
+    let (a, b, c) = three_backends().await;
     w.register("host-a", &a).await;
     w.register("host-b", &b).await;
     let text = w.config(
@@ -692,27 +697,16 @@ fn quarantined(synapse: &Synapse) -> std::collections::BTreeMap<String, String> 
 async fn refused_registrations_are_quarantined_and_the_rest_is_routed() {
     let w = World::start("quarantine").await;
     let port = free_port();
-    let (a, b, c) = (
-        Backend::start("a").await,
-        Backend::start("b").await,
-        Backend::start("c").await,
-    );
+    let (a, b, c) = three_backends().await;
     w.register("host-a", &a).await;
-    let text = w
-        .config(
-            port,
-            &format!(
-                r#", "reload_method": "master_socket", "master_socket_path": "{}""#,
-                w.path("master.sock").display()
-            ),
-        )
-        .replace(
-            r#""discovery": {"method": "etcd","#,
-            r#""discovery": {"method": "etcd", "allow_hostnames": true,"#,
-        );
-    let synapse = Synapse::start(&text);
-    let haproxy = w.start_haproxy().await;
-    eventually(TIMEOUT, || async { synapse.get(|c| &c.reloads) >= 1 }).await;
+    let (synapse, haproxy) = w
+        .with_haproxy(port, |t| {
+            t.replace(
+                r#""discovery": {"method": "etcd","#,
+                r#""discovery": {"method": "etcd", "allow_hostnames": true,"#,
+            )
+        })
+        .await;
     routes_to(port, &["a"]).await;
     let before = generation(haproxy.master()).await;
 
@@ -802,21 +796,14 @@ async fn operator_lines_breaking_the_check_keep_the_last_good_file() {
     let page = "HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain\r\n\r\ndown\n";
     std::fs::write(&errorfile, page).expect("errorfile");
     w.register("host-a", &a).await;
-    let text = w
-        .config(
-            port,
-            &format!(
-                r#", "reload_method": "master_socket", "master_socket_path": "{}""#,
-                w.path("master.sock").display()
-            ),
-        )
-        .replace(
-            r#""retries 2","#,
-            &format!(r#""retries 2", "errorfile 503 {}","#, errorfile.display()),
-        );
-    let synapse = Synapse::start(&text);
-    let haproxy = w.start_haproxy().await;
-    eventually(TIMEOUT, || async { synapse.get(|c| &c.reloads) >= 1 }).await;
+    let (synapse, haproxy) = w
+        .with_haproxy(port, |t| {
+            t.replace(
+                r#""retries 2","#,
+                &format!(r#""retries 2", "errorfile 503 {}","#, errorfile.display()),
+            )
+        })
+        .await;
     routes_to(port, &["a"]).await;
     let good = std::fs::read_to_string(w.path("haproxy.cfg")).expect("file");
 
@@ -878,8 +865,13 @@ impl World {
         InProcessNerve::start(&config.to_string())
     }
 
-    /// A synapse with the default guard and the runtime API, and HAProxy on its file.
-    async fn guarded(&self, port: u16) -> (Synapse, Haproxy) {
+    /// A synapse (defaults: the guard on, checks on) reloading through the master CLI,
+    /// its config text passed through `tweak` first; and HAProxy on its first file.
+    async fn with_haproxy(
+        &self,
+        port: u16,
+        tweak: impl FnOnce(String) -> String,
+    ) -> (Synapse, Haproxy) {
         let text = self.config(
             port,
             &format!(
@@ -887,7 +879,7 @@ impl World {
                 self.path("master.sock").display()
             ),
         );
-        let synapse = Synapse::start(&text);
+        let synapse = Synapse::start(&tweak(text));
         let haproxy = self.start_haproxy().await;
         eventually(TIMEOUT, || async { synapse.get(|c| &c.reloads) >= 1 }).await;
         (synapse, haproxy)
@@ -930,13 +922,9 @@ impl World {
 async fn two_of_three_nerves_leaving_within_seconds_are_unrouted_at_once() {
     let w = World::start("guard-2of3").await;
     let port = free_port();
-    let (a, b, c) = (
-        Backend::start("a").await,
-        Backend::start("b").await,
-        Backend::start("c").await,
-    );
+    let (a, b, c) = three_backends().await;
     let (na, nb, _nc) = (w.nerve("a", &a), w.nerve("b", &b), w.nerve("c", &c));
-    let (synapse, _haproxy) = w.guarded(port).await;
+    let (synapse, _haproxy) = w.with_haproxy(port, |t| t).await;
     routes_to(port, &["a", "b", "c"]).await;
 
     let stopped = tokio::time::Instant::now();
@@ -981,7 +969,7 @@ async fn canary_churn_never_trips_the_guard() {
     w.register("host-a", &a).await;
     w.register("host-b", &b).await;
     w.register("host-c", &c).await;
-    let (synapse, haproxy) = w.guarded(port).await;
+    let (synapse, haproxy) = w.with_haproxy(port, |t| t).await;
     routes_to(port, &["a", "b", "c"]).await;
     let mut slowest = Duration::ZERO;
     for i in 0..8 {
@@ -1023,7 +1011,7 @@ async fn a_registry_wipe_is_held() {
     let port = free_port();
     let (a, b) = (Backend::start("a").await, Backend::start("b").await);
     w.register_many(0..24, &[&a, &b]).await;
-    let (synapse, haproxy) = w.guarded(port).await;
+    let (synapse, haproxy) = w.with_haproxy(port, |t| t).await;
     eventually(TIMEOUT, || async {
         World::live_servers(&haproxy).await.len() == 24
     })
