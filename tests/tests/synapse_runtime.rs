@@ -675,6 +675,26 @@ impl World {
     fn file_passes_check(&self) -> Result<(), String> {
         integration_tests::haproxy::check_config(&self.path("haproxy.cfg"))
     }
+
+    /// Records every version of haproxy.cfg (read every 5 ms) until `stop` is cancelled.
+    fn record_file_versions(
+        &self,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> tokio::task::JoinHandle<Vec<String>> {
+        let path = self.path("haproxy.cfg");
+        tokio::spawn(async move {
+            let mut versions: Vec<String> = Vec::new();
+            while !stop.is_cancelled() {
+                if let Ok(text) = std::fs::read_to_string(&path) {
+                    if versions.last() != Some(&text) {
+                        versions.push(text);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            versions
+        })
+    }
 }
 
 /// The quarantined servers of `web` in synapse's `/status`: name → HAProxy's error.
@@ -709,6 +729,8 @@ async fn refused_registrations_are_quarantined_and_the_rest_is_routed() {
         .await;
     routes_to(port, &["a"]).await;
     let before = generation(haproxy.master()).await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let recorder = w.record_file_versions(stop.clone());
 
     // Two refused registrations, then a valid one.
     let bad_option = format!(
@@ -778,6 +800,20 @@ async fn refused_registrations_are_quarantined_and_the_rest_is_routed() {
     eventually(TIMEOUT, || async { quarantined(&synapse).is_empty() }).await;
     w.file_passes_check()
         .expect("haproxy -c on the file on disk");
+    // No version of the file synapse wrote meanwhile fails the check.
+    stop.cancel();
+    let versions = recorder.await.expect("recorder");
+    for (i, text) in versions.iter().enumerate() {
+        let copy = w.path(&format!("version-{i}.cfg"));
+        std::fs::write(&copy, text).expect("copy");
+        if let Err(e) = integration_tests::haproxy::check_config(&copy) {
+            panic!("version {i} of haproxy.cfg fails haproxy -c: {e}\n{text}");
+        }
+    }
+    println!(
+        "quarantine: {} versions of haproxy.cfg, all pass haproxy -c",
+        versions.len()
+    );
     assert!(synapse.is_running());
     drop(haproxy);
     synapse.stop().await;
