@@ -299,7 +299,7 @@ impl HaproxyOutput {
         &mut self,
         services: &BTreeMap<ServiceName, ServiceConfig>,
         desired: &BTreeMap<ServiceName, BackendSet>,
-        sets: BTreeMap<ServiceName, BackendSet>,
+        sets: std::borrow::Cow<'_, BTreeMap<ServiceName, BackendSet>>,
         rendered: String,
         check: bool,
     ) -> Result<(String, Desired), ApplyError> {
@@ -309,7 +309,7 @@ impl HaproxyOutput {
                     config: ConfigModel::parse(&rendered),
                     dynamic_servers: self.config.dynamic_servers,
                 };
-                self.good_sets = Some(sets);
+                self.good_sets = Some(sets.into_owned());
                 return Ok((rendered, model));
             }
             Err(e @ ReloadError::CheckFailed { .. }) => e,
@@ -348,7 +348,7 @@ impl HaproxyOutput {
             }
             return Err(e.into());
         }
-        self.good_sets = Some(sets);
+        self.good_sets = Some(sets.into_owned());
         Ok((rendered, model))
     }
 

@@ -9,6 +9,7 @@
 //! they are tried again) or they go away. Each one is logged once, counted per service
 //! and listed in `/status` with HAProxy's error line.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
 use common::ServiceName;
@@ -30,12 +31,13 @@ pub struct Quarantine {
 }
 
 impl Quarantine {
-    /// `desired` without the quarantined servers. Entries whose server is gone, or whose
-    /// value changed (it is tried again), are dropped first.
-    pub fn filter(
+    /// `desired` without the quarantined servers (borrowed when there are none).
+    /// Entries whose server is gone, or whose value changed (it is tried again), are
+    /// dropped first.
+    pub fn filter<'a>(
         &mut self,
-        desired: &BTreeMap<ServiceName, BackendSet>,
-    ) -> BTreeMap<ServiceName, BackendSet> {
+        desired: &'a BTreeMap<ServiceName, BackendSet>,
+    ) -> Cow<'a, BTreeMap<ServiceName, BackendSet>> {
         self.by_service.retain(|service, entries| {
             let Some(set) = desired.get(service) else {
                 return false;
@@ -50,9 +52,9 @@ impl Quarantine {
             !entries.is_empty()
         });
         if self.by_service.is_empty() {
-            return desired.clone();
+            return Cow::Borrowed(desired);
         }
-        desired
+        let filtered = desired
             .iter()
             .map(|(service, set)| {
                 let set = match self.by_service.get(service) {
@@ -65,7 +67,8 @@ impl Quarantine {
                 };
                 (service.clone(), set)
             })
-            .collect()
+            .collect();
+        Cow::Owned(filtered)
     }
 
     /// Quarantines `backend` of `service`; logs it the first time.
