@@ -699,8 +699,13 @@ impl World {
 
 /// The quarantined servers of `web` in synapse's `/status`: name → HAProxy's error.
 fn quarantined(synapse: &Synapse) -> std::collections::BTreeMap<String, String> {
+    quarantined_in(synapse, "web")
+}
+
+/// The quarantined servers of `service` in synapse's `/status`.
+fn quarantined_in(synapse: &Synapse, service: &str) -> std::collections::BTreeMap<String, String> {
     let status = synapse.counters.services.snapshot();
-    status.services["web"]
+    status.services[service]
         .quarantined
         .iter()
         .map(|q| (q.name.clone(), q.error.clone()))
@@ -1089,5 +1094,46 @@ async fn a_registry_wipe_is_held() {
         "guard wipe: tripped once, 24 of 24 still routed {:?} after the wipe",
         wiped.elapsed()
     );
+    synapse.stop().await;
+}
+
+/// Issue 17, every source: a static `default_servers` entry HAProxy refuses (a host name
+/// that does not resolve) is quarantined like a registration; the service's other static
+/// server and the etcd service are routed, and the file passes `haproxy -c`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_static_server_haproxy_refuses_is_quarantined() {
+    let w = World::start("quarantine-static").await;
+    let (port, static_port) = (free_port(), free_port());
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    w.register("host-a", &a).await;
+    let (synapse, _haproxy) = w
+        .with_haproxy(port, |t| {
+            t.replace(
+                r#""services": {"web": {"#,
+                &format!(
+                    r#""services": {{"static": {{"discovery": {{"method": "base"}},
+                       "default_servers": [
+                         {{"name": "good", "host": "127.0.0.1", "port": {}}},
+                         {{"name": "bad", "host": "no-such-host.invalid", "port": 80}}],
+                       "haproxy": {{"port": {static_port}}}}},
+                       "web": {{"#,
+                    b.port()
+                ),
+            )
+        })
+        .await;
+    routes_to(port, &["a"]).await;
+    routes_to(static_port, &["b"]).await;
+    eventually(TIMEOUT, || async {
+        let q = quarantined_in(&synapse, "static");
+        match q.get("bad_no-such-host.invalid:80") {
+            Some(e) if e.contains("could not resolve") => Ok(()),
+            _ => Err(format!("quarantined: {q:?}")),
+        }
+    })
+    .await;
+    w.file_passes_check()
+        .expect("haproxy -c on the file on disk");
+    assert!(synapse.is_running());
     synapse.stop().await;
 }
