@@ -31,6 +31,15 @@ pub const MAX_LABEL_KEY_LEN: usize = 63;
 pub const MAX_LABEL_VALUE_LEN: usize = 256;
 /// HAProxy's largest server weight.
 pub const MAX_WEIGHT: u16 = 256;
+/// Largest `maxconn`: HAProxy keeps it in a C `int`, so a bigger value wraps negative
+/// (and `haproxy -c` does not say so).
+pub const MAX_MAXCONN: u32 = i32::MAX as u32;
+/// Largest `rise` / `fall`. HAProxy refuses 0 and accepts any `int`; a server that needs
+/// more than 1000 checks to change state is a typo.
+pub const MAX_CHECK_COUNT: u16 = 1000;
+/// Largest time (`inter`, `slowstart`) in milliseconds: one day, well under HAProxy's
+/// own limit of 2^31-1 ms (~24.8 days).
+pub const MAX_TIME_MS: u32 = 86_400_000;
 /// Longest DNS name.
 const MAX_DNS_LEN: usize = 253;
 
@@ -252,12 +261,15 @@ pub enum ServerOption {
     Check,
     Disabled,
     Weight(Weight),
+    /// 0 (no limit) to [`MAX_MAXCONN`].
     MaxConn(u32),
-    /// `inter`, in milliseconds.
+    /// `inter`, in milliseconds: 1 to [`MAX_TIME_MS`] (HAProxy refuses 0).
     Inter(u32),
+    /// 1 to [`MAX_CHECK_COUNT`] (HAProxy refuses 0).
     Rise(u16),
+    /// 1 to [`MAX_CHECK_COUNT`] (HAProxy refuses 0).
     Fall(u16),
-    /// `slowstart`, in milliseconds.
+    /// `slowstart`, in milliseconds: 0 (off) to [`MAX_TIME_MS`].
     SlowStart(u32),
 }
 
@@ -299,7 +311,10 @@ impl ServerOptions {
     }
 
     /// Parses `"backup weight 5 maxconn 100"`. Any word not in the allow-list, or a
-    /// missing or malformed argument, rejects the whole string.
+    /// missing or malformed argument, or an argument outside the range HAProxy accepts
+    /// for its keyword, rejects the whole string: what this accepts, `haproxy -c` and
+    /// the runtime `add server` accept too (tested against the real binary in
+    /// `tests/tests/server_options.rs`).
     pub fn parse(s: &str) -> Result<Self, RegistrationError> {
         if s.bytes().any(|b| b.is_ascii_control()) {
             return Err(RegistrationError::InvalidOption(
@@ -325,11 +340,17 @@ impl ServerOptions {
                         .and_then(Weight::new)
                         .ok_or_else(|| bad_arg("weight"))?,
                 ),
-                "maxconn" => {
-                    ServerOption::MaxConn(arg("maxconn")?.parse().map_err(|_| bad_arg("maxconn"))?)
-                }
+                "maxconn" => ServerOption::MaxConn(
+                    arg("maxconn")?
+                        .parse::<u32>()
+                        .ok()
+                        .filter(|n| *n <= MAX_MAXCONN)
+                        .ok_or_else(|| bad_arg("maxconn"))?,
+                ),
                 "inter" => ServerOption::Inter(
-                    parse_millis(arg("inter")?).ok_or_else(|| bad_arg("inter"))?,
+                    parse_millis(arg("inter")?)
+                        .filter(|ms| *ms >= 1)
+                        .ok_or_else(|| bad_arg("inter"))?,
                 ),
                 "rise" => {
                     ServerOption::Rise(parse_count(arg("rise")?).ok_or_else(|| bad_arg("rise"))?)
@@ -367,15 +388,24 @@ impl fmt::Display for ServerOptions {
 }
 
 fn bad_arg(kw: &str) -> RegistrationError {
-    RegistrationError::InvalidOption(format!("bad argument for `{kw}`"))
+    let range = match kw {
+        "weight" => "0 to 256",
+        "maxconn" => "0 to 2147483647",
+        "inter" => "1ms to 24h (a number with an optional unit ms, s, m or h)",
+        "slowstart" => "0 to 24h (a number with an optional unit ms, s, m or h)",
+        _ => "1 to 1000",
+    };
+    RegistrationError::InvalidOption(format!("bad argument for `{kw}`: must be {range}"))
 }
 
 fn parse_count(s: &str) -> Option<u16> {
-    s.parse::<u16>().ok().filter(|n| (1..=1000).contains(n))
+    s.parse::<u16>()
+        .ok()
+        .filter(|n| (1..=MAX_CHECK_COUNT).contains(n))
 }
 
-/// HAProxy time: a number with an optional unit `us`, `ms`, `s`, `m`, `h` (default ms).
-/// Returned in milliseconds, at most one day.
+/// HAProxy time: a number with an optional unit `ms`, `s`, `m`, `h` (default ms).
+/// Returned in milliseconds, at most [`MAX_TIME_MS`].
 fn parse_millis(s: &str) -> Option<u32> {
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (digits, unit) = s.split_at(split);
@@ -387,7 +417,7 @@ fn parse_millis(s: &str) -> Option<u32> {
         "h" => n.checked_mul(3_600_000)?,
         _ => return None,
     };
-    (ms <= 86_400_000).then_some(ms as u32)
+    u32::try_from(ms).ok().filter(|ms| *ms <= MAX_TIME_MS)
 }
 
 /// A validated registration: every field is safe to render.
@@ -646,6 +676,18 @@ mod tests {
             "ssl verify none",
             "weight",
             "weight 999",
+            // Outside HAProxy's ranges: refused by `haproxy -c` or `add server`.
+            "inter 0",
+            "inter 0ms",
+            "inter 0s",
+            "rise 0",
+            "fall 0",
+            "rise 1001",
+            "maxconn 2147483648",
+            "maxconn -1",
+            "inter 25h",
+            "slowstart 86400001",
+            "inter 1us",
         ] {
             let v = format!(
                 r#"{{"host":"10.0.0.1","port":80,"name":"a","haproxy_server_options":"{opts}"}}"#
@@ -828,8 +870,8 @@ mod tests {
             Just(ServerOption::Backup),
             Just(ServerOption::Check),
             (0u16..=256).prop_map(|w| ServerOption::Weight(Weight::new(w).unwrap())),
-            any::<u32>().prop_map(ServerOption::MaxConn),
-            (0u32..86_400_000).prop_map(ServerOption::Inter),
+            (0..=MAX_MAXCONN).prop_map(ServerOption::MaxConn),
+            (1..=MAX_TIME_MS).prop_map(ServerOption::Inter),
             (1u16..=1000).prop_map(ServerOption::Rise),
         ];
         (

@@ -55,8 +55,11 @@ pub struct SynapseFile {
 #[serde(deny_unknown_fields)]
 pub struct MassRemovalGuardFile {
     pub enabled: Option<bool>,
-    /// Trip when more than this fraction of a service's servers vanish in one window.
+    /// Trip only when more than this fraction of a service's stable servers vanish in
+    /// one window ...
     pub max_removed_fraction: Option<f64>,
+    /// ... and at least this many.
+    pub min_removed_servers: Option<usize>,
     /// Seconds over which removals count together.
     pub window: Option<Seconds>,
     /// Seconds the last good set is kept after a trip.
@@ -169,7 +172,10 @@ pub struct HaproxyFile {
     pub do_reloads: bool,
     #[serde(default = "default_true")]
     pub do_socket: bool,
-    #[serde(default)]
+    /// Check every write (default). A file a reload or a start reads is checked first
+    /// whatever this says; `false` skips only the check of a write whose server changes
+    /// HAProxy took through the runtime API.
+    #[serde(default = "default_true")]
     pub do_checks: bool,
     pub bind_address: Option<String>,
     pub restart_interval: Option<Seconds>,
@@ -600,6 +606,7 @@ fn validate_guard(
     let mut out = GuardSettings {
         enabled: f.enabled.unwrap_or(base.enabled),
         max_removed_fraction: f.max_removed_fraction.unwrap_or(base.max_removed_fraction),
+        min_removed_servers: f.min_removed_servers.unwrap_or(base.min_removed_servers),
         window: f.window.map_or(base.window, Duration::from),
         hold: f.hold.map_or(base.hold, Duration::from),
     };
@@ -612,6 +619,9 @@ fn validate_guard(
     }
     if out.window.is_zero() {
         errors.push(join_path(path, "window"), "must be more than 0");
+    }
+    if out.min_removed_servers == 0 {
+        errors.push(join_path(path, "min_removed_servers"), "must be at least 1");
     }
     out
 }
@@ -1663,7 +1673,8 @@ mod tests {
             r#"{"services": {"web": {"discovery": {"method": "etcd"}},
                              "api": {"discovery": {"method": "etcd"},
                                      "mass_removal_guard": {"enabled": false}}},
-                "mass_removal_guard": {"max_removed_fraction": 0.3, "hold": 5},
+                "mass_removal_guard": {"max_removed_fraction": 0.3, "hold": 5,
+                                       "min_removed_servers": 5},
                 "file_output": {"output_directory": "/tmp/x"}}"#,
         )
         .unwrap();
@@ -1671,6 +1682,8 @@ mod tests {
         let web = g("web");
         assert!(web.enabled);
         assert_eq!(web.max_removed_fraction, 0.3);
+        assert_eq!(web.min_removed_servers, 5);
+        assert_eq!(GuardSettings::default().min_removed_servers, 3);
         assert_eq!(web.hold, Duration::from_secs(5));
         assert_eq!(web.window, GuardSettings::default().window);
         assert_eq!(
@@ -1690,11 +1703,13 @@ mod tests {
         assert!(errs.mentions("mass_removal_guard.bogus"), "{errs}");
         let errs = parse(
             r#"{"services": {"web": {"discovery": {"method": "etcd"},
-                    "mass_removal_guard": {"max_removed_fraction": 1.5, "window": 0}}},
+                    "mass_removal_guard": {"max_removed_fraction": 1.5, "window": 0,
+                                           "min_removed_servers": 0}}},
                 "file_output": {"output_directory": "/tmp/x"}}"#,
         )
         .unwrap_err();
         for p in [
+            "services.web.mass_removal_guard.min_removed_servers",
             "services.web.mass_removal_guard.max_removed_fraction",
             "services.web.mass_removal_guard.window",
         ] {

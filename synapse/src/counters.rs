@@ -65,6 +65,11 @@ impl Counters {
         self.rejected().values().sum()
     }
 
+    /// The servers HAProxy refuses, per service: server name → HAProxy's error line.
+    pub fn set_quarantined(&self, q: BTreeMap<common::ServiceName, BTreeMap<String, String>>) {
+        self.services.set_quarantined(q);
+    }
+
     pub(crate) fn inc(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
     }

@@ -1,19 +1,31 @@
-//! The mass-removal guard (reliability S19b, Appendix B3): when more than a fraction of a
-//! service's servers vanish within one window, keep routing to the last good set for a
-//! hold time instead of applying the removal, and say so.
+//! The mass-removal guard (reliability S19b, Appendix B3): when most of a service's
+//! stable servers vanish at once, keep routing to the last good set for a hold time
+//! instead of applying the removal, and say so.
 //!
 //! Why: a whole AZ partitioned from etcd, a revoked-leases accident (CVE-2026-33413 lets
 //! any client revoke any lease on etcd 3.4) or a bad deploy deletes most registrations at
 //! once. HAProxy's own health checks keep traffic off servers that really died, so
 //! holding them for a while costs little, while applying the removal can black-hole a
-//! service. Envoy's panic threshold is the same trade-off.
+//! service.
 //!
-//! Counting: a server "vanishes" when its server name leaves the set; servers replaced by
-//! new ones in the same window do not count (a deploy that swaps instances is not a mass
-//! removal). So the loss is `removed - added`, against every server applied since the
-//! window opened (the first change after `window` of quiet). While held, additions and updates
-//! still apply; only removals wait. The hold ends at `hold` after the trip, or earlier
-//! when the loss drops back under the threshold (the servers came back).
+//! What it must not do is fight a normal deploy (issue 17): a held deregistration keeps
+//! routing to an instance that drained and stopped. So it only holds what looks like a
+//! control-plane failure:
+//!
+//! - A window opens at the first removal after `window` without one. The servers applied
+//!   just before it are the *stable set*; losses are counted against it only. A server
+//!   added inside the window and removed again (a canary) never counts.
+//! - The loss is the stable servers missing from the proposal, less the new servers it
+//!   has (a deploy that swaps instances is not a mass removal).
+//! - It trips only when the loss is at least `min_removed_servers` (default 3) *and* more
+//!   than `max_removed_fraction` (default 0.5) of the stable set. Two of three
+//!   instances leaving at once (a rolling restart, a SIGKILL) are applied; 20 of 24
+//!   vanishing are held. A whole prefix emptied is kept by `use_previous_backends`
+//!   before the guard is asked.
+//!
+//! While held, additions and updates still apply; only removals wait. The hold ends at
+//! `hold` after the trip, or earlier when the loss drops back under the threshold (the
+//! servers came back).
 //!
 //! [`check`] is the pure decision; [`Guards`] keeps one state per service, logs and
 //! counts.
@@ -32,9 +44,11 @@ use crate::counters::Counters;
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct GuardSettings {
     pub enabled: bool,
-    /// Trip when more than this fraction of the window's servers vanish (0 < f < 1).
+    /// Trip only when more than this fraction of the stable set is lost (0 < f < 1).
     pub max_removed_fraction: f64,
-    /// How long removals count together.
+    /// ... and at least this many servers (>= 1).
+    pub min_removed_servers: usize,
+    /// How long removals count together, from the first one.
     pub window: Duration,
     /// How long the last good set is kept after a trip.
     pub hold: Duration,
@@ -45,16 +59,26 @@ impl Default for GuardSettings {
         Self {
             enabled: true,
             max_removed_fraction: 0.5,
+            min_removed_servers: 3,
             window: Duration::from_secs(10),
             hold: Duration::from_secs(30),
         }
     }
 }
 
+impl GuardSettings {
+    /// Whether losing `lost` of a stable set of `of` servers trips the guard.
+    pub fn trips(&self, lost: usize, of: usize) -> bool {
+        of > 0
+            && lost >= self.min_removed_servers
+            && (lost as f64) > self.max_removed_fraction * (of as f64)
+    }
+}
+
 /// One service's guard state.
 #[derive(Debug, Clone, Default)]
 pub struct GuardState {
-    /// Server names applied when the window opened, and when.
+    /// The stable set (server names applied when the window opened), and when.
     reference: Option<(BTreeSet<String>, Instant)>,
     /// Set while holding: when the hold ends.
     held_until: Option<Instant>,
@@ -78,7 +102,7 @@ pub enum Verdict {
         until: Instant,
         /// This call tripped the guard (false while a hold continues).
         tripped: bool,
-        /// Servers lost in the window, and the window's server count.
+        /// Stable servers lost, and the stable set's size.
         lost: usize,
         of: usize,
     },
@@ -100,18 +124,24 @@ pub fn check(
         return Verdict::Apply(proposed);
     }
     if state.held_until.is_none() {
-        match &mut state.reference {
-            // Servers applied during the window count too (a burst of additions right
-            // before a mass expiry must not hide it).
-            Some((r, at)) if now.saturating_duration_since(*at) < settings.window => {
-                r.extend(names(applied));
-            }
-            _ => state.reference = Some((names(applied), now)),
+        let open = state
+            .reference
+            .as_ref()
+            .is_some_and(|(_, at)| now.saturating_duration_since(*at) < settings.window);
+        if !open {
+            let applied_names = names(applied);
+            let proposed_names = names(&proposed);
+            // A window opens with a removal; until then there is nothing to count.
+            state.reference = applied_names
+                .difference(&proposed_names)
+                .next()
+                .is_some()
+                .then_some((applied_names, now));
         }
     }
     let reference = state.reference.as_ref().map(|(r, _)| r);
     let (lost, of) = reference.map_or((0, 0), |r| loss(r, &proposed));
-    let trips = of > 0 && (lost as f64) > settings.max_removed_fraction * (of as f64);
+    let trips = settings.trips(lost, of);
     match state.held_until {
         Some(until) if now < until && trips => Verdict::Hold {
             set: merge(applied, proposed),
@@ -121,11 +151,8 @@ pub fn check(
             of,
         },
         Some(_) => {
-            // Released: a new window starts from what is applied from now on.
-            *state = GuardState {
-                reference: Some((names(&proposed), now)),
-                held_until: None,
-            };
+            // Released: the next removal opens a new window.
+            *state = GuardState::default();
             Verdict::Release(proposed)
         }
         None if trips => {
@@ -147,7 +174,8 @@ fn names(set: &BackendSet) -> BTreeSet<String> {
     set.iter().map(|b| b.server_name()).collect()
 }
 
-/// (servers of `reference` gone from `proposed` net of new ones, `reference`'s size).
+/// (servers of the stable set `reference` gone from `proposed`, net of the new ones it
+/// has; the stable set's size).
 fn loss(reference: &BTreeSet<String>, proposed: &BackendSet) -> (usize, usize) {
     let proposed = names(proposed);
     let removed = reference.difference(&proposed).count();
@@ -208,8 +236,9 @@ impl Guards {
                         lost,
                         of,
                         max_removed_fraction = settings.max_removed_fraction,
+                        min_removed_servers = settings.min_removed_servers,
                         hold = ?settings.hold,
-                        "mass removal: most servers vanished at once; keeping the last good set for the hold time"
+                        "mass removal: most of the stable servers vanished at once; keeping the last good set for the hold time"
                     );
                 }
                 tracing::debug!(service = %service, until = ?until, "mass-removal guard holding");
@@ -338,8 +367,9 @@ mod tests {
     }
 
     #[test]
-    fn additions_within_the_window_count_for_a_removal_right_after() {
-        // 1 server, 100 added, then the 100 expire before the window ends (S19b).
+    fn servers_added_before_a_mass_removal_count() {
+        // 1 server, 100 added, then the 100 expire a few seconds later (S19b): they
+        // were applied before the first removal, so they are the stable set.
         let s = settings();
         let mut st = GuardState::default();
         let t0 = Instant::now();
@@ -385,6 +415,106 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn two_of_three_leaving_within_seconds_is_applied() {
+        // One nerve stopped cleanly, another SIGKILLed 3 s later (its key expires).
+        let s = settings();
+        let mut st = GuardState::default();
+        let t0 = Instant::now();
+        assert_eq!(
+            check(&s, &mut st, &set(1..=3), set(2..=3), t0),
+            Verdict::Apply(set(2..=3))
+        );
+        assert_eq!(
+            check(
+                &s,
+                &mut st,
+                &set(2..=3),
+                set([3]),
+                t0 + Duration::from_secs(3)
+            ),
+            Verdict::Apply(set([3]))
+        );
+        // A rolling restart: each one leaves and comes back.
+        let mut applied = set(1..=3);
+        for (i, p) in (1..=3).enumerate() {
+            let t = t0 + Duration::from_secs(20 + 2 * i as u64);
+            let without: BackendSet = (1..=3)
+                .filter(|x| *x != p)
+                .map(|x| backend("i", "10.0.0.1", x))
+                .collect();
+            assert_eq!(
+                check(&s, &mut st, &applied, without.clone(), t),
+                Verdict::Apply(without.clone())
+            );
+            applied = without;
+            let t = t + Duration::from_secs(1);
+            assert_eq!(
+                check(&s, &mut st, &applied, set(1..=3), t),
+                Verdict::Apply(set(1..=3))
+            );
+            applied = set(1..=3);
+        }
+    }
+
+    #[test]
+    fn canary_churn_never_trips() {
+        // 3 stable servers; a canary is added and deleted every 2.5 s, for 5 minutes.
+        let s = settings();
+        let mut st = GuardState::default();
+        let mut now = Instant::now();
+        let mut applied = set(1..=3);
+        for i in 0..120u16 {
+            now += Duration::from_millis(1250);
+            let with: BackendSet = set(1..=3).into_iter().chain(set([100 + i])).collect();
+            assert_eq!(
+                check(&s, &mut st, &applied, with.clone(), now),
+                Verdict::Apply(with.clone())
+            );
+            now += Duration::from_millis(1250);
+            let v = check(&s, &mut st, &with, set(1..=3), now);
+            assert_eq!(v, Verdict::Apply(set(1..=3)), "delete {i}");
+            applied = set(1..=3);
+        }
+    }
+
+    #[test]
+    fn a_wipe_is_held_and_the_minimum_is_configurable() {
+        let s = settings();
+        let mut st = GuardState::default();
+        let t0 = Instant::now();
+        let v = check(&s, &mut st, &set(1..=24), set(21..=24), t0);
+        assert!(
+            matches!(
+                v,
+                Verdict::Hold {
+                    tripped: true,
+                    lost: 20,
+                    of: 24,
+                    ..
+                }
+            ),
+            "{v:?}"
+        );
+        // 3 of 3 is held too; 2 of 2 is not (under the minimum: use_previous_backends
+        // keeps an emptied prefix instead).
+        let mut st = GuardState::default();
+        let v = check(&s, &mut st, &set(1..=3), set([]), t0);
+        assert!(matches!(v, Verdict::Hold { lost: 3, of: 3, .. }), "{v:?}");
+        let mut st = GuardState::default();
+        assert_eq!(
+            check(&s, &mut st, &set(1..=2), set([]), t0),
+            Verdict::Apply(set([]))
+        );
+        let strict = GuardSettings {
+            min_removed_servers: 2,
+            ..s
+        };
+        let mut st = GuardState::default();
+        let v = check(&strict, &mut st, &set(1..=3), set([3]), t0);
+        assert!(matches!(v, Verdict::Hold { lost: 2, of: 3, .. }), "{v:?}");
+    }
+
     proptest! {
         /// Whatever the sequence: an applied proposal never loses more than the allowed
         /// fraction of the window's servers; a hold keeps every applied server and adds
@@ -402,7 +532,7 @@ mod tests {
             let mut applied = set(1..=20);
             let within = |r: &BTreeSet<String>, out: &BackendSet| {
                 let (lost, of) = loss(r, out);
-                (lost as f64) <= fraction * (of as f64)
+                !s.trips(lost, of)
             };
             for (ports, dt) in steps {
                 now += Duration::from_millis(dt);

@@ -136,6 +136,15 @@ impl Collector for CountersCollector {
         )?;
         gauges(
             e,
+            "service_quarantined_servers",
+            "Servers of the service HAProxy refuses (haproxy -c or the runtime API), left \
+             out of haproxy.cfg until their registration changes; listed in /status",
+            services
+                .iter()
+                .filter_map(|s| Some((service(&s.service), i64::try_from(s.quarantined).ok()?))),
+        )?;
+        gauges(
+            e,
             "ready",
             "1 once every service had its first complete set and the outputs applied it",
             [(Vec::new(), i64::from(c.services.is_ready()))],

@@ -36,6 +36,11 @@ pub async fn document(config: &Config, counters: &Counters, service: &str) -> Op
                     server["state"] = json!(crate::status_table::registry_state(&doc, &server));
                     server
                 })
+                // Quarantined servers are left out of `servers`: list them with HAProxy's
+                // reason, so a refused registration is visible beside what HAProxy runs.
+                .chain(doc["quarantined"].as_array().into_iter().flatten().map(
+                    |q| json!({"name": q["name"], "state": "quarantined", "error": q["error"]}),
+                ))
                 .collect()
         })
         .unwrap_or_default();
@@ -159,6 +164,11 @@ fn compare(registry: &[Value], live: &Live, haproxy_known: bool) -> Vec<Value> {
                     .map_or_else(|| "-".to_owned(), |a| format!("{a}:{}", s.port)),
                 (None, None) => "-".to_owned(),
             };
+            let address = if reg.is_some_and(|s| s["host"].is_null()) && run.is_none() {
+                "-".to_owned()
+            } else {
+                address
+            };
             json!({
                 "name": name,
                 "address": address,
@@ -167,6 +177,7 @@ fn compare(registry: &[Value], live: &Live, haproxy_known: bool) -> Vec<Value> {
                 "haproxy_id": run.map(|(s, _)| s.id),
                 "weight": run.map(|(s, _)| s.weight).or_else(|| reg.and_then(|s| s["weight"].as_u64()).and_then(|w| u16::try_from(w).ok())),
                 "disagreement": disagreement,
+                "error": reg.map_or(&Value::Null, |s| &s["error"]),
             })
         })
         .collect()

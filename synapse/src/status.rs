@@ -214,6 +214,8 @@ struct Inner {
     reload_pending: bool,
     last_apply: Option<Event>,
     last_reload: Option<Event>,
+    /// Servers HAProxy refuses, per service: server name → HAProxy's error line.
+    quarantined: BTreeMap<ServiceName, BTreeMap<String, String>>,
 }
 
 /// The live state; one per synapse.
@@ -409,13 +411,20 @@ impl ServiceStates {
     }
 
     /// One line per service, for the metrics.
+    /// Replaces the quarantined servers (see `haproxy::quarantine`).
+    pub fn set_quarantined(&self, q: BTreeMap<ServiceName, BTreeMap<String, String>>) {
+        self.lock().quarantined = q;
+    }
+
     pub fn summaries(&self) -> Vec<ServiceSummary> {
         let now = Instant::now();
-        self.lock()
+        let inner = self.lock();
+        inner
             .services
             .iter()
             .map(|(name, s)| ServiceSummary {
                 service: name.to_string(),
+                quarantined: inner.quarantined.get(name).map_or(0, BTreeMap::len),
                 servers: s.servers.as_ref().map(BTreeSet::len),
                 source: s.source,
                 stale_seconds: s.stale_since.map(|t| (now - t).as_secs_f64()),
@@ -449,6 +458,16 @@ impl ServiceStates {
                         })
                         .collect(),
                     applied: s.servers.is_some(),
+                    quarantined: inner
+                        .quarantined
+                        .get(name)
+                        .into_iter()
+                        .flatten()
+                        .map(|(name, error)| QuarantinedStatus {
+                            name: name.clone(),
+                            error: error.clone(),
+                        })
+                        .collect(),
                     last_change: s.last_change.as_ref().map(|e| e.status(now)),
                     etcd: s.etcd.as_ref().map(|w| EtcdStatus {
                         state: w.state,
@@ -500,6 +519,8 @@ pub struct ServiceSummary {
     pub stale_seconds: Option<f64>,
     /// The etcd watch (state, revision), for etcd discovery.
     pub etcd: Option<(WatchState, i64)>,
+    /// Servers HAProxy refuses, left out.
+    pub quarantined: usize,
 }
 
 /// The `/status` document.
@@ -523,6 +544,9 @@ pub struct ServiceStatus {
     pub applied: bool,
     /// The servers HAProxy (and file_output) should have, as last applied.
     pub servers: Vec<ServerStatus>,
+    /// Servers HAProxy refuses (`haproxy -c`, or the runtime API and then the check),
+    /// left out of haproxy.cfg until their registration changes.
+    pub quarantined: Vec<QuarantinedStatus>,
     /// The last apply that changed this service's servers.
     pub last_change: Option<EventStatus>,
     pub etcd: Option<EtcdStatus>,
@@ -538,6 +562,14 @@ pub struct GuardStatus {
     pub holding: bool,
     /// Seconds until the hold ends; `null` while not holding.
     pub hold_seconds_left: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct QuarantinedStatus {
+    /// HAProxy's server name, `<name>_<host>:<port>`.
+    pub name: String,
+    /// HAProxy's error line about it.
+    pub error: String,
 }
 
 #[derive(Debug, Clone, Serialize)]

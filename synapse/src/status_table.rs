@@ -135,7 +135,9 @@ pub fn render(doc: &Value, wide: bool, colour: bool) -> Result<String, String> {
         };
         let up = count(ServerState::Up);
         let quarantined = if knows_quarantine(s) {
-            number(count(ServerState::Quarantined), Tone::Warn)
+            // Quarantined servers are listed beside `servers`, not in it.
+            let listed = s["quarantined"].as_array().map_or(0, Vec::len);
+            number(listed.max(count(ServerState::Quarantined)), Tone::Warn)
         } else {
             Cell::new("-", Tone::Dim)
         };
@@ -166,6 +168,16 @@ pub fn render(doc: &Value, wide: bool, colour: bool) -> Result<String, String> {
         return Ok(out);
     }
     out.push_str(&table.render(colour));
+    // HAProxy's reason for each quarantined server: the line an operator needs first.
+    for (name, s) in services {
+        for q in s["quarantined"].as_array().into_iter().flatten() {
+            out.push_str(&format!(
+                "quarantined: {name}/{}: {}\n",
+                q["name"].as_str().unwrap_or("?"),
+                q["error"].as_str().unwrap_or("refused by HAProxy")
+            ));
+        }
+    }
     if wide {
         let mut servers = Table::new(&[
             "service", "server", "host", "port", "state", "weight", "backup",
@@ -287,10 +299,12 @@ pub fn render_service(doc: &Value, wide: bool, colour: bool) -> Result<String, S
                     .map_or("-".into(), |w| w.to_string()),
             ));
         }
-        row.push(problem.map_or_else(
-            || Cell::from(""),
-            |p| Cell::new(format!("! {p}"), Tone::Bad),
-        ));
+        row.push(match (problem, v["error"].as_str()) {
+            (Some(p), _) => Cell::new(format!("! {p}"), Tone::Bad),
+            // A quarantined server: HAProxy's reason for refusing it.
+            (None, Some(e)) => Cell::new(format!("HAProxy refuses it: {e}"), Tone::Warn),
+            (None, None) => Cell::from(""),
+        });
         table.row(row);
     }
     if table.is_empty() {

@@ -172,7 +172,6 @@ impl World {
               }}}},
               "debounce": 0.02,
               "debounce_max_wait": 0.2,
-              "mass_removal_guard": {{"enabled": false}},
               "admin_listen": "{admin}",
               "haproxy": {{
                 "config_file_path": "{cfg}",

@@ -39,6 +39,25 @@ fn haproxy_binary() -> PathBuf {
         .map_or_else(|| PathBuf::from("/usr/sbin/haproxy"), PathBuf::from)
 }
 
+/// `haproxy -c -f <config>`: `Ok` when HAProxy accepts the file (exit 0, or 2: valid but
+/// no listener), else HAProxy's output (its `[ALERT]` lines name file and line).
+pub fn check_config(config: &Path) -> Result<(), String> {
+    let out = Command::new(haproxy_binary())
+        .arg("-c")
+        .arg("-f")
+        .arg(config)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run haproxy -c: {e}"));
+    match out.status.code() {
+        Some(0 | 2) => Ok(()),
+        _ => Err(format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )),
+    }
+}
+
 /// Renders a minimal valid `global` and `defaults` section: an admin-level stats socket
 /// at `stats_socket` (with `expose-fd listeners`, as a seamless reload needs), HTTP mode
 /// and short connect/client/server timeouts. Append `frontend`/`backend` sections.

@@ -56,6 +56,7 @@ pub mod http;
 pub mod load;
 pub mod metrics;
 pub mod moto;
+pub mod nerve;
 pub mod ports;
 mod process;
 pub mod synapse;
@@ -76,6 +77,7 @@ pub use load::{
 };
 pub use metrics::{scrape, Scrape};
 pub use moto::{Ec2Instance, Moto};
+pub use nerve::InProcessNerve;
 pub use ports::{free_port, loopback};
 pub use synapse::InProcessSynapse;
 pub use workdir::Workdir;

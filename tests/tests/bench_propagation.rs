@@ -116,7 +116,6 @@ async fn bench_path(runtime: bool, trials: usize) -> PathResult {
             "haproxy": {{"port": {port}, "server_options": "check inter 2s",
                          "listen": ["balance roundrobin"]}}}}}},
           "debounce": 0, "debounce_max_wait": 0,
-          "mass_removal_guard": {{"enabled": false}},
           "haproxy": {{
             "config_file_path": "{cfg}", {socket}
             "do_checks": true,

@@ -506,7 +506,6 @@ fn synapse_scale_config(
     json!({
         "services": svc,
         "admin_listen": admin.to_string(),
-        "mass_removal_guard": {"enabled": false},
         "haproxy": {
             "config_file_path": cfg, "do_reloads": false, "do_socket": false,
             "max_server_id": 1_000_000,
@@ -661,6 +660,8 @@ impl ChurnWorld {
         let mut config = json!({
             "services": svc,
             "admin_listen": admin.to_string(),
+            // The churn deletes many of a service's churn slots within seconds, as a
+            // registry failure would: the guard (tested on its own) would hold them.
             "mass_removal_guard": {"enabled": false},
             "haproxy": {
                 "config_file_path": self.dir.join("haproxy.cfg").display().to_string(),
@@ -1079,7 +1080,6 @@ async fn reload_run(recommended: bool, reloads: u64) -> serde_json::Value {
             "haproxy": {"port": port, "listen": ["balance roundrobin"]},
         }},
         "debounce": 0, "debounce_max_wait": 0,
-        "mass_removal_guard": {"enabled": false},
         "haproxy": {
             "config_file_path": dir.join("haproxy.cfg").display().to_string(),
             "do_socket": false, "do_checks": true, "restart_interval": 0.05,

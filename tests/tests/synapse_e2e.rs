@@ -143,8 +143,6 @@ impl World {
               "services": {{ {services} }},
               "debounce": 0.05,
               "debounce_max_wait": 0.5,
-              // These tests remove servers on purpose, faster than the guard's window.
-              "mass_removal_guard": {{"enabled": false}},
               "haproxy": {{
                 "config_file_path": "{cfg}",
                 "do_checks": true,

@@ -57,8 +57,6 @@ impl World {
               }},
               "debounce": 0.05,
               "debounce_max_wait": 0.3,
-              // These tests remove most of a service on purpose.
-              "mass_removal_guard": {{"enabled": false}},
               "haproxy": {{
                 "config_file_path": "{cfg}",
                 "do_checks": true,

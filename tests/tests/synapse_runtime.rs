@@ -16,7 +16,8 @@ use common::{
 use etcd_client::Client;
 use integration_tests::{
     eventually, free_port, http_get, init_tracing, keep_alive_loop, loopback, new_connection_loop,
-    Backend, Etcd, Haproxy, HaproxyOptions, InProcessSynapse as Synapse, MasterSocket, Workdir,
+    Backend, Etcd, Haproxy, HaproxyOptions, InProcessNerve, InProcessSynapse as Synapse,
+    MasterSocket, Workdir,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(20);
@@ -64,12 +65,9 @@ impl World {
               }}}},
               "debounce": 0.02,
               "debounce_max_wait": 0.2,
-              // These tests remove servers on purpose, faster than the guard's window.
-              "mass_removal_guard": {{"enabled": false}},
               "haproxy": {{
                 "config_file_path": "{cfg}",
                 "socket_file_path": "{stats}",
-                "do_checks": true,
                 "use_nerve_weights": true,
                 "restart_interval": 0.2,
                 "bind_address": "127.0.0.1",
@@ -158,6 +156,15 @@ impl World {
     }
 }
 
+/// Backends answering `a`, `b` and `c`.
+async fn three_backends() -> (Backend, Backend, Backend) {
+    (
+        Backend::start("a").await,
+        Backend::start("b").await,
+        Backend::start("c").await,
+    )
+}
+
 /// The backend ids that answer `n` requests to `port`.
 async fn ids_seen(port: u16, n: usize) -> Result<BTreeSet<String>, String> {
     let mut ids = BTreeSet::new();
@@ -200,11 +207,7 @@ async fn generation(master: &MasterSocket) -> (u32, Vec<u32>) {
 async fn server_changes_apply_through_the_runtime_api_without_reloads() {
     let w = World::start("runtime").await;
     let port = free_port();
-    let (a, b, c) = (
-        Backend::start("a").await,
-        Backend::start("b").await,
-        Backend::start("c").await,
-    );
+    let (a, b, c) = three_backends().await;
     w.register("host-a", &a).await;
     w.register("host-b", &b).await;
     let text = w.config(
@@ -525,7 +528,14 @@ async fn a_refused_reload_is_reported_and_retried_until_it_succeeds() {
             .ok_or(format!("{failed} failed reloads"))
     })
     .await;
-    // The old worker still serves `web`; synapse is still there.
+    // The old worker still serves `web`; synapse is still there; the file HAProxy
+    // refused is not left on disk (a restart would fail on it): the last good one is
+    // put back between the attempts.
+    eventually(TIMEOUT, || async {
+        let text = std::fs::read_to_string(w.path("haproxy.cfg")).unwrap_or_default();
+        !text.contains("frontend api")
+    })
+    .await;
     routes_to(port, &["a"]).await;
     let procs = haproxy.master().show_proc().await.expect("show proc");
     assert!(procs.failed_reloads >= 1, "{procs:?}");
@@ -648,5 +658,482 @@ async fn slots_take_servers_without_reloads_on_a_static_algorithm() {
     })
     .await;
     assert!(generation(haproxy.master()).await.0 > before.0);
+    synapse.stop().await;
+}
+
+impl World {
+    /// Puts a raw value under `instance`'s key (values the test types would refuse).
+    async fn put_raw(&self, instance: &str, value: &str) {
+        self.client
+            .kv_client()
+            .put(self.key(instance), value, None)
+            .await
+            .expect("put");
+    }
+
+    /// `haproxy -c` on the file synapse left on disk.
+    fn file_passes_check(&self) -> Result<(), String> {
+        integration_tests::haproxy::check_config(&self.path("haproxy.cfg"))
+    }
+
+    /// Records every version of haproxy.cfg (read every 5 ms) until `stop` is cancelled.
+    fn record_file_versions(
+        &self,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> tokio::task::JoinHandle<Vec<String>> {
+        let path = self.path("haproxy.cfg");
+        tokio::spawn(async move {
+            let mut versions: Vec<String> = Vec::new();
+            while !stop.is_cancelled() {
+                if let Ok(text) = std::fs::read_to_string(&path) {
+                    if versions.last() != Some(&text) {
+                        versions.push(text);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            versions
+        })
+    }
+}
+
+/// The quarantined servers of `web` in synapse's `/status`: name → HAProxy's error.
+fn quarantined(synapse: &Synapse) -> std::collections::BTreeMap<String, String> {
+    quarantined_in(synapse, "web")
+}
+
+/// The quarantined servers of `service` in synapse's `/status`.
+fn quarantined_in(synapse: &Synapse, service: &str) -> std::collections::BTreeMap<String, String> {
+    let status = synapse.counters.services.snapshot();
+    status.services[service]
+        .quarantined
+        .iter()
+        .map(|q| (q.name.clone(), q.error.clone()))
+        .collect()
+}
+
+/// Issue 17, a blast radius of one: registrations HAProxy would refuse never break the
+/// host. With the default config (`do_checks` unset): an out-of-range option is refused
+/// by the decoder (counted), a host name HAProxy cannot resolve is quarantined (HAProxy's
+/// error line in `/status`); a valid registration put after them is routed through the
+/// runtime API without a reload; the file on disk passes `haproxy -c` throughout; a
+/// reload and a cold restart of HAProxy from it work; fixing the value in etcd routes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_registrations_are_quarantined_and_the_rest_is_routed() {
+    let w = World::start("quarantine").await;
+    let port = free_port();
+    let (a, b, c) = three_backends().await;
+    w.register("host-a", &a).await;
+    let (synapse, haproxy) = w
+        .with_haproxy(port, |t| {
+            t.replace(
+                r#""discovery": {"method": "etcd","#,
+                r#""discovery": {"method": "etcd", "allow_hostnames": true,"#,
+            )
+        })
+        .await;
+    routes_to(port, &["a"]).await;
+    let before = generation(haproxy.master()).await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let recorder = w.record_file_versions(stop.clone());
+
+    // Two refused registrations, then a valid one.
+    let bad_option = format!(
+        r#"{{"host":"127.0.0.1","port":{},"name":"bad-option","haproxy_server_options":"check inter 0"}}"#,
+        c.port()
+    );
+    w.put_raw("bad-option", &bad_option).await;
+    let bad_dns = format!(
+        r#"{{"host":"no-such-host.invalid","port":{},"name":"bad-dns"}}"#,
+        c.port()
+    );
+    w.put_raw("bad-dns", &bad_dns).await;
+    let put = tokio::time::Instant::now();
+    let dns_server = format!("bad-dns_no-such-host.invalid:{}", c.port());
+    eventually(TIMEOUT, || async {
+        let q = quarantined(&synapse);
+        match q.get(&dns_server) {
+            Some(e) if e.contains("could not resolve") => Ok(()),
+            _ => Err(format!("quarantined: {q:?}")),
+        }
+    })
+    .await;
+    let quarantined_after = put.elapsed();
+    assert_eq!(synapse.counters.rejected().get("invalid_option"), Some(&1));
+    let put = tokio::time::Instant::now();
+    w.register("host-b", &b).await;
+    routes_to(port, &["a", "b"]).await;
+    let routed_after = put.elapsed();
+    // Through the runtime API: HAProxy did not reload.
+    assert_eq!(generation(haproxy.master()).await, before);
+    // Reported: the metric, labelled by service.
+    let summary = synapse.counters.services.summaries();
+    assert_eq!(summary[0].quarantined, 1, "{summary:?}");
+    // The file on disk holds the valid servers only (written right after the runtime
+    // pass) and passes the check.
+    eventually(TIMEOUT, || async { w.server_lines().len() == 2 }).await;
+    w.file_passes_check()
+        .expect("haproxy -c on the file on disk");
+    let lines = w.server_lines();
+    assert!(!lines.iter().any(|l| l.contains("bad-")), "{lines:?}");
+    // A reload and a cold restart from that file work.
+    haproxy.reload().await.expect("reload");
+    routes_to(port, &["a", "b"]).await;
+    haproxy.stop().await;
+    let _ = std::fs::remove_file(w.path("master.sock"));
+    let _ = std::fs::remove_file(w.path("haproxy.pid"));
+    let haproxy = w.start_haproxy().await;
+    routes_to(port, &["a", "b"]).await;
+
+    // Fixing the values in etcd routes them.
+    w.put_raw(
+        "bad-dns",
+        &bad_dns.replace("no-such-host.invalid", "127.0.0.1"),
+    )
+    .await;
+    w.put_raw("bad-option", &bad_option.replace("inter 0", "inter 300ms"))
+        .await;
+    let fixed = tokio::time::Instant::now();
+    routes_to(port, &["a", "b", "c"]).await;
+    println!(
+        "quarantine: quarantined {quarantined_after:?} after the put, next valid one routed \
+         {routed_after:?} after its put (0 reloads), fixed value routed {:?} after its put; \
+         check failures {}",
+        fixed.elapsed(),
+        synapse.get(|c| &c.check_failures)
+    );
+    eventually(TIMEOUT, || async { quarantined(&synapse).is_empty() }).await;
+    w.file_passes_check()
+        .expect("haproxy -c on the file on disk");
+    // No version of the file synapse wrote meanwhile fails the check.
+    stop.cancel();
+    let versions = recorder.await.expect("recorder");
+    for (i, text) in versions.iter().enumerate() {
+        let copy = w.path(&format!("version-{i}.cfg"));
+        std::fs::write(&copy, text).expect("copy");
+        if let Err(e) = integration_tests::haproxy::check_config(&copy) {
+            panic!("version {i} of haproxy.cfg fails haproxy -c: {e}\n{text}");
+        }
+    }
+    println!(
+        "quarantine: {} versions of haproxy.cfg, all pass haproxy -c",
+        versions.len()
+    );
+    assert!(synapse.is_running());
+    drop(haproxy);
+    synapse.stop().await;
+}
+
+/// Issue 17: with `do_checks` unset, the operator's own lines breaking the check (the
+/// `errorfile` the defaults name disappears) keep the last good file on disk, and
+/// traffic flows: a new server still goes in through the runtime API. Once the file is
+/// back, the new render is written, and it passes `haproxy -c`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_lines_breaking_the_check_keep_the_last_good_file() {
+    let w = World::start("operator").await;
+    let port = free_port();
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let errorfile = w.path("503.http");
+    let page = "HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain\r\n\r\ndown\n";
+    std::fs::write(&errorfile, page).expect("errorfile");
+    w.register("host-a", &a).await;
+    let (synapse, haproxy) = w
+        .with_haproxy(port, |t| {
+            t.replace(
+                r#""retries 2","#,
+                &format!(r#""retries 2", "errorfile 503 {}","#, errorfile.display()),
+            )
+        })
+        .await;
+    routes_to(port, &["a"]).await;
+    let good = std::fs::read_to_string(w.path("haproxy.cfg")).expect("file");
+
+    std::fs::remove_file(&errorfile).expect("remove errorfile");
+    let checks = synapse.get(|c| &c.check_failures);
+    w.register("host-b", &b).await;
+    eventually(TIMEOUT, || async {
+        synapse.get(|c| &c.check_failures) > checks
+    })
+    .await;
+    routes_to(port, &["a", "b"]).await;
+    assert_eq!(
+        std::fs::read_to_string(w.path("haproxy.cfg")).expect("file"),
+        good,
+        "a file that fails the check was written"
+    );
+    // Nobody is blamed for the operator's lines.
+    assert!(quarantined(&synapse).is_empty());
+
+    let failed_checks = synapse.get(|c| &c.check_failures) - checks;
+    std::fs::write(&errorfile, page).expect("errorfile");
+    let back = tokio::time::Instant::now();
+    eventually(TIMEOUT, || async { w.server_lines().len() == 2 }).await;
+    println!(
+        "operator lines: {failed_checks} failed checks, file unchanged, b routed meanwhile; \
+         written {:?} after the errorfile returned",
+        back.elapsed()
+    );
+    w.file_passes_check()
+        .expect("haproxy -c on the file on disk");
+    routes_to(port, &["a", "b"]).await;
+    assert!(synapse.is_running());
+    drop(haproxy);
+    synapse.stop().await;
+}
+
+// === the mass-removal guard, on with its defaults (issue 17) ===
+
+/// The nerves' lease TTL in the guard tests.
+const NERVE_TTL: Duration = Duration::from_secs(3);
+
+impl World {
+    /// A nerve registering `backend` as `host-<id>` under `web`, checking its `/health`.
+    fn nerve(&self, id: &str, backend: &Backend) -> InProcessNerve {
+        let config = serde_json::json!({
+            "instance_id": format!("host-{id}"),
+            "etcd": {"endpoints": [format!("http://{}", self.etcd_addr)],
+                     "dial_timeout": 1, "request_timeout": 1},
+            "lease_ttl": NERVE_TTL.as_secs(),
+            "reconcile_interval": 2,
+            "shutdown_timeout": 2,
+            "services": {"web": {
+                "host": "127.0.0.1", "port": backend.port(), "reporter_type": "etcd",
+                "etcd_path": self.service_path().as_str(), "check_interval": 0.25,
+                "checks": [{"type": "http", "uri": "/health", "timeout": 0.2,
+                            "rise": 1, "fall": 3}],
+            }},
+        });
+        InProcessNerve::start(&config.to_string())
+    }
+
+    /// A synapse (defaults: the guard on, checks on) reloading through the master CLI,
+    /// its config text passed through `tweak` first; and HAProxy on its first file.
+    async fn with_haproxy(
+        &self,
+        port: u16,
+        tweak: impl FnOnce(String) -> String,
+    ) -> (Synapse, Haproxy) {
+        let text = self.config(
+            port,
+            &format!(
+                r#", "reload_method": "master_socket", "master_socket_path": "{}""#,
+                self.path("master.sock").display()
+            ),
+        );
+        let synapse = Synapse::start(&tweak(text));
+        let haproxy = self.start_haproxy().await;
+        eventually(TIMEOUT, || async { synapse.get(|c| &c.reloads) >= 1 }).await;
+        (synapse, haproxy)
+    }
+
+    /// Registers `n` instances `i-NN` on the ports of `backends` (round robin), in one
+    /// transaction.
+    async fn register_many(&self, names: std::ops::Range<usize>, backends: &[&Backend]) {
+        let ops: Vec<etcd_client::TxnOp> = names
+            .map(|i| {
+                let b = backends[i % backends.len()];
+                let value = format!(
+                    r#"{{"host":"127.0.0.1","port":{},"name":"i-{i:02}"}}"#,
+                    b.port()
+                );
+                etcd_client::TxnOp::put(self.key(&format!("i-{i:02}")), value, None)
+            })
+            .collect();
+        self.client
+            .kv_client()
+            .txn(etcd_client::Txn::new().and_then(ops))
+            .await
+            .expect("txn");
+    }
+
+    /// HAProxy's servers of `web`, by name.
+    async fn live_servers(haproxy: &Haproxy) -> BTreeSet<String> {
+        haproxy
+            .show_servers_state("web")
+            .await
+            .map(|s| s.into_iter().map(|s| s.name).collect())
+            .unwrap_or_default()
+    }
+}
+
+/// A 3-instance service: one nerve stopped cleanly (SIGTERM), another killed (SIGKILL)
+/// 2 s later. Both removals are applied as they come (the second when its key expires),
+/// not held: 2 of 3 is under the guard's minimum of 3 servers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_of_three_nerves_leaving_within_seconds_are_unrouted_at_once() {
+    let w = World::start("guard-2of3").await;
+    let port = free_port();
+    let (a, b, c) = three_backends().await;
+    let (na, nb, _nc) = (w.nerve("a", &a), w.nerve("b", &b), w.nerve("c", &c));
+    let (synapse, _haproxy) = w.with_haproxy(port, |t| t).await;
+    routes_to(port, &["a", "b", "c"]).await;
+
+    let stopped = tokio::time::Instant::now();
+    na.terminate().await;
+    routes_to(port, &["b", "c"]).await;
+    let a_unrouted = stopped.elapsed();
+    tokio::time::sleep(Duration::from_secs(2).saturating_sub(stopped.elapsed())).await;
+    let killed = tokio::time::Instant::now();
+    nb.kill();
+    // b's backend still answers: only its key's expiry takes it out.
+    routes_to(port, &["c"]).await;
+    let b_unrouted = killed.elapsed();
+    assert_eq!(synapse.get(|c| &c.mass_removal_trips), 0);
+    assert!(
+        a_unrouted < Duration::from_secs(5),
+        "a unrouted after {a_unrouted:?}"
+    );
+    // Key expiry (TTL, and etcd's lease check) plus the apply; a held removal would take
+    // the guard's 30 s hold.
+    assert!(
+        b_unrouted < NERVE_TTL + Duration::from_secs(8),
+        "b unrouted {b_unrouted:?} after the kill"
+    );
+    println!(
+        "guard 2 of 3: a unrouted {a_unrouted:?} after SIGTERM, b {b_unrouted:?} after SIGKILL"
+    );
+    synapse.stop().await;
+}
+
+/// 3 stable servers, and a canary added and deleted again every 2.5 s, 8 times: every
+/// deletion is applied (the guard counts losses against the stable set only).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canary_churn_never_trips_the_guard() {
+    let w = World::start("guard-churn").await;
+    let port = free_port();
+    let (a, b, c, canary) = (
+        Backend::start("a").await,
+        Backend::start("b").await,
+        Backend::start("c").await,
+        Backend::start("canary").await,
+    );
+    w.register("host-a", &a).await;
+    w.register("host-b", &b).await;
+    w.register("host-c", &c).await;
+    let (synapse, haproxy) = w.with_haproxy(port, |t| t).await;
+    routes_to(port, &["a", "b", "c"]).await;
+    let mut slowest = Duration::ZERO;
+    for i in 0..8 {
+        let name = format!("canary-{i}");
+        w.register(&name, &canary).await;
+        let server = format!("{name}_127.0.0.1:{}", canary.port());
+        eventually(TIMEOUT, || async {
+            World::live_servers(&haproxy).await.contains(&server)
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(1250)).await;
+        let deleted = tokio::time::Instant::now();
+        w.deregister(&name).await;
+        eventually(TIMEOUT, || async {
+            !World::live_servers(&haproxy).await.contains(&server)
+                && !w.server_lines().iter().any(|l| l.contains(&server))
+        })
+        .await;
+        slowest = slowest.max(deleted.elapsed());
+        tokio::time::sleep(Duration::from_millis(1250).saturating_sub(deleted.elapsed())).await;
+    }
+    assert_eq!(synapse.get(|c| &c.mass_removal_trips), 0);
+    // Held, a deletion would wait the 30 s hold.
+    assert!(
+        slowest < Duration::from_secs(5),
+        "slowest deletion {slowest:?}"
+    );
+    println!("guard churn: 8 add/delete cycles, slowest deletion applied in {slowest:?}");
+    routes_to(port, &["a", "b", "c"]).await;
+    synapse.stop().await;
+}
+
+/// A registry wipe is held: 20 of 24 servers deleted at once stay routed (the guard
+/// trips once and holds), and so do the last servers of a prefix emptied
+/// (`use_previous_backends`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_wipe_is_held() {
+    let w = World::start("guard-wipe").await;
+    let port = free_port();
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    w.register_many(0..24, &[&a, &b]).await;
+    let (synapse, haproxy) = w.with_haproxy(port, |t| t).await;
+    eventually(TIMEOUT, || async {
+        World::live_servers(&haproxy).await.len() == 24
+    })
+    .await;
+
+    // 20 of 24 in one transaction.
+    let ops: Vec<etcd_client::TxnOp> = (0..20)
+        .map(|i| etcd_client::TxnOp::delete(w.key(&format!("i-{i:02}")), None))
+        .collect();
+    w.client
+        .kv_client()
+        .txn(etcd_client::Txn::new().and_then(ops))
+        .await
+        .expect("txn");
+    let wiped = tokio::time::Instant::now();
+    eventually(TIMEOUT, || async {
+        synapse.get(|c| &c.mass_removal_trips) == 1
+    })
+    .await;
+    assert_eq!(synapse.get(|c| &c.mass_removal_holding), 1);
+    // Still held 5 s later: HAProxy has every server, and routes to both backends.
+    tokio::time::sleep(Duration::from_secs(5).saturating_sub(wiped.elapsed())).await;
+    assert_eq!(World::live_servers(&haproxy).await.len(), 24);
+    routes_to(port, &["a", "b"]).await;
+
+    // The whole prefix emptied: the last set stays (with the guard holding meanwhile).
+    let ops: Vec<etcd_client::TxnOp> = (20..24)
+        .map(|i| etcd_client::TxnOp::delete(w.key(&format!("i-{i:02}")), None))
+        .collect();
+    w.client
+        .kv_client()
+        .txn(etcd_client::Txn::new().and_then(ops))
+        .await
+        .expect("txn");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(World::live_servers(&haproxy).await.len() >= 4);
+    routes_to(port, &["a", "b"]).await;
+    println!(
+        "guard wipe: tripped once, 24 of 24 still routed {:?} after the wipe",
+        wiped.elapsed()
+    );
+    synapse.stop().await;
+}
+
+/// Issue 17, every source: a static `default_servers` entry HAProxy refuses (a host name
+/// that does not resolve) is quarantined like a registration; the service's other static
+/// server and the etcd service are routed, and the file passes `haproxy -c`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_static_server_haproxy_refuses_is_quarantined() {
+    let w = World::start("quarantine-static").await;
+    let (port, static_port) = (free_port(), free_port());
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    w.register("host-a", &a).await;
+    let (synapse, _haproxy) = w
+        .with_haproxy(port, |t| {
+            t.replace(
+                r#""services": {"web": {"#,
+                &format!(
+                    r#""services": {{"static": {{"discovery": {{"method": "base"}},
+                       "default_servers": [
+                         {{"name": "good", "host": "127.0.0.1", "port": {}}},
+                         {{"name": "bad", "host": "no-such-host.invalid", "port": 80}}],
+                       "haproxy": {{"port": {static_port}}}}},
+                       "web": {{"#,
+                    b.port()
+                ),
+            )
+        })
+        .await;
+    routes_to(port, &["a"]).await;
+    routes_to(static_port, &["b"]).await;
+    eventually(TIMEOUT, || async {
+        let q = quarantined_in(&synapse, "static");
+        match q.get("bad_no-such-host.invalid:80") {
+            Some(e) if e.contains("could not resolve") => Ok(()),
+            _ => Err(format!("quarantined: {q:?}")),
+        }
+    })
+    .await;
+    w.file_passes_check()
+        .expect("haproxy -c on the file on disk");
+    assert!(synapse.is_running());
     synapse.stop().await;
 }

@@ -21,6 +21,7 @@ pub mod config;
 pub mod managed;
 pub mod model;
 pub mod plan;
+pub mod quarantine;
 pub mod reload;
 pub mod runtime;
 
@@ -41,6 +42,7 @@ use config::{render, wanted_servers, RenderError, ServerIds};
 use managed::{ManagedHandle, Supervisor};
 use model::{ConfigModel, Structure};
 use plan::{plan, Desired, ReloadReason, RunningState, RuntimeCommand};
+use quarantine::{error_line, find_refused, suspects, without, Quarantine};
 use reload::{write_atomically, ReloadError, Reloader, Writer};
 use runtime::{Session, SocketError};
 
@@ -104,6 +106,13 @@ pub struct HaproxyOutput {
     seen_generation: u64,
     /// False while a managed HAProxy is down (being restarted).
     running: bool,
+    /// Servers HAProxy refuses, left out of every render.
+    quarantine: Quarantine,
+    /// The backend sets of the last file written (a failed check is blamed only on
+    /// servers that are new since); `None` until the first write.
+    good_sets: Option<BTreeMap<ServiceName, BackendSet>>,
+    /// The file HAProxy runs (as far as we know): put back when a reload is refused.
+    good_text: Option<String>,
     counters: Arc<Counters>,
 }
 
@@ -120,6 +129,9 @@ impl HaproxyOutput {
     ) -> (Self, Option<Supervisor>) {
         let writer = Writer::new(&config);
         writer.remove_leftovers();
+        if !config.do_checks {
+            tracing::warn!("haproxy.do_checks is false: a file is still checked before every reload or start that reads it, but not when HAProxy took its changes through the runtime API");
+        }
         let deployed = match writer.config_path() {
             Some(p) => tokio::fs::read_to_string(p).await.ok(),
             None => None,
@@ -149,6 +161,7 @@ impl HaproxyOutput {
         };
         let deployed_model = deployed.as_deref().map(ConfigModel::parse);
         let output = Self {
+            good_text: deployed.clone(),
             reloader: Reloader::new(&config),
             writer,
             ids,
@@ -163,6 +176,8 @@ impl HaproxyOutput {
             managed,
             seen_generation: 0,
             running: true,
+            quarantine: Quarantine::default(),
+            good_sets: None,
             counters,
             config,
         };
@@ -173,69 +188,70 @@ impl HaproxyOutput {
         self.config.do_socket && !self.config.socket_file_paths.is_empty()
     }
 
-    /// Renders the desired state and brings HAProxy and the file to it.
+    /// Renders the desired state and brings HAProxy and the file to it. Servers HAProxy
+    /// refuses are quarantined and left out (see [`quarantine`]).
     pub async fn apply(
         &mut self,
         services: &BTreeMap<ServiceName, ServiceConfig>,
         desired: &BTreeMap<ServiceName, BackendSet>,
     ) -> Result<Applied, ApplyError> {
         let mut applied = Applied::default();
-        let wanted = wanted_servers(services, desired);
-        // With slots, ids are slot numbers and HAProxy's servers are `slot<k>`: a free
-        // slot is refilled at runtime, so nothing needs reserving.
-        let reserved = if self.config.server_slots.is_none() {
-            self.follow_running_ids(&wanted)
-        } else {
-            BTreeMap::new()
-        };
-        self.ids
-            .assign_reserving(&wanted, self.config.max_server_id, &reserved);
-        let rendered = render(&self.config, services, desired, &self.ids)?;
-        let desired = Desired {
-            config: ConfigModel::parse(&rendered),
-            dynamic_servers: self.config.dynamic_servers,
-        };
+        let sets = self.quarantine.filter(desired);
+        let (mut rendered, mut model) = self.prepare(services, &sets)?;
         let running = self.observe_managed();
         self.running = running;
         if !running {
             // The supervisor wakes the loop when HAProxy is back.
             self.next_verify_at = Some(Instant::now() + VERIFY_INTERVAL);
         }
-        // HAProxy itself accepted every server change: the candidate differs from the
-        // file only in server lines it validated, so `haproxy -c` would add nothing.
-        let mut runtime_complete = false;
-        if self.runtime_enabled() && running {
-            let pass = self.runtime_pass(&desired).await;
+        let runtime = self.runtime_enabled() && running;
+        let mut pass_reload = None;
+        if runtime {
+            let pass = self.runtime_pass(&model).await;
             applied.runtime_commands = pass.commands;
-            runtime_complete = pass.reload.is_none();
-            if let Some(why) = pass.reload {
-                self.need_reload(why);
-            }
+            pass_reload = pass.reload;
         }
+        let runtime_complete = runtime && pass_reload.is_none();
         if self.deployed.as_deref() != Some(rendered.as_str()) {
-            let check = !(runtime_complete && self.same_structure(&desired.config));
-            if let Err(e) = self.writer.write(&rendered, check).await {
-                match &e {
-                    ReloadError::CheckFailed { .. } => Counters::inc(&self.counters.check_failures),
-                    _ => Counters::inc(&self.counters.write_failures),
-                }
-                return Err(e.into());
+            // Every write is checked; with `do_checks: false`, not one whose servers
+            // HAProxy just validated at runtime (no reload or start reads it now).
+            let check =
+                self.config.do_checks || !(runtime_complete && self.same_structure(&model.config));
+            let quarantined = self.quarantine.len();
+            let written = self
+                .write_leaving_out_refused(services, desired, sets, rendered, check)
+                .await?;
+            (rendered, model) = written;
+            if self.quarantine.len() != quarantined && runtime {
+                // Servers left out now: the runtime state follows the new render.
+                let pass = self.runtime_pass(&model).await;
+                applied.runtime_commands += pass.commands;
+                pass_reload = pass.reload;
             }
             if self.writer.config_path().is_some() {
                 Counters::inc(&self.counters.config_writes);
             }
             self.deployed = Some(rendered);
-            self.deployed_structure = Some(desired.config.structure());
+            self.deployed_structure = Some(model.config.structure());
             applied.written = true;
             if !self.runtime_enabled() {
                 self.need_reload(ReloadReason::NoRuntimeApi);
             }
+        }
+        if runtime && pass_reload.is_none() && self.reload_pending.is_none() {
+            // HAProxy runs what the file holds.
+            self.good_text.clone_from(&self.deployed);
+        }
+        self.counters.set_quarantined(self.quarantine.report());
+        if let Some(why) = pass_reload {
+            self.need_reload(why);
         }
         if let Some(m) = &mut self.managed {
             if !m.requested() && self.deployed.is_some() {
                 // The first start runs the file just written: no reload.
                 m.start();
                 self.reload_pending = None;
+                self.good_text.clone_from(&self.deployed);
                 return Ok(applied);
             }
         }
@@ -246,8 +262,115 @@ impl HaproxyOutput {
             applied.reload_pending = true;
             return Ok(applied);
         }
-        self.reload(&desired, &mut applied).await?;
+        self.reload(&model, &mut applied).await?;
         Ok(applied)
+    }
+
+    /// Server ids for `sets`, the rendered file, and its model.
+    fn prepare(
+        &mut self,
+        services: &BTreeMap<ServiceName, ServiceConfig>,
+        sets: &BTreeMap<ServiceName, BackendSet>,
+    ) -> Result<(String, Desired), RenderError> {
+        let wanted = wanted_servers(services, sets);
+        // With slots, ids are slot numbers and HAProxy's servers are `slot<k>`: a free
+        // slot is refilled at runtime, so nothing needs reserving.
+        let reserved = if self.config.server_slots.is_none() {
+            self.follow_running_ids(&wanted)
+        } else {
+            BTreeMap::new()
+        };
+        self.ids
+            .assign_reserving(&wanted, self.config.max_server_id, &reserved);
+        let rendered = render(&self.config, services, sets, &self.ids)?;
+        let model = Desired {
+            config: ConfigModel::parse(&rendered),
+            dynamic_servers: self.config.dynamic_servers,
+        };
+        Ok((rendered, model))
+    }
+
+    /// Writes `rendered` (checked when `check`). When the check fails, the servers new
+    /// since the last written file are bisected with the check; the ones it refuses are
+    /// quarantined and the rest is rendered and written. When the check fails without
+    /// any of them (the operator's own lines), nothing is written: the last good file
+    /// stays. Returns what was written.
+    async fn write_leaving_out_refused(
+        &mut self,
+        services: &BTreeMap<ServiceName, ServiceConfig>,
+        desired: &BTreeMap<ServiceName, BackendSet>,
+        sets: std::borrow::Cow<'_, BTreeMap<ServiceName, BackendSet>>,
+        rendered: String,
+        check: bool,
+    ) -> Result<(String, Desired), ApplyError> {
+        let failed = match self.writer.write(&rendered, check).await {
+            Ok(()) => {
+                let model = Desired {
+                    config: ConfigModel::parse(&rendered),
+                    dynamic_servers: self.config.dynamic_servers,
+                };
+                self.good_sets = Some(sets.into_owned());
+                return Ok((rendered, model));
+            }
+            Err(e @ ReloadError::CheckFailed { .. }) => e,
+            Err(e) => {
+                Counters::inc(&self.counters.write_failures);
+                return Err(e.into());
+            }
+        };
+        Counters::inc(&self.counters.check_failures);
+        // The servers new since the last written file first; if the check fails without
+        // them too, every server (one that HAProxy accepted before may be refused now,
+        // e.g. a host name that stopped resolving).
+        let mut found = self
+            .bisect(services, &sets, suspects(&sets, self.good_sets.as_ref()))
+            .await;
+        if found.is_none() && self.good_sets.is_some() {
+            found = self.bisect(services, &sets, suspects(&sets, None)).await;
+        }
+        let refused = match found {
+            Some(refused) if !refused.is_empty() => refused,
+            _ => {
+                tracing::error!(error = %failed, "the check refuses the configuration whatever registrations it holds (the operator's own lines?): the last good file stays");
+                return Err(failed.into());
+            }
+        };
+        for ((service, backend), output) in refused {
+            let error = error_line(&output, &backend.server_name());
+            self.quarantine.add(&service, backend, error);
+        }
+        let sets = self.quarantine.filter(desired);
+        let (rendered, model) = self.prepare(services, &sets)?;
+        if let Err(e) = self.writer.write(&rendered, true).await {
+            match &e {
+                ReloadError::CheckFailed { .. } => Counters::inc(&self.counters.check_failures),
+                _ => Counters::inc(&self.counters.write_failures),
+            }
+            return Err(e.into());
+        }
+        self.good_sets = Some(sets.into_owned());
+        Ok((rendered, model))
+    }
+
+    /// [`find_refused`] with the configured check, on renders of `sets` without some of
+    /// `suspects`.
+    async fn bisect(
+        &self,
+        services: &BTreeMap<ServiceName, ServiceConfig>,
+        sets: &BTreeMap<ServiceName, BackendSet>,
+        suspects: Vec<quarantine::Suspect>,
+    ) -> Option<Vec<(quarantine::Suspect, String)>> {
+        let (writer, config, ids) = (&self.writer, &self.config, &self.ids);
+        find_refused(suspects, |left_out| {
+            let text = render(config, services, &without(sets, &left_out), ids);
+            async move {
+                match text {
+                    Ok(text) => writer.check_only(&text).await,
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+        })
+        .await
     }
 
     /// Lines the ids up with the servers HAProxy still runs: a wanted one keeps the id
@@ -316,6 +439,9 @@ impl HaproxyOutput {
             Ok(r) => r,
             Err(e) => {
                 Counters::inc(&self.counters.reload_failures);
+                if matches!(e, ReloadError::Refused { .. }) {
+                    self.restore_good_file().await;
+                }
                 return Err(e.into());
             }
         };
@@ -324,6 +450,7 @@ impl HaproxyOutput {
         self.reload_pending = None;
         self.next_reload_at = Instant::now() + self.reload_spacing();
         self.loaded = self.deployed.as_deref().map(ConfigModel::parse);
+        self.good_text.clone_from(&self.deployed);
         applied.reloaded = true;
         if !self.runtime_enabled() {
             return Ok(());
@@ -341,6 +468,42 @@ impl HaproxyOutput {
             applied.reload_pending = self.reload_pending.is_some();
         }
         Ok(())
+    }
+
+    /// HAProxy refused the file on disk at a reload (it keeps running the old one): puts
+    /// the last file it ran back, so that a restart does not fail on it. The next apply
+    /// (after the retry backoff) writes the new one and reloads again: the cause may be
+    /// passing (a port another process holds).
+    async fn restore_good_file(&mut self) {
+        let (Some(good), Some(path)) = (self.good_text.clone(), self.writer.config_path()) else {
+            return;
+        };
+        if self.deployed.as_deref() == Some(good.as_str()) {
+            return;
+        }
+        let (dir, path) = (
+            path.parent()
+                .map_or_else(|| PathBuf::from("."), std::path::Path::to_owned),
+            path.to_owned(),
+        );
+        let text = good.clone();
+        match tokio::task::spawn_blocking(move || write_atomically(&dir, &path, &text)).await {
+            Ok(Ok(())) => {
+                tracing::error!(
+                    "HAProxy refused the new configuration: the last good file is back in place"
+                );
+                self.deployed = Some(good);
+                self.deployed_structure = self
+                    .deployed
+                    .as_deref()
+                    .map(|t| ConfigModel::parse(t).structure());
+                self.reload_pending = None;
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %crate::watcher::etcd::error_chain(&e), "cannot put the last good file back")
+            }
+            Err(e) => tracing::error!(error = %e, "cannot put the last good file back"),
+        }
     }
 
     /// Reads what every stats socket's HAProxy runs, and applies the plan's commands.
@@ -383,7 +546,12 @@ impl HaproxyOutput {
             servers,
         };
         let plan = plan(&running, desired);
+        let mut refused = BTreeSet::new();
         for cmd in &plan.commands {
+            if refused.contains(&(cmd.backend().clone(), cmd.server().clone())) {
+                // Its `add server` was refused: the rest of its commands would be too.
+                continue;
+            }
             let text = cmd.to_string();
             let answer = session.command(&text).await?;
             if cmd.succeeded(&answer) {
@@ -399,13 +567,15 @@ impl HaproxyOutput {
                 pass.retry_deletes = true;
                 continue;
             }
+            // The other servers' commands still go out; the file (checked, with the
+            // refused servers found and left out) and a reload settle this one.
             Counters::inc(&self.counters.runtime_failures);
-            tracing::warn!(command = %text, answer = %runtime::summarize(&answer), "HAProxy refused a runtime command; reloading instead");
+            tracing::warn!(command = %text, answer = %runtime::summarize(&answer), "HAProxy refused a runtime command; the checked file and a reload settle it");
+            refused.insert((cmd.backend().clone(), cmd.server().clone()));
             pass.reload.get_or_insert(ReloadReason::CommandFailed {
                 command: text,
                 answer: runtime::summarize(&answer),
             });
-            return Ok(());
         }
         if let Some(why) = plan.reload {
             pass.reload.get_or_insert(why);

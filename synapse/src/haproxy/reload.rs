@@ -1,7 +1,7 @@
 //! Putting a rendered haproxy.cfg in place, and reloading HAProxy.
 //!
 //! Writing is atomic: the text goes to a temporary file in the config's own directory,
-//! is fsynced, optionally checked (`check_command`, e.g. `haproxy -c -f`), renamed over
+//! is fsynced, checked (`check_command`, or `haproxy -c -f`), renamed over
 //! the old file, and the directory is fsynced. HAProxy (or the seed's file watcher in
 //! another container) therefore only ever sees the old file or the new one, and a
 //! candidate that fails the check never replaces a working file.
@@ -81,13 +81,14 @@ pub struct Writer {
     /// `None` with `do_writes: false`.
     config_path: Option<PathBuf>,
     candidate_path: Option<PathBuf>,
-    check: Option<Check>,
+    /// Always set: `do_checks: false` does not switch it off (issue 17).
+    check: Check,
     timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
 enum Check {
-    /// `haproxy -c -q -f <candidate>`, run without a shell.
+    /// `haproxy -c -f <candidate>`, run without a shell.
     Haproxy,
     /// The operator's `check_command`, run by `sh -c`, with the candidate's path in
     /// `SYNAPSE_CANDIDATE_CONFIG`.
@@ -102,10 +103,10 @@ pub const CANDIDATE_ENV: &str = "SYNAPSE_CANDIDATE_CONFIG";
 
 impl Writer {
     pub fn new(h: &HaproxyConfig) -> Self {
-        let check = h.do_checks.then(|| match &h.check_command {
+        let check = match &h.check_command {
             Some(c) => Check::Shell(c.clone()),
             None => Check::Haproxy,
-        });
+        };
         Self {
             config_path: h.config_file_path.clone(),
             candidate_path: h.candidate_config_file_path.clone(),
@@ -156,8 +157,9 @@ impl Writer {
         }
     }
 
-    /// Puts `text` in place (checked first when checks are on and `check` is set).
-    /// Without a config path (`do_writes: false`) this does nothing.
+    /// Puts `text` in place, checked first when `check` is set (every write that a
+    /// reload or a start will read). Without a config path (`do_writes: false`) this
+    /// does nothing.
     pub async fn write(&self, text: &str, check: bool) -> Result<(), ReloadError> {
         let Some(path) = self.config_path.clone() else {
             return Ok(());
@@ -167,55 +169,13 @@ impl Writer {
             .filter(|d| !d.as_os_str().is_empty())
             .unwrap_or(Path::new("."))
             .to_owned();
-        let Some(check) = self.check.as_ref().filter(|_| check) else {
+        if !check {
             let text = text.to_owned();
             return tokio::task::spawn_blocking(move || write_atomically(&dir, &path, &text))
                 .await?;
-        };
-        let candidate = self
-            .candidate_path
-            .clone()
-            .unwrap_or_else(|| with_suffix(&path, ".tmp"));
-        let bytes = text.to_owned();
-        let cand = candidate.clone();
-        failpoint::hit("before_tmp_write");
-        tokio::task::spawn_blocking(move || {
-            let written = write_synced(&cand, &bytes);
-            if written.is_err() {
-                // A full disk keeps nothing half-written (and frees what it took).
-                let _ = std::fs::remove_file(&cand);
-            }
-            written
-        })
-        .await??;
-        let checked = match check {
-            Check::Haproxy => {
-                let mut cmd = Command::new("haproxy");
-                cmd.arg("-c").arg("-q").arg("-f").arg(&candidate);
-                // Exit 2: "no error but will not start (no listener)", e.g. while every
-                // service is backend-only. Not a reason to keep an outdated file.
-                run(cmd, "haproxy -c", self.timeout).await.map(|r| match r {
-                    Err(f) if f.code == Some(2) => Ok(()),
-                    other => other,
-                })
-            }
-            Check::Shell(c) => {
-                let mut cmd = shell(c);
-                cmd.env(CANDIDATE_ENV, &candidate);
-                run(cmd, c, self.timeout).await
-            }
-        };
-        match checked {
-            Ok(Ok(())) => failpoint::hit("after_check"),
-            Ok(Err(Failure { status, output, .. })) => {
-                let _ = std::fs::remove_file(&candidate);
-                return Err(ReloadError::CheckFailed { status, output });
-            }
-            Err(e) => {
-                let _ = std::fs::remove_file(&candidate);
-                return Err(e);
-            }
         }
+        let candidate = self.candidate(&path);
+        self.check_candidate(text, &candidate).await?;
         tokio::task::spawn_blocking(move || {
             std::fs::rename(&candidate, &path).map_err(|source| ReloadError::Write {
                 path: path.clone(),
@@ -226,6 +186,77 @@ impl Writer {
             Ok(())
         })
         .await?
+    }
+
+    /// Runs the check on `text` without putting it in place (the bisection of refused
+    /// servers). `Err` holds the check's output, or why it could not run.
+    pub async fn check_only(&self, text: &str) -> Result<(), String> {
+        let Some(path) = &self.config_path else {
+            return Ok(());
+        };
+        let candidate = self.candidate(path);
+        let checked = self.check_candidate(text, &candidate).await;
+        let _ = std::fs::remove_file(&candidate);
+        match checked {
+            Ok(()) => Ok(()),
+            Err(ReloadError::CheckFailed { output, .. }) => Err(output),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    fn candidate(&self, path: &Path) -> PathBuf {
+        self.candidate_path
+            .clone()
+            .unwrap_or_else(|| with_suffix(path, ".tmp"))
+    }
+
+    /// Writes `text` to `candidate` and checks it; the candidate is removed when the
+    /// check fails.
+    async fn check_candidate(&self, text: &str, candidate: &Path) -> Result<(), ReloadError> {
+        let bytes = text.to_owned();
+        let cand = candidate.to_owned();
+        failpoint::hit("before_tmp_write");
+        tokio::task::spawn_blocking(move || {
+            let written = write_synced(&cand, &bytes);
+            if written.is_err() {
+                // A full disk keeps nothing half-written (and frees what it took).
+                let _ = std::fs::remove_file(&cand);
+            }
+            written
+        })
+        .await??;
+        let checked = match &self.check {
+            Check::Haproxy => {
+                let mut cmd = Command::new("haproxy");
+                // Not `-q`: its `[ALERT]` lines name the refused server.
+                cmd.arg("-c").arg("-f").arg(candidate);
+                // Exit 2: "no error but will not start (no listener)", e.g. while every
+                // service is backend-only. Not a reason to keep an outdated file.
+                run(cmd, "haproxy -c", self.timeout).await.map(|r| match r {
+                    Err(f) if f.code == Some(2) => Ok(()),
+                    other => other,
+                })
+            }
+            Check::Shell(c) => {
+                let mut cmd = shell(c);
+                cmd.env(CANDIDATE_ENV, candidate);
+                run(cmd, c, self.timeout).await
+            }
+        };
+        match checked {
+            Ok(Ok(())) => {
+                failpoint::hit("after_check");
+                Ok(())
+            }
+            Ok(Err(Failure { status, output, .. })) => {
+                let _ = std::fs::remove_file(candidate);
+                Err(ReloadError::CheckFailed { status, output })
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(candidate);
+                Err(e)
+            }
+        }
     }
 }
 
