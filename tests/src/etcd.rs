@@ -54,7 +54,7 @@ fn data_tempdir() -> TempDir {
     };
     let shm = Path::new("/dev/shm");
     let room = nix::sys::statvfs::statvfs(shm)
-        .map(|s| u64::from(s.blocks_available()) * u64::from(s.fragment_size()))
+        .map(|s| s.blocks_available() * s.fragment_size())
         .unwrap_or(0);
     if room >= SHM_NEEDED {
         if let Ok(dir) = builder.tempdir_in(shm) {
