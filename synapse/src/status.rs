@@ -313,6 +313,7 @@ impl ServiceStates {
         let now = Instant::now();
         let mut delays = Vec::new();
         let mut inner = self.lock();
+        let mut changed_now = BTreeSet::new();
         for (name, set) in desired {
             let s = inner.services.entry(name.clone()).or_default();
             s.source = s.resolved.or(s.source);
@@ -321,6 +322,7 @@ impl ServiceStates {
                 // Only freshness or nothing changed: no servers moved, nothing to time.
                 continue;
             }
+            changed_now.insert(name.clone());
             s.servers = Some(set.clone());
             s.last_change = Some(Event::now(method));
             if reload_pending {
@@ -342,7 +344,13 @@ impl ServiceStates {
                 ApplyMethod::Written
             };
             for (name, stamp) in std::mem::take(&mut inner.awaiting_reload) {
-                if let Some(s) = inner.services.get_mut(&name) {
+                // A service this very apply changed keeps this apply's method: its newer
+                // change went out by the runtime API, not by the file.
+                if let Some(s) = inner
+                    .services
+                    .get_mut(&name)
+                    .filter(|_| !changed_now.contains(&name))
+                {
                     s.last_change = Some(Event::now(done));
                 }
                 delays.extend(stamp.map(|t| now - t));
@@ -778,6 +786,27 @@ mod tests {
         assert!(states.is_ready());
         assert_eq!(states.propagation().count(), 1);
         assert!((states.propagation().sum() - 0.2).abs() < 1e-9);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_runtime_change_is_not_relabelled_by_an_earlier_deferred_reload() {
+        let states = ServiceStates::default();
+        let one: BackendSet = [backend("a", "10.0.0.1", 80)].into();
+        let two: BackendSet = [backend("a", "10.0.0.1", 80), backend("b", "10.0.0.2", 80)].into();
+        states.published(&web(), Some(&found(true, &one)));
+        states.begin();
+        states.applied(&desired(&one), Some(&applied(false, true, 0)));
+        // The file the deferred reload waited for is live by the time b arrives, and b
+        // goes out by the runtime API in the same apply.
+        tokio::time::advance(Duration::from_millis(100)).await;
+        states.published(&web(), Some(&found(true, &two)));
+        states.begin();
+        states.applied(&desired(&two), Some(&applied(false, false, 1)));
+        let status = states.snapshot();
+        assert_eq!(
+            status.services["web"].last_change.clone().unwrap().method,
+            ApplyMethod::Runtime
+        );
     }
 
     #[test]

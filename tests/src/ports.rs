@@ -60,8 +60,7 @@ pub fn free_port() -> u16 {
         for _ in 0..span {
             let offset = CURSOR.fetch_add(1, Ordering::Relaxed) % span;
             let port = lo + u16::try_from(offset).unwrap_or(0);
-            if !handed_out.contains(&port)
-                && TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok()
+            if !handed_out.contains(&port) && TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok()
             {
                 handed_out.insert(port);
                 return port;
