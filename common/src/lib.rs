@@ -14,6 +14,7 @@ pub mod registration;
 pub mod secret;
 pub mod shutdown;
 pub mod telemetry;
+pub mod upstream;
 
 pub use backoff::Backoff;
 pub use key::{KeyError, NerveKey, ParsedKey, ServicePath};

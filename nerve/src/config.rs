@@ -13,9 +13,10 @@ use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::config::{self as cfg, join_path, ConfigErrors, ConfigPort, Seconds};
+use common::config::{self as cfg, join_path, ConfigError, ConfigErrors, ConfigPort, Seconds};
 use common::etcd::{normalize_endpoint, EtcdFile, EtcdSettings};
 use common::registration::{validate_labels, MAX_VALUE_BYTES};
+use common::upstream::Compat;
 use common::{
     AddressPolicy, Host, InstanceId, Port, Registration, ServerOptions, ServiceName, ServicePath,
     Weight,
@@ -146,6 +147,9 @@ pub struct Config {
     pub maintenance_file: Option<PathBuf>,
     /// Where the admin endpoint (`/status`, `/metrics`) listens.
     pub admin_listen: Option<SocketAddr>,
+    /// Upstream keys that were ignored, one line each, for `--check-config` and the
+    /// start-up log.
+    pub warnings: Vec<ConfigError>,
 }
 
 /// One service to check and register.
@@ -231,13 +235,26 @@ pub fn load(path: &Path, overrides: &Overrides) -> Result<Config, ConfigErrors> 
         errors.push("", format_args!("cannot read {}: {e}", path.display()));
         errors
     })?;
-    parse(&text, overrides)
+    parse_in(&text, path.parent(), overrides)
 }
 
-/// Validates config text (and reads the `service_conf_dir` it names).
+/// Validates config text (and reads the `service_conf_dir` it names; a relative one
+/// from the current directory).
 pub fn parse(text: &str, overrides: &Overrides) -> Result<Config, ConfigErrors> {
+    parse_in(text, None, overrides)
+}
+
+/// Validates config text; a relative `service_conf_dir` is read from `base` (the config
+/// file's directory, as synapse does), or from the current directory without one.
+pub fn parse_in(
+    text: &str,
+    base: Option<&Path>,
+    overrides: &Overrides,
+) -> Result<Config, ConfigErrors> {
     let mut errors = cfg::duplicate_keys(text);
-    let value = cfg::parse_jsonc(text)?;
+    let mut value = cfg::parse_jsonc(text)?;
+    let mut compat = Compat::default();
+    crate::upstream::normalize_file(&mut value, &mut compat);
     let (file, structural) = cfg::from_value_lenient::<NerveFile>(value);
     errors.extend(structural);
     let file = file.unwrap_or_default();
@@ -248,7 +265,16 @@ pub fn parse(text: &str, overrides: &Overrides) -> Result<Config, ConfigErrors> 
         .map(|(name, svc)| (name.clone(), format!("services.{name}"), svc))
         .collect();
     if let Some(dir) = &file.service_conf_dir {
-        services.extend(read_service_conf_dir(dir, &services, &mut errors));
+        let dir = match base {
+            Some(base) if dir.is_relative() && !base.as_os_str().is_empty() => base.join(dir),
+            _ => dir.clone(),
+        };
+        services.extend(read_service_conf_dir(
+            &dir,
+            &services,
+            &mut errors,
+            &mut compat,
+        ));
     }
 
     let instance_id = match overrides.instance_id.as_ref().or(file.instance_id.as_ref()) {
@@ -363,6 +389,7 @@ pub fn parse(text: &str, overrides: &Overrides) -> Result<Config, ConfigErrors> 
             }
         });
 
+    compat.push_unsupported(&mut errors);
     match instance_id {
         Some(instance_id) if errors.is_empty() => Ok(Config {
             instance_id,
@@ -374,6 +401,7 @@ pub fn parse(text: &str, overrides: &Overrides) -> Result<Config, ConfigErrors> 
             heartbeat_path: file.heartbeat_path,
             maintenance_file: file.maintenance_file,
             admin_listen,
+            warnings: compat.warnings,
         }),
         _ => Err(errors),
     }
@@ -384,6 +412,7 @@ fn read_service_conf_dir(
     dir: &Path,
     inline: &[(String, String, ServiceFile)],
     errors: &mut ConfigErrors,
+    compat: &mut Compat,
 ) -> Vec<(String, String, ServiceFile)> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
@@ -453,13 +482,16 @@ fn read_service_conf_dir(
             }
         };
         errors.extend(prefixed(cfg::duplicate_keys(&text)));
-        let value = match cfg::parse_jsonc(&text) {
+        let mut value = match cfg::parse_jsonc(&text) {
             Ok(v) => v,
             Err(e) => {
                 errors.extend(prefixed(e));
                 continue;
             }
         };
+        if !crate::upstream::normalize_service(&mut value, &path, compat) {
+            continue;
+        }
         let (svc, structural) = cfg::from_value_lenient::<ServiceFile>(value);
         errors.extend(prefixed(structural));
         if let Some(svc) = svc {
@@ -567,7 +599,7 @@ fn validate_service(
         None | Some("etcd") => {}
         Some(_) => errors.push(
             at("reporter_type"),
-            "only \"etcd\" is supported (this nerve has no ZooKeeper reporter)",
+            "must be `etcd` (upstream reporters this build lacks are refused by name)",
         ),
     }
     let service_path = match &svc.etcd_path {
@@ -1046,10 +1078,10 @@ mod tests {
               "services": {
                 "web": {"host": "127.0.0.1", "port": 0, "check_interval": "fast",
                         "checks": [{"type": "http"}, {"type": "tcp", "uri": "/x"},
-                                   {"type": "redis"}, {"type": "exec", "command": "true"}]},
+                                   {"type": "bogus"}, {"type": "exec", "command": "true"}]},
                 "api": {"host": "127.0.0.1", "port": 82},
                 "api": {"host": "127.0.0.1", "port": 81, "weight": 300,
-                        "haproxy_server_options": "check port 22", "reporter_type": "zookeeper"},
+                        "haproxy_server_options": "check port 22", "reporter_type": "consul"},
                 "bad name": {"host": "127.0.0.1", "port": 83},
                 "db": {"port": 84}
               }
@@ -1074,6 +1106,67 @@ mod tests {
             assert!(errors.mentions(path), "{path} missing from:\n{errors}");
         }
         assert_eq!(errors.len(), 14, "{errors}");
+    }
+
+    /// A corpus file (`../shared/compat`) with etcd in ZooKeeper's place.
+    fn corpus(rel: &str) -> Result<Config, ConfigErrors> {
+        parse(
+            &common::upstream::corpus_with_etcd(rel),
+            &Overrides::default(),
+        )
+    }
+
+    #[test]
+    fn upstream_yelp_names_with_colons_load() {
+        let c = corpus("nerve/08-yelp-nerve-tools-generated-zk.json").unwrap();
+        let name = "test_service.my_superregion:10.0.0.1.1234.v2.new";
+        let svc = &c.services[&ServiceName::new(name).unwrap()];
+        assert_eq!(svc.path.as_str(), "/smartstack/global/test_service");
+        assert_eq!(svc.registration.labels["superregion:my_superregion"], "");
+        let warned: Vec<&str> = c.warnings.iter().map(|w| w.path.as_str()).collect();
+        assert_eq!(
+            warned,
+            [
+                "services.test_service.another_superregion:10.0.0.1.1234.v2.new.zk_cluster_name",
+                "services.test_service.my_superregion:10.0.0.1.1234.v2.new.zk_cluster_name",
+            ]
+        );
+        // The default etcd path of such a service is valid too.
+        let c = parse_ok(
+            r#"{"instance_id": "h", "services": {"a:b": {"host": "10.0.0.1", "port": 1}}}"#,
+        );
+        let svc = &c.services[&ServiceName::new("a:b").unwrap()];
+        assert_eq!(svc.path.as_str(), "/nerve/services/a:b");
+    }
+
+    #[test]
+    fn upstream_2013_service_checks_and_machine_check() {
+        let c = corpus("nerve/03-airbnb-2013-service_checks.json").unwrap();
+        assert_eq!(c.services.len(), 2);
+        assert_eq!(c.warnings.len(), 1);
+        assert_eq!(c.warnings[0].path, "machine_check");
+    }
+
+    #[test]
+    fn upstream_keys_warn_once_each() {
+        // With the rabbitmq service left out, Yelp's example loads with its upstream keys.
+        let mut value = cfg::parse_jsonc(&common::upstream::corpus_with_etcd(
+            "nerve/02-yelp-nerve-example-prometheus.json",
+        ))
+        .unwrap();
+        let top = value.as_object_mut().unwrap();
+        top.remove("service_conf_dir");
+        top["services"]
+            .as_object_mut()
+            .unwrap()
+            .remove("rabbitmq_service");
+        let c = parse(&value.to_string(), &Overrides::default()).unwrap();
+        let warned: Vec<&str> = c.warnings.iter().map(|w| w.path.as_str()).collect();
+        assert_eq!(
+            warned,
+            ["statsd", "prometheus", "max_repeated_report_failures"]
+        );
+        assert!(c.warnings[0].message.contains("/metrics"));
     }
 
     #[test]

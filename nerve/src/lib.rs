@@ -23,6 +23,7 @@ pub mod reporter;
 pub mod service;
 pub mod status;
 pub mod supervisor;
+pub mod upstream;
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;

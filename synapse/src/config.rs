@@ -15,8 +15,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::config::{join_path, ConfigErrors, ConfigPort, Seconds};
+use common::config::{join_path, ConfigError, ConfigErrors, ConfigPort, Seconds};
 use common::etcd::{normalize_endpoint, EtcdFile, EtcdSettings};
+use common::upstream::Compat;
 use common::{AddressPolicy, Host, InstanceId, Port, Secret, ServiceName, ServicePath};
 use serde::Deserialize;
 
@@ -261,6 +262,9 @@ pub struct Config {
     pub debounce_max_wait: Duration,
     /// Where the admin endpoint listens; `None`: no endpoint.
     pub admin_listen: Option<std::net::SocketAddr>,
+    /// Upstream keys that were ignored (and services skipped), one line each, for
+    /// `--check-config` and the start-up log.
+    pub warnings: Vec<ConfigError>,
 }
 
 /// One service, validated.
@@ -473,11 +477,16 @@ fn read(path: &Path) -> Result<String, ConfigErrors> {
 }
 
 /// JSON with comments → `T`, keeping what is readable; duplicate keys are errors too.
-fn parse_lenient<T: serde::de::DeserializeOwned>(text: &str) -> (Option<T>, ConfigErrors) {
-    let value = match common::config::parse_jsonc(text) {
+/// `upstream` rewrites the value from an upstream shape into ours first.
+fn parse_lenient<T: serde::de::DeserializeOwned>(
+    text: &str,
+    upstream: impl FnOnce(&mut serde_json::Value),
+) -> (Option<T>, ConfigErrors) {
+    let mut value = match common::config::parse_jsonc(text) {
         Ok(v) => v,
         Err(errors) => return (None, errors),
     };
+    upstream(&mut value);
     let mut errors = common::config::duplicate_keys(text);
     let (t, more) = common::config::from_value_lenient(value);
     errors.extend(more);
@@ -495,26 +504,41 @@ impl Config {
     /// Structural errors (unknown keys, wrong types) and semantic ones are reported
     /// together.
     pub fn parse(text: &str, base: Option<&Path>) -> Result<Self, ConfigErrors> {
-        let (file, errors) = parse_lenient::<SynapseFile>(text);
+        let mut compat = Compat::default();
+        let (file, mut errors) = parse_lenient::<SynapseFile>(text, |v| {
+            crate::upstream::normalize_file(v, &mut compat);
+        });
         match file {
-            Some(file) => Self::from_file(file, base, errors),
-            None => Err(errors),
+            Some(file) => Self::from_file(file, base, errors, compat),
+            None => {
+                compat.push_unsupported(&mut errors);
+                Err(errors)
+            }
         }
     }
 
     /// Validates a parsed file into a `Config`, adding to `errors` (those found while
-    /// parsing), and fails if there are any.
+    /// parsing) and to `compat` (what the upstream rewrite found), and fails if there
+    /// are any errors.
     pub fn from_file(
         mut file: SynapseFile,
         base: Option<&Path>,
         mut errors: ConfigErrors,
+        mut compat: Compat,
     ) -> Result<Self, ConfigErrors> {
         if let Some(dir) = &file.service_conf_dir {
             let dir = match base {
                 Some(base) if dir.is_relative() => base.join(dir),
                 _ => dir.clone(),
             };
-            load_service_dir(&dir, &mut file.services, &mut errors);
+            let has_file_output = file.file_output.is_some();
+            load_service_dir(
+                &dir,
+                &mut file.services,
+                has_file_output,
+                &mut errors,
+                &mut compat,
+            );
         }
         let haproxy = file
             .haproxy
@@ -547,9 +571,10 @@ impl Config {
                 services.insert(service_name, s);
             }
         }
-        if file.services.is_empty() {
+        if file.services.is_empty() && compat.unsupported.is_empty() {
             errors.push("services", "at least one service is required");
         }
+        compat.push_unsupported(&mut errors);
         if let Some(h) = &haproxy {
             check_backend_names(&services, h, &mut errors);
         }
@@ -586,6 +611,7 @@ impl Config {
             debounce,
             debounce_max_wait,
             admin_listen,
+            warnings: compat.warnings,
         })
     }
 }
@@ -620,7 +646,9 @@ fn validate_guard(
 fn load_service_dir(
     dir: &Path,
     services: &mut BTreeMap<String, ServiceFile>,
+    has_file_output: bool,
     errors: &mut ConfigErrors,
+    compat: &mut Compat,
 ) {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
@@ -654,10 +682,16 @@ fn load_service_dir(
             );
             continue;
         }
+        let mut keep = true;
         let (svc, errs) = match read(&file) {
-            Ok(text) => parse_lenient::<ServiceFile>(&text),
+            Ok(text) => parse_lenient::<ServiceFile>(&text, |v| {
+                keep = crate::upstream::normalize_service(v, &path, has_file_output, compat);
+            }),
             Err(errs) => (None, errs),
         };
+        if !keep {
+            continue;
+        }
         for e in errs.0 {
             errors.push(
                 join_path(&path, &e.path),
@@ -868,7 +902,8 @@ fn validate_haproxy(h: &HaproxyFile, errors: &mut ConfigErrors) -> HaproxyConfig
         .bind_address
         .clone()
         .unwrap_or_else(|| defaults::BIND_ADDRESS.to_owned());
-    if !bind_address.is_empty() {
+    // `*` is HAProxy's "every address", as upstream configs write it.
+    if !bind_address.is_empty() && bind_address != "*" {
         check_word(&bind_address, &p("bind_address"), errors);
     }
     let restart_jitter = h.restart_jitter.unwrap_or(0.0);
@@ -1462,7 +1497,7 @@ fn validate_service_haproxy(
     let server_options = one_line(&h.server_options, "server_options");
     let bind_address = h.bind_address.clone();
     if let Some(a) = &bind_address {
-        if !a.is_empty() {
+        if !a.is_empty() && a != "*" {
             check_word(a, &p("bind_address"), errors);
         }
     }
@@ -1524,9 +1559,19 @@ fn check_backend_names(
     errors: &mut ConfigErrors,
 ) {
     let mut seen: BTreeMap<String, &ServiceName> = BTreeMap::new();
+    let mut frontends: BTreeMap<String, &ServiceName> = BTreeMap::new();
     for (name, s) in services {
         if s.haproxy.disabled {
             continue;
+        }
+        let frontend = s.haproxy_name();
+        if let Some(other) = frontends.insert(frontend.clone(), name) {
+            errors.push(
+                format!("services.{name}"),
+                format_args!(
+                    "is `{frontend}` in HAProxy (`:` becomes `_`), as service `{other}` is"
+                ),
+            );
         }
         let backend = s.backend_name();
         if let Some(other) = seen.insert(backend.clone(), name) {
@@ -1545,12 +1590,17 @@ fn check_backend_names(
 }
 
 impl ServiceConfig {
-    /// The HAProxy backend name: `backend_name`, or the service name.
+    /// The HAProxy backend name: `backend_name`, or the service's [`Self::haproxy_name`].
     pub fn backend_name(&self) -> String {
         self.haproxy
             .backend_name
             .clone()
-            .unwrap_or_else(|| self.name.to_string())
+            .unwrap_or_else(|| self.haproxy_name())
+    }
+
+    /// The service's name in HAProxy (its frontend's): `:` becomes `_`.
+    pub fn haproxy_name(&self) -> String {
+        common::names::haproxy_name(self.name.as_str()).into_owned()
     }
 }
 
@@ -1832,6 +1882,175 @@ mod tests {
         )
         .unwrap_err();
         assert!(errs.mentions("haproxy.managed"), "{errs}");
+    }
+
+    /// A corpus file (`../shared/compat`) with etcd in ZooKeeper's place, loaded.
+    fn corpus(rel: &str) -> Config {
+        parse(&common::upstream::corpus_with_etcd(rel)).unwrap_or_else(|e| panic!("{rel}:\n{e}"))
+    }
+
+    fn service<'a>(c: &'a Config, name: &str) -> &'a ServiceConfig {
+        &c.services[&ServiceName::new(name).unwrap()]
+    }
+
+    #[test]
+    fn upstream_server_options_as_a_list() {
+        let c = corpus("synapse/05-airbnb-spec-minimum-conf-yaml.json");
+        let h = &service(&c, "test").haproxy;
+        assert_eq!(
+            h.server_options.as_deref(),
+            Some("some_haproxy_server_option")
+        );
+        assert_eq!(h.listen, ["some_haproxy_listen_option"]);
+    }
+
+    #[test]
+    fn upstream_backend_and_hosts_as_strings() {
+        let c = corpus("synapse/06-airbnb-readme-shared-frontend-yaml.json");
+        assert_eq!(service(&c, "service1").haproxy.backend, ["mode http"]);
+        let DiscoveryConfig::Etcd(e) = &service(&c, "service2").discovery else {
+            panic!("not etcd")
+        };
+        assert_eq!(
+            e.settings.endpoints,
+            ["http://0.zookeeper.example.com:2181"]
+        );
+        assert_eq!(c.haproxy.unwrap().socket_file_paths.len(), 2);
+    }
+
+    #[test]
+    fn upstream_services_as_a_list() {
+        let c = corpus("synapse/07-airbnb-2012-minimum-services-list-yaml.json");
+        let h = &service(&c, "test").haproxy;
+        assert_eq!(h.port, Port::new(3210));
+        assert_eq!(h.server_options.as_deref(), Some("test_option"));
+        assert_eq!(h.listen, ["test_option"]);
+        assert_eq!(service(&c, "test").default_servers.len(), 1);
+        // A list entry without a name is reported, not dropped.
+        let errs = parse(
+            r#"{"services": [{"discovery": {"method": "base"}}],
+                "file_output": {"output_directory": "/tmp/x"}}"#,
+        )
+        .unwrap_err();
+        assert!(errs.mentions("services"), "{errs}");
+    }
+
+    #[test]
+    fn upstream_128_bit_server_order_seed_and_string_port() {
+        let c = corpus("synapse/19-yelp-synapse-tools-generated-zk.json");
+        let seed = c.haproxy.as_ref().unwrap().server_order_seed;
+        assert_ne!(seed, 0);
+        assert_eq!(
+            corpus("synapse/19-yelp-synapse-tools-generated-zk.json")
+                .haproxy
+                .unwrap()
+                .server_order_seed,
+            seed
+        );
+        assert_eq!(service(&c, "test_service").haproxy.port, Port::new(1234));
+        assert_eq!(
+            service(&c, "test_service.superregion").backend_name(),
+            "test_service.superregion"
+        );
+    }
+
+    #[test]
+    fn upstream_ports_as_strings_in_a_service_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("conf.d")).unwrap();
+        std::fs::write(
+            dir.path().join("conf.d/ec2.json"),
+            common::upstream::corpus_file("synapse-services/05-airbnb-spec-ec2tag-ec2tagtest.json"),
+        )
+        .unwrap();
+        let c = Config::parse(
+            r#"{"service_conf_dir": "conf.d", "file_output": {"output_directory": "/tmp/x"}}"#,
+            Some(dir.path()),
+        )
+        .unwrap();
+        let s = service(&c, "ec2");
+        assert_eq!(
+            (s.haproxy.port, s.port_override),
+            (Port::new(8080), Port::new(8081))
+        );
+    }
+
+    #[test]
+    fn upstream_keys_warn_and_nginx_only_services_are_skipped() {
+        let c = corpus("synapse/20-yelp-synapse-tools-generated-nginx.json");
+        assert_eq!(c.services.len(), 2, "the nginx listener is skipped");
+        let warned: Vec<&str> = c.warnings.iter().map(|w| w.path.as_str()).collect();
+        assert_eq!(
+            warned,
+            [
+                "nginx",
+                "services.test_service.nginx",
+                "services.test_service.nginx_listener",
+                "services.test_service.superregion.nginx",
+            ]
+        );
+        let c = corpus("synapse/01-airbnb-synapse-conf.json");
+        assert_eq!(c.warnings.len(), 1);
+        assert!(
+            c.warnings[0].message.contains("/metrics"),
+            "{:?}",
+            c.warnings
+        );
+        // An unknown key is still an error, with its path.
+        let errs = parse(
+            r#"{"services": {"web": {"discovery": {"method": "etcd", "discovery_jiter": 1}}},
+                "statsd": {}, "file_output": {"output_directory": "/tmp/x"}}"#,
+        )
+        .unwrap_err();
+        assert!(
+            errs.mentions("services.web.discovery.discovery_jiter"),
+            "{errs}"
+        );
+        assert_eq!(errs.len(), 1, "{errs}");
+    }
+
+    #[test]
+    fn upstream_bind_address_star_and_old_etcd_form() {
+        let c = parse(
+            r#"{"services": {"web": {"discovery": {"method": "etcd", "host": "10.0.0.9", "port": 4001},
+                                     "haproxy": {"port": 80, "bind_address": "*"}}},
+                "haproxy": {"do_writes": false, "do_reloads": false, "bind_address": "*"}}"#,
+        )
+        .unwrap();
+        let DiscoveryConfig::Etcd(e) = &service(&c, "web").discovery else {
+            panic!("not etcd")
+        };
+        assert_eq!(e.settings.endpoints, ["http://10.0.0.9:4001"]);
+        assert_eq!(c.haproxy.unwrap().bind_address, "*");
+    }
+
+    #[test]
+    fn unsupported_methods_are_one_line() {
+        let errs = parse(
+            r#"{"services": {"a": {"discovery": {"method": "zookeeper", "hosts": 1, "zk": 2}},
+                             "b": {"discovery": {"method": "marathon", "marathon_api_url": "x"}},
+                             "c": {"discovery": {"method": "zookeeper"}},
+                             "d": {"discovery": {"method": "etcd"}}},
+                "file_output": {"output_directory": "/tmp/x"}}"#,
+        )
+        .unwrap_err();
+        assert_eq!(errs.len(), 1, "{errs}");
+        let line = errs.to_string();
+        assert!(
+            line.starts_with(
+                "services.a.discovery.method: not supported by this build: \
+                              `zookeeper` discovery (2 uses), `marathon` discovery;"
+            ),
+            "{line}"
+        );
+        // Services with ':' whose HAProxy names collide are an error.
+        let errs = parse(
+            r#"{"services": {"a:b": {"discovery": {"method": "base"}},
+                             "a_b": {"discovery": {"method": "base"}}},
+                "haproxy": {"do_writes": false, "do_reloads": false}}"#,
+        )
+        .unwrap_err();
+        assert!(errs.mentions("services.a_b"), "{errs}");
     }
 
     #[test]

@@ -36,6 +36,7 @@ pub mod haproxy;
 pub mod metrics;
 pub mod reconcile;
 pub mod status;
+pub mod upstream;
 pub mod watcher;
 
 use std::sync::Arc;
