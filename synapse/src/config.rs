@@ -121,6 +121,9 @@ pub struct DiscoveryFile {
     pub endpoint: Option<String>,
     pub imds_endpoint: Option<String>,
     pub request_timeout: Option<Seconds>,
+    // dns
+    pub servers: Option<Vec<DnsServerFile>>,
+    pub nameserver: Option<String>,
     // multi
     pub watchers: Option<BTreeMap<String, Self>>,
     pub resolver: Option<ResolverFile>,
@@ -130,6 +133,24 @@ pub struct DiscoveryFile {
     pub label_filter: Option<LabelFilterFile>,
     pub allow_loopback: Option<bool>,
     pub allow_hostnames: Option<bool>,
+}
+
+/// A `dns` discovery server: `"host[:port]"`, or an object.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum DnsServerFile {
+    Host(String),
+    Entry(DnsServerEntryFile),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsServerEntryFile {
+    pub name: Option<String>,
+    pub host: String,
+    pub port: Option<ConfigPort>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -293,7 +314,38 @@ pub enum DiscoveryConfig {
     /// `base`/`static`: only `default_servers`.
     Static,
     Ec2Tag(Ec2TagDiscovery),
+    Dns(DnsDiscovery),
     Multi(MultiDiscovery),
+}
+
+/// `dns`: every `check_interval`, resolve each server's name and publish one backend per
+/// address.
+#[derive(Debug, Clone)]
+pub struct DnsDiscovery {
+    pub servers: Vec<DnsServer>,
+    /// The DNS server to ask; the system's resolver (`/etc/resolv.conf`) when unset.
+    pub nameserver: Option<std::net::SocketAddr>,
+    pub check_interval: Duration,
+    pub policy: AddressPolicy,
+}
+
+/// One `servers` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsServer {
+    /// The backends' name; the host name when unset.
+    pub name: InstanceId,
+    /// A DNS name (or an IP literal, used as it is). A name starting with `_`
+    /// (`_http._tcp.example.com`) is an SRV name: its targets and ports are used.
+    pub host: String,
+    /// The port, unless an SRV record gives it (or `backend_port_override` replaces it).
+    pub port: Option<Port>,
+    pub labels: BTreeMap<String, String>,
+}
+
+impl DnsServer {
+    pub fn is_srv(&self) -> bool {
+        self.host.starts_with('_')
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -453,6 +505,10 @@ pub mod defaults {
     pub const RESYNC_INTERVAL: Duration = Duration::from_secs(60);
     pub const PROGRESS_INTERVAL: Duration = Duration::from_secs(5);
     pub const EC2_CHECK_INTERVAL: Duration = Duration::from_secs(15);
+    /// upstream's `dns` default.
+    pub const DNS_CHECK_INTERVAL: Duration = Duration::from_secs(30);
+    /// The port of a `nameserver` given without one.
+    pub const DNS_PORT: u16 = 53;
     /// One EC2 API request.
     pub const EC2_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
     pub const RESTART_INTERVAL: Duration = Duration::from_secs(2);
@@ -1060,7 +1116,19 @@ fn validate_service(
 ) -> Option<ServiceConfig> {
     let before = errors.len();
     let dpath = join_path(path, "discovery");
-    let discovery = validate_discovery(name, &svc.discovery, &dpath, errors, true);
+    let has_port_override = svc.backend_port_override.is_some()
+        || svc
+            .haproxy
+            .as_ref()
+            .is_some_and(|h| h.server_port_override.is_some());
+    let discovery = validate_discovery(
+        name,
+        &svc.discovery,
+        &dpath,
+        errors,
+        true,
+        has_port_override,
+    );
     let mut label_filters = Vec::new();
     let filter_files = svc
         .discovery
@@ -1206,8 +1274,111 @@ fn uses_ec2(d: &DiscoveryConfig) -> bool {
     match d {
         DiscoveryConfig::Ec2Tag(_) => true,
         DiscoveryConfig::Multi(m) => m.watchers.values().any(uses_ec2),
-        DiscoveryConfig::Etcd(_) | DiscoveryConfig::Static => false,
+        DiscoveryConfig::Etcd(_) | DiscoveryConfig::Static | DiscoveryConfig::Dns(_) => false,
     }
+}
+
+/// `dns` `servers`: each needs a port (its own, an SRV record's, or the service's
+/// `backend_port_override`) and a name in the instance-id grammar.
+fn validate_dns_servers(
+    servers: Option<&[DnsServerFile]>,
+    port_override: bool,
+    path: &str,
+    errors: &mut ConfigErrors,
+) -> Vec<DnsServer> {
+    let spath = join_path(path, "servers");
+    let Some(servers) = servers.filter(|s| !s.is_empty()) else {
+        errors.push(spath, "is required for method dns and must not be empty");
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (i, s) in servers.iter().enumerate() {
+        let at = join_path(&spath, &i.to_string());
+        let (name, host, port, labels) = match s {
+            DnsServerFile::Host(h) => match split_host_port(h) {
+                Ok((host, port)) => (None, host, port, BTreeMap::new()),
+                Err(e) => {
+                    errors.push(at, e);
+                    continue;
+                }
+            },
+            DnsServerFile::Entry(e) => (
+                e.name.clone(),
+                e.host.clone(),
+                e.port.and_then(|p| Port::new(p.0)),
+                e.labels.clone(),
+            ),
+        };
+        let srv = host.starts_with('_');
+        let looked_up = host.strip_prefix('_').map_or(host.as_str(), |h| h);
+        if Host::parse(looked_up).is_err() && !(srv && looked_up.contains('.')) {
+            errors.push(
+                join_path(&at, "host"),
+                "must be a DNS name, an IP address, or an SRV name (`_service._proto.name`)",
+            );
+            continue;
+        }
+        if port.is_none() && !srv && !port_override {
+            errors.push(
+                &at,
+                "needs a port: `host:port`, a `port` key, an SRV name, or the service's \
+                 backend_port_override",
+            );
+            continue;
+        }
+        // By default the backends are named after the host (an IPv6 literal's `:` as `-`).
+        let default_name = || host.trim_start_matches('_').replace(':', "-");
+        let name = match InstanceId::new(name.unwrap_or_else(default_name)) {
+            Ok(n) => n,
+            Err(e) => {
+                errors.push(join_path(&at, "name"), e);
+                continue;
+            }
+        };
+        if let Err(e) = common::registration::validate_labels(&labels) {
+            errors.push(join_path(&at, "labels"), e);
+            continue;
+        }
+        out.push(DnsServer {
+            name,
+            host,
+            port,
+            labels,
+        });
+    }
+    out
+}
+
+/// `"host"` or `"host:port"` (`"[v6]:port"`).
+fn split_host_port(s: &str) -> Result<(String, Option<Port>), &'static str> {
+    let bad_port = "port must be from 1 to 65535";
+    if let Some(rest) = s.strip_prefix('[') {
+        let (host, tail) = rest.split_once(']').ok_or("unclosed `[`")?;
+        return match tail.strip_prefix(':') {
+            None if tail.is_empty() => Ok((host.to_owned(), None)),
+            None => Err("expected `:port` after `]`"),
+            Some(p) => Ok((
+                host.to_owned(),
+                Some(p.parse().ok().and_then(Port::new).ok_or(bad_port)?),
+            )),
+        };
+    }
+    match s.split_once(':') {
+        Some((host, p)) if !p.contains(':') => Ok((
+            host.to_owned(),
+            Some(p.parse().ok().and_then(Port::new).ok_or(bad_port)?),
+        )),
+        _ => Ok((s.to_owned(), None)),
+    }
+}
+
+/// `nameserver`: an IP address, optionally with a port (`127.0.0.1:5353`, `[::1]:53`).
+fn parse_nameserver(s: &str) -> Result<std::net::SocketAddr, &'static str> {
+    let msg = "must be an IP address, optionally with a port (127.0.0.1:5353)";
+    if let Ok(ip) = s.parse::<std::net::IpAddr>() {
+        return Ok(std::net::SocketAddr::new(ip, defaults::DNS_PORT));
+    }
+    s.parse::<std::net::SocketAddr>().map_err(|_| msg)
 }
 
 /// The keys each method accepts, beside `method` and the common ones.
@@ -1232,6 +1403,7 @@ fn method_keys(method: &str) -> Option<&'static [&'static str]> {
             "request_timeout",
         ],
         "base" | "static" => &[],
+        "dns" => &["servers", "nameserver", "check_interval"],
         "multi" => &["watchers", "resolver"],
         _ => return None,
     })
@@ -1256,6 +1428,8 @@ fn present_keys(d: &DiscoveryFile) -> Vec<&'static str> {
     add(d.aws_secret_access_key.is_some(), "aws_secret_access_key");
     add(d.check_interval.is_some(), "check_interval");
     add(d.endpoint.is_some(), "endpoint");
+    add(d.servers.is_some(), "servers");
+    add(d.nameserver.is_some(), "nameserver");
     add(d.watchers.is_some(), "watchers");
     add(d.resolver.is_some(), "resolver");
     keys
@@ -1267,11 +1441,12 @@ fn validate_discovery(
     path: &str,
     errors: &mut ConfigErrors,
     top_level: bool,
+    port_override: bool,
 ) -> Option<DiscoveryConfig> {
     let Some(allowed) = method_keys(&d.method) else {
         errors.push(
             join_path(path, "method"),
-            "must be one of etcd, ec2tag, base, static, multi",
+            "must be one of etcd, ec2tag, dns, base, static, multi",
         );
         return None;
     };
@@ -1411,6 +1586,21 @@ fn validate_discovery(
             })
         }
         "base" | "static" => DiscoveryConfig::Static,
+        "dns" => DiscoveryConfig::Dns(DnsDiscovery {
+            servers: validate_dns_servers(d.servers.as_deref(), port_override, path, errors),
+            nameserver: d.nameserver.as_deref().and_then(|n| {
+                parse_nameserver(n)
+                    .map_err(|e| errors.push(join_path(path, "nameserver"), e))
+                    .ok()
+            }),
+            check_interval: positive(
+                d.check_interval,
+                "check_interval",
+                defaults::DNS_CHECK_INTERVAL,
+                errors,
+            ),
+            policy,
+        }),
         "multi" => {
             let mut watchers = BTreeMap::new();
             match &d.watchers {
@@ -1424,7 +1614,9 @@ fn validate_discovery(
                             );
                             continue;
                         }
-                        if let Some(c) = validate_discovery(service, child, &cpath, errors, false) {
+                        if let Some(c) =
+                            validate_discovery(service, child, &cpath, errors, false, port_override)
+                        {
                             watchers.insert(name.clone(), c);
                         }
                     }
@@ -2051,6 +2243,59 @@ mod tests {
         )
         .unwrap_err();
         assert!(errs.mentions("services.a_b"), "{errs}");
+    }
+
+    #[test]
+    fn dns_discovery_servers_nameserver_and_ports() {
+        let c = corpus("synapse/03-airbnb-hostheader-test-dns.json");
+        let DiscoveryConfig::Dns(d) = &service(&c, "service1").discovery else {
+            panic!("not dns")
+        };
+        assert_eq!(d.nameserver, Some("127.0.0.1:53".parse().unwrap()));
+        assert_eq!(d.check_interval, defaults::DNS_CHECK_INTERVAL);
+        assert_eq!(d.servers[0].host, "0.www.example.com");
+        assert_eq!(d.servers[0].name.as_str(), "0.www.example.com");
+        // A bare name gets port 80, with a warning naming the entry.
+        assert_eq!(d.servers[0].port, Port::new(80));
+        assert_eq!(c.warnings.len(), 2, "{:?}", c.warnings);
+        assert!(c.warnings[0].path.ends_with("servers.0"));
+        let c = parse(
+            r#"{"services": {"web": {"discovery": {"method": "dns", "nameserver": "[::1]:5353",
+                "check_interval": 2, "servers": ["a.example:81", "[2001:db8::1]:82",
+                {"name": "c", "host": "c.example", "port": "83", "labels": {"az": "b"}},
+                {"host": "_http._tcp.example"}]}}},
+                "file_output": {"output_directory": "/tmp/x"}}"#,
+        )
+        .unwrap();
+        let DiscoveryConfig::Dns(d) = &service(&c, "web").discovery else {
+            panic!("not dns")
+        };
+        assert_eq!(d.nameserver, Some("[::1]:5353".parse().unwrap()));
+        let ports: Vec<Option<Port>> = d.servers.iter().map(|s| s.port).collect();
+        assert_eq!(ports, [Port::new(81), Port::new(82), Port::new(83), None]);
+        assert_eq!(d.servers[1].host, "2001:db8::1");
+        assert_eq!(d.servers[2].labels["az"], "b");
+        assert!(d.servers[3].is_srv() && !d.servers[0].is_srv());
+        assert!(c.warnings.is_empty());
+        let errs = parse(
+            r#"{"services": {"a": {"discovery": {"method": "dns", "servers": []}},
+                             "b": {"discovery": {"method": "dns", "nameserver": "dns.example",
+                                   "servers": ["x:0", {"host": "bad host", "port": 1},
+                                               {"host": "ok.example"}], "tag_name": "x"}}},
+                "file_output": {"output_directory": "/tmp/x"}}"#,
+        )
+        .unwrap_err();
+        for p in [
+            "services.a.discovery.servers",
+            "services.b.discovery.nameserver",
+            "services.b.discovery.servers.0",
+            "services.b.discovery.servers.1.host",
+            "services.b.discovery.servers.2",
+            "services.b.discovery.tag_name",
+        ] {
+            assert!(errs.mentions(p), "{p} not in:\n{errs}");
+        }
+        assert_eq!(errs.len(), 6, "{errs}");
     }
 
     #[test]

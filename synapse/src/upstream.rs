@@ -17,9 +17,6 @@ use common::config::join_path;
 use common::upstream::{list_to_string, object_mut, string_to_list, Compat, IgnoredKey};
 use serde_json::{Map, Value};
 
-/// The discovery methods this build implements.
-pub const SUPPORTED_METHODS: &[&str] = &["etcd", "ec2tag", "base", "static", "multi"];
-
 /// Discovery methods of upstream synapse (and its published forks and pull requests)
 /// that this build does not implement. A method in neither list is a typo: an error.
 pub const UPSTREAM_METHODS: &[&str] = &[
@@ -28,7 +25,6 @@ pub const UPSTREAM_METHODS: &[&str] = &[
     "zookeeper_dns",
     "zookeeper_dns_poll",
     "zookeeper_recursive",
-    "dns",
     "docker",
     "marathon",
     "yarn_slider",
@@ -107,8 +103,16 @@ pub fn normalize_service(
     };
     discovery_multi(svc);
     let mut supported = true;
+    let port_override = svc.contains_key("backend_port_override")
+        || svc
+            .get("haproxy")
+            .is_some_and(|h| h.get("server_port_override").is_some());
     if let Some(d) = svc.get_mut("discovery") {
-        supported = normalize_discovery(d, &join_path(path, "discovery"), compat);
+        let dpath = join_path(path, "discovery");
+        supported = normalize_discovery(d, &dpath, compat);
+        if supported && !port_override {
+            dns_default_ports(d, &dpath, compat);
+        }
     }
     if !supported {
         return false;
@@ -172,6 +176,49 @@ fn normalize_discovery(value: &mut Value, path: &str, compat: &mut Compat) -> bo
         }
     }
     supported
+}
+
+/// The port of a `dns` server written as a bare name, with no port anywhere.
+pub const DNS_DEFAULT_PORT: u16 = 80;
+
+/// upstream's `dns` servers written as bare names (`"0.www.example.com"`) have no port:
+/// upstream rendered `host:` and HAProxy used the port the client connected to. Here a
+/// server has a port: such an entry gets port 80, with a warning. (An SRV name, an
+/// object entry or a `backend_port_override` needs none of this.)
+fn dns_default_ports(d: &mut Value, path: &str, compat: &mut Compat) {
+    let Some(d) = d.as_object_mut() else {
+        return;
+    };
+    if let Some(watchers) = object_mut(d, "watchers") {
+        let wpath = join_path(path, "watchers");
+        for (name, child) in watchers.iter_mut() {
+            dns_default_ports(child, &join_path(&wpath, name), compat);
+        }
+        return;
+    }
+    if d.get("method").and_then(Value::as_str) != Some("dns") {
+        return;
+    }
+    let Some(Value::Array(servers)) = d.get_mut("servers") else {
+        return;
+    };
+    for (i, server) in servers.iter_mut().enumerate() {
+        let Value::String(host) = server else {
+            continue;
+        };
+        let has_port = host.starts_with('[') || host.contains(':') || host.starts_with('_');
+        if !has_port {
+            compat.warn(
+                join_path(path, &format!("servers.{i}")),
+                format!(
+                    "no port: using {DNS_DEFAULT_PORT} (upstream left it to HAProxy, which used \
+                     the port the client connected to); write host:port or set \
+                     backend_port_override"
+                ),
+            );
+            *host = format!("{host}:{DNS_DEFAULT_PORT}");
+        }
+    }
 }
 
 /// The first etcd watcher (airbnb PR #58, GoToAssist's fork) took `host` and `port`.

@@ -47,6 +47,7 @@
 
 pub mod backend;
 pub mod bench;
+pub mod dnsmasq;
 pub mod etcd;
 pub mod eventually;
 pub mod fault_proxy;
@@ -59,8 +60,10 @@ pub mod ports;
 mod process;
 pub mod synapse;
 pub mod workdir;
+pub mod world;
 
 pub use backend::Backend;
+pub use dnsmasq::Dnsmasq;
 pub use etcd::{Etcd, EtcdCluster, EtcdMember};
 pub use eventually::{eventually, Outcome};
 pub use fault_proxy::{Fault, FaultProxy};
@@ -77,6 +80,7 @@ pub use moto::{Ec2Instance, Moto};
 pub use ports::{free_port, loopback};
 pub use synapse::InProcessSynapse;
 pub use workdir::Workdir;
+pub use world::{World, ROUTE_TIMEOUT};
 
 /// Installs tracing for tests (output captured per test; filter from `RUST_LOG`).
 /// Safe to call from every test.
