@@ -181,6 +181,9 @@ pub struct CheckConfig {
 pub enum CheckKind {
     Http(HttpCheckConfig),
     Tcp(TcpCheckConfig),
+    /// upstream's `redis`: `PING`, then `EXISTS nerve-redis-service-check`; healthy when
+    /// both answer without an error. Its address is a [`TcpCheckConfig`].
+    Redis(TcpCheckConfig),
     Exec(ExecCheckConfig),
     Noop,
 }
@@ -748,9 +751,9 @@ fn validate_check(
     let at = |key: &str| join_path(path, key);
     let before = errors.len();
     let kind = match file.kind.as_deref() {
-        Some(k @ ("http" | "tcp" | "exec" | "noop")) => k,
+        Some(k @ ("http" | "tcp" | "redis" | "exec" | "noop")) => k,
         Some(_) => {
-            errors.push(at("type"), "must be one of http, tcp, exec, noop");
+            errors.push(at("type"), "must be one of http, tcp, redis, exec, noop");
             return None;
         }
         None => {
@@ -806,6 +809,11 @@ fn validate_check(
             port,
             timeout,
         })),
+        "redis" => Some(CheckKind::Redis(TcpCheckConfig {
+            host: host.clone(),
+            port,
+            timeout,
+        })),
         "exec" => validate_exec(file, path, timeout, errors).map(CheckKind::Exec),
         _ => Some(CheckKind::Noop),
     };
@@ -813,6 +821,7 @@ fn validate_check(
     let name = file.name.clone().unwrap_or_else(|| match &check {
         CheckKind::Http(h) => format!("http {}", h.url),
         CheckKind::Tcp(t) => format!("tcp {}", host_port(&t.host, t.port)),
+        CheckKind::Redis(t) => format!("redis {}", host_port(&t.host, t.port)),
         CheckKind::Exec(e) => format!("exec {}", e.argv.first().map_or("", String::as_str)),
         CheckKind::Noop => "noop".to_owned(),
     });

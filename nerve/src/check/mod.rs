@@ -4,6 +4,7 @@
 
 mod exec;
 mod http;
+mod redis;
 mod tcp;
 
 use std::future::Future;
@@ -11,6 +12,7 @@ use std::time::Duration;
 
 pub use exec::ExecCheck;
 pub use http::HttpCheck;
+pub use redis::RedisCheck;
 pub use tcp::TcpCheck;
 
 use crate::config::{CheckConfig, CheckKind};
@@ -50,6 +52,7 @@ pub trait Check: Send + Sync + 'static {
 pub enum AnyCheck {
     Http(HttpCheck),
     Tcp(TcpCheck),
+    Redis(RedisCheck),
     Exec(ExecCheck),
     Noop(String),
     /// A check whose set-up failed (e.g. its CA file vanished since the config was
@@ -69,6 +72,7 @@ impl AnyCheck {
                 Err(reason) => Self::Broken { name, reason },
             },
             CheckKind::Tcp(tcp) => Self::Tcp(TcpCheck::new(name, tcp)),
+            CheckKind::Redis(tcp) => Self::Redis(RedisCheck::new(name, tcp)),
             CheckKind::Exec(exec) => Self::Exec(ExecCheck::new(name, exec)),
             CheckKind::Noop => Self::Noop(name),
         }
@@ -80,6 +84,7 @@ impl Check for AnyCheck {
         match self {
             Self::Http(c) => c.check().await,
             Self::Tcp(c) => c.check().await,
+            Self::Redis(c) => c.check().await,
             Self::Exec(c) => c.check().await,
             Self::Noop(_) => Ok(()),
             Self::Broken { reason, .. } => Err(CheckError::Unusable(reason.clone())),
@@ -90,6 +95,7 @@ impl Check for AnyCheck {
         match self {
             Self::Http(c) => c.describe(),
             Self::Tcp(c) => c.describe(),
+            Self::Redis(c) => c.describe(),
             Self::Exec(c) => c.describe(),
             Self::Noop(name) | Self::Broken { name, .. } => name,
         }
