@@ -117,6 +117,10 @@ struct CheckFile {
     // exec
     command: Option<CommandFile>,
     shell: Option<bool>,
+    // rabbitmq
+    username: Option<String>,
+    password: Option<common::Secret>,
+    vhost: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -184,8 +188,19 @@ pub enum CheckKind {
     /// upstream's `redis`: `PING`, then `EXISTS nerve-redis-service-check`; healthy when
     /// both answer without an error. Its address is a [`TcpCheckConfig`].
     Redis(TcpCheckConfig),
+    Rabbitmq(RabbitmqCheckConfig),
     Exec(ExecCheckConfig),
     Noop,
+}
+
+/// upstream's `rabbitmq` check: an AMQP connection with these credentials, a message
+/// published and read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RabbitmqCheckConfig {
+    pub address: TcpCheckConfig,
+    pub username: String,
+    pub password: common::Secret,
+    pub vhost: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -740,6 +755,7 @@ const HTTP_CHECK_KEYS: &[&str] = &[
     "expect",
 ];
 const EXEC_CHECK_KEYS: &[&str] = &["command", "shell"];
+const RABBITMQ_CHECK_KEYS: &[&str] = &["username", "password", "vhost"];
 
 fn validate_check(
     file: &CheckFile,
@@ -751,9 +767,12 @@ fn validate_check(
     let at = |key: &str| join_path(path, key);
     let before = errors.len();
     let kind = match file.kind.as_deref() {
-        Some(k @ ("http" | "tcp" | "redis" | "exec" | "noop")) => k,
+        Some(k @ ("http" | "tcp" | "redis" | "rabbitmq" | "exec" | "noop")) => k,
         Some(_) => {
-            errors.push(at("type"), "must be one of http, tcp, redis, exec, noop");
+            errors.push(
+                at("type"),
+                "must be one of http, tcp, redis, rabbitmq, exec, noop",
+            );
             return None;
         }
         None => {
@@ -762,7 +781,7 @@ fn validate_check(
         }
     };
     // Keys of other check types are mistakes, not options.
-    let present: [(&str, bool); 11] = [
+    let present: [(&str, bool); 14] = [
         ("uri", file.uri.is_some()),
         ("ssl", file.ssl.is_some()),
         ("ssl_verify", file.ssl_verify.is_some()),
@@ -774,10 +793,14 @@ fn validate_check(
         ("expect", file.expect.is_some()),
         ("command", file.command.is_some()),
         ("shell", file.shell.is_some()),
+        ("username", file.username.is_some()),
+        ("password", file.password.is_some()),
+        ("vhost", file.vhost.is_some()),
     ];
     let allowed: &[&str] = match kind {
         "http" => HTTP_CHECK_KEYS,
         "exec" => EXEC_CHECK_KEYS,
+        "rabbitmq" => RABBITMQ_CHECK_KEYS,
         _ => &[],
     };
     for (key, is_set) in present {
@@ -814,6 +837,20 @@ fn validate_check(
             port,
             timeout,
         })),
+        // upstream's defaults: guest/guest on the default vhost.
+        "rabbitmq" => Some(CheckKind::Rabbitmq(RabbitmqCheckConfig {
+            address: TcpCheckConfig {
+                host: host.clone(),
+                port,
+                timeout,
+            },
+            username: file.username.clone().unwrap_or_else(|| "guest".to_owned()),
+            password: file
+                .password
+                .clone()
+                .unwrap_or_else(|| common::Secret::new("guest")),
+            vhost: file.vhost.clone().unwrap_or_else(|| "/".to_owned()),
+        })),
         "exec" => validate_exec(file, path, timeout, errors).map(CheckKind::Exec),
         _ => Some(CheckKind::Noop),
     };
@@ -822,6 +859,9 @@ fn validate_check(
         CheckKind::Http(h) => format!("http {}", h.url),
         CheckKind::Tcp(t) => format!("tcp {}", host_port(&t.host, t.port)),
         CheckKind::Redis(t) => format!("redis {}", host_port(&t.host, t.port)),
+        CheckKind::Rabbitmq(r) => {
+            format!("rabbitmq {}", host_port(&r.address.host, r.address.port))
+        }
         CheckKind::Exec(e) => format!("exec {}", e.argv.first().map_or("", String::as_str)),
         CheckKind::Noop => "noop".to_owned(),
     });
@@ -1146,6 +1186,37 @@ mod tests {
         );
         let svc = &c.services[&ServiceName::new("a:b").unwrap()];
         assert_eq!(svc.path.as_str(), "/nerve/services/a:b");
+    }
+
+    #[test]
+    fn rabbitmq_and_redis_checks() {
+        let mut value = cfg::parse_jsonc(&common::upstream::corpus_with_etcd(
+            "nerve/01-airbnb-nerve-example.json",
+        ))
+        .unwrap();
+        value.as_object_mut().unwrap().remove("service_conf_dir");
+        let c = parse(&value.to_string(), &Overrides::default()).unwrap();
+        let svc = &c.services[&ServiceName::new("rabbitmq_service").unwrap()];
+        let CheckKind::Rabbitmq(r) = &svc.checks[0].kind else {
+            panic!("not rabbitmq: {:?}", svc.checks[0])
+        };
+        assert_eq!((r.username.as_str(), r.vhost.as_str()), ("guest", "/"));
+        assert_eq!(r.password.expose(), "guest");
+        assert_eq!(r.address.port, 5672);
+        assert_eq!(svc.checks[0].name, "rabbitmq 1.2.3.4:5672");
+        let errors = parse_err(
+            r#"{"instance_id": "h", "services": {"q": {"host": "127.0.0.1", "port": 5672,
+                "checks": [{"type": "rabbitmq", "password": "hunter2", "uri": "/x"},
+                           {"type": "redis", "username": "u"}]}}}"#,
+        );
+        assert!(errors.mentions("services.q.checks.0.uri"), "{errors}");
+        assert!(errors.mentions("services.q.checks.1.username"), "{errors}");
+        assert!(!errors.to_string().contains("hunter2"));
+        let c = parse_ok(
+            r#"{"instance_id": "h", "services": {"q": {"host": "127.0.0.1", "port": 5672,
+                "checks": [{"type": "rabbitmq", "password": "hunter2"}]}}}"#,
+        );
+        assert!(!format!("{c:?}").contains("hunter2"));
     }
 
     #[test]

@@ -17,7 +17,7 @@ use serde_json::Value;
 pub const UPSTREAM_REPORTERS: &[&str] = &["zookeeper", "serf", "file", "mock"];
 
 /// Check types of upstream nerve this build lacks.
-pub const UPSTREAM_CHECKS: &[&str] = &["rabbitmq", "base"];
+pub const UPSTREAM_CHECKS: &[&str] = &["base"];
 
 pub const TOP_IGNORED: &[IgnoredKey] = &[
     IgnoredKey {

@@ -58,6 +58,7 @@ pub mod metrics;
 pub mod moto;
 pub mod ports;
 mod process;
+pub mod rabbitmq;
 pub mod redis;
 pub mod synapse;
 pub mod workdir;
@@ -79,6 +80,7 @@ pub use load::{
 pub use metrics::{scrape, Scrape};
 pub use moto::{Ec2Instance, Moto};
 pub use ports::{free_port, loopback};
+pub use rabbitmq::RabbitMq;
 pub use redis::RedisServer;
 pub use synapse::InProcessSynapse;
 pub use workdir::Workdir;

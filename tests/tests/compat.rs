@@ -269,11 +269,9 @@ fn zookeeper_corpus_files_load_with_etcd_in_zookeepers_place() {
                 &text,
                 "services.04-airbnb-spec-multi-test.discovery.resolver.method:",
             ),
-            // The nerve examples also check RabbitMQ.
+            // Their service_conf_dir holds airbnb's zookeeper_service1.json, as it is.
             "nerve/01-airbnb-nerve-example.json"
-            | "nerve/02-yelp-nerve-example-prometheus.json" => {
-                check(rel, &text, Refused("`rabbitmq` checks"))
-            }
+            | "nerve/02-yelp-nerve-example-prometheus.json" => check(rel, &text, ZK_REPORTER),
             _ => check(rel, &text, Loads),
         };
         if let Err(e) = outcome {

@@ -4,6 +4,7 @@
 
 mod exec;
 mod http;
+mod rabbitmq;
 mod redis;
 mod tcp;
 
@@ -12,6 +13,7 @@ use std::time::Duration;
 
 pub use exec::ExecCheck;
 pub use http::HttpCheck;
+pub use rabbitmq::RabbitmqCheck;
 pub use redis::RedisCheck;
 pub use tcp::TcpCheck;
 
@@ -53,6 +55,7 @@ pub enum AnyCheck {
     Http(HttpCheck),
     Tcp(TcpCheck),
     Redis(RedisCheck),
+    Rabbitmq(RabbitmqCheck),
     Exec(ExecCheck),
     Noop(String),
     /// A check whose set-up failed (e.g. its CA file vanished since the config was
@@ -73,6 +76,7 @@ impl AnyCheck {
             },
             CheckKind::Tcp(tcp) => Self::Tcp(TcpCheck::new(name, tcp)),
             CheckKind::Redis(tcp) => Self::Redis(RedisCheck::new(name, tcp)),
+            CheckKind::Rabbitmq(r) => Self::Rabbitmq(RabbitmqCheck::new(name, r)),
             CheckKind::Exec(exec) => Self::Exec(ExecCheck::new(name, exec)),
             CheckKind::Noop => Self::Noop(name),
         }
@@ -85,6 +89,7 @@ impl Check for AnyCheck {
             Self::Http(c) => c.check().await,
             Self::Tcp(c) => c.check().await,
             Self::Redis(c) => c.check().await,
+            Self::Rabbitmq(c) => c.check().await,
             Self::Exec(c) => c.check().await,
             Self::Noop(_) => Ok(()),
             Self::Broken { reason, .. } => Err(CheckError::Unusable(reason.clone())),
@@ -96,6 +101,7 @@ impl Check for AnyCheck {
             Self::Http(c) => c.describe(),
             Self::Tcp(c) => c.describe(),
             Self::Redis(c) => c.describe(),
+            Self::Rabbitmq(c) => c.describe(),
             Self::Exec(c) => c.describe(),
             Self::Noop(name) | Self::Broken { name, .. } => name,
         }

@@ -345,3 +345,32 @@ async fn redis_check_fails_against_a_server_that_is_not_redis() {
     assert!(keys(&client, "/svc/fake/").await.unwrap().is_empty());
     nerve.stop().await;
 }
+
+/// upstream's `rabbitmq` check against a real broker: with the right credentials the
+/// service registers (a message was published and read back); with a wrong password it
+/// never does; when the broker dies the registration goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_check_follows_a_real_broker_and_its_credentials() {
+    init_tracing();
+    let etcd = Etcd::start().await;
+    let client = etcd.client().await;
+    let mut broker = integration_tests::RabbitMq::start().await;
+    let service = |path: &str, password: &str| {
+        json!({
+            "host": "127.0.0.1",
+            "port": broker.port(),
+            "etcd_path": path,
+            "check_interval": INTERVAL,
+            "checks": [{"type": "rabbitmq", "username": "guest", "password": password,
+                        "timeout": 5}],
+        })
+    };
+    let services =
+        json!({"mq": service("/svc/mq", "guest"), "mq-bad": service("/svc/mq-bad", "wrong")});
+    let nerve = InProcess::start(&config(&etcd.endpoints(), "host-1", services));
+    wait_keys(&client, "/svc/mq/", 1, SLACK * 5).await;
+    assert!(keys(&client, "/svc/mq-bad/").await.unwrap().is_empty());
+    broker.kill();
+    wait_keys(&client, "/svc/mq/", 0, SLACK * 5).await;
+    nerve.stop().await;
+}
