@@ -9,8 +9,7 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
-use crate::eventually::eventually;
-use crate::ports::free_port;
+use crate::ports::{free_port, wait_listening};
 use crate::process::{ChildProcess, OnDrop};
 use crate::workdir::Workdir;
 
@@ -46,11 +45,7 @@ impl Dnsmasq {
             .arg("--pid-file=")
             .arg("--log-facility=-")
             .arg("--log-queries");
-        // `/proc/self` belongs to the effective user.
-        let root = std::fs::metadata("/proc/self")
-            .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
-            .unwrap_or(false);
-        if root {
+        if crate::process::running_as_root() {
             // Keep root: the hosts file is in a directory only we may read.
             cmd.arg("--user=root");
         }
@@ -61,13 +56,7 @@ impl Dnsmasq {
             .unwrap_or_else(|e| panic!("cannot start dnsmasq (scripts/install-deps): {e}"));
         dnsmasq.process = Some(process);
         // Up when it answers over TCP (it listens on both).
-        eventually(Duration::from_secs(20), || async {
-            tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .map(|_| ())
-                .map_err(|e| format!("dnsmasq on {port}: {e}"))
-        })
-        .await;
+        wait_listening(port, Duration::from_secs(20), "dnsmasq").await;
         dnsmasq
     }
 

@@ -10,8 +10,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use crate::eventually::eventually;
-use crate::ports::free_port;
+use crate::ports::{free_port, wait_listening};
 use crate::process::{ChildProcess, OnDrop};
 use crate::workdir::Workdir;
 
@@ -33,10 +32,7 @@ impl RabbitMq {
         epmd.args(["-port", &epmd_port.to_string(), "-address", "127.0.0.1"]);
         let epmd = ChildProcess::spawn(epmd, &dir.join("epmd.log"), OnDrop::Kill)
             .unwrap_or_else(|e| panic!("cannot start epmd (scripts/install-deps): {e}"));
-        let root = std::fs::metadata("/proc/self")
-            .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
-            .unwrap_or(false);
-        if root {
+        if crate::process::running_as_root() {
             let status = Command::new("chown")
                 .args(["-R", "rabbitmq:rabbitmq"])
                 .arg(dir.path())
@@ -59,13 +55,7 @@ impl RabbitMq {
             .env("RABBITMQ_PID_FILE", path("rabbitmq.pid"));
         let broker = ChildProcess::spawn(cmd, &dir.join("rabbitmq.log"), OnDrop::Kill)
             .unwrap_or_else(|e| panic!("cannot start rabbitmq-server (scripts/install-deps): {e}"));
-        eventually(Duration::from_secs(60), || async {
-            tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .map(|_| ())
-                .map_err(|e| format!("rabbitmq on {port}: {e}"))
-        })
-        .await;
+        wait_listening(port, Duration::from_secs(60), "rabbitmq-server").await;
         Self {
             broker: Some(broker),
             _epmd: epmd,

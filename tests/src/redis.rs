@@ -4,8 +4,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use crate::eventually::eventually;
-use crate::ports::free_port;
+use crate::ports::{free_port, wait_listening};
 use crate::process::{ChildProcess, OnDrop};
 use crate::workdir::Workdir;
 
@@ -33,13 +32,7 @@ impl RedisServer {
             .arg(dir.path());
         let process = ChildProcess::spawn(cmd, &dir.join("redis.log"), OnDrop::Kill)
             .unwrap_or_else(|e| panic!("cannot start redis-server (scripts/install-deps): {e}"));
-        eventually(Duration::from_secs(20), || async {
-            tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .map(|_| ())
-                .map_err(|e| format!("redis on {port}: {e}"))
-        })
-        .await;
+        wait_listening(port, Duration::from_secs(20), "redis-server").await;
         Self {
             _process: process,
             port,
