@@ -86,6 +86,11 @@ pub use synapse::InProcessSynapse;
 pub use workdir::Workdir;
 pub use world::{World, ROUTE_TIMEOUT};
 
+/// Whether the tests run as root (some bind privileged ports, as CI allows).
+pub fn process_is_root() -> bool {
+    process::running_as_root()
+}
+
 /// Installs tracing for tests (output captured per test; filter from `RUST_LOG`).
 /// Safe to call from every test.
 pub fn init_tracing() {

@@ -83,3 +83,37 @@ async fn srv_records_and_object_entries_route() {
     assert!(cfg.contains(&format!("server obj_{a3}:{port} ")), "{cfg}");
     assert!(cfg.contains(&format!("{a4}:{srv_port}")), "{cfg}");
 }
+
+/// airbnb's `hostheader_test.json` (the compatibility corpus, `synapse/03`): its service's
+/// `dns` discovery as written — bare names, so port 80 — with its `nameserver` pointed at
+/// the test's DNS server, routes real requests to what the zone names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_corpus_dns_service_routes() {
+    if !integration_tests::process_is_root() {
+        panic!("binds port 80 on loopback addresses: run as root (as CI does)");
+    }
+    let mut world = World::new();
+    let (a5, a6) = (address(5), address(6));
+    let _b5 = Backend::start_at("b5", at(&a5, 80))
+        .await
+        .expect("b5 on :80");
+    let _b6 = Backend::start_at("b6", at(&a6, 80))
+        .await
+        .expect("b6 on :80");
+    let dns = Dnsmasq::start(
+        &[("0.www.example.com", &a5), ("1.www.example.com", &a6)],
+        &[],
+    )
+    .await;
+    let corpus: serde_json::Value = serde_json::from_str(&common::upstream::corpus_file(
+        "synapse/03-airbnb-hostheader-test-dns.json",
+    ))
+    .expect("corpus json");
+    let mut discovery = corpus["services"]["service1"]["discovery"].clone();
+    assert_eq!(discovery["servers"][0], "0.www.example.com");
+    discovery["nameserver"] = dns.addr().to_string().into();
+    discovery["check_interval"] = 0.3.into();
+    let _synapse = Synapse::start(&world.config(&discovery.to_string(), ""));
+    world.start_haproxy().await;
+    world.wait_answering(&["b5", "b6"]).await;
+}
