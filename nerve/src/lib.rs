@@ -202,6 +202,9 @@ pub fn reload_on_sighup(
             let (p, o) = (path.clone(), overrides.clone());
             match tokio::task::spawn_blocking(move || config::load(&p, &o)).await {
                 Ok(Ok(config)) => {
+                    for w in &config.warnings {
+                        tracing::warn!(key = %w.path, "config: {}", w.message);
+                    }
                     if !reloader.reload(config) {
                         return;
                     }
