@@ -22,7 +22,7 @@
 
 use std::fmt;
 
-use crate::names::{validate_name, InstanceId, NameError, ServiceName};
+use crate::names::{validate_service_name, InstanceId, NameError, ServiceName};
 use crate::registration::{Registration, RegistrationError};
 
 /// Longest accepted service path.
@@ -71,7 +71,8 @@ impl ServicePath {
             return Err(KeyError::TooLong);
         }
         for (index, segment) in rest.split('/').enumerate() {
-            validate_name(segment).map_err(|source| KeyError::BadSegment { index, source })?;
+            validate_service_name(segment)
+                .map_err(|source| KeyError::BadSegment { index, source })?;
         }
         Ok(Self(format!("/{rest}")))
     }

@@ -17,6 +17,7 @@ pub mod shutdown;
 pub mod status_cli;
 pub mod table;
 pub mod telemetry;
+pub mod upstream;
 
 pub use backoff::Backoff;
 pub use key::{KeyError, NerveKey, ParsedKey, ServicePath};

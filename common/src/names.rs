@@ -5,6 +5,11 @@
 //! runtime API or a shell treats specially (no `#`, `$`, quotes, `;`, `/`, `:`,
 //! whitespace), and no leading `.` or `-` (so a name can never start an `.if` block or
 //! look like a flag).
+//!
+//! Service names (and etcd path segments and label keys, which upstream tools build from
+//! them) may also contain `:` after the first character, as Yelp's generated configs
+//! write them (`svc.region:10.0.0.1.1234.v2.new`). A service name never reaches
+//! HAProxy as it is: synapse renders it through [`haproxy_name`].
 
 use std::fmt;
 
@@ -24,10 +29,32 @@ pub enum NameError {
     BadFirst,
     #[error("may contain only letters, digits, '_', '.' and '-'")]
     BadChar,
+    #[error("may contain only letters, digits, '_', '.', '-' and ':'")]
+    BadServiceChar,
 }
 
 /// Checks `s` against the name grammar.
 pub fn validate_name(s: &str) -> Result<(), NameError> {
+    validate(s, false)
+}
+
+/// Checks `s` against the service-name grammar: the name grammar plus `:` after the
+/// first character.
+pub fn validate_service_name(s: &str) -> Result<(), NameError> {
+    validate(s, true)
+}
+
+/// The name HAProxy sees for a service name: `:` becomes `_`, the rest is kept. Two
+/// service names that map to the same name are a config error (synapse checks it).
+pub fn haproxy_name(service: &str) -> std::borrow::Cow<'_, str> {
+    if service.contains(':') {
+        std::borrow::Cow::Owned(service.replace(':', "_"))
+    } else {
+        std::borrow::Cow::Borrowed(service)
+    }
+}
+
+fn validate(s: &str, colon: bool) -> Result<(), NameError> {
     let bytes = s.as_bytes();
     let Some(first) = bytes.first() else {
         return Err(NameError::Empty);
@@ -38,17 +65,19 @@ pub fn validate_name(s: &str) -> Result<(), NameError> {
     if !first.is_ascii_alphanumeric() {
         return Err(NameError::BadFirst);
     }
-    if !bytes
-        .iter()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
-    {
-        return Err(NameError::BadChar);
+    let ok = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-');
+    if !bytes.iter().all(|b| ok(b) || (colon && *b == b':')) {
+        return Err(if colon {
+            NameError::BadServiceChar
+        } else {
+            NameError::BadChar
+        });
     }
     Ok(())
 }
 
 macro_rules! name_type {
-    ($(#[$doc:meta])* $name:ident) => {
+    ($(#[$doc:meta])* $name:ident, $validate:ident) => {
         $(#[$doc])*
         #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
         pub struct $name(String);
@@ -57,7 +86,7 @@ macro_rules! name_type {
             /// Validates `s` against the name grammar.
             pub fn new(s: impl Into<String>) -> Result<Self, NameError> {
                 let s = s.into();
-                validate_name(&s)?;
+                $validate(&s)?;
                 Ok(Self(s))
             }
 
@@ -102,11 +131,13 @@ macro_rules! name_type {
 
 name_type!(
     /// The name of a service, e.g. `web`: a key in both daemons' `services` maps.
-    ServiceName
+    ServiceName,
+    validate_service_name
 );
 name_type!(
     /// The identity of one nerve (usually the host name), e.g. `web-01.example`.
-    InstanceId
+    InstanceId,
+    validate_name
 );
 
 #[cfg(test)]
@@ -133,6 +164,24 @@ mod tests {
             assert!(validate_name(bad).is_err(), "{bad:?} accepted");
         }
         assert_eq!(validate_name("$HAPROXY_CLI"), Err(NameError::BadFirst));
+    }
+
+    #[test]
+    fn service_names_may_hold_colons_and_map_to_haproxy_names() {
+        let yelp = "test_service.my_superregion:10.0.0.1.1234.v2.new";
+        assert_eq!(validate_service_name(yelp), Ok(()));
+        assert!(ServiceName::new(yelp).is_ok());
+        assert!(InstanceId::new("a:b").is_err());
+        assert_eq!(validate_service_name(":a"), Err(NameError::BadFirst));
+        assert_eq!(validate_service_name("a b"), Err(NameError::BadServiceChar));
+        assert_eq!(
+            haproxy_name(yelp),
+            "test_service.my_superregion_10.0.0.1.1234.v2.new"
+        );
+        assert!(matches!(
+            haproxy_name("web"),
+            std::borrow::Cow::Borrowed("web")
+        ));
     }
 
     #[test]

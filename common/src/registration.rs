@@ -19,7 +19,7 @@ use std::str::FromStr;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::names::{validate_name, InstanceId, NameError};
+use crate::names::{validate_service_name, InstanceId, NameError};
 
 /// Largest accepted encoded value. Checked on the byte length before any parsing.
 pub const MAX_VALUE_BYTES: usize = 4096;
@@ -562,9 +562,12 @@ pub fn validate_labels(labels: &BTreeMap<String, String>) -> Result<(), Registra
         return Err(RegistrationError::InvalidLabels("too many labels"));
     }
     for (k, v) in labels {
-        if k.len() > MAX_LABEL_KEY_LEN || k.split('/').any(|part| validate_name(part).is_err()) {
+        if k.len() > MAX_LABEL_KEY_LEN
+            || k.split('/')
+                .any(|part| validate_service_name(part).is_err())
+        {
             return Err(RegistrationError::InvalidLabels(
-                "keys must be names of letters, digits, '_', '.', '-' (and '/')",
+                "keys must be names of letters, digits, '_', '.', '-', ':' (and '/')",
             ));
         }
         if v.len() > MAX_LABEL_VALUE_LEN {

@@ -13,9 +13,10 @@ use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::config::{self as cfg, join_path, ConfigErrors, ConfigPort, Seconds};
+use common::config::{self as cfg, join_path, ConfigError, ConfigErrors, ConfigPort, Seconds};
 use common::etcd::{normalize_endpoint, EtcdFile, EtcdSettings};
 use common::registration::{validate_labels, MAX_VALUE_BYTES};
+use common::upstream::Compat;
 use common::{
     AddressPolicy, Host, InstanceId, Port, Registration, ServerOptions, ServiceName, ServicePath,
     Weight,
@@ -117,6 +118,10 @@ struct CheckFile {
     // exec
     command: Option<CommandFile>,
     shell: Option<bool>,
+    // rabbitmq
+    username: Option<String>,
+    password: Option<common::Secret>,
+    vhost: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -147,6 +152,9 @@ pub struct Config {
     pub maintenance_file: Option<PathBuf>,
     /// Where the admin endpoint (`/status`, `/metrics`) listens; `None`: no endpoint.
     pub admin_listen: Option<SocketAddr>,
+    /// Upstream keys that were ignored, one line each, for `--check-config` and the
+    /// start-up log.
+    pub warnings: Vec<ConfigError>,
 }
 
 /// One service to check and register.
@@ -178,8 +186,22 @@ pub struct CheckConfig {
 pub enum CheckKind {
     Http(HttpCheckConfig),
     Tcp(TcpCheckConfig),
+    /// upstream's `redis`: `PING`, then `EXISTS nerve-redis-service-check`; healthy when
+    /// both answer without an error. Its address is a [`TcpCheckConfig`].
+    Redis(TcpCheckConfig),
+    Rabbitmq(RabbitmqCheckConfig),
     Exec(ExecCheckConfig),
     Noop,
+}
+
+/// upstream's `rabbitmq` check: an AMQP connection with these credentials, a message
+/// published and read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RabbitmqCheckConfig {
+    pub address: TcpCheckConfig,
+    pub username: String,
+    pub password: common::Secret,
+    pub vhost: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -232,13 +254,26 @@ pub fn load(path: &Path, overrides: &Overrides) -> Result<Config, ConfigErrors> 
         errors.push("", format_args!("cannot read {}: {e}", path.display()));
         errors
     })?;
-    parse(&text, overrides)
+    parse_in(&text, path.parent(), overrides)
 }
 
-/// Validates config text (and reads the `service_conf_dir` it names).
+/// Validates config text (and reads the `service_conf_dir` it names; a relative one
+/// from the current directory).
 pub fn parse(text: &str, overrides: &Overrides) -> Result<Config, ConfigErrors> {
+    parse_in(text, None, overrides)
+}
+
+/// Validates config text; a relative `service_conf_dir` is read from `base` (the config
+/// file's directory, as synapse does), or from the current directory without one.
+pub fn parse_in(
+    text: &str,
+    base: Option<&Path>,
+    overrides: &Overrides,
+) -> Result<Config, ConfigErrors> {
     let mut errors = cfg::duplicate_keys(text);
-    let value = cfg::parse_jsonc(text)?;
+    let mut value = cfg::parse_jsonc(text)?;
+    let mut compat = Compat::default();
+    crate::upstream::normalize_file(&mut value, &mut compat);
     let (file, structural) = cfg::from_value_lenient::<NerveFile>(value);
     errors.extend(structural);
     let file = file.unwrap_or_default();
@@ -249,7 +284,16 @@ pub fn parse(text: &str, overrides: &Overrides) -> Result<Config, ConfigErrors> 
         .map(|(name, svc)| (name.clone(), format!("services.{name}"), svc))
         .collect();
     if let Some(dir) = &file.service_conf_dir {
-        services.extend(read_service_conf_dir(dir, &services, &mut errors));
+        let dir = match base {
+            Some(base) if dir.is_relative() && !base.as_os_str().is_empty() => base.join(dir),
+            _ => dir.clone(),
+        };
+        services.extend(read_service_conf_dir(
+            &dir,
+            &services,
+            &mut errors,
+            &mut compat,
+        ));
     }
 
     let instance_id = match overrides.instance_id.as_ref().or(file.instance_id.as_ref()) {
@@ -358,6 +402,7 @@ pub fn parse(text: &str, overrides: &Overrides) -> Result<Config, ConfigErrors> 
             None
         });
 
+    compat.push_unsupported(&mut errors);
     match instance_id {
         Some(instance_id) if errors.is_empty() => Ok(Config {
             instance_id,
@@ -369,6 +414,7 @@ pub fn parse(text: &str, overrides: &Overrides) -> Result<Config, ConfigErrors> 
             heartbeat_path: file.heartbeat_path,
             maintenance_file: file.maintenance_file,
             admin_listen,
+            warnings: compat.warnings,
         }),
         _ => Err(errors),
     }
@@ -379,6 +425,7 @@ fn read_service_conf_dir(
     dir: &Path,
     inline: &[(String, String, ServiceFile)],
     errors: &mut ConfigErrors,
+    compat: &mut Compat,
 ) -> Vec<(String, String, ServiceFile)> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
@@ -448,13 +495,16 @@ fn read_service_conf_dir(
             }
         };
         errors.extend(prefixed(cfg::duplicate_keys(&text)));
-        let value = match cfg::parse_jsonc(&text) {
+        let mut value = match cfg::parse_jsonc(&text) {
             Ok(v) => v,
             Err(e) => {
                 errors.extend(prefixed(e));
                 continue;
             }
         };
+        if !crate::upstream::normalize_service(&mut value, &path, compat) {
+            continue;
+        }
         let (svc, structural) = cfg::from_value_lenient::<ServiceFile>(value);
         errors.extend(prefixed(structural));
         if let Some(svc) = svc {
@@ -562,7 +612,7 @@ fn validate_service(
         None | Some("etcd") => {}
         Some(_) => errors.push(
             at("reporter_type"),
-            "only \"etcd\" is supported (this nerve has no ZooKeeper reporter)",
+            "must be `etcd` (upstream reporters this build lacks are refused by name)",
         ),
     }
     let service_path = match &svc.etcd_path {
@@ -700,6 +750,7 @@ const HTTP_CHECK_KEYS: &[&str] = &[
     "expect",
 ];
 const EXEC_CHECK_KEYS: &[&str] = &["command", "shell"];
+const RABBITMQ_CHECK_KEYS: &[&str] = &["username", "password", "vhost"];
 
 fn validate_check(
     file: &CheckFile,
@@ -711,9 +762,12 @@ fn validate_check(
     let at = |key: &str| join_path(path, key);
     let before = errors.len();
     let kind = match file.kind.as_deref() {
-        Some(k @ ("http" | "tcp" | "exec" | "noop")) => k,
+        Some(k @ ("http" | "tcp" | "redis" | "rabbitmq" | "exec" | "noop")) => k,
         Some(_) => {
-            errors.push(at("type"), "must be one of http, tcp, exec, noop");
+            errors.push(
+                at("type"),
+                "must be one of http, tcp, redis, rabbitmq, exec, noop",
+            );
             return None;
         }
         None => {
@@ -722,7 +776,7 @@ fn validate_check(
         }
     };
     // Keys of other check types are mistakes, not options.
-    let present: [(&str, bool); 11] = [
+    let present: [(&str, bool); 14] = [
         ("uri", file.uri.is_some()),
         ("ssl", file.ssl.is_some()),
         ("ssl_verify", file.ssl_verify.is_some()),
@@ -734,10 +788,14 @@ fn validate_check(
         ("expect", file.expect.is_some()),
         ("command", file.command.is_some()),
         ("shell", file.shell.is_some()),
+        ("username", file.username.is_some()),
+        ("password", file.password.is_some()),
+        ("vhost", file.vhost.is_some()),
     ];
     let allowed: &[&str] = match kind {
         "http" => HTTP_CHECK_KEYS,
         "exec" => EXEC_CHECK_KEYS,
+        "rabbitmq" => RABBITMQ_CHECK_KEYS,
         _ => &[],
     };
     for (key, is_set) in present {
@@ -769,6 +827,25 @@ fn validate_check(
             port,
             timeout,
         })),
+        "redis" => Some(CheckKind::Redis(TcpCheckConfig {
+            host: host.clone(),
+            port,
+            timeout,
+        })),
+        // upstream's defaults: guest/guest on the default vhost.
+        "rabbitmq" => Some(CheckKind::Rabbitmq(RabbitmqCheckConfig {
+            address: TcpCheckConfig {
+                host: host.clone(),
+                port,
+                timeout,
+            },
+            username: file.username.clone().unwrap_or_else(|| "guest".to_owned()),
+            password: file
+                .password
+                .clone()
+                .unwrap_or_else(|| common::Secret::new("guest")),
+            vhost: file.vhost.clone().unwrap_or_else(|| "/".to_owned()),
+        })),
         "exec" => validate_exec(file, path, timeout, errors).map(CheckKind::Exec),
         _ => Some(CheckKind::Noop),
     };
@@ -776,6 +853,10 @@ fn validate_check(
     let name = file.name.clone().unwrap_or_else(|| match &check {
         CheckKind::Http(h) => format!("http {}", h.url),
         CheckKind::Tcp(t) => format!("tcp {}", host_port(&t.host, t.port)),
+        CheckKind::Redis(t) => format!("redis {}", host_port(&t.host, t.port)),
+        CheckKind::Rabbitmq(r) => {
+            format!("rabbitmq {}", host_port(&r.address.host, r.address.port))
+        }
         CheckKind::Exec(e) => format!("exec {}", e.argv.first().map_or("", String::as_str)),
         CheckKind::Noop => "noop".to_owned(),
     });
@@ -1041,10 +1122,10 @@ mod tests {
               "services": {
                 "web": {"host": "127.0.0.1", "port": 0, "check_interval": "fast",
                         "checks": [{"type": "http"}, {"type": "tcp", "uri": "/x"},
-                                   {"type": "redis"}, {"type": "exec", "command": "true"}]},
+                                   {"type": "bogus"}, {"type": "exec", "command": "true"}]},
                 "api": {"host": "127.0.0.1", "port": 82},
                 "api": {"host": "127.0.0.1", "port": 81, "weight": 300,
-                        "haproxy_server_options": "check port 22", "reporter_type": "zookeeper"},
+                        "haproxy_server_options": "check port 22", "reporter_type": "consul"},
                 "bad name": {"host": "127.0.0.1", "port": 83},
                 "db": {"port": 84}
               }
@@ -1069,6 +1150,98 @@ mod tests {
             assert!(errors.mentions(path), "{path} missing from:\n{errors}");
         }
         assert_eq!(errors.len(), 14, "{errors}");
+    }
+
+    /// A corpus file (`../shared/compat`) with etcd in ZooKeeper's place.
+    fn corpus(rel: &str) -> Result<Config, ConfigErrors> {
+        parse(
+            &common::upstream::corpus_with_etcd(rel),
+            &Overrides::default(),
+        )
+    }
+
+    #[test]
+    fn upstream_yelp_names_with_colons_load() {
+        let c = corpus("nerve/08-yelp-nerve-tools-generated-zk.json").unwrap();
+        let name = "test_service.my_superregion:10.0.0.1.1234.v2.new";
+        let svc = &c.services[&ServiceName::new(name).unwrap()];
+        assert_eq!(svc.path.as_str(), "/smartstack/global/test_service");
+        assert_eq!(svc.registration.labels["superregion:my_superregion"], "");
+        let warned: Vec<&str> = c.warnings.iter().map(|w| w.path.as_str()).collect();
+        assert_eq!(
+            warned,
+            [
+                "services.test_service.another_superregion:10.0.0.1.1234.v2.new.zk_cluster_name",
+                "services.test_service.my_superregion:10.0.0.1.1234.v2.new.zk_cluster_name",
+            ]
+        );
+        // The default etcd path of such a service is valid too.
+        let c = parse_ok(
+            r#"{"instance_id": "h", "services": {"a:b": {"host": "10.0.0.1", "port": 1}}}"#,
+        );
+        let svc = &c.services[&ServiceName::new("a:b").unwrap()];
+        assert_eq!(svc.path.as_str(), "/nerve/services/a:b");
+    }
+
+    #[test]
+    fn rabbitmq_and_redis_checks() {
+        let mut value = cfg::parse_jsonc(&common::upstream::corpus_with_etcd(
+            "nerve/01-airbnb-nerve-example.json",
+        ))
+        .unwrap();
+        value.as_object_mut().unwrap().remove("service_conf_dir");
+        let c = parse(&value.to_string(), &Overrides::default()).unwrap();
+        let svc = &c.services[&ServiceName::new("rabbitmq_service").unwrap()];
+        let CheckKind::Rabbitmq(r) = &svc.checks[0].kind else {
+            panic!("not rabbitmq: {:?}", svc.checks[0])
+        };
+        assert_eq!((r.username.as_str(), r.vhost.as_str()), ("guest", "/"));
+        assert_eq!(r.password.expose(), "guest");
+        assert_eq!(r.address.port, 5672);
+        assert_eq!(svc.checks[0].name, "rabbitmq 1.2.3.4:5672");
+        let errors = parse_err(
+            r#"{"instance_id": "h", "services": {"q": {"host": "127.0.0.1", "port": 5672,
+                "checks": [{"type": "rabbitmq", "password": "hunter2", "uri": "/x"},
+                           {"type": "redis", "username": "u"}]}}}"#,
+        );
+        assert!(errors.mentions("services.q.checks.0.uri"), "{errors}");
+        assert!(errors.mentions("services.q.checks.1.username"), "{errors}");
+        assert!(!errors.to_string().contains("hunter2"));
+        let c = parse_ok(
+            r#"{"instance_id": "h", "services": {"q": {"host": "127.0.0.1", "port": 5672,
+                "checks": [{"type": "rabbitmq", "password": "hunter2"}]}}}"#,
+        );
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn upstream_2013_service_checks_and_machine_check() {
+        let c = corpus("nerve/03-airbnb-2013-service_checks.json").unwrap();
+        assert_eq!(c.services.len(), 2);
+        assert_eq!(c.warnings.len(), 1);
+        assert_eq!(c.warnings[0].path, "machine_check");
+    }
+
+    #[test]
+    fn upstream_keys_warn_once_each() {
+        // With the rabbitmq service left out, Yelp's example loads with its upstream keys.
+        let mut value = cfg::parse_jsonc(&common::upstream::corpus_with_etcd(
+            "nerve/02-yelp-nerve-example-prometheus.json",
+        ))
+        .unwrap();
+        let top = value.as_object_mut().unwrap();
+        top.remove("service_conf_dir");
+        top["services"]
+            .as_object_mut()
+            .unwrap()
+            .remove("rabbitmq_service");
+        let c = parse(&value.to_string(), &Overrides::default()).unwrap();
+        let warned: Vec<&str> = c.warnings.iter().map(|w| w.path.as_str()).collect();
+        assert_eq!(
+            warned,
+            ["statsd", "prometheus", "max_repeated_report_failures"]
+        );
+        assert!(c.warnings[0].message.contains("/metrics"));
     }
 
     #[test]

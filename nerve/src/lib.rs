@@ -24,6 +24,7 @@ pub mod service;
 pub mod status;
 pub mod status_table;
 pub mod supervisor;
+pub mod upstream;
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -201,6 +202,9 @@ pub fn reload_on_sighup(
             let (p, o) = (path.clone(), overrides.clone());
             match tokio::task::spawn_blocking(move || config::load(&p, &o)).await {
                 Ok(Ok(config)) => {
+                    for w in &config.warnings {
+                        tracing::warn!(key = %w.path, "config: {}", w.message);
+                    }
                     if !reloader.reload(config) {
                         return;
                     }

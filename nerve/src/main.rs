@@ -92,6 +92,13 @@ fn main() -> ExitCode {
             return ExitCode::from(exit_config());
         }
     };
+    for w in &config.warnings {
+        if cli.check_config {
+            eprintln!("warning: {}: {}", w.path, w.message);
+        } else {
+            tracing::warn!(key = %w.path, "config: {}", w.message);
+        }
+    }
     if cli.check_config {
         println!(
             "{}: ok (instance {}, {} services)",

@@ -73,6 +73,7 @@ pub struct Discovered {
 pub enum Origin {
     Etcd,
     Ec2,
+    Dns,
     /// `base`/`static` discovery: nothing discovered, `default_servers` only.
     #[default]
     Static,
@@ -85,6 +86,7 @@ impl Origin {
         match self {
             Self::Etcd => "etcd",
             Self::Ec2 => "ec2",
+            Self::Dns => "dns",
             Self::Static => "static",
             Self::Mixed => "mixed",
         }

@@ -15,8 +15,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::config::{join_path, ConfigErrors, ConfigPort, Seconds};
+use common::config::{join_path, ConfigError, ConfigErrors, ConfigPort, Seconds};
 use common::etcd::{normalize_endpoint, EtcdFile, EtcdSettings};
+use common::upstream::Compat;
 use common::{AddressPolicy, Host, InstanceId, Port, Secret, ServiceName, ServicePath};
 use serde::Deserialize;
 
@@ -125,6 +126,9 @@ pub struct DiscoveryFile {
     pub endpoint: Option<String>,
     pub imds_endpoint: Option<String>,
     pub request_timeout: Option<Seconds>,
+    // dns
+    pub servers: Option<Vec<DnsServerFile>>,
+    pub nameserver: Option<String>,
     // multi
     pub watchers: Option<BTreeMap<String, Self>>,
     pub resolver: Option<ResolverFile>,
@@ -134,6 +138,24 @@ pub struct DiscoveryFile {
     pub label_filter: Option<LabelFilterFile>,
     pub allow_loopback: Option<bool>,
     pub allow_hostnames: Option<bool>,
+}
+
+/// A `dns` discovery server: `"host[:port]"`, or an object.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum DnsServerFile {
+    Host(String),
+    Entry(DnsServerEntryFile),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsServerEntryFile {
+    pub name: Option<String>,
+    pub host: String,
+    pub port: Option<ConfigPort>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -269,6 +291,9 @@ pub struct Config {
     pub debounce_max_wait: Duration,
     /// Where the admin endpoint listens; `None`: no endpoint.
     pub admin_listen: Option<std::net::SocketAddr>,
+    /// Upstream keys that were ignored (and services skipped), one line each, for
+    /// `--check-config` and the start-up log.
+    pub warnings: Vec<ConfigError>,
 }
 
 /// One service, validated.
@@ -297,7 +322,38 @@ pub enum DiscoveryConfig {
     /// `base`/`static`: only `default_servers`.
     Static,
     Ec2Tag(Ec2TagDiscovery),
+    Dns(DnsDiscovery),
     Multi(MultiDiscovery),
+}
+
+/// `dns`: every `check_interval`, resolve each server's name and publish one backend per
+/// address.
+#[derive(Debug, Clone)]
+pub struct DnsDiscovery {
+    pub servers: Vec<DnsServer>,
+    /// The DNS server to ask; the system's resolver (`/etc/resolv.conf`) when unset.
+    pub nameserver: Option<std::net::SocketAddr>,
+    pub check_interval: Duration,
+    pub policy: AddressPolicy,
+}
+
+/// One `servers` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsServer {
+    /// The backends' name; the host name when unset.
+    pub name: InstanceId,
+    /// A DNS name (or an IP literal, used as it is). A name starting with `_`
+    /// (`_http._tcp.example.com`) is an SRV name: its targets and ports are used.
+    pub host: String,
+    /// The port, unless an SRV record gives it (or `backend_port_override` replaces it).
+    pub port: Option<Port>,
+    pub labels: BTreeMap<String, String>,
+}
+
+impl DnsServer {
+    pub fn is_srv(&self) -> bool {
+        self.host.starts_with('_')
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -457,6 +513,10 @@ pub mod defaults {
     pub const RESYNC_INTERVAL: Duration = Duration::from_secs(60);
     pub const PROGRESS_INTERVAL: Duration = Duration::from_secs(5);
     pub const EC2_CHECK_INTERVAL: Duration = Duration::from_secs(15);
+    /// upstream's `dns` default.
+    pub const DNS_CHECK_INTERVAL: Duration = Duration::from_secs(30);
+    /// The port of a `nameserver` given without one.
+    pub const DNS_PORT: u16 = 53;
     /// One EC2 API request.
     pub const EC2_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
     pub const RESTART_INTERVAL: Duration = Duration::from_secs(2);
@@ -481,11 +541,16 @@ fn read(path: &Path) -> Result<String, ConfigErrors> {
 }
 
 /// JSON with comments → `T`, keeping what is readable; duplicate keys are errors too.
-fn parse_lenient<T: serde::de::DeserializeOwned>(text: &str) -> (Option<T>, ConfigErrors) {
-    let value = match common::config::parse_jsonc(text) {
+/// `upstream` rewrites the value from an upstream shape into ours first.
+fn parse_lenient<T: serde::de::DeserializeOwned>(
+    text: &str,
+    upstream: impl FnOnce(&mut serde_json::Value),
+) -> (Option<T>, ConfigErrors) {
+    let mut value = match common::config::parse_jsonc(text) {
         Ok(v) => v,
         Err(errors) => return (None, errors),
     };
+    upstream(&mut value);
     let mut errors = common::config::duplicate_keys(text);
     let (t, more) = common::config::from_value_lenient(value);
     errors.extend(more);
@@ -503,26 +568,41 @@ impl Config {
     /// Structural errors (unknown keys, wrong types) and semantic ones are reported
     /// together.
     pub fn parse(text: &str, base: Option<&Path>) -> Result<Self, ConfigErrors> {
-        let (file, errors) = parse_lenient::<SynapseFile>(text);
+        let mut compat = Compat::default();
+        let (file, mut errors) = parse_lenient::<SynapseFile>(text, |v| {
+            crate::upstream::normalize_file(v, &mut compat);
+        });
         match file {
-            Some(file) => Self::from_file(file, base, errors),
-            None => Err(errors),
+            Some(file) => Self::from_file(file, base, errors, compat),
+            None => {
+                compat.push_unsupported(&mut errors);
+                Err(errors)
+            }
         }
     }
 
     /// Validates a parsed file into a `Config`, adding to `errors` (those found while
-    /// parsing), and fails if there are any.
+    /// parsing) and to `compat` (what the upstream rewrite found), and fails if there
+    /// are any errors.
     pub fn from_file(
         mut file: SynapseFile,
         base: Option<&Path>,
         mut errors: ConfigErrors,
+        mut compat: Compat,
     ) -> Result<Self, ConfigErrors> {
         if let Some(dir) = &file.service_conf_dir {
             let dir = match base {
                 Some(base) if dir.is_relative() => base.join(dir),
                 _ => dir.clone(),
             };
-            load_service_dir(&dir, &mut file.services, &mut errors);
+            let has_file_output = file.file_output.is_some();
+            load_service_dir(
+                &dir,
+                &mut file.services,
+                has_file_output,
+                &mut errors,
+                &mut compat,
+            );
         }
         let haproxy = file
             .haproxy
@@ -555,9 +635,10 @@ impl Config {
                 services.insert(service_name, s);
             }
         }
-        if file.services.is_empty() {
+        if file.services.is_empty() && compat.unsupported.is_empty() {
             errors.push("services", "at least one service is required");
         }
+        compat.push_unsupported(&mut errors);
         if let Some(h) = &haproxy {
             check_backend_names(&services, h, &mut errors);
         }
@@ -591,6 +672,7 @@ impl Config {
             debounce,
             debounce_max_wait,
             admin_listen,
+            warnings: compat.warnings,
         })
     }
 }
@@ -629,7 +711,9 @@ fn validate_guard(
 fn load_service_dir(
     dir: &Path,
     services: &mut BTreeMap<String, ServiceFile>,
+    has_file_output: bool,
     errors: &mut ConfigErrors,
+    compat: &mut Compat,
 ) {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
@@ -663,10 +747,16 @@ fn load_service_dir(
             );
             continue;
         }
+        let mut keep = true;
         let (svc, errs) = match read(&file) {
-            Ok(text) => parse_lenient::<ServiceFile>(&text),
+            Ok(text) => parse_lenient::<ServiceFile>(&text, |v| {
+                keep = crate::upstream::normalize_service(v, &path, has_file_output, compat);
+            }),
             Err(errs) => (None, errs),
         };
+        if !keep {
+            continue;
+        }
         for e in errs.0 {
             errors.push(
                 join_path(&path, &e.path),
@@ -877,7 +967,8 @@ fn validate_haproxy(h: &HaproxyFile, errors: &mut ConfigErrors) -> HaproxyConfig
         .bind_address
         .clone()
         .unwrap_or_else(|| defaults::BIND_ADDRESS.to_owned());
-    if !bind_address.is_empty() {
+    // `*` is HAProxy's "every address", as upstream configs write it.
+    if !bind_address.is_empty() && bind_address != "*" {
         check_word(&bind_address, &p("bind_address"), errors);
     }
     let restart_jitter = h.restart_jitter.unwrap_or(0.0);
@@ -1034,7 +1125,19 @@ fn validate_service(
 ) -> Option<ServiceConfig> {
     let before = errors.len();
     let dpath = join_path(path, "discovery");
-    let discovery = validate_discovery(name, &svc.discovery, &dpath, errors, true);
+    let has_port_override = svc.backend_port_override.is_some()
+        || svc
+            .haproxy
+            .as_ref()
+            .is_some_and(|h| h.server_port_override.is_some());
+    let discovery = validate_discovery(
+        name,
+        &svc.discovery,
+        &dpath,
+        errors,
+        true,
+        has_port_override,
+    );
     let mut label_filters = Vec::new();
     let filter_files = svc
         .discovery
@@ -1180,8 +1283,111 @@ fn uses_ec2(d: &DiscoveryConfig) -> bool {
     match d {
         DiscoveryConfig::Ec2Tag(_) => true,
         DiscoveryConfig::Multi(m) => m.watchers.values().any(uses_ec2),
-        DiscoveryConfig::Etcd(_) | DiscoveryConfig::Static => false,
+        DiscoveryConfig::Etcd(_) | DiscoveryConfig::Static | DiscoveryConfig::Dns(_) => false,
     }
+}
+
+/// `dns` `servers`: each needs a port (its own, an SRV record's, or the service's
+/// `backend_port_override`) and a name in the instance-id grammar.
+fn validate_dns_servers(
+    servers: Option<&[DnsServerFile]>,
+    port_override: bool,
+    path: &str,
+    errors: &mut ConfigErrors,
+) -> Vec<DnsServer> {
+    let spath = join_path(path, "servers");
+    let Some(servers) = servers.filter(|s| !s.is_empty()) else {
+        errors.push(spath, "is required for method dns and must not be empty");
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (i, s) in servers.iter().enumerate() {
+        let at = join_path(&spath, &i.to_string());
+        let (name, host, port, labels) = match s {
+            DnsServerFile::Host(h) => match split_host_port(h) {
+                Ok((host, port)) => (None, host, port, BTreeMap::new()),
+                Err(e) => {
+                    errors.push(at, e);
+                    continue;
+                }
+            },
+            DnsServerFile::Entry(e) => (
+                e.name.clone(),
+                e.host.clone(),
+                e.port.and_then(|p| Port::new(p.0)),
+                e.labels.clone(),
+            ),
+        };
+        let srv = host.starts_with('_');
+        let looked_up = host.strip_prefix('_').map_or(host.as_str(), |h| h);
+        if Host::parse(looked_up).is_err() && !(srv && looked_up.contains('.')) {
+            errors.push(
+                join_path(&at, "host"),
+                "must be a DNS name, an IP address, or an SRV name (`_service._proto.name`)",
+            );
+            continue;
+        }
+        if port.is_none() && !srv && !port_override {
+            errors.push(
+                &at,
+                "needs a port: `host:port`, a `port` key, an SRV name, or the service's \
+                 backend_port_override",
+            );
+            continue;
+        }
+        // By default the backends are named after the host (an IPv6 literal's `:` as `-`).
+        let default_name = || host.trim_start_matches('_').replace(':', "-");
+        let name = match InstanceId::new(name.unwrap_or_else(default_name)) {
+            Ok(n) => n,
+            Err(e) => {
+                errors.push(join_path(&at, "name"), e);
+                continue;
+            }
+        };
+        if let Err(e) = common::registration::validate_labels(&labels) {
+            errors.push(join_path(&at, "labels"), e);
+            continue;
+        }
+        out.push(DnsServer {
+            name,
+            host,
+            port,
+            labels,
+        });
+    }
+    out
+}
+
+/// `"host"` or `"host:port"` (`"[v6]:port"`).
+fn split_host_port(s: &str) -> Result<(String, Option<Port>), &'static str> {
+    let bad_port = "port must be from 1 to 65535";
+    if let Some(rest) = s.strip_prefix('[') {
+        let (host, tail) = rest.split_once(']').ok_or("unclosed `[`")?;
+        return match tail.strip_prefix(':') {
+            None if tail.is_empty() => Ok((host.to_owned(), None)),
+            None => Err("expected `:port` after `]`"),
+            Some(p) => Ok((
+                host.to_owned(),
+                Some(p.parse().ok().and_then(Port::new).ok_or(bad_port)?),
+            )),
+        };
+    }
+    match s.split_once(':') {
+        Some((host, p)) if !p.contains(':') => Ok((
+            host.to_owned(),
+            Some(p.parse().ok().and_then(Port::new).ok_or(bad_port)?),
+        )),
+        _ => Ok((s.to_owned(), None)),
+    }
+}
+
+/// `nameserver`: an IP address, optionally with a port (`127.0.0.1:5353`, `[::1]:53`).
+fn parse_nameserver(s: &str) -> Result<std::net::SocketAddr, &'static str> {
+    let msg = "must be an IP address, optionally with a port (127.0.0.1:5353)";
+    if let Ok(ip) = s.parse::<std::net::IpAddr>() {
+        return Ok(std::net::SocketAddr::new(ip, defaults::DNS_PORT));
+    }
+    s.parse::<std::net::SocketAddr>().map_err(|_| msg)
 }
 
 /// The keys each method accepts, beside `method` and the common ones.
@@ -1206,6 +1412,7 @@ fn method_keys(method: &str) -> Option<&'static [&'static str]> {
             "request_timeout",
         ],
         "base" | "static" => &[],
+        "dns" => &["servers", "nameserver", "check_interval"],
         "multi" => &["watchers", "resolver"],
         _ => return None,
     })
@@ -1230,6 +1437,8 @@ fn present_keys(d: &DiscoveryFile) -> Vec<&'static str> {
     add(d.aws_secret_access_key.is_some(), "aws_secret_access_key");
     add(d.check_interval.is_some(), "check_interval");
     add(d.endpoint.is_some(), "endpoint");
+    add(d.servers.is_some(), "servers");
+    add(d.nameserver.is_some(), "nameserver");
     add(d.watchers.is_some(), "watchers");
     add(d.resolver.is_some(), "resolver");
     keys
@@ -1241,11 +1450,12 @@ fn validate_discovery(
     path: &str,
     errors: &mut ConfigErrors,
     top_level: bool,
+    port_override: bool,
 ) -> Option<DiscoveryConfig> {
     let Some(allowed) = method_keys(&d.method) else {
         errors.push(
             join_path(path, "method"),
-            "must be one of etcd, ec2tag, base, static, multi",
+            "must be one of etcd, ec2tag, dns, base, static, multi",
         );
         return None;
     };
@@ -1385,6 +1595,21 @@ fn validate_discovery(
             })
         }
         "base" | "static" => DiscoveryConfig::Static,
+        "dns" => DiscoveryConfig::Dns(DnsDiscovery {
+            servers: validate_dns_servers(d.servers.as_deref(), port_override, path, errors),
+            nameserver: d.nameserver.as_deref().and_then(|n| {
+                parse_nameserver(n)
+                    .map_err(|e| errors.push(join_path(path, "nameserver"), e))
+                    .ok()
+            }),
+            check_interval: positive(
+                d.check_interval,
+                "check_interval",
+                defaults::DNS_CHECK_INTERVAL,
+                errors,
+            ),
+            policy,
+        }),
         "multi" => {
             let mut watchers = BTreeMap::new();
             match &d.watchers {
@@ -1398,7 +1623,9 @@ fn validate_discovery(
                             );
                             continue;
                         }
-                        if let Some(c) = validate_discovery(service, child, &cpath, errors, false) {
+                        if let Some(c) =
+                            validate_discovery(service, child, &cpath, errors, false, port_override)
+                        {
                             watchers.insert(name.clone(), c);
                         }
                     }
@@ -1471,7 +1698,7 @@ fn validate_service_haproxy(
     let server_options = one_line(&h.server_options, "server_options");
     let bind_address = h.bind_address.clone();
     if let Some(a) = &bind_address {
-        if !a.is_empty() {
+        if !a.is_empty() && a != "*" {
             check_word(a, &p("bind_address"), errors);
         }
     }
@@ -1533,9 +1760,19 @@ fn check_backend_names(
     errors: &mut ConfigErrors,
 ) {
     let mut seen: BTreeMap<String, &ServiceName> = BTreeMap::new();
+    let mut frontends: BTreeMap<String, &ServiceName> = BTreeMap::new();
     for (name, s) in services {
         if s.haproxy.disabled {
             continue;
+        }
+        let frontend = s.haproxy_name();
+        if let Some(other) = frontends.insert(frontend.clone(), name) {
+            errors.push(
+                format!("services.{name}"),
+                format_args!(
+                    "is `{frontend}` in HAProxy (`:` becomes `_`), as service `{other}` is"
+                ),
+            );
         }
         let backend = s.backend_name();
         if let Some(other) = seen.insert(backend.clone(), name) {
@@ -1554,12 +1791,17 @@ fn check_backend_names(
 }
 
 impl ServiceConfig {
-    /// The HAProxy backend name: `backend_name`, or the service name.
+    /// The HAProxy backend name: `backend_name`, or the service's [`Self::haproxy_name`].
     pub fn backend_name(&self) -> String {
         self.haproxy
             .backend_name
             .clone()
-            .unwrap_or_else(|| self.name.to_string())
+            .unwrap_or_else(|| self.haproxy_name())
+    }
+
+    /// The service's name in HAProxy (its frontend's): `:` becomes `_`.
+    pub fn haproxy_name(&self) -> String {
+        common::names::haproxy_name(self.name.as_str()).into_owned()
     }
 }
 
@@ -1853,6 +2095,228 @@ mod tests {
         )
         .unwrap_err();
         assert!(errs.mentions("haproxy.managed"), "{errs}");
+    }
+
+    /// A corpus file (`../shared/compat`) with etcd in ZooKeeper's place, loaded.
+    fn corpus(rel: &str) -> Config {
+        parse(&common::upstream::corpus_with_etcd(rel)).unwrap_or_else(|e| panic!("{rel}:\n{e}"))
+    }
+
+    fn service<'a>(c: &'a Config, name: &str) -> &'a ServiceConfig {
+        &c.services[&ServiceName::new(name).unwrap()]
+    }
+
+    #[test]
+    fn upstream_server_options_as_a_list() {
+        let c = corpus("synapse/05-airbnb-spec-minimum-conf-yaml.json");
+        let h = &service(&c, "test").haproxy;
+        assert_eq!(
+            h.server_options.as_deref(),
+            Some("some_haproxy_server_option")
+        );
+        assert_eq!(h.listen, ["some_haproxy_listen_option"]);
+    }
+
+    #[test]
+    fn upstream_backend_and_hosts_as_strings() {
+        let c = corpus("synapse/06-airbnb-readme-shared-frontend-yaml.json");
+        assert_eq!(service(&c, "service1").haproxy.backend, ["mode http"]);
+        let DiscoveryConfig::Etcd(e) = &service(&c, "service2").discovery else {
+            panic!("not etcd")
+        };
+        assert_eq!(
+            e.settings.endpoints,
+            ["http://0.zookeeper.example.com:2181"]
+        );
+        assert_eq!(c.haproxy.unwrap().socket_file_paths.len(), 2);
+    }
+
+    #[test]
+    fn upstream_services_as_a_list() {
+        let c = corpus("synapse/07-airbnb-2012-minimum-services-list-yaml.json");
+        let h = &service(&c, "test").haproxy;
+        assert_eq!(h.port, Port::new(3210));
+        assert_eq!(h.server_options.as_deref(), Some("test_option"));
+        assert_eq!(h.listen, ["test_option"]);
+        assert_eq!(service(&c, "test").default_servers.len(), 1);
+        // A list entry without a name is reported, not dropped.
+        let errs = parse(
+            r#"{"services": [{"discovery": {"method": "base"}}],
+                "file_output": {"output_directory": "/tmp/x"}}"#,
+        )
+        .unwrap_err();
+        assert!(errs.mentions("services"), "{errs}");
+    }
+
+    #[test]
+    fn upstream_128_bit_server_order_seed_and_string_port() {
+        let c = corpus("synapse/19-yelp-synapse-tools-generated-zk.json");
+        let seed = c.haproxy.as_ref().unwrap().server_order_seed;
+        assert_ne!(seed, 0);
+        assert_eq!(
+            corpus("synapse/19-yelp-synapse-tools-generated-zk.json")
+                .haproxy
+                .unwrap()
+                .server_order_seed,
+            seed
+        );
+        assert_eq!(service(&c, "test_service").haproxy.port, Port::new(1234));
+        assert_eq!(
+            service(&c, "test_service.superregion").backend_name(),
+            "test_service.superregion"
+        );
+    }
+
+    #[test]
+    fn upstream_ports_as_strings_in_a_service_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("conf.d")).unwrap();
+        std::fs::write(
+            dir.path().join("conf.d/ec2.json"),
+            common::upstream::corpus_file("synapse-services/05-airbnb-spec-ec2tag-ec2tagtest.json"),
+        )
+        .unwrap();
+        let c = Config::parse(
+            r#"{"service_conf_dir": "conf.d", "file_output": {"output_directory": "/tmp/x"}}"#,
+            Some(dir.path()),
+        )
+        .unwrap();
+        let s = service(&c, "ec2");
+        assert_eq!(
+            (s.haproxy.port, s.port_override),
+            (Port::new(8080), Port::new(8081))
+        );
+    }
+
+    #[test]
+    fn upstream_keys_warn_and_nginx_only_services_are_skipped() {
+        let c = corpus("synapse/20-yelp-synapse-tools-generated-nginx.json");
+        assert_eq!(c.services.len(), 2, "the nginx listener is skipped");
+        let warned: Vec<&str> = c.warnings.iter().map(|w| w.path.as_str()).collect();
+        assert_eq!(
+            warned,
+            [
+                "nginx",
+                "services.test_service.nginx",
+                "services.test_service.nginx_listener",
+                "services.test_service.superregion.nginx",
+            ]
+        );
+        let c = corpus("synapse/01-airbnb-synapse-conf.json");
+        assert_eq!(c.warnings.len(), 1);
+        assert!(
+            c.warnings[0].message.contains("/metrics"),
+            "{:?}",
+            c.warnings
+        );
+        // An unknown key is still an error, with its path.
+        let errs = parse(
+            r#"{"services": {"web": {"discovery": {"method": "etcd", "discovery_jiter": 1}}},
+                "statsd": {}, "file_output": {"output_directory": "/tmp/x"}}"#,
+        )
+        .unwrap_err();
+        assert!(
+            errs.mentions("services.web.discovery.discovery_jiter"),
+            "{errs}"
+        );
+        assert_eq!(errs.len(), 1, "{errs}");
+    }
+
+    #[test]
+    fn upstream_bind_address_star_and_old_etcd_form() {
+        let c = parse(
+            r#"{"services": {"web": {"discovery": {"method": "etcd", "host": "10.0.0.9", "port": 4001},
+                                     "haproxy": {"port": 80, "bind_address": "*"}}},
+                "haproxy": {"do_writes": false, "do_reloads": false, "bind_address": "*"}}"#,
+        )
+        .unwrap();
+        let DiscoveryConfig::Etcd(e) = &service(&c, "web").discovery else {
+            panic!("not etcd")
+        };
+        assert_eq!(e.settings.endpoints, ["http://10.0.0.9:4001"]);
+        assert_eq!(c.haproxy.unwrap().bind_address, "*");
+    }
+
+    #[test]
+    fn unsupported_methods_are_one_line() {
+        let errs = parse(
+            r#"{"services": {"a": {"discovery": {"method": "zookeeper", "hosts": 1, "zk": 2}},
+                             "b": {"discovery": {"method": "marathon", "marathon_api_url": "x"}},
+                             "c": {"discovery": {"method": "zookeeper"}},
+                             "d": {"discovery": {"method": "etcd"}}},
+                "file_output": {"output_directory": "/tmp/x"}}"#,
+        )
+        .unwrap_err();
+        assert_eq!(errs.len(), 1, "{errs}");
+        let line = errs.to_string();
+        assert!(
+            line.starts_with(
+                "services.a.discovery.method: not supported by this build: \
+                              `zookeeper` discovery (2 uses), `marathon` discovery;"
+            ),
+            "{line}"
+        );
+        // Services with ':' whose HAProxy names collide are an error.
+        let errs = parse(
+            r#"{"services": {"a:b": {"discovery": {"method": "base"}},
+                             "a_b": {"discovery": {"method": "base"}}},
+                "haproxy": {"do_writes": false, "do_reloads": false}}"#,
+        )
+        .unwrap_err();
+        assert!(errs.mentions("services.a_b"), "{errs}");
+    }
+
+    #[test]
+    fn dns_discovery_servers_nameserver_and_ports() {
+        let c = corpus("synapse/03-airbnb-hostheader-test-dns.json");
+        let DiscoveryConfig::Dns(d) = &service(&c, "service1").discovery else {
+            panic!("not dns")
+        };
+        assert_eq!(d.nameserver, Some("127.0.0.1:53".parse().unwrap()));
+        assert_eq!(d.check_interval, defaults::DNS_CHECK_INTERVAL);
+        assert_eq!(d.servers[0].host, "0.www.example.com");
+        assert_eq!(d.servers[0].name.as_str(), "0.www.example.com");
+        // A bare name gets port 80, with a warning naming the entry.
+        assert_eq!(d.servers[0].port, Port::new(80));
+        assert_eq!(c.warnings.len(), 2, "{:?}", c.warnings);
+        assert!(c.warnings[0].path.ends_with("servers.0"));
+        let c = parse(
+            r#"{"services": {"web": {"discovery": {"method": "dns", "nameserver": "[::1]:5353",
+                "check_interval": 2, "servers": ["a.example:81", "[2001:db8::1]:82",
+                {"name": "c", "host": "c.example", "port": "83", "labels": {"az": "b"}},
+                {"host": "_http._tcp.example"}]}}},
+                "file_output": {"output_directory": "/tmp/x"}}"#,
+        )
+        .unwrap();
+        let DiscoveryConfig::Dns(d) = &service(&c, "web").discovery else {
+            panic!("not dns")
+        };
+        assert_eq!(d.nameserver, Some("[::1]:5353".parse().unwrap()));
+        let ports: Vec<Option<Port>> = d.servers.iter().map(|s| s.port).collect();
+        assert_eq!(ports, [Port::new(81), Port::new(82), Port::new(83), None]);
+        assert_eq!(d.servers[1].host, "2001:db8::1");
+        assert_eq!(d.servers[2].labels["az"], "b");
+        assert!(d.servers[3].is_srv() && !d.servers[0].is_srv());
+        assert!(c.warnings.is_empty());
+        let errs = parse(
+            r#"{"services": {"a": {"discovery": {"method": "dns", "servers": []}},
+                             "b": {"discovery": {"method": "dns", "nameserver": "dns.example",
+                                   "servers": ["x:0", {"host": "bad host", "port": 1},
+                                               {"host": "ok.example"}], "tag_name": "x"}}},
+                "file_output": {"output_directory": "/tmp/x"}}"#,
+        )
+        .unwrap_err();
+        for p in [
+            "services.a.discovery.servers",
+            "services.b.discovery.nameserver",
+            "services.b.discovery.servers.0",
+            "services.b.discovery.servers.1.host",
+            "services.b.discovery.servers.2",
+            "services.b.discovery.tag_name",
+        ] {
+            assert!(errs.mentions(p), "{p} not in:\n{errs}");
+        }
+        assert_eq!(errs.len(), 6, "{errs}");
     }
 
     #[test]

@@ -40,6 +40,7 @@ pub mod reconcile;
 pub mod service_detail;
 pub mod status;
 pub mod status_table;
+pub mod upstream;
 pub mod watcher;
 
 use std::sync::Arc;

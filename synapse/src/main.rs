@@ -94,6 +94,13 @@ fn main() -> ExitCode {
             return ExitCode::from(common::EXIT_CONFIG as u8);
         }
     };
+    for w in &config.warnings {
+        if cli.check_config {
+            eprintln!("warning: {}: {}", w.path, w.message);
+        } else {
+            tracing::warn!(key = %w.path, "config: {}", w.message);
+        }
+    }
     if cli.check_config {
         println!(
             "{}: valid ({} services)",

@@ -44,6 +44,7 @@ const PROPAGATION_BUCKETS: [f64; 14] = [
 pub enum Source {
     Etcd,
     Ec2,
+    Dns,
     /// The configured `default_servers` (`base` discovery, or discovery found nothing).
     Static,
     /// A `multi` union of different kinds of sources.
@@ -55,9 +56,10 @@ pub enum Source {
 }
 
 impl Source {
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 6] = [
         Self::Etcd,
         Self::Ec2,
+        Self::Dns,
         Self::Static,
         Self::Mixed,
         Self::LastKnownGood,
@@ -67,6 +69,7 @@ impl Source {
         match self {
             Self::Etcd => "etcd",
             Self::Ec2 => "ec2",
+            Self::Dns => "dns",
             Self::Static => "static",
             Self::Mixed => "mixed",
             Self::LastKnownGood => "last_known_good",
@@ -114,6 +117,7 @@ impl From<Origin> for Source {
         match o {
             Origin::Etcd => Self::Etcd,
             Origin::Ec2 => Self::Ec2,
+            Origin::Dns => Self::Dns,
             Origin::Static => Self::Static,
             Origin::Mixed => Self::Mixed,
         }

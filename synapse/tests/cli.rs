@@ -144,3 +144,38 @@ fn sigterm_stops_synapse_cleanly() {
     let json = std::fs::read_to_string(out_dir.join("web.json")).expect("web.json");
     assert!(json.contains("\"host\": \"127.0.0.1\""), "{json}");
 }
+
+/// An upstream key that does nothing here: one warning line naming it and what to use,
+/// and the config is valid; a refused upstream method: exactly one error line.
+#[test]
+fn check_config_warns_once_per_upstream_key_and_refuses_unsupported_methods_in_one_line() {
+    let out = check(
+        r#"{"services": {"web": {"discovery": {"method": "base", "discovery_jitter": 5},
+                                "nginx": {"port": 1}}},
+            "statsd": {"host": "localhost", "port": 8125},
+            "file_output": {"output_directory": "/tmp/synapse-cli-out"}}"#,
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let warnings: Vec<&str> = err.lines().filter(|l| l.starts_with("warning: ")).collect();
+    assert_eq!(warnings.len(), 3, "{err}");
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.starts_with("warning: statsd: ignored") && w.contains("/metrics")),
+        "{err}"
+    );
+    let out = check(
+        r#"{"services": {"a": {"discovery": {"method": "zookeeper", "hosts": ["z:2181"], "path": "/a"}},
+                         "b": {"discovery": {"method": "yarn_slider", "yarn_api_url": "x"}}},
+            "file_output": {"output_directory": "/tmp/synapse-cli-out"}}"#,
+    );
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = err.lines().skip(1).collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(
+        lines[0].contains("`zookeeper` discovery") && lines[0].contains("`yarn_slider` discovery"),
+        "{err}"
+    );
+}

@@ -257,3 +257,56 @@ fn status_tables() {
         assert!(coloured.contains("\x1b["), "{name}: no colour when asked");
     }
 }
+
+/// Yelp's generated names: `:` in service names (and label keys) is accepted, and a
+/// service name reaches HAProxy with `:` mapped to `_`, the same on every render; a
+/// 128-bit `server_order_seed` and `bind_address: "*"` as upstream configs write them.
+#[test]
+fn upstream_names_and_shapes() {
+    let config = Config::parse(
+        r#"{
+          "services": {
+            "test_service.my_superregion:10.0.0.1.1234.v2.new": {
+              "discovery": {"method": "base",
+                            "label_filters": [{"label": "region:my_region", "value": "",
+                                               "condition": "equals"}]},
+              "haproxy": {"port": "8010", "server_options": ["check", "inter", "2s"]}
+            },
+            "plain": {
+              "discovery": {"method": "base"},
+              "default_servers": [{"name": "p", "host": "10.0.0.3", "port": 80}],
+              "haproxy": {"port": 8011, "backend": "mode http"}
+            }
+          },
+          "haproxy": {
+            "do_writes": false, "do_reloads": false, "bind_address": "*",
+            "server_order_seed": 210136353548255761639276844525416927231,
+            "defaults": ["mode http", "timeout connect 1s", "timeout client 1m", "timeout server 1m"]
+          }
+        }"#,
+        None,
+    )
+    .expect("upstream names");
+    let rendered = render_config(
+        &config,
+        &[(
+            "test_service.my_superregion:10.0.0.1.1234.v2.new",
+            vec![
+                reg(
+                    r#"{"host":"10.0.0.1","port":1234,"name":"a","labels":{"region:my_region":""}}"#,
+                ),
+                reg(r#"{"host":"10.0.0.2","port":1234,"name":"b","labels":{"region:other":""}}"#),
+            ],
+        )],
+    );
+    assert!(
+        !rendered.contains("10.0.0.2"),
+        "the label filter keeps a only:\n{rendered}"
+    );
+    assert!(
+        rendered.contains("frontend test_service.my_superregion_10.0.0.1.1234.v2.new\n"),
+        "{rendered}"
+    );
+    assert!(!rendered.contains("superregion:"), "{rendered}");
+    check_golden("upstream-names", &rendered);
+}

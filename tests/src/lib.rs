@@ -47,6 +47,7 @@
 
 pub mod backend;
 pub mod bench;
+pub mod dnsmasq;
 pub mod etcd;
 pub mod eventually;
 pub mod fault_proxy;
@@ -59,10 +60,14 @@ pub mod moto;
 pub mod nerve;
 pub mod ports;
 mod process;
+pub mod rabbitmq;
+pub mod redis;
 pub mod synapse;
 pub mod workdir;
+pub mod world;
 
 pub use backend::Backend;
+pub use dnsmasq::Dnsmasq;
 pub use etcd::{Etcd, EtcdCluster, EtcdMember};
 pub use eventually::{eventually, Outcome};
 pub use fault_proxy::{Fault, FaultProxy};
@@ -79,8 +84,16 @@ pub use metrics::{scrape, Scrape};
 pub use moto::{Ec2Instance, Moto};
 pub use nerve::InProcessNerve;
 pub use ports::{free_port, loopback};
+pub use rabbitmq::RabbitMq;
+pub use redis::RedisServer;
 pub use synapse::InProcessSynapse;
 pub use workdir::Workdir;
+pub use world::{World, ROUTE_TIMEOUT};
+
+/// Whether the tests run as root (some bind privileged ports, as CI allows).
+pub fn process_is_root() -> bool {
+    process::running_as_root()
+}
 
 /// Installs tracing for tests (output captured per test; filter from `RUST_LOG`).
 /// Safe to call from every test.

@@ -14,8 +14,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
-use crate::eventually::eventually;
-use crate::ports::free_port;
+use crate::ports::{free_port, wait_listening};
 use crate::process::{ChildProcess, OnDrop};
 use crate::workdir::Workdir;
 
@@ -88,14 +87,7 @@ impl Moto {
         cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
         let process = ChildProcess::spawn(cmd, &dir.join("moto.log"), OnDrop::Kill)
             .unwrap_or_else(|e| panic!("cannot start moto: {e}"));
-        let endpoint = format!("http://127.0.0.1:{port}");
-        eventually(Duration::from_secs(20), || async {
-            tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .map(|_| ())
-                .map_err(|e| format!("{endpoint}: {e}"))
-        })
-        .await;
+        wait_listening(port, Duration::from_secs(20), "moto").await;
         let mut moto = Self {
             _process: process,
             port,

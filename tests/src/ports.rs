@@ -86,6 +86,18 @@ pub fn loopback(port: u16) -> SocketAddr {
     SocketAddr::from((Ipv4Addr::LOCALHOST, port))
 }
 
+/// Waits (up to `within`) until something accepts TCP connections on `127.0.0.1:port`:
+/// how the starters of servers tell they are up. `what` names it in the timeout message.
+pub async fn wait_listening(port: u16, within: std::time::Duration, what: &str) {
+    crate::eventually::eventually(within, || async {
+        tokio::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port))
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("{what} on 127.0.0.1:{port}: {e}"))
+    })
+    .await;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,6 +4,8 @@
 
 mod exec;
 mod http;
+mod rabbitmq;
+mod redis;
 mod tcp;
 
 use std::future::Future;
@@ -11,6 +13,8 @@ use std::time::Duration;
 
 pub use exec::ExecCheck;
 pub use http::HttpCheck;
+pub use rabbitmq::RabbitmqCheck;
+pub use redis::RedisCheck;
 pub use tcp::TcpCheck;
 
 use crate::config::{CheckConfig, CheckKind};
@@ -50,6 +54,8 @@ pub trait Check: Send + Sync + 'static {
 pub enum AnyCheck {
     Http(HttpCheck),
     Tcp(TcpCheck),
+    Redis(RedisCheck),
+    Rabbitmq(RabbitmqCheck),
     Exec(ExecCheck),
     Noop(String),
     /// A check whose set-up failed (e.g. its CA file vanished since the config was
@@ -69,6 +75,8 @@ impl AnyCheck {
                 Err(reason) => Self::Broken { name, reason },
             },
             CheckKind::Tcp(tcp) => Self::Tcp(TcpCheck::new(name, tcp)),
+            CheckKind::Redis(tcp) => Self::Redis(RedisCheck::new(name, tcp)),
+            CheckKind::Rabbitmq(r) => Self::Rabbitmq(RabbitmqCheck::new(name, r)),
             CheckKind::Exec(exec) => Self::Exec(ExecCheck::new(name, exec)),
             CheckKind::Noop => Self::Noop(name),
         }
@@ -80,6 +88,8 @@ impl Check for AnyCheck {
         match self {
             Self::Http(c) => c.check().await,
             Self::Tcp(c) => c.check().await,
+            Self::Redis(c) => c.check().await,
+            Self::Rabbitmq(c) => c.check().await,
             Self::Exec(c) => c.check().await,
             Self::Noop(_) => Ok(()),
             Self::Broken { reason, .. } => Err(CheckError::Unusable(reason.clone())),
@@ -90,6 +100,8 @@ impl Check for AnyCheck {
         match self {
             Self::Http(c) => c.describe(),
             Self::Tcp(c) => c.describe(),
+            Self::Redis(c) => c.describe(),
+            Self::Rabbitmq(c) => c.describe(),
             Self::Exec(c) => c.describe(),
             Self::Noop(name) | Self::Broken { name, .. } => name,
         }

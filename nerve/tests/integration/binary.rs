@@ -77,6 +77,54 @@ fn check_config_accepts_the_example_and_rejects_bad_configs() {
     assert_eq!(out.status.code(), Some(64));
 }
 
+/// Upstream keys that do nothing here: one warning line each; the ZooKeeper reporter
+/// (upstream's default, implied by `zk_hosts`): exactly one error line.
+#[test]
+fn check_config_warns_for_upstream_keys_and_refuses_zookeeper_in_one_line() {
+    let dir = Workdir::new();
+    let ok = dir.write(
+        "ok.json",
+        r#"{"instance_id": "h", "statsd": {"port": 8125}, "max_repeated_report_failures": 10,
+            "services": {"web": {"host": "127.0.0.1", "port": 80, "check_mocked": false}}}"#,
+    );
+    let out = nerve_command()
+        .args(["-k", "-c"])
+        .arg(&ok)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let warnings: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("warning: "))
+        .collect();
+    assert_eq!(warnings.len(), 3, "{stderr}");
+    assert!(
+        stderr.contains("warning: services.web.check_mocked: ignored"),
+        "{stderr}"
+    );
+    let zk = dir.write(
+        "zk.json",
+        r#"{"instance_id": "h", "services": {
+            "web": {"host": "127.0.0.1", "port": 80, "zk_hosts": ["z:2181"], "zk_path": "/a",
+                    "checks": [{"type": "rabbitmq", "username": "guest"}]},
+            "api": {"host": "127.0.0.1", "port": 81, "reporter_type": "zookeeper"}}}"#,
+    );
+    let out = nerve_command()
+        .args(["-k", "-c"])
+        .arg(&zk)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().skip(1).collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(
+        lines[0].contains("the `zookeeper` reporter (2 uses)"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn config_path_and_instance_id_come_from_the_environment() {
     let dir = Workdir::new();

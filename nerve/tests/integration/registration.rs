@@ -293,3 +293,84 @@ async fn admin_endpoint_serves_status_metrics_and_readiness() {
     assert!(metrics.contains("nerve_registrations 1"), "{metrics}");
     nerve.stop().await;
 }
+
+/// upstream's `redis` check against a real redis-server: registered while it answers
+/// PING and EXISTS, deregistered when it stops, registered again when it is back.
+#[tokio::test]
+async fn redis_check_follows_a_real_redis_server() {
+    init_tracing();
+    let etcd = Etcd::start().await;
+    let client = etcd.client().await;
+    let redis = integration_tests::RedisServer::start().await;
+    let port = redis.port();
+    let service = json!({
+        "host": "127.0.0.1",
+        "port": port,
+        "etcd_path": "/svc/cache",
+        "check_interval": INTERVAL,
+        "checks": [{"type": "redis", "timeout": 1, "rise": 1, "fall": 1}],
+    });
+    let nerve = InProcess::start(&config(
+        &etcd.endpoints(),
+        "host-1",
+        json!({"cache": service}),
+    ));
+    wait_keys(&client, "/svc/cache/", 1, within(1)).await;
+    drop(redis);
+    wait_keys(&client, "/svc/cache/", 0, within(1)).await;
+    let _redis = integration_tests::RedisServer::start_on(port).await;
+    wait_keys(&client, "/svc/cache/", 1, within(1)).await;
+    nerve.stop().await;
+}
+
+/// Something that accepts connections but is not redis (an HTTP backend) fails it.
+#[tokio::test]
+async fn redis_check_fails_against_a_server_that_is_not_redis() {
+    init_tracing();
+    let etcd = Etcd::start().await;
+    let client = etcd.client().await;
+    let backend = Backend::start("web").await;
+    let services = json!({
+        "web": {"host": "127.0.0.1", "port": backend.port(), "etcd_path": "/svc/web",
+                "check_interval": INTERVAL,
+                "checks": [{"type": "tcp", "timeout": 1}]},
+        "fake": {"host": "127.0.0.1", "port": backend.port(), "etcd_path": "/svc/fake",
+                 "check_interval": INTERVAL,
+                 "checks": [{"type": "redis", "timeout": 1}]},
+    });
+    let nerve = InProcess::start(&config(&etcd.endpoints(), "host-1", services));
+    // The tcp check registers; by then the redis check has run many times.
+    wait_keys(&client, "/svc/web/", 1, within(1)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(keys(&client, "/svc/fake/").await.unwrap().is_empty());
+    nerve.stop().await;
+}
+
+/// upstream's `rabbitmq` check against a real broker: with the right credentials the
+/// service registers (a message was published and read back); with a wrong password it
+/// never does; when the broker dies the registration goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_check_follows_a_real_broker_and_its_credentials() {
+    init_tracing();
+    let etcd = Etcd::start().await;
+    let client = etcd.client().await;
+    let mut broker = integration_tests::RabbitMq::start().await;
+    let service = |path: &str, password: &str| {
+        json!({
+            "host": "127.0.0.1",
+            "port": broker.port(),
+            "etcd_path": path,
+            "check_interval": INTERVAL,
+            "checks": [{"type": "rabbitmq", "username": "guest", "password": password,
+                        "timeout": 5}],
+        })
+    };
+    let services =
+        json!({"mq": service("/svc/mq", "guest"), "mq-bad": service("/svc/mq-bad", "wrong")});
+    let nerve = InProcess::start(&config(&etcd.endpoints(), "host-1", services));
+    wait_keys(&client, "/svc/mq/", 1, SLACK * 5).await;
+    assert!(keys(&client, "/svc/mq-bad/").await.unwrap().is_empty());
+    broker.kill();
+    wait_keys(&client, "/svc/mq/", 0, SLACK * 5).await;
+    nerve.stop().await;
+}

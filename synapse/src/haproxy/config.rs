@@ -177,7 +177,7 @@ pub fn render(
             hs.listen.iter().filter(|l| placement(l).backend).collect(),
         );
         if let Some(port) = hs.port {
-            let _ = writeln!(out, "\nfrontend {name}");
+            let _ = writeln!(out, "\nfrontend {}", svc.haproxy_name());
             for line in listen_fe.iter().copied().chain(&hs.frontend) {
                 let _ = writeln!(out, "{INDENT}{line}");
             }
@@ -825,5 +825,6 @@ mod tests {
         assert_eq!(bind_addr("localhost", 80), "localhost:80");
         assert_eq!(bind_addr("::1", 80), "[::1]:80");
         assert_eq!(bind_addr("0.0.0.0", 80), "0.0.0.0:80");
+        assert_eq!(bind_addr("*", 80), "*:80");
     }
 }

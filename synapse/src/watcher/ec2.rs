@@ -12,11 +12,10 @@
 
 use std::time::Duration;
 
-use common::{AddressPolicy, Backoff, Host, InstanceId, Port, RegistrationError, ServiceName};
-use tokio::time::sleep;
+use common::{AddressPolicy, Host, InstanceId, Port, RegistrationError, ServiceName};
 use tokio_util::sync::CancellationToken;
 
-use super::{mark_stale, publish, Publisher, Watcher};
+use super::{Publisher, Watcher};
 use crate::backends::{Backend, BackendSet, Origin};
 use crate::config::Ec2TagDiscovery;
 use crate::counters::Counters;
@@ -135,69 +134,50 @@ pub fn to_backend(
     })
 }
 
-impl Watcher for Ec2Watcher {
-    async fn run(self, out: Publisher, cancel: CancellationToken) {
-        let interval = self.config.check_interval;
-        let mut backoff = Backoff::new(Duration::from_secs(1), interval);
-        let Some(port) = self.port else {
-            // Config validation requires a port override for ec2tag; this is a guard.
-            tracing::error!(service = %self.service, "ec2tag needs backend_port_override or server_port_override");
-            cancel.cancelled().await;
-            return;
-        };
-        let api = loop {
-            match self.api() {
-                Ok(api) => break api,
-                Err(e) => {
-                    tracing::error!(service = %self.service, error = %e, "cannot set up the EC2 client");
-                    tokio::select! {
-                        biased;
-                        _ = cancel.cancelled() => return,
-                        _ = sleep(backoff.next_delay()) => {}
-                    }
-                }
-            }
-        };
-        backoff.reset();
-        loop {
-            let listed = tokio::select! {
-                biased;
-                _ = cancel.cancelled() => return,
-                listed = api.running_instances_with_tag(&self.config.tag_name, &self.config.tag_value) => listed,
-            };
-            let wait = match listed {
-                Ok(instances) => {
-                    let set = self.backends(instances, port);
-                    let count = set.len();
-                    let changed = publish(&out, set, true, Origin::Ec2);
-                    if changed || backoff.attempts() > 0 {
-                        tracing::info!(service = %self.service, instances = count, "EC2 instances listed");
-                    }
-                    backoff.reset();
-                    interval
-                }
-                Err(e) => {
-                    mark_stale(&out);
-                    let delay = backoff.next_delay();
-                    log_failure(&self.service, &e, delay, backoff.attempts());
-                    delay
-                }
-            };
-            tokio::select! {
-                biased;
-                _ = cancel.cancelled() => return,
-                _ = sleep(wait) => {}
-            }
+impl super::poll::PolledSource for Ec2Watcher {
+    type Client = (Ec2Api, Port);
+    type Error = Ec2Error;
+
+    fn service(&self) -> &ServiceName {
+        &self.service
+    }
+
+    fn origin(&self) -> Origin {
+        Origin::Ec2
+    }
+
+    fn interval(&self) -> Duration {
+        self.config.check_interval
+    }
+
+    fn setup(&self) -> Result<Self::Client, String> {
+        // Config validation requires a port override for ec2tag; this is a guard.
+        let port = self
+            .port
+            .ok_or("ec2tag needs backend_port_override or server_port_override")?;
+        Ok((self.api()?, port))
+    }
+
+    async fn round(&self, (api, port): &Self::Client) -> Result<BackendSet, Ec2Error> {
+        let instances = api
+            .running_instances_with_tag(&self.config.tag_name, &self.config.tag_value)
+            .await?;
+        Ok(self.backends(instances, *port))
+    }
+
+    fn log_failure(&self, e: &Ec2Error, retry_in: Duration, attempts: u32) {
+        let chain = super::etcd::error_chain(e);
+        if super::poll::loud(attempts) {
+            tracing::warn!(service = %self.service, error = %chain, ?retry_in, "EC2 listing failed; keeping the last known instances");
+        } else {
+            tracing::debug!(service = %self.service, error = %chain, ?retry_in, "EC2 listing failed");
         }
     }
 }
 
-fn log_failure(service: &ServiceName, e: &Ec2Error, retry_in: Duration, attempts: u32) {
-    let chain = super::etcd::error_chain(e);
-    if attempts <= 1 || attempts % 10 == 0 {
-        tracing::warn!(%service, error = %chain, ?retry_in, "EC2 listing failed; keeping the last known instances");
-    } else {
-        tracing::debug!(%service, error = %chain, ?retry_in, "EC2 listing failed");
+impl Watcher for Ec2Watcher {
+    async fn run(self, out: Publisher, cancel: CancellationToken) {
+        super::poll::run(self, out, cancel).await;
     }
 }
 

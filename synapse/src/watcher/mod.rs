@@ -5,9 +5,11 @@
 //! goes away it keeps the last set it published (marked `fresh: false`) and retries with
 //! backoff until cancelled.
 
+pub mod dns;
 pub mod ec2;
 pub mod etcd;
 pub mod multi;
+mod poll;
 pub mod r#static;
 
 use std::future::Future;
@@ -22,6 +24,7 @@ use crate::backends::{BackendSet, Discovered, Origin};
 use crate::config::{DiscoveryConfig, ServiceConfig};
 use crate::counters::Counters;
 
+pub use dns::DnsWatcher;
 pub use ec2::Ec2Watcher;
 pub use etcd::{EtcdClients, EtcdWatcher};
 pub use multi::MultiWatcher;
@@ -67,6 +70,7 @@ pub trait Watcher: Send + 'static {
 pub enum AnyWatcher {
     Etcd(Box<EtcdWatcher>),
     Ec2(Box<Ec2Watcher>),
+    Dns(Box<DnsWatcher>),
     Static(StaticWatcher),
     Multi(MultiWatcher),
 }
@@ -108,6 +112,12 @@ impl AnyWatcher {
                 port,
                 counters.clone(),
             ))),
+            DiscoveryConfig::Dns(d) => Self::Dns(Box::new(DnsWatcher::new(
+                service.clone(),
+                d.clone(),
+                port,
+                counters.clone(),
+            ))),
             DiscoveryConfig::Multi(m) => Self::Multi(MultiWatcher::new(
                 m.watchers
                     .iter()
@@ -131,6 +141,7 @@ impl Watcher for AnyWatcher {
         let fut: Pin<Box<dyn Future<Output = ()> + Send>> = match self {
             Self::Etcd(w) => Box::pin((*w).run(out, cancel)),
             Self::Ec2(w) => Box::pin((*w).run(out, cancel)),
+            Self::Dns(w) => Box::pin((*w).run(out, cancel)),
             Self::Static(w) => Box::pin(w.run(out, cancel)),
             Self::Multi(w) => Box::pin(w.run(out, cancel)),
         };
