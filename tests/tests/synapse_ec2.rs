@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use common::{Host, InstanceId, Port, Registration, ServicePath};
 use integration_tests::{
-    eventually, free_port, http_get, loopback, Backend, Etcd, InProcessSynapse as Synapse, Moto,
-    World, ROUTE_TIMEOUT as TIMEOUT,
+    eventually, free_port, http_get, loopback, Backend, Ec2Instance, Etcd,
+    InProcessSynapse as Synapse, Moto, World, ROUTE_TIMEOUT as TIMEOUT,
 };
 use synapse::counters::Counters;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -36,6 +36,34 @@ fn addr(ip: &str, port: u16) -> SocketAddr {
     SocketAddr::new(ip.parse().expect("instance ip"), port)
 }
 
+/// One backend per instance, on its address and `port`, named `i0`, `i1`, … in order.
+async fn backends_on<'a>(
+    instances: impl IntoIterator<Item = &'a Ec2Instance>,
+    port: u16,
+) -> Vec<Backend> {
+    let mut backends = Vec::new();
+    for (i, inst) in instances.into_iter().enumerate() {
+        backends.push(
+            Backend::start_at(format!("i{i}"), addr(&inst.private_ip, port))
+                .await
+                .expect("backend on the instance's address"),
+        );
+    }
+    backends
+}
+
+/// synapse discovering `web` from the EC2 API at `endpoint` (instances on `port`), and
+/// HAProxy started on its output.
+async fn start_routing(world: &mut World, endpoint: &str, port: u16) -> Synapse {
+    let config = world.config(
+        &ec2_discovery(endpoint),
+        &format!(r#", "backend_port_override": {port}"#),
+    );
+    let synapse = Synapse::start(&config);
+    world.start_haproxy().await;
+    synapse
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tagged_running_instances_are_routed_and_stopped_or_untagged_ones_removed() {
     let moto = Moto::start().await;
@@ -43,20 +71,8 @@ async fn tagged_running_instances_are_routed_and_stopped_or_untagged_ones_remove
     let port = free_port();
     let tagged = moto.run_instances(3, &[("servicename", "true")]).await;
     let other = moto.run_instances(1, &[("servicename", "other")]).await;
-    let mut backends = Vec::new();
-    for (i, inst) in tagged.iter().chain(&other).enumerate() {
-        backends.push(
-            Backend::start_at(format!("i{i}"), addr(&inst.private_ip, port))
-                .await
-                .expect("backend on the instance's address"),
-        );
-    }
-    let config = world.config(
-        &ec2_discovery(&moto.endpoint()),
-        &format!(r#", "backend_port_override": {port}"#),
-    );
-    let _synapse = Synapse::start(&config);
-    world.start_haproxy().await;
+    let _backends = backends_on(tagged.iter().chain(&other), port).await;
+    let _synapse = start_routing(&mut world, &moto.endpoint(), port).await;
     world.wait_answering(&["i0", "i1", "i2"]).await;
     // The untagged-for-us instance never shows up.
     assert!(!world.haproxy_cfg().contains(&other[0].private_ip));
@@ -445,20 +461,8 @@ async fn every_ec2_fault_leaves_the_routed_set_unchanged() {
     let mut world = World::new();
     let port = free_port();
     let first = moto.run_instances(2, &[("servicename", "true")]).await;
-    let mut backends = Vec::new();
-    for (i, inst) in first.iter().enumerate() {
-        backends.push(
-            Backend::start_at(format!("i{i}"), addr(&inst.private_ip, port))
-                .await
-                .expect("backend"),
-        );
-    }
-    let config = world.config(
-        &ec2_discovery(&format!("http://{}", proxy.addr)),
-        &format!(r#", "backend_port_override": {port}"#),
-    );
-    let synapse = Synapse::start(&config);
-    world.start_haproxy().await;
+    let _backends = backends_on(&first, port).await;
+    let synapse = start_routing(&mut world, &format!("http://{}", proxy.addr), port).await;
     world.wait_answering(&["i0", "i1"]).await;
     let cfg_before = world.haproxy_cfg();
 
@@ -516,20 +520,8 @@ async fn hostile_ec2_values_are_skipped_and_never_rendered() {
     let poisoned = moto.run_instances(1, &[("servicename", "true")]).await;
     *HOSTILE_IP.lock().expect("hostile ip") = poisoned[0].private_ip.clone();
     proxy.set(Fault::Hostile);
-    let mut backends = Vec::new();
-    for (i, inst) in good.iter().chain(&other).chain(&poisoned).enumerate() {
-        backends.push(
-            Backend::start_at(format!("i{i}"), addr(&inst.private_ip, port))
-                .await
-                .expect("backend"),
-        );
-    }
-    let config = world.config(
-        &ec2_discovery(&format!("http://{}", proxy.addr)),
-        &format!(r#", "backend_port_override": {port}"#),
-    );
-    let synapse = Synapse::start(&config);
-    world.start_haproxy().await;
+    let _backends = backends_on(good.iter().chain(&other).chain(&poisoned), port).await;
+    let synapse = start_routing(&mut world, &format!("http://{}", proxy.addr), port).await;
     world.wait_answering(&["i0", "i1"]).await;
     eventually(TIMEOUT, || async {
         synapse.counters.rejected().get("invalid_host").copied() >= Some(1)
