@@ -58,6 +58,7 @@ pub mod moto;
 pub mod ports;
 mod process;
 pub mod synapse;
+pub mod tls;
 pub mod workdir;
 
 pub use backend::Backend;
@@ -76,6 +77,7 @@ pub use metrics::{scrape, Scrape};
 pub use moto::{Ec2Instance, Moto};
 pub use ports::{free_port, loopback};
 pub use synapse::InProcessSynapse;
+pub use tls::{ClientTls, TestPki};
 pub use workdir::Workdir;
 
 /// Installs tracing for tests (output captured per test; filter from `RUST_LOG`).

@@ -46,19 +46,26 @@ const IDLE_PROGRESS_INTERVALS: u32 = 3;
 /// Why a step failed. All are retried with backoff by [`EtcdWatcher::run`].
 #[derive(Debug, thiserror::Error)]
 pub enum WatchError {
-    #[error("cannot connect to etcd")]
-    Connect(#[source] ConnectError),
-    #[error("listing {prefix} failed")]
+    #[error("cannot connect to etcd at {endpoints}")]
+    Connect {
+        endpoints: String,
+        #[source]
+        source: ConnectError,
+    },
+    #[error("listing {prefix} on {endpoints} failed")]
     List {
         prefix: String,
+        /// The configured endpoints (never with credentials: config rejects those).
+        endpoints: String,
         #[source]
         source: etcd_client::Error,
     },
     #[error("a list response had no header")]
     NoHeader,
-    #[error("starting the watch on {prefix} failed")]
+    #[error("starting the watch on {prefix} on {endpoints} failed")]
     WatchStart {
         prefix: String,
+        endpoints: String,
         #[source]
         source: etcd_client::Error,
     },
@@ -195,7 +202,15 @@ impl EtcdWatcher {
         self.clients
             .get(&self.config.settings)
             .await
-            .map_err(WatchError::Connect)
+            .map_err(|source| WatchError::Connect {
+                endpoints: self.endpoints(),
+                source,
+            })
+    }
+
+    /// The configured endpoints, for error messages: `https://a:2379,https://b:2379`.
+    fn endpoints(&self) -> String {
+        self.config.settings.endpoints.join(",")
     }
 
     /// Lists the prefix page by page at one revision and replaces `entries`.
@@ -206,6 +221,7 @@ impl EtcdWatcher {
             .max_decoding_message_size(MAX_DECODE_BYTES);
         let list_err = |source| WatchError::List {
             prefix: self.dir.clone(),
+            endpoints: self.endpoints(),
             source,
         };
         let end = prefix_end(self.dir.as_bytes());
@@ -279,6 +295,7 @@ impl EtcdWatcher {
         .map_err(|_| WatchError::Silent(self.config.settings.request_timeout))?
         .map_err(|source| WatchError::WatchStart {
             prefix: self.dir.clone(),
+            endpoints: self.endpoints(),
             source,
         })
     }
