@@ -321,6 +321,7 @@ pub fn parse(text: &str, overrides: &Overrides) -> Result<Config, ConfigErrors> 
     if let Some((endpoint, _)) = flat_endpoint {
         etcd.endpoints = vec![endpoint];
     }
+    etcd.check_auth_transport("etcd", &mut errors);
 
     let lease_ttl = match file.lease_ttl {
         None => DEFAULT_LEASE_TTL,

@@ -1294,6 +1294,7 @@ fn validate_discovery(
                     settings.endpoints = hosts;
                 }
             }
+            settings.check_auth_transport(&etcd_path, errors);
             let service_path = match &d.path {
                 Some(p) => ServicePath::new(p),
                 None => ServicePath::join(defaults::SERVICE_PATH_PREFIX, service.as_str()),
