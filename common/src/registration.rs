@@ -416,6 +416,22 @@ struct RawRegistration {
     labels: Option<Value>,
 }
 
+/// serde_json's message without the value: syntax and end-of-input errors name only the
+/// problem and position, but type errors quote the value (`invalid type: string
+/// "…"`), which must never reach a log line, a metric or the status.
+fn parse_error(e: serde_json::Error) -> RegistrationError {
+    use serde_json::error::Category;
+    let at = format!("at line {} column {}", e.line(), e.column());
+    RegistrationError::Parse(match e.classify() {
+        Category::Syntax | Category::Eof | Category::Io => e.to_string(),
+        Category::Data if e.to_string().starts_with("duplicate field") => {
+            // The field name is one of ours (the derive only reports known fields).
+            e.to_string()
+        }
+        Category::Data => format!("expected a JSON object {at}"),
+    })
+}
+
 impl Registration {
     /// Decodes and validates a value read from etcd. The address policy is applied by
     /// the reader separately ([`AddressPolicy::check`]).
@@ -424,10 +440,7 @@ impl Registration {
             return Err(RegistrationError::TooLarge { len: bytes.len() });
         }
         let text = std::str::from_utf8(bytes).map_err(|_| RegistrationError::InvalidUtf8)?;
-        let raw: RawRegistration = serde_json::from_str(text).map_err(|e| {
-            // serde_json's messages name the problem and the position, not the content.
-            RegistrationError::Parse(e.to_string())
-        })?;
+        let raw: RawRegistration = serde_json::from_str(text).map_err(parse_error)?;
         Self::from_raw(raw)
     }
 
@@ -559,6 +572,28 @@ mod tests {
 
     const GOLDEN_FULL: &str = r#"{"host":"10.0.0.5","port":8080,"name":"web-01","weight":3,"haproxy_server_options":"backup maxconn 100","labels":{"az":"us-east-1a"}}"#;
     const GOLDEN_MIN: &str = r#"{"host":"10.0.0.5","port":8080,"name":"web-01"}"#;
+
+    #[test]
+    fn parse_errors_never_echo_the_value() {
+        for hostile in [
+            r#""hunter2-secret""#,
+            r#"["hunter2-secret"]"#,
+            "1234567890123",
+            "true",
+            r#"{"host": "10.0.0.5", "host": "hunter2-secret"}"#,
+            r#"{"host": "hunter2-secret"#,
+            r#"{"hunter2-secret" 1}"#,
+            r#"{"host":"10.0.0.5","port":1,"name":"a"} hunter2-secret"#,
+        ] {
+            let err = decode(hostile).expect_err(hostile);
+            assert_eq!(err.reason(), "parse_error", "{hostile}");
+            let text = err.to_string();
+            assert!(
+                !text.contains("hunter2") && !text.contains("1234567890123"),
+                "{hostile} echoed: {text}"
+            );
+        }
+    }
 
     #[test]
     fn golden_values_decode_and_reencode_byte_for_byte() {
