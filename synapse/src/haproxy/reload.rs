@@ -172,25 +172,36 @@ impl Writer {
             return tokio::task::spawn_blocking(move || write_atomically(&dir, &path, &text))
                 .await?;
         };
-        let candidate = self
-            .candidate_path
-            .clone()
-            .unwrap_or_else(|| with_suffix(&path, ".tmp"));
+        // The candidate is created like the final file: a unique name in the same
+        // directory (O_EXCL, so never through a symlink or into someone else's file),
+        // mode set on the open handle. A configured `candidate_config_file_path` gets it
+        // by rename, which replaces a symlink rather than following it.
         let bytes = text.to_owned();
-        let cand = candidate.clone();
+        let fixed = self.candidate_path.clone();
+        let (d, p) = (dir.clone(), path.clone());
         failpoint::hit("before_tmp_write");
-        tokio::task::spawn_blocking(move || {
-            let written = write_synced(&cand, &bytes);
-            if written.is_err() {
-                // A full disk keeps nothing half-written (and frees what it took).
-                let _ = std::fs::remove_file(&cand);
+        let (candidate, temp) = tokio::task::spawn_blocking(move || {
+            // A failed write drops the temp file: nothing half-written stays.
+            let tmp = write_temp(&d, &p, &bytes)?;
+            match fixed {
+                Some(c) => {
+                    tmp.persist(&c).map_err(|e| ReloadError::Write {
+                        path: c.clone(),
+                        source: e.error,
+                    })?;
+                    Ok::<_, ReloadError>((c, None))
+                }
+                None => {
+                    let t = tmp.into_temp_path();
+                    Ok((t.to_path_buf(), Some(t)))
+                }
             }
-            written
         })
         .await??;
         let checked = match check {
             Check::Haproxy => {
                 let mut cmd = Command::new("haproxy");
+                common::child_env::restrict(&mut cmd);
                 cmd.arg("-c").arg("-q").arg("-f").arg(&candidate);
                 // Exit 2: "no error but will not start (no listener)", e.g. while every
                 // service is backend-only. Not a reason to keep an outdated file.
@@ -217,7 +228,11 @@ impl Writer {
             }
         }
         tokio::task::spawn_blocking(move || {
-            std::fs::rename(&candidate, &path).map_err(|source| ReloadError::Write {
+            let renamed = match temp {
+                Some(t) => t.persist(&path).map_err(|e| e.error),
+                None => std::fs::rename(&candidate, &path),
+            };
+            renamed.map_err(|source| ReloadError::Write {
                 path: path.clone(),
                 source,
             })?;
@@ -409,13 +424,25 @@ fn read_pid(path: &Path) -> Result<u32, ReloadError> {
         path: path.to_owned(),
         source,
     };
+    let invalid = |why: String| err(std::io::Error::new(std::io::ErrorKind::InvalidData, why));
     let text = std::fs::read_to_string(path).map_err(err)?;
-    text.trim().parse().map_err(|_| {
-        err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            "not a PID",
-        ))
-    })
+    let pid: u32 = text
+        .trim()
+        .parse()
+        .map_err(|_| invalid("not a PID".to_owned()))?;
+    // 0 signals our own process group, 1 is init: a stale or forged pid file must not
+    // make synapse signal anything but HAProxy.
+    if pid <= 1 {
+        return Err(invalid(format!("PID {pid} is not HAProxy's")));
+    }
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    if comm.trim_end() != "haproxy" {
+        return Err(invalid(format!(
+            "PID {pid} is not a haproxy process (it is {:?}); is the pid file stale?",
+            comm.trim_end()
+        )));
+    }
+    Ok(pid)
 }
 
 /// A command that exited non-zero.
@@ -427,6 +454,8 @@ struct Failure {
 
 fn shell(command: &str) -> Command {
     let mut cmd = Command::new("sh");
+    // Never synapse's AWS or etcd credentials (`common::child_env`).
+    common::child_env::restrict(&mut cmd);
     cmd.arg("-c").arg(command);
     cmd
 }
@@ -454,6 +483,22 @@ pub fn write_atomically(dir: &Path, path: &Path, text: &str) -> Result<(), Reloa
         source,
     };
     failpoint::hit("before_tmp_write");
+    let tmp = write_temp(dir, path, text)?;
+    tmp.persist(path).map_err(|e| err(e.error))?;
+    sync_dir(dir)?;
+    failpoint::hit("after_rename");
+    Ok(())
+}
+
+/// `text` in a new temp file in `dir` (`.synapse-XXXXXX.tmp`: `O_CREAT|O_EXCL`, so never
+/// an existing file or a symlink), fsynced, its mode set through the open handle.
+/// Deleted if dropped. `path` is the file it stands for, for errors.
+fn write_temp(dir: &Path, path: &Path, text: &str) -> Result<tempfile::NamedTempFile, ReloadError> {
+    use std::os::unix::fs::PermissionsExt;
+    let err = |source| ReloadError::Write {
+        path: path.to_owned(),
+        source,
+    };
     let mut tmp = tempfile::Builder::new()
         .prefix(TEMP_PREFIX)
         .suffix(".tmp")
@@ -465,29 +510,10 @@ pub fn write_atomically(dir: &Path, path: &Path, text: &str) -> Result<(), Reloa
     failpoint::hit("after_fsync");
     // A temp file is created 0600; the file it replaces is read by HAProxy (another
     // user, or another container).
-    set_readable(tmp.path()).map_err(err)?;
-    tmp.persist(path).map_err(|e| err(e.error))?;
-    sync_dir(dir)?;
-    failpoint::hit("after_rename");
-    Ok(())
-}
-
-fn write_synced(path: &Path, text: &str) -> Result<(), ReloadError> {
-    let err = |source| ReloadError::Write {
-        path: path.to_owned(),
-        source,
-    };
-    let mut f = std::fs::File::create(path).map_err(err)?;
-    f.write_all(text.as_bytes()).map_err(err)?;
-    failpoint::hit("after_tmp_write");
-    f.sync_all().map_err(err)?;
-    failpoint::hit("after_fsync");
-    set_readable(path).map_err(err)
-}
-
-fn set_readable(path: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))
+    tmp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(0o644))
+        .map_err(err)?;
+    Ok(tmp)
 }
 
 fn sync_dir(dir: &Path) -> Result<(), ReloadError> {
@@ -518,6 +544,86 @@ mod tests {
 
     fn writer(dir: &Path, extra: &str) -> Writer {
         Writer::new(&config(dir, extra))
+    }
+
+    #[tokio::test]
+    async fn the_candidate_never_follows_a_symlink() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        // The default candidate name of earlier versions, planted as a symlink.
+        std::os::unix::fs::symlink(&victim, dir.path().join("haproxy.cfg.tmp")).unwrap();
+        let check =
+            r#", "do_checks": true, "check_command": "grep -q good $SYNAPSE_CANDIDATE_CONFIG""#;
+        writer(dir.path(), check)
+            .write("good\n", true)
+            .await
+            .unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        let cfg = dir.path().join("haproxy.cfg");
+        assert_eq!(std::fs::read_to_string(&cfg).unwrap(), "good\n");
+        let mode = std::fs::metadata(&cfg).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o644);
+        // A configured candidate path that is a symlink is replaced, not written through.
+        let fixed = dir.path().join("candidate.cfg");
+        std::os::unix::fs::symlink(&victim, &fixed).unwrap();
+        let extra = format!(
+            r#"{check}, "candidate_config_file_path": "{}""#,
+            fixed.display()
+        );
+        writer(dir.path(), &extra)
+            .write("good 2\n", true)
+            .await
+            .unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        assert_eq!(std::fs::read_to_string(&cfg).unwrap(), "good 2\n");
+        // A refused candidate leaves no temp file behind.
+        assert!(writer(dir.path(), check)
+            .write("bad\n", true)
+            .await
+            .is_err());
+        let temps: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().starts_with(TEMP_PREFIX))
+            .collect();
+        assert!(temps.is_empty(), "{temps:?}");
+    }
+
+    #[test]
+    fn pid_files_naming_anything_but_haproxy_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("haproxy.pid");
+        let me = std::process::id().to_string();
+        for (pid, says) in [
+            ("0", "not HAProxy's"),
+            ("1", "not HAProxy's"),
+            (me.as_str(), "not a haproxy process"),
+            ("x", "not a PID"),
+        ] {
+            std::fs::write(&file, pid).unwrap();
+            let err = read_pid(&file).unwrap_err();
+            let text = crate::watcher::etcd::error_chain(&err);
+            assert!(text.contains(says), "{pid}: {text}");
+        }
+    }
+
+    #[tokio::test]
+    async fn commands_get_an_allow_listed_environment() {
+        // cargo runs tests with CARGO_* set (not allow-listed, like AWS_*).
+        assert!(
+            std::env::var_os("CARGO_MANIFEST_DIR").is_some(),
+            "run under cargo"
+        );
+        let out = run(
+            shell(r#"test -z "$CARGO_MANIFEST_DIR" && test -n "$PATH""#),
+            "env",
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+        assert!(out.is_ok(), "the command saw the secret");
     }
 
     #[tokio::test]
