@@ -158,6 +158,8 @@ pub struct HaproxyFile {
     pub extra_sections: BTreeMap<String, Vec<String>>,
     pub config_file_path: Option<PathBuf>,
     pub candidate_config_file_path: Option<PathBuf>,
+    /// haproxy.cfg's mode, an octal string (`"0640"`).
+    pub config_file_mode: Option<String>,
     pub socket_file_path: Option<SocketPaths>,
     pub reload_command: Option<String>,
     pub check_command: Option<String>,
@@ -345,6 +347,9 @@ pub struct HaproxyConfig {
     /// `None` when `do_writes` is off.
     pub config_file_path: Option<PathBuf>,
     pub candidate_config_file_path: Option<PathBuf>,
+    /// haproxy.cfg's permission bits (default 0640: it may hold `stats auth` or userlist
+    /// credentials); its group is `haproxy` when that group exists.
+    pub config_file_mode: u32,
     pub socket_file_paths: Vec<PathBuf>,
     pub reload_command: Option<String>,
     pub check_command: Option<String>,
@@ -454,6 +459,8 @@ pub mod defaults {
     pub const RESTART_INTERVAL: Duration = Duration::from_secs(2);
     pub const STATE_FILE_TTL: Duration = Duration::from_secs(86_400);
     pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+    /// haproxy.cfg: owner read-write, group read (`stats auth`, userlists).
+    pub const CONFIG_FILE_MODE: u32 = 0o640;
     pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
     pub const SERVER_SLOTS: u32 = 10;
     pub const HAPROXY_BINARY: &str = "haproxy";
@@ -894,6 +901,14 @@ fn validate_haproxy(h: &HaproxyFile, errors: &mut ConfigErrors) -> HaproxyConfig
         Some(SocketPaths::One(p)) => vec![p.clone()],
         Some(SocketPaths::Many(ps)) => ps.clone(),
     };
+    let config_file_mode = match h.config_file_mode.as_deref().map(parse_mode) {
+        None => defaults::CONFIG_FILE_MODE,
+        Some(Ok(mode)) => mode,
+        Some(Err(why)) => {
+            errors.push(p("config_file_mode"), why);
+            defaults::CONFIG_FILE_MODE
+        }
+    };
     let server_state_file = server_state_file(&global);
     HaproxyConfig {
         global,
@@ -901,6 +916,7 @@ fn validate_haproxy(h: &HaproxyFile, errors: &mut ConfigErrors) -> HaproxyConfig
         extra_sections,
         config_file_path,
         candidate_config_file_path: h.candidate_config_file_path.clone(),
+        config_file_mode,
         socket_file_paths,
         reload_command,
         check_command: h.check_command.clone().filter(|c| !c.trim().is_empty()),
@@ -993,6 +1009,21 @@ fn validate_reload_method(
 
 /// The `server-state-file` a `global` section names, resolved against its
 /// `server-state-base`, if any.
+/// An octal mode (`"0640"`, `"640"`): permission bits only, never writable by others.
+fn parse_mode(text: &str) -> Result<u32, &'static str> {
+    let mode = u32::from_str_radix(text.trim(), 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .ok_or("must be an octal mode from 0000 to 0777, e.g. \"0640\"")?;
+    if mode & 0o002 != 0 {
+        return Err("must not be writable by others");
+    }
+    if mode & 0o400 == 0 {
+        return Err("must be readable by its owner");
+    }
+    Ok(mode)
+}
+
 fn server_state_file(global: &[String]) -> Option<PathBuf> {
     let value = |kw: &str| {
         global.iter().rev().find_map(|l| {

@@ -81,6 +81,8 @@ pub struct Writer {
     /// `None` with `do_writes: false`.
     config_path: Option<PathBuf>,
     candidate_path: Option<PathBuf>,
+    /// haproxy.cfg's (and the candidate's) mode and group.
+    mode: FileMode,
     check: Option<Check>,
     timeout: Duration,
 }
@@ -109,6 +111,10 @@ impl Writer {
         Self {
             config_path: h.config_file_path.clone(),
             candidate_path: h.candidate_config_file_path.clone(),
+            mode: FileMode {
+                mode: h.config_file_mode,
+                group: group_id("haproxy"),
+            },
             check,
             timeout: h.command_timeout,
         }
@@ -168,9 +174,11 @@ impl Writer {
             .unwrap_or(Path::new("."))
             .to_owned();
         let Some(check) = self.check.as_ref().filter(|_| check) else {
-            let text = text.to_owned();
-            return tokio::task::spawn_blocking(move || write_atomically(&dir, &path, &text))
-                .await?;
+            let (text, mode) = (text.to_owned(), self.mode);
+            return tokio::task::spawn_blocking(move || {
+                write_atomically_with(&dir, &path, &text, mode)
+            })
+            .await?;
         };
         // The candidate is created like the final file: a unique name in the same
         // directory (O_EXCL, so never through a symlink or into someone else's file),
@@ -178,11 +186,11 @@ impl Writer {
         // by rename, which replaces a symlink rather than following it.
         let bytes = text.to_owned();
         let fixed = self.candidate_path.clone();
-        let (d, p) = (dir.clone(), path.clone());
+        let (d, p, mode) = (dir.clone(), path.clone(), self.mode);
         failpoint::hit("before_tmp_write");
         let (candidate, temp) = tokio::task::spawn_blocking(move || {
             // A failed write drops the temp file: nothing half-written stays.
-            let tmp = write_temp(&d, &p, &bytes)?;
+            let tmp = write_temp(&d, &p, &bytes, mode)?;
             match fixed {
                 Some(c) => {
                     tmp.persist(&c).map_err(|e| ReloadError::Write {
@@ -476,14 +484,53 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(s)
 }
 
-/// Temp file in `dir` → fsync → rename over `path` → fsync `dir`.
+/// Permission bits and group of a file synapse writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileMode {
+    pub mode: u32,
+    /// Set when `Some` (and allowed: a failure to change it is only logged).
+    pub group: Option<u32>,
+}
+
+impl FileMode {
+    /// 0644: files other programs read (file_output, the server state).
+    pub const PUBLIC: Self = Self {
+        mode: 0o644,
+        group: None,
+    };
+}
+
+/// A group's id from `/etc/group`, if the group exists.
+pub fn group_id(name: &str) -> Option<u32> {
+    std::fs::read_to_string("/etc/group")
+        .ok()?
+        .lines()
+        .find_map(|line| {
+            let mut fields = line.split(':');
+            (fields.next() == Some(name))
+                .then(|| fields.nth(1)?.parse().ok())
+                .flatten()
+        })
+}
+
+/// Temp file in `dir` → fsync → rename over `path` → fsync `dir`, mode 0644.
 pub fn write_atomically(dir: &Path, path: &Path, text: &str) -> Result<(), ReloadError> {
+    write_atomically_with(dir, path, text, FileMode::PUBLIC)
+}
+
+/// [`write_atomically`] with this mode and group.
+pub fn write_atomically_with(
+    dir: &Path,
+    path: &Path,
+    text: &str,
+    mode: FileMode,
+) -> Result<(), ReloadError> {
     let err = |source| ReloadError::Write {
         path: path.to_owned(),
         source,
     };
     failpoint::hit("before_tmp_write");
-    let tmp = write_temp(dir, path, text)?;
+    let tmp = write_temp(dir, path, text, mode)?;
     tmp.persist(path).map_err(|e| err(e.error))?;
     sync_dir(dir)?;
     failpoint::hit("after_rename");
@@ -493,7 +540,12 @@ pub fn write_atomically(dir: &Path, path: &Path, text: &str) -> Result<(), Reloa
 /// `text` in a new temp file in `dir` (`.synapse-XXXXXX.tmp`: `O_CREAT|O_EXCL`, so never
 /// an existing file or a symlink), fsynced, its mode set through the open handle.
 /// Deleted if dropped. `path` is the file it stands for, for errors.
-fn write_temp(dir: &Path, path: &Path, text: &str) -> Result<tempfile::NamedTempFile, ReloadError> {
+fn write_temp(
+    dir: &Path,
+    path: &Path,
+    text: &str,
+    mode: FileMode,
+) -> Result<tempfile::NamedTempFile, ReloadError> {
     use std::os::unix::fs::PermissionsExt;
     let err = |source| ReloadError::Write {
         path: path.to_owned(),
@@ -510,8 +562,13 @@ fn write_temp(dir: &Path, path: &Path, text: &str) -> Result<tempfile::NamedTemp
     failpoint::hit("after_fsync");
     // A temp file is created 0600; the file it replaces is read by HAProxy (another
     // user, or another container).
+    if let Some(gid) = mode.group {
+        if let Err(e) = std::os::unix::fs::fchown(tmp.as_file(), None, Some(gid)) {
+            tracing::debug!(file = %path.display(), gid, error = %e, "cannot set the group");
+        }
+    }
     tmp.as_file()
-        .set_permissions(std::fs::Permissions::from_mode(0o644))
+        .set_permissions(std::fs::Permissions::from_mode(mode.mode))
         .map_err(err)?;
     Ok(tmp)
 }
@@ -564,7 +621,15 @@ mod tests {
         let cfg = dir.path().join("haproxy.cfg");
         assert_eq!(std::fs::read_to_string(&cfg).unwrap(), "good\n");
         let mode = std::fs::metadata(&cfg).unwrap().permissions().mode();
-        assert_eq!(mode & 0o777, 0o644);
+        assert_eq!(mode & 0o777, 0o640, "the default mode");
+        if let Some(gid) = group_id("haproxy") {
+            use std::os::unix::fs::MetadataExt;
+            assert_eq!(
+                std::fs::metadata(&cfg).unwrap().gid(),
+                gid,
+                "the haproxy group"
+            );
+        }
         // A configured candidate path that is a symlink is replaced, not written through.
         let fixed = dir.path().join("candidate.cfg");
         std::os::unix::fs::symlink(&victim, &fixed).unwrap();
@@ -589,6 +654,30 @@ mod tests {
             .filter(|e| e.file_name().to_string_lossy().starts_with(TEMP_PREFIX))
             .collect();
         assert!(temps.is_empty(), "{temps:?}");
+    }
+
+    #[tokio::test]
+    async fn config_file_mode_is_configurable_and_never_world_writable() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        writer(dir.path(), r#", "config_file_mode": "0600""#)
+            .write("global\n", false)
+            .await
+            .unwrap();
+        let mode = std::fs::metadata(dir.path().join("haproxy.cfg"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        for bad in ["0666", "0777", "rw", "01000", "0044"] {
+            let text = format!(
+                r#"{{"services": {{"web": {{"discovery": {{"method": "base"}}}}}},
+                    "haproxy": {{"config_file_path": "/tmp/x.cfg", "reload_command": "true",
+                                 "config_file_mode": "{bad}"}}}}"#
+            );
+            let err = Config::parse(&text, None).unwrap_err().to_string();
+            assert!(err.contains("haproxy.config_file_mode"), "{bad}: {err}");
+        }
     }
 
     #[test]
