@@ -250,12 +250,17 @@ impl EtcdSettings {
     }
 }
 
-/// Whether `http(s)://host:port` names a loopback host (`127.0.0.0/8`, `::1`,
-/// `localhost`).
+/// Whether a URL (`scheme://host[:port][/path]`) names a loopback host (`127.0.0.0/8`,
+/// `::1`, `localhost`).
 pub fn is_loopback_url(url: &str) -> bool {
     let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
-    let host = rest.rsplit_once(':').map_or(rest, |(host, _)| host);
-    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => authority
+            .rsplit_once(':')
+            .map_or(authority, |(host, _)| host),
+    };
     host.eq_ignore_ascii_case("localhost")
         || host
             .parse::<std::net::IpAddr>()
@@ -403,6 +408,28 @@ mod tests {
         file.validate("etcd", &mut errors)
             .check_auth_transport("etcd", &mut errors);
         errors
+    }
+
+    #[test]
+    fn loopback_urls() {
+        for yes in [
+            "http://127.0.0.1:2379",
+            "http://127.9.0.1",
+            "http://localhost/x",
+            "http://[::1]:5000/",
+            "LOCALHOST:1",
+        ] {
+            assert!(is_loopback_url(yes), "{yes}");
+        }
+        for no in [
+            "http://10.0.0.1:2379",
+            "http://localhost.evil.com/",
+            "http://127.0.0.1.nip.io/",
+            "https://ec2.us-east-1.amazonaws.com",
+            "http://[::2]:1",
+        ] {
+            assert!(!is_loopback_url(no), "{no}");
+        }
     }
 
     #[test]

@@ -1380,6 +1380,13 @@ fn validate_discovery(
                 if let Some(ep) = ep {
                     if !(ep.starts_with("http://") || ep.starts_with("https://")) {
                         errors.push(join_path(path, key), "must be an http(s) URL");
+                    } else if key == "endpoint"
+                        && ep.starts_with("http://")
+                        && !common::etcd::is_loopback_url(ep)
+                    {
+                        // Signed requests and instance data in clear; IMDS is link-local
+                        // plain HTTP by design.
+                        errors.push(join_path(path, key), "must be https:// unless loopback");
                     }
                 }
             }
