@@ -62,6 +62,8 @@ pub enum RegistrationError {
     InvalidLabels(&'static str),
     #[error("value does not match its key: {0}")]
     IdentityMismatch(String),
+    #[error("key is not in nerve's shape (`strict_keys`)")]
+    ForeignKey,
 }
 
 impl RegistrationError {
@@ -79,6 +81,7 @@ impl RegistrationError {
             Self::InvalidOption(_) => "invalid_option",
             Self::InvalidLabels(_) => "invalid_labels",
             Self::IdentityMismatch(_) => "identity_mismatch",
+            Self::ForeignKey => "foreign_key",
         }
     }
 }

@@ -110,6 +110,8 @@ pub struct DiscoveryFile {
     pub etcd: Option<EtcdFile>,
     pub resync_interval: Option<Seconds>,
     pub progress_interval: Option<Seconds>,
+    /// Accept only keys in nerve's shape (`<instance>/<service>_<lease>`).
+    pub strict_keys: Option<bool>,
     // ec2tag
     pub tag_name: Option<String>,
     pub tag_value: Option<String>,
@@ -303,6 +305,8 @@ pub struct EtcdDiscovery {
     pub resync_interval: Duration,
     /// A progress request this often; a stream silent for three of these is dead.
     pub progress_interval: Duration,
+    /// Only nerve-shaped keys are accepted; others are rejected (`foreign_key`).
+    pub strict_keys: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -1215,6 +1219,7 @@ fn method_keys(method: &str) -> Option<&'static [&'static str]> {
             "etcd",
             "resync_interval",
             "progress_interval",
+            "strict_keys",
         ],
         "ec2tag" => &[
             "tag_name",
@@ -1245,6 +1250,7 @@ fn present_keys(d: &DiscoveryFile) -> Vec<&'static str> {
     add(d.etcd.is_some(), "etcd");
     add(d.resync_interval.is_some(), "resync_interval");
     add(d.progress_interval.is_some(), "progress_interval");
+    add(d.strict_keys.is_some(), "strict_keys");
     add(d.tag_name.is_some(), "tag_name");
     add(d.tag_value.is_some(), "tag_value");
     add(d.aws_region.is_some(), "aws_region");
@@ -1355,6 +1361,7 @@ fn validate_discovery(
                 policy,
                 resync_interval,
                 progress_interval,
+                strict_keys: d.strict_keys.unwrap_or(false),
             })
         }
         "ec2tag" => {

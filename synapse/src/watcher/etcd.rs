@@ -19,7 +19,7 @@
 //! - While etcd is away the last published set stays (marked stale), and the watcher
 //!   retries with backoff forever: synapse never exits because etcd is unreachable.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -128,15 +128,44 @@ enum State {
 /// The keys below the prefix, as last seen.
 #[derive(Default)]
 struct Entries {
-    valid: BTreeMap<Vec<u8>, Backend>,
+    /// Valid entries, and whether their key vouched for their `name` (identity-checked).
+    valid: BTreeMap<Vec<u8>, (Backend, bool)>,
     /// Rejected keys and the revision at which they were rejected, so that each bad value
     /// is logged and counted once, not on every re-list.
     rejected: BTreeMap<Vec<u8>, i64>,
+    /// Server names two entries claim now, so each conflict is counted once.
+    conflicts: BTreeSet<String>,
 }
 
 impl Entries {
-    fn set(&self) -> BackendSet {
-        self.valid.values().cloned().collect()
+    /// The set to publish. When two entries claim one server name, an identity-checked
+    /// one wins over a foreign-shaped one (else the first key in order); each new
+    /// conflict is counted as a rejection (`identity_conflict`) and logged once.
+    fn set(&mut self, service: &ServiceName, counters: &Counters) -> BackendSet {
+        let mut by_name: BTreeMap<String, (&Backend, bool)> = BTreeMap::new();
+        let mut conflicts = BTreeSet::new();
+        for (backend, checked) in self.valid.values() {
+            let name = backend.server_name();
+            match by_name.get_mut(&name) {
+                None => {
+                    by_name.insert(name, (backend, *checked));
+                }
+                Some(held) => {
+                    if *checked && !held.1 {
+                        *held = (backend, true);
+                    }
+                    conflicts.insert(name);
+                }
+            }
+        }
+        for name in conflicts.difference(&self.conflicts) {
+            counters.reject("identity_conflict");
+            tracing::warn!(%service, server = ?name,
+                "two registrations claim one server name; the identity-checked one is used");
+        }
+        let set = by_name.into_values().map(|(b, _)| b.clone()).collect();
+        self.conflicts = conflicts;
+        set
     }
 }
 
@@ -175,7 +204,12 @@ impl EtcdWatcher {
                 Counters::inc(&self.counters.relists);
                 self.counters.services.etcd_listed(&self.service, revision);
                 *resync_at = Instant::now() + self.config.resync_interval;
-                publish(out, entries.set(), true, Origin::Etcd);
+                publish(
+                    out,
+                    entries.set(&self.service, &self.counters),
+                    true,
+                    Origin::Etcd,
+                );
                 Ok(State::Watch { from: revision + 1 })
             }
             State::Watch { from } => {
@@ -252,9 +286,9 @@ impl EtcdWatcher {
         let mut valid = BTreeMap::new();
         for kv in &kvs {
             match self.decode(kv.key(), kv.value()) {
-                Decoded::Valid(b) => {
+                Decoded::Valid(b, checked) => {
                     entries.rejected.remove(kv.key());
-                    valid.insert(kv.key().to_vec(), b);
+                    valid.insert(kv.key().to_vec(), (b, checked));
                 }
                 Decoded::Rejected(e) => {
                     self.note_rejected(entries, kv.key(), kv.mod_revision(), &e)
@@ -373,7 +407,7 @@ impl EtcdWatcher {
                             }
                         }
                     }
-                    publish(out, entries.set(), true, Origin::Etcd);
+                    publish(out, entries.set(&self.service, &self.counters), true, Origin::Etcd);
                     self.counters.services.etcd_watching(&self.service, revision);
                 }
             }
@@ -382,9 +416,9 @@ impl EtcdWatcher {
 
     fn apply_put(&self, entries: &mut Entries, kv: &KeyValue) {
         match self.decode(kv.key(), kv.value()) {
-            Decoded::Valid(b) => {
+            Decoded::Valid(b, checked) => {
                 entries.rejected.remove(kv.key());
-                entries.valid.insert(kv.key().to_vec(), b);
+                entries.valid.insert(kv.key().to_vec(), (b, checked));
             }
             Decoded::Rejected(e) => {
                 entries.valid.remove(kv.key());
@@ -403,8 +437,11 @@ impl EtcdWatcher {
             // The directory key itself (`<path>/`): not a registration.
             Err(_) => return Decoded::Ignored,
         };
+        if self.config.strict_keys && !matches!(parsed, ParsedKey::Nerve(_)) {
+            return Decoded::Rejected(RegistrationError::ForeignKey);
+        }
         match validate(&parsed, value, &self.config.policy) {
-            Ok(b) => Decoded::Valid(b),
+            Ok(b) => Decoded::Valid(b, parsed.is_identity_checked()),
             Err(e) => Decoded::Rejected(e),
         }
     }
@@ -432,7 +469,8 @@ impl EtcdWatcher {
 }
 
 enum Decoded {
-    Valid(Backend),
+    /// A backend, and whether its key vouched for its name.
+    Valid(Backend, bool),
     Rejected(RegistrationError),
     Ignored,
 }
