@@ -135,7 +135,22 @@ struct Entries {
     rejected: BTreeMap<Vec<u8>, i64>,
     /// Server names two entries claim now, so each conflict is counted once.
     conflicts: BTreeSet<String>,
+    reject_log: RejectLog,
 }
+
+/// Lines logged about rejected keys in the current window.
+#[derive(Default)]
+struct RejectLog {
+    window_start: Option<Instant>,
+    logged: u32,
+    suppressed: u64,
+}
+
+/// At most this many "skipping invalid registration" lines per service per window.
+const REJECT_LOG_BURST: u32 = 10;
+const REJECT_LOG_WINDOW: Duration = Duration::from_secs(60);
+/// A rejected key is logged cut to this many characters.
+const REJECT_LOG_KEY_CHARS: usize = 200;
 
 impl Entries {
     /// The set to publish. When two entries claim one server name, an identity-checked
@@ -261,7 +276,11 @@ impl EtcdWatcher {
         let end = prefix_end(self.dir.as_bytes());
         let mut key = self.dir.as_bytes().to_vec();
         let mut revision = 0;
-        let mut kvs: Vec<KeyValue> = Vec::new();
+        // Decoded page by page: raw values (up to etcd's 1.5 MiB each) live for one page,
+        // never the whole prefix. Rejected keys keep only their key and revision.
+        let mut valid = BTreeMap::new();
+        let mut rejected = BTreeMap::new();
+        let mut keys = 0usize;
         loop {
             let mut opts = GetOptions::new()
                 .with_range(end.clone())
@@ -278,32 +297,33 @@ impl EtcdWatcher {
             let Some(last) = page.last() else { break };
             key = last.key().to_vec();
             key.push(0);
-            kvs.extend(page);
+            keys += page.len();
+            for kv in page {
+                match self.decode(kv.key(), kv.value()) {
+                    Decoded::Valid(b, checked) => {
+                        valid.insert(kv.key().to_vec(), (b, checked));
+                    }
+                    Decoded::Rejected(e) => {
+                        // Logged and counted once per (key, revision), across re-lists.
+                        if entries.rejected.get(kv.key()) != Some(&kv.mod_revision()) {
+                            self.report_rejected(entries, kv.key(), &e);
+                        }
+                        rejected.insert(kv.key().to_vec(), kv.mod_revision());
+                    }
+                    Decoded::Ignored => {}
+                }
+            }
             if !more {
                 break;
             }
         }
-        let mut valid = BTreeMap::new();
-        for kv in &kvs {
-            match self.decode(kv.key(), kv.value()) {
-                Decoded::Valid(b, checked) => {
-                    entries.rejected.remove(kv.key());
-                    valid.insert(kv.key().to_vec(), (b, checked));
-                }
-                Decoded::Rejected(e) => {
-                    self.note_rejected(entries, kv.key(), kv.mod_revision(), &e)
-                }
-                Decoded::Ignored => {}
-            }
-        }
-        entries
-            .rejected
-            .retain(|k, _| kvs.iter().any(|kv| kv.key() == k.as_slice()));
+        // Keys gone since the last list are forgotten.
+        entries.rejected = rejected;
         entries.valid = valid;
         tracing::debug!(
             service = %self.service,
             revision,
-            keys = kvs.len(),
+            keys,
             valid = entries.valid.len(),
             "listed etcd prefix"
         );
@@ -456,11 +476,41 @@ impl EtcdWatcher {
         if entries.rejected.insert(key.to_vec(), mod_revision) == Some(mod_revision) {
             return;
         }
+        self.report_rejected(entries, key, e);
+    }
+
+    /// Counts a rejection, and logs it within [`REJECT_LOG_BURST`] lines per
+    /// [`REJECT_LOG_WINDOW`] per service (then one line saying how many went unlogged),
+    /// the key escaped and cut at [`REJECT_LOG_KEY_CHARS`] characters.
+    fn report_rejected(&self, entries: &mut Entries, key: &[u8], e: &RegistrationError) {
         self.counters.reject(e.reason());
+        let now = Instant::now();
+        let log = &mut entries.reject_log;
+        if log
+            .window_start
+            .is_none_or(|s| now >= s + REJECT_LOG_WINDOW)
+        {
+            if log.suppressed > 0 {
+                tracing::warn!(service = %self.service, suppressed = log.suppressed,
+                    "more invalid registrations were skipped than logged (all are counted)");
+            }
+            *log = RejectLog {
+                window_start: Some(now),
+                ..RejectLog::default()
+            };
+        }
+        if log.logged >= REJECT_LOG_BURST {
+            log.suppressed += 1;
+            return;
+        }
+        log.logged += 1;
+        let text = String::from_utf8_lossy(key);
+        let shown: String = text.chars().take(REJECT_LOG_KEY_CHARS).collect();
         // `?` (Debug) escapes the key: a hostile key cannot forge log lines.
         tracing::warn!(
             service = %self.service,
-            key = ?String::from_utf8_lossy(key),
+            key = ?shown,
+            key_truncated = shown.len() < text.len(),
             reason = e.reason(),
             error = %e,
             "skipping invalid registration"
@@ -601,24 +651,37 @@ mod tests {
         );
     }
 
-    /// B24: a rejected entry's key goes to the log Debug-escaped: one physical line, no
-    /// forged `level=INFO` line; the value is never logged.
-    #[test]
-    fn rejected_entries_cannot_forge_log_lines() {
-        use std::io::Write;
-        use std::sync::Mutex;
+    use std::io::Write;
+    use std::sync::Mutex;
 
-        #[derive(Clone, Default)]
-        struct Buf(Arc<Mutex<Vec<u8>>>);
-        impl Write for Buf {
-            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().unwrap().extend_from_slice(b);
-                Ok(b.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
+    /// A log sink for one test.
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+    impl Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
         }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Buf {
+        fn subscriber(&self) -> impl tracing::Subscriber {
+            let writer = self.clone();
+            tracing_subscriber::fmt()
+                .with_writer(move || writer.clone())
+                .with_ansi(false)
+                .finish()
+        }
+
+        fn text(&self) -> String {
+            String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+        }
+    }
+
+    fn test_watcher() -> (EtcdWatcher, Arc<Counters>) {
         let config = crate::config::Config::parse(
             r#"{"services": {"web": {"discovery": {"method": "etcd", "path": "/svc/web"}}},
                 "file_output": {"output_directory": "/tmp/x"}}"#,
@@ -631,12 +694,43 @@ mod tests {
         };
         let counters = Arc::new(Counters::default());
         let watcher = EtcdWatcher::new(svc.name, discovery, Arc::default(), counters.clone());
+        (watcher, counters)
+    }
+
+    /// A hostile writer's flood of bad keys: every one counted, at most
+    /// `REJECT_LOG_BURST` lines logged per window, each key cut short.
+    #[test]
+    fn rejected_key_logs_are_rate_limited_and_truncated() {
+        let (watcher, counters) = test_watcher();
         let buf = Buf::default();
-        let writer = buf.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(move || writer.clone())
-            .with_ansi(false)
-            .finish();
+        let long = "k".repeat(10_000);
+        tracing::subscriber::with_default(buf.subscriber(), || {
+            let mut entries = Entries::default();
+            for i in 0..100 {
+                let key = format!("/svc/web/{long}{i}");
+                let Decoded::Rejected(e) = watcher.decode(key.as_bytes(), b"junk") else {
+                    panic!("accepted")
+                };
+                watcher.note_rejected(&mut entries, key.as_bytes(), i, &e);
+            }
+            assert_eq!(entries.reject_log.suppressed, 90);
+        });
+        let out = buf.text();
+        assert_eq!(out.lines().count(), REJECT_LOG_BURST as usize, "{out}");
+        assert!(
+            out.lines().all(|l| l.len() < REJECT_LOG_KEY_CHARS + 400),
+            "a line is not truncated"
+        );
+        assert_eq!(counters.rejected_total(), 100);
+    }
+
+    /// B24: a rejected entry's key goes to the log Debug-escaped: one physical line, no
+    /// forged `level=INFO` line; the value is never logged.
+    #[test]
+    fn rejected_entries_cannot_forge_log_lines() {
+        let (watcher, counters) = test_watcher();
+        let buf = Buf::default();
+        let subscriber = buf.subscriber();
         let key = b"/svc/web/x\n level=INFO msg=\"all good\"";
         let value = br#"{"host":"10.0.0.1","port":80,"name":"a\n level=INFO msg=\"all good\""}"#;
         tracing::subscriber::with_default(subscriber, || {
@@ -648,7 +742,7 @@ mod tests {
             // The same key at the same revision (a re-list) is not logged or counted again.
             watcher.note_rejected(&mut entries, key, 7, &e);
         });
-        let out = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let out = buf.text();
         assert_eq!(out.lines().count(), 1, "{out}");
         assert!(out.contains("invalid_name"), "{out}");
         assert!(!out.contains("\n level=INFO"), "{out}");
