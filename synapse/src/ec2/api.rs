@@ -295,6 +295,15 @@ pub(super) mod tests {
         )
     }
 
+    /// What listing through `endpoint` fails with.
+    async fn list_error(endpoint: &str) -> Ec2Error {
+        api(endpoint)
+            .unwrap()
+            .running_instances_with_tag("a", "b")
+            .await
+            .unwrap_err()
+    }
+
     #[tokio::test]
     async fn redirects_are_not_followed() {
         let (elsewhere, hits) =
@@ -304,11 +313,7 @@ pub(super) mod tests {
             0,
         )
         .await;
-        let err = api(&endpoint)
-            .unwrap()
-            .running_instances_with_tag("a", "b")
-            .await
-            .unwrap_err();
+        let err = list_error(&endpoint).await;
         assert!(matches!(err, Ec2Error::Redirected(307)), "{err:?}");
         assert_eq!(hits.load(Ordering::SeqCst), 0, "the redirect was followed");
     }
@@ -321,11 +326,7 @@ pub(super) mod tests {
             MAX_BODY + 64 * 1024,
         )
         .await;
-        let err = api(&endpoint)
-            .unwrap()
-            .running_instances_with_tag("a", "b")
-            .await
-            .unwrap_err();
+        let err = list_error(&endpoint).await;
         assert!(
             matches!(err, Ec2Error::Body(crate::ec2::BodyError::TooLarge(_))),
             "{err:?}"
@@ -345,11 +346,7 @@ pub(super) mod tests {
             0,
         )
         .await;
-        let err = api(&endpoint)
-            .unwrap()
-            .running_instances_with_tag("a", "b")
-            .await
-            .unwrap_err();
+        let err = list_error(&endpoint).await;
         let Ec2Error::Api { code, .. } = &err else {
             panic!("{err:?}")
         };
