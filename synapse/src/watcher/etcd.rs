@@ -133,6 +133,11 @@ struct Entries {
     /// Rejected keys and the revision at which they were rejected, so that each bad value
     /// is logged and counted once, not on every re-list.
     rejected: BTreeMap<Vec<u8>, i64>,
+    /// How many valid entries claim each server name, kept up to date on every change,
+    /// and how many names more than one claims: the set is built without a conflict
+    /// check (as cheaply as before) while there is none.
+    names: BTreeMap<String, u32>,
+    claimed_twice: usize,
     /// Server names two entries claim now, so each conflict is counted once.
     conflicts: BTreeSet<String>,
     reject_log: RejectLog,
@@ -153,10 +158,57 @@ const REJECT_LOG_WINDOW: Duration = Duration::from_secs(60);
 const REJECT_LOG_KEY_CHARS: usize = 200;
 
 impl Entries {
+    fn insert_valid(&mut self, key: Vec<u8>, backend: Backend, checked: bool) {
+        self.claim(backend.server_name());
+        if let Some((old, _)) = self.valid.insert(key, (backend, checked)) {
+            self.release(&old.server_name());
+        }
+    }
+
+    fn remove_valid(&mut self, key: &[u8]) {
+        if let Some((old, _)) = self.valid.remove(key) {
+            self.release(&old.server_name());
+        }
+    }
+
+    /// Replaces every valid entry (a list).
+    fn replace_valid(&mut self, valid: BTreeMap<Vec<u8>, (Backend, bool)>) {
+        self.valid = BTreeMap::new();
+        self.names.clear();
+        self.claimed_twice = 0;
+        for (key, (backend, checked)) in valid {
+            self.insert_valid(key, backend, checked);
+        }
+    }
+
+    fn claim(&mut self, name: String) {
+        let n = self.names.entry(name).or_default();
+        *n += 1;
+        if *n == 2 {
+            self.claimed_twice += 1;
+        }
+    }
+
+    fn release(&mut self, name: &str) {
+        if let Some(n) = self.names.get_mut(name) {
+            *n -= 1;
+            match *n {
+                0 => {
+                    self.names.remove(name);
+                }
+                1 => self.claimed_twice -= 1,
+                _ => {}
+            }
+        }
+    }
+
     /// The set to publish. When two entries claim one server name, an identity-checked
     /// one wins over a foreign-shaped one (else the first key in order); each new
     /// conflict is counted as a rejection (`identity_conflict`) and logged once.
     fn set(&mut self, service: &ServiceName, counters: &Counters) -> BackendSet {
+        if self.claimed_twice == 0 && self.conflicts.is_empty() {
+            return self.valid.values().map(|(b, _)| b.clone()).collect();
+        }
         let mut by_name: BTreeMap<String, (&Backend, bool)> = BTreeMap::new();
         let mut conflicts = BTreeSet::new();
         for (backend, checked) in self.valid.values() {
@@ -319,7 +371,7 @@ impl EtcdWatcher {
         }
         // Keys gone since the last list are forgotten.
         entries.rejected = rejected;
-        entries.valid = valid;
+        entries.replace_valid(valid);
         tracing::debug!(
             service = %self.service,
             revision,
@@ -422,7 +474,7 @@ impl EtcdWatcher {
                         match ev.event_type() {
                             EventType::Put => self.apply_put(entries, kv),
                             EventType::Delete => {
-                                entries.valid.remove(kv.key());
+                                entries.remove_valid(kv.key());
                                 entries.rejected.remove(kv.key());
                             }
                         }
@@ -438,10 +490,10 @@ impl EtcdWatcher {
         match self.decode(kv.key(), kv.value()) {
             Decoded::Valid(b, checked) => {
                 entries.rejected.remove(kv.key());
-                entries.valid.insert(kv.key().to_vec(), (b, checked));
+                entries.insert_valid(kv.key().to_vec(), b, checked);
             }
             Decoded::Rejected(e) => {
-                entries.valid.remove(kv.key());
+                entries.remove_valid(kv.key());
                 self.note_rejected(entries, kv.key(), kv.mod_revision(), &e);
             }
             Decoded::Ignored => {}
@@ -747,6 +799,36 @@ mod tests {
         assert!(out.contains("invalid_name"), "{out}");
         assert!(!out.contains("\n level=INFO"), "{out}");
         assert_eq!(counters.rejected_total(), 1);
+    }
+
+    #[test]
+    fn conflicts_are_tracked_per_change_and_resolved_for_the_checked_entry() {
+        use crate::backends::tests_support::backend;
+        let service = ServiceName::new("web").unwrap();
+        let counters = Counters::default();
+        let mut entries = Entries::default();
+        let foreign = backend("a", "10.0.0.1", 80);
+        let mut checked = backend("a", "10.0.0.1", 80);
+        checked.weight = common::Weight::new(5);
+        entries.insert_valid(b"k1".to_vec(), foreign.clone(), false);
+        entries.insert_valid(b"k2".to_vec(), checked.clone(), true);
+        entries.insert_valid(b"k3".to_vec(), backend("b", "10.0.0.2", 80), false);
+        assert_eq!(entries.claimed_twice, 1);
+        let set = entries.set(&service, &counters);
+        assert_eq!(set.len(), 2);
+        assert!(set.contains(&checked), "{set:?}");
+        assert_eq!(counters.rejected().get("identity_conflict"), Some(&1));
+        // Published again: not counted again.
+        entries.set(&service, &counters);
+        assert_eq!(counters.rejected_total(), 1);
+        // The checked one goes: the foreign one is used, the conflict is over.
+        entries.remove_valid(b"k2");
+        assert_eq!(entries.claimed_twice, 0);
+        assert!(entries.set(&service, &counters).contains(&foreign));
+        assert!(entries.conflicts.is_empty());
+        // A put replacing a key's value releases its old name.
+        entries.insert_valid(b"k1".to_vec(), backend("c", "10.0.0.3", 80), false);
+        assert_eq!(entries.names.len(), 2, "{:?}", entries.names);
     }
 
     #[test]
