@@ -112,6 +112,9 @@ pub struct DiscoveryFile {
     pub progress_interval: Option<Seconds>,
     /// Accept only keys in nerve's shape (`<instance>/<service>_<lease>`).
     pub strict_keys: Option<bool>,
+    /// Caps on the keys below the service path and on their bytes (keys + values).
+    pub max_keys: Option<u64>,
+    pub max_bytes: Option<u64>,
     // ec2tag
     pub tag_name: Option<String>,
     pub tag_value: Option<String>,
@@ -307,6 +310,10 @@ pub struct EtcdDiscovery {
     pub progress_interval: Duration,
     /// Only nerve-shaped keys are accepted; others are rejected (`foreign_key`).
     pub strict_keys: bool,
+    /// More keys below the path than this (valid or not), or more bytes in a list: the
+    /// watcher keeps the last good set and retries, holding no more than this.
+    pub max_keys: u64,
+    pub max_bytes: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -457,6 +464,10 @@ pub mod defaults {
     pub const DEBOUNCE_MAX_WAIT: Duration = Duration::from_secs(1);
     pub const RESYNC_INTERVAL: Duration = Duration::from_secs(60);
     pub const PROGRESS_INTERVAL: Duration = Duration::from_secs(5);
+    /// Keys below one service's path (valid or not) synapse will hold.
+    pub const MAX_KEYS: u64 = 50_000;
+    /// Bytes (keys + values) one list of a service's path may bring.
+    pub const MAX_BYTES: u64 = 64 * 1024 * 1024;
     pub const EC2_CHECK_INTERVAL: Duration = Duration::from_secs(15);
     /// One EC2 API request.
     pub const EC2_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -1013,6 +1024,18 @@ fn validate_reload_method(
 
 /// The `server-state-file` a `global` section names, resolved against its
 /// `server-state-base`, if any.
+/// `value` or `default`; 0 is refused.
+fn at_least_one(value: Option<u64>, default: u64, path: &str, errors: &mut ConfigErrors) -> u64 {
+    match value {
+        Some(0) => {
+            errors.push(path, "must be at least 1");
+            default
+        }
+        Some(v) => v,
+        None => default,
+    }
+}
+
 /// An octal mode (`"0640"`, `"640"`): permission bits only, never writable by others.
 fn parse_mode(text: &str) -> Result<u32, &'static str> {
     let mode = u32::from_str_radix(text.trim(), 8)
@@ -1220,6 +1243,8 @@ fn method_keys(method: &str) -> Option<&'static [&'static str]> {
             "resync_interval",
             "progress_interval",
             "strict_keys",
+            "max_keys",
+            "max_bytes",
         ],
         "ec2tag" => &[
             "tag_name",
@@ -1251,6 +1276,8 @@ fn present_keys(d: &DiscoveryFile) -> Vec<&'static str> {
     add(d.resync_interval.is_some(), "resync_interval");
     add(d.progress_interval.is_some(), "progress_interval");
     add(d.strict_keys.is_some(), "strict_keys");
+    add(d.max_keys.is_some(), "max_keys");
+    add(d.max_bytes.is_some(), "max_bytes");
     add(d.tag_name.is_some(), "tag_name");
     add(d.tag_value.is_some(), "tag_value");
     add(d.aws_region.is_some(), "aws_region");
@@ -1362,6 +1389,18 @@ fn validate_discovery(
                 resync_interval,
                 progress_interval,
                 strict_keys: d.strict_keys.unwrap_or(false),
+                max_keys: at_least_one(
+                    d.max_keys,
+                    defaults::MAX_KEYS,
+                    &join_path(path, "max_keys"),
+                    errors,
+                ),
+                max_bytes: at_least_one(
+                    d.max_bytes,
+                    defaults::MAX_BYTES,
+                    &join_path(path, "max_bytes"),
+                    errors,
+                ),
             })
         }
         "ec2tag" => {

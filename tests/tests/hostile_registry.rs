@@ -121,3 +121,96 @@ async fn a_prefix_filled_to_the_quota_leaves_synapse_bounded_and_routing() {
     );
     synapse.stop().await;
 }
+
+/// Over `max_keys` (on a watch event or a list) or `max_bytes` (on a list), synapse keeps
+/// the last good set, says why in the status and the `etcd_over_cap` counter, holds no
+/// more than the cap, and follows the prefix again once it is back under.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_a_cap_the_last_good_set_stays_until_the_prefix_shrinks() {
+    init_tracing();
+    let etcd = Etcd::start().await;
+    let client = etcd.client().await;
+    let mut kv = client.kv_client();
+    let (keys_path, bytes_path) = ("/it/cap/keys", "/it/cap/bytes");
+    let good = |name: &str| format!(r#"{{"host":"10.0.0.1","port":8080,"name":"{name}"}}"#);
+    for path in [keys_path, bytes_path] {
+        kv.put(format!("{path}/good"), good("good"), None)
+            .await
+            .expect("put");
+    }
+    let dir = Workdir::new();
+    let out = dir.join("out");
+    let service = |path: &str, cap: &str| {
+        format!(
+            r#"{{"discovery": {{"method": "etcd", "hosts": ["{}"], "path": "{path}",
+                 "resync_interval": 1, {cap}}}}}"#,
+            etcd.endpoint()
+        )
+    };
+    let synapse = Synapse::start(&format!(
+        r#"{{"services": {{"web": {}, "big": {}}},
+            "file_output": {{"output_directory": "{}"}}}}"#,
+        service(keys_path, r#""max_keys": 5"#),
+        service(bytes_path, r#""max_bytes": 4096"#),
+        out.display()
+    ));
+    let names_of = |service: &str| {
+        let text = std::fs::read_to_string(out.join(format!("{service}.json"))).unwrap_or_default();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e["name"].as_str().map(str::to_owned))
+            .collect::<Vec<_>>()
+    };
+    eventually(TIMEOUT, || async {
+        names_of("web") == ["good"] && names_of("big") == ["good"]
+    })
+    .await;
+    // Ten junk keys under web (cap 5), 8 KiB of valid-looking padding under big.
+    for i in 0..10 {
+        kv.put(format!("{keys_path}/junk-{i}"), "junk", None)
+            .await
+            .expect("put");
+    }
+    kv.put(format!("{bytes_path}/pad"), "x".repeat(8192), None)
+        .await
+        .expect("put");
+    let last_error = |service: &str| {
+        synapse
+            .counters
+            .services
+            .snapshot()
+            .services
+            .get(service)
+            .and_then(|s| s.etcd.as_ref().and_then(|e| e.last_error.clone()))
+            .unwrap_or_default()
+    };
+    eventually(TIMEOUT, || async {
+        last_error("web").contains("max_keys") && last_error("big").contains("max_bytes")
+    })
+    .await;
+    assert!(synapse.get(|c| &c.registry_over_cap) >= 2);
+    // The last good sets stay, and a new good key is not taken while over the cap.
+    kv.put(format!("{keys_path}/late"), good("late"), None)
+        .await
+        .expect("put");
+    tokio::time::sleep(Duration::from_secs(3)).await; // idle on purpose: nothing may change
+    assert_eq!(names_of("web"), ["good"]);
+    assert_eq!(names_of("big"), ["good"]);
+    // Back under the caps: followed again.
+    kv.delete(
+        format!("{keys_path}/junk-"),
+        Some(etcd_client::DeleteOptions::new().with_prefix()),
+    )
+    .await
+    .expect("delete");
+    kv.delete(format!("{bytes_path}/pad"), None)
+        .await
+        .expect("delete");
+    eventually(TIMEOUT, || async {
+        names_of("web") == ["good", "late"] && names_of("big") == ["good"]
+    })
+    .await;
+    synapse.stop().await;
+}

@@ -77,6 +77,8 @@ pub enum WatchError {
     Silent(Duration),
     #[error("etcd cancelled the watch: {0}")]
     Cancelled(String),
+    #[error("{prefix} holds more than {what}; keeping the last good set")]
+    OverCap { prefix: String, what: String },
 }
 
 /// Shared etcd clients, one per distinct connection settings.
@@ -309,6 +311,25 @@ impl EtcdWatcher {
             })
     }
 
+    /// Which cap `keys` and `bytes` exceed, if any.
+    fn over_cap(&self, keys: u64, bytes: u64) -> Option<String> {
+        if keys > self.config.max_keys {
+            Some(format!("{} keys (max_keys)", self.config.max_keys))
+        } else if bytes > self.config.max_bytes {
+            Some(format!("{} bytes (max_bytes)", self.config.max_bytes))
+        } else {
+            None
+        }
+    }
+
+    fn over_cap_error(&self, what: String) -> WatchError {
+        Counters::inc(&self.counters.registry_over_cap);
+        WatchError::OverCap {
+            prefix: self.dir.clone(),
+            what,
+        }
+    }
+
     /// The configured endpoints, for error messages: `https://a:2379,https://b:2379`.
     fn endpoints(&self) -> String {
         self.config.settings.endpoints.join(",")
@@ -333,6 +354,7 @@ impl EtcdWatcher {
         let mut valid = BTreeMap::new();
         let mut rejected = BTreeMap::new();
         let mut keys = 0usize;
+        let mut bytes = 0u64;
         loop {
             let mut opts = GetOptions::new()
                 .with_range(end.clone())
@@ -350,6 +372,15 @@ impl EtcdWatcher {
             key = last.key().to_vec();
             key.push(0);
             keys += page.len();
+            bytes += page
+                .iter()
+                .map(|kv| (kv.key().len() + kv.value().len()) as u64)
+                .sum::<u64>();
+            if let Some(what) = self.over_cap(keys as u64, bytes) {
+                // What was decoded stays known, so it is not counted again on the retry.
+                entries.rejected.extend(rejected);
+                return Err(self.over_cap_error(what));
+            }
             for kv in page {
                 match self.decode(kv.key(), kv.value()) {
                     Decoded::Valid(b, checked) => {
@@ -478,6 +509,16 @@ impl EtcdWatcher {
                                 entries.rejected.remove(kv.key());
                             }
                         }
+                    }
+                    let held = (entries.valid.len() + entries.rejected.len()) as u64;
+                    if let Some(what) = self.over_cap(held, 0) {
+                        // Drop the state: the re-list refuses it too until the prefix
+                        // shrinks; the published set stays the last good one.
+                        *entries = Entries {
+                            rejected: std::mem::take(&mut entries.rejected),
+                            ..Entries::default()
+                        };
+                        return Err((self.over_cap_error(what), State::List));
                     }
                     publish(out, entries.set(&self.service, &self.counters), true, Origin::Etcd);
                     self.counters.services.etcd_watching(&self.service, revision);
