@@ -10,6 +10,10 @@
 //!   "key_file": "/etc/etcd/client-key.pem", "tls_server_name": "etcd.internal",
 //!   "username": "nerve", "password_file": "/run/secrets/etcd" }
 //! ```
+//!
+//! A username and password go only over `https://` or to a loopback address, unless
+//! `"allow_insecure_auth": true`; an endpoint never holds credentials (`user:pass@`), so
+//! endpoints are safe to log.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -41,6 +45,9 @@ pub struct EtcdFile {
     pub username: Option<String>,
     pub password: Option<Secret>,
     pub password_file: Option<PathBuf>,
+    /// Send the username and password over plain `http://` to a non-loopback endpoint.
+    #[serde(default)]
+    pub allow_insecure_auth: bool,
 }
 
 /// Validated etcd connection settings.
@@ -55,6 +62,8 @@ pub struct EtcdSettings {
     pub keepalive_timeout: Duration,
     pub tls: Option<TlsSettings>,
     pub auth: Option<Auth>,
+    /// `allow_insecure_auth`: see [`EtcdSettings::check_auth_transport`].
+    pub allow_insecure_auth: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,6 +90,7 @@ impl Default for EtcdSettings {
             keepalive_timeout: Duration::from_secs(5),
             tls: None,
             auth: None,
+            allow_insecure_auth: false,
         }
     }
 }
@@ -213,8 +223,48 @@ impl EtcdFile {
             keepalive_timeout,
             tls,
             auth,
+            allow_insecure_auth: self.allow_insecure_auth,
         }
     }
+}
+
+impl EtcdSettings {
+    /// Refuses a username and password sent in clear: with auth, every endpoint must be
+    /// `https://` or loopback, unless `allow_insecure_auth`. Call once the endpoints are
+    /// final (after SmartStack's flat keys were merged); `path` is the `etcd` block's.
+    pub fn check_auth_transport(&self, path: &str, errors: &mut ConfigErrors) {
+        if self.auth.is_none() || self.allow_insecure_auth {
+            return;
+        }
+        if self
+            .endpoints
+            .iter()
+            .any(|ep| ep.starts_with("http://") && !is_loopback_url(ep))
+        {
+            errors.push(
+                join_path(path, "allow_insecure_auth"),
+                "a username and password would go over plain http:// to a non-loopback \
+                 endpoint; use https:// (ca_file) or set allow_insecure_auth: true",
+            );
+        }
+    }
+}
+
+/// Whether a URL (`scheme://host[:port][/path]`) names a loopback host (`127.0.0.0/8`,
+/// `::1`, `localhost`).
+pub fn is_loopback_url(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => authority
+            .rsplit_once(':')
+            .map_or(authority, |(host, _)| host),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// `host:port` → `http://host:port` (or `https://` when TLS is configured); full URLs
@@ -227,6 +277,10 @@ pub fn normalize_endpoint(ep: &str, tls: bool) -> Result<String, &'static str> {
         None => (if tls { "https" } else { "http" }, ep),
     };
     let rest = rest.trim_end_matches('/');
+    if rest.contains('@') {
+        // Never echo it: it may hold a password.
+        return Err("must not hold credentials (user:pass@); use username and password_file");
+    }
     let Some((host, port)) = rest.rsplit_once(':') else {
         return Err("must be host:port or a URL with a port");
     };
@@ -340,6 +394,60 @@ mod tests {
         assert!(normalize_endpoint("a", false).is_err());
         assert!(normalize_endpoint("a:0", false).is_err());
         assert!(normalize_endpoint(":2379", false).is_err());
+        let err = normalize_endpoint("http://root:hunter2@etcd:2379", false).unwrap_err();
+        assert!(
+            err.contains("credentials") && !err.contains("hunter2"),
+            "{err}"
+        );
+        assert!(normalize_endpoint("root@etcd:2379", false).is_err());
+    }
+
+    fn auth_errors(json: &str) -> ConfigErrors {
+        let file: EtcdFile = crate::config::parse(json).unwrap();
+        let mut errors = ConfigErrors::default();
+        file.validate("etcd", &mut errors)
+            .check_auth_transport("etcd", &mut errors);
+        errors
+    }
+
+    #[test]
+    fn loopback_urls() {
+        for yes in [
+            "http://127.0.0.1:2379",
+            "http://127.9.0.1",
+            "http://localhost/x",
+            "http://[::1]:5000/",
+            "LOCALHOST:1",
+        ] {
+            assert!(is_loopback_url(yes), "{yes}");
+        }
+        for no in [
+            "http://10.0.0.1:2379",
+            "http://localhost.evil.com/",
+            "http://127.0.0.1.nip.io/",
+            "https://ec2.us-east-1.amazonaws.com",
+            "http://[::2]:1",
+        ] {
+            assert!(!is_loopback_url(no), "{no}");
+        }
+    }
+
+    #[test]
+    fn passwords_do_not_go_over_plain_http() {
+        let refused = auth_errors(
+            r#"{"endpoints":["http://10.0.0.1:2379"],"username":"u","password":"hunter2"}"#,
+        );
+        assert!(refused.mentions("etcd.allow_insecure_auth"), "{refused}");
+        assert!(!refused.to_string().contains("hunter2"), "{refused}");
+        for ok in [
+            r#"{"endpoints":["https://10.0.0.1:2379"],"username":"u","password":"p"}"#,
+            r#"{"endpoints":["http://127.0.0.1:2379","localhost:2379","[::1]:2379"],"username":"u","password":"p"}"#,
+            r#"{"endpoints":["http://10.0.0.1:2379"],"username":"u","password":"p","allow_insecure_auth":true}"#,
+            r#"{"endpoints":["http://10.0.0.1:2379"]}"#,
+        ] {
+            let errors = auth_errors(ok);
+            assert!(errors.is_empty(), "{ok}: {errors}");
+        }
     }
 
     #[test]

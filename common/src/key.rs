@@ -184,12 +184,36 @@ pub enum ParsedKey {
 }
 
 impl ParsedKey {
-    /// Applies the identity check where the key shape allows one.
-    pub fn check_identity(&self, reg: &Registration) -> Result<(), RegistrationError> {
+    /// The instance id the key vouches for: nerve's, or the first segment of a foreign
+    /// key of two or more segments when that segment is a valid instance id
+    /// (`<instance>/anything`). A one-segment foreign key vouches for nothing.
+    pub fn claimed_instance(&self) -> Option<InstanceId> {
         match self {
-            Self::Nerve(k) => k.check_identity(reg),
-            Self::Foreign(_) => Ok(()),
+            Self::Nerve(k) => Some(k.instance_id.clone()),
+            Self::Foreign(rest) => rest
+                .split_once('/')
+                .and_then(|(first, _)| InstanceId::new(first).ok()),
         }
+    }
+
+    /// Applies the identity check where the key shape allows one: a key that names an
+    /// instance ([`claimed_instance`](Self::claimed_instance)) must carry a value whose
+    /// `name` is that instance, whatever the rest of the key looks like.
+    pub fn check_identity(&self, reg: &Registration) -> Result<(), RegistrationError> {
+        match (self, self.claimed_instance()) {
+            (Self::Nerve(k), _) => k.check_identity(reg),
+            (Self::Foreign(_), Some(id)) if id != reg.name => {
+                Err(RegistrationError::IdentityMismatch(
+                    "`name` differs from the instance id the key starts with".into(),
+                ))
+            }
+            (Self::Foreign(_), _) => Ok(()),
+        }
+    }
+
+    /// Whether the identity check applied to this key.
+    pub fn is_identity_checked(&self) -> bool {
+        self.claimed_instance().is_some()
     }
 }
 
@@ -208,6 +232,30 @@ mod tests {
             service: ServiceName::new(service).unwrap(),
             lease_id,
         })
+    }
+
+    #[test]
+    fn a_key_starting_with_an_instance_id_must_match_the_name() {
+        let web = path("/svc/web");
+        let reg = |name: &str| {
+            Registration::decode(
+                format!(r#"{{"host":"10.0.0.1","port":80,"name":"{name}"}}"#).as_bytes(),
+            )
+            .unwrap()
+        };
+        // Foreign shape, first segment an instance id: checked.
+        let k = web.parse_key(b"/svc/web/host-a/whatever").unwrap();
+        assert!(matches!(k, ParsedKey::Foreign(_)));
+        assert!(k.is_identity_checked());
+        assert!(k.check_identity(&reg("host-a")).is_ok());
+        assert_eq!(
+            k.check_identity(&reg("host-b")).unwrap_err().reason(),
+            "identity_mismatch"
+        );
+        // One segment: vouches for nothing (SmartStack writers' own key shapes).
+        let k = web.parse_key(b"/svc/web/host-a").unwrap();
+        assert!(!k.is_identity_checked());
+        assert!(k.check_identity(&reg("host-b")).is_ok());
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod backoff;
+pub mod child_env;
 pub mod config;
 pub mod etcd;
 #[doc(hidden)]

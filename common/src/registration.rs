@@ -71,6 +71,8 @@ pub enum RegistrationError {
     InvalidLabels(&'static str),
     #[error("value does not match its key: {0}")]
     IdentityMismatch(String),
+    #[error("key is not in nerve's shape (`strict_keys`)")]
+    ForeignKey,
 }
 
 impl RegistrationError {
@@ -88,6 +90,7 @@ impl RegistrationError {
             Self::InvalidOption(_) => "invalid_option",
             Self::InvalidLabels(_) => "invalid_labels",
             Self::IdentityMismatch(_) => "identity_mismatch",
+            Self::ForeignKey => "foreign_key",
         }
     }
 }
@@ -446,6 +449,22 @@ struct RawRegistration {
     labels: Option<Value>,
 }
 
+/// serde_json's message without the value: syntax and end-of-input errors name only the
+/// problem and position, but type errors quote the value (`invalid type: string
+/// "…"`), which must never reach a log line, a metric or the status.
+fn parse_error(e: serde_json::Error) -> RegistrationError {
+    use serde_json::error::Category;
+    let at = format!("at line {} column {}", e.line(), e.column());
+    RegistrationError::Parse(match e.classify() {
+        Category::Syntax | Category::Eof | Category::Io => e.to_string(),
+        Category::Data if e.to_string().starts_with("duplicate field") => {
+            // The field name is one of ours (the derive only reports known fields).
+            e.to_string()
+        }
+        Category::Data => format!("expected a JSON object {at}"),
+    })
+}
+
 impl Registration {
     /// Decodes and validates a value read from etcd. The address policy is applied by
     /// the reader separately ([`AddressPolicy::check`]).
@@ -454,10 +473,7 @@ impl Registration {
             return Err(RegistrationError::TooLarge { len: bytes.len() });
         }
         let text = std::str::from_utf8(bytes).map_err(|_| RegistrationError::InvalidUtf8)?;
-        let raw: RawRegistration = serde_json::from_str(text).map_err(|e| {
-            // serde_json's messages name the problem and the position, not the content.
-            RegistrationError::Parse(e.to_string())
-        })?;
+        let raw: RawRegistration = serde_json::from_str(text).map_err(parse_error)?;
         Self::from_raw(raw)
     }
 
@@ -592,6 +608,28 @@ mod tests {
 
     const GOLDEN_FULL: &str = r#"{"host":"10.0.0.5","port":8080,"name":"web-01","weight":3,"haproxy_server_options":"backup maxconn 100","labels":{"az":"us-east-1a"}}"#;
     const GOLDEN_MIN: &str = r#"{"host":"10.0.0.5","port":8080,"name":"web-01"}"#;
+
+    #[test]
+    fn parse_errors_never_echo_the_value() {
+        for hostile in [
+            r#""hunter2-secret""#,
+            r#"["hunter2-secret"]"#,
+            "1234567890123",
+            "true",
+            r#"{"host": "10.0.0.5", "host": "hunter2-secret"}"#,
+            r#"{"host": "hunter2-secret"#,
+            r#"{"hunter2-secret" 1}"#,
+            r#"{"host":"10.0.0.5","port":1,"name":"a"} hunter2-secret"#,
+        ] {
+            let err = decode(hostile).expect_err(hostile);
+            assert_eq!(err.reason(), "parse_error", "{hostile}");
+            let text = err.to_string();
+            assert!(
+                !text.contains("hunter2") && !text.contains("1234567890123"),
+                "{hostile} echoed: {text}"
+            );
+        }
+    }
 
     #[test]
     fn golden_values_decode_and_reencode_byte_for_byte() {

@@ -366,6 +366,7 @@ pub fn parse_in(
     if let Some((endpoint, _)) = flat_endpoint {
         etcd.endpoints = vec![endpoint];
     }
+    etcd.check_auth_transport("etcd", &mut errors);
 
     let lease_ttl = match file.lease_ttl {
         None => DEFAULT_LEASE_TTL,

@@ -116,6 +116,11 @@ pub struct DiscoveryFile {
     pub etcd: Option<EtcdFile>,
     pub resync_interval: Option<Seconds>,
     pub progress_interval: Option<Seconds>,
+    /// Accept only keys in nerve's shape (`<instance>/<service>_<lease>`).
+    pub strict_keys: Option<bool>,
+    /// Caps on the keys below the service path and on their bytes (keys + values).
+    pub max_keys: Option<u64>,
+    pub max_bytes: Option<u64>,
     // ec2tag
     pub tag_name: Option<String>,
     pub tag_value: Option<String>,
@@ -185,6 +190,8 @@ pub struct HaproxyFile {
     pub extra_sections: BTreeMap<String, Vec<String>>,
     pub config_file_path: Option<PathBuf>,
     pub candidate_config_file_path: Option<PathBuf>,
+    /// haproxy.cfg's mode, an octal string (`"0640"`).
+    pub config_file_mode: Option<String>,
     pub socket_file_path: Option<SocketPaths>,
     pub reload_command: Option<String>,
     pub check_command: Option<String>,
@@ -365,6 +372,12 @@ pub struct EtcdDiscovery {
     pub resync_interval: Duration,
     /// A progress request this often; a stream silent for three of these is dead.
     pub progress_interval: Duration,
+    /// Only nerve-shaped keys are accepted; others are rejected (`foreign_key`).
+    pub strict_keys: bool,
+    /// More keys below the path than this (valid or not), or more bytes in a list: the
+    /// watcher keeps the last good set and retries, holding no more than this.
+    pub max_keys: u64,
+    pub max_bytes: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -409,6 +422,9 @@ pub struct HaproxyConfig {
     /// `None` when `do_writes` is off.
     pub config_file_path: Option<PathBuf>,
     pub candidate_config_file_path: Option<PathBuf>,
+    /// haproxy.cfg's permission bits (default 0640: it may hold `stats auth` or userlist
+    /// credentials); its group is `haproxy` when that group exists.
+    pub config_file_mode: u32,
     pub socket_file_paths: Vec<PathBuf>,
     pub reload_command: Option<String>,
     pub check_command: Option<String>,
@@ -512,6 +528,10 @@ pub mod defaults {
     pub const DEBOUNCE_MAX_WAIT: Duration = Duration::from_secs(1);
     pub const RESYNC_INTERVAL: Duration = Duration::from_secs(60);
     pub const PROGRESS_INTERVAL: Duration = Duration::from_secs(5);
+    /// Keys below one service's path (valid or not) synapse will hold.
+    pub const MAX_KEYS: u64 = 50_000;
+    /// Bytes (keys + values) one list of a service's path may bring.
+    pub const MAX_BYTES: u64 = 64 * 1024 * 1024;
     pub const EC2_CHECK_INTERVAL: Duration = Duration::from_secs(15);
     /// upstream's `dns` default.
     pub const DNS_CHECK_INTERVAL: Duration = Duration::from_secs(30);
@@ -522,6 +542,8 @@ pub mod defaults {
     pub const RESTART_INTERVAL: Duration = Duration::from_secs(2);
     pub const STATE_FILE_TTL: Duration = Duration::from_secs(86_400);
     pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+    /// haproxy.cfg: owner read-write, group read (`stats auth`, userlists).
+    pub const CONFIG_FILE_MODE: u32 = 0o640;
     pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
     pub const SERVER_SLOTS: u32 = 10;
     pub const HAPROXY_BINARY: &str = "haproxy";
@@ -994,6 +1016,14 @@ fn validate_haproxy(h: &HaproxyFile, errors: &mut ConfigErrors) -> HaproxyConfig
         Some(SocketPaths::One(p)) => vec![p.clone()],
         Some(SocketPaths::Many(ps)) => ps.clone(),
     };
+    let config_file_mode = match h.config_file_mode.as_deref().map(parse_mode) {
+        None => defaults::CONFIG_FILE_MODE,
+        Some(Ok(mode)) => mode,
+        Some(Err(why)) => {
+            errors.push(p("config_file_mode"), why);
+            defaults::CONFIG_FILE_MODE
+        }
+    };
     let server_state_file = server_state_file(&global);
     HaproxyConfig {
         global,
@@ -1001,6 +1031,7 @@ fn validate_haproxy(h: &HaproxyFile, errors: &mut ConfigErrors) -> HaproxyConfig
         extra_sections,
         config_file_path,
         candidate_config_file_path: h.candidate_config_file_path.clone(),
+        config_file_mode,
         socket_file_paths,
         reload_command,
         check_command: h.check_command.clone().filter(|c| !c.trim().is_empty()),
@@ -1093,6 +1124,33 @@ fn validate_reload_method(
 
 /// The `server-state-file` a `global` section names, resolved against its
 /// `server-state-base`, if any.
+/// `value` or `default`; 0 is refused.
+fn at_least_one(value: Option<u64>, default: u64, path: &str, errors: &mut ConfigErrors) -> u64 {
+    match value {
+        Some(0) => {
+            errors.push(path, "must be at least 1");
+            default
+        }
+        Some(v) => v,
+        None => default,
+    }
+}
+
+/// An octal mode (`"0640"`, `"640"`): permission bits only, never writable by others.
+fn parse_mode(text: &str) -> Result<u32, &'static str> {
+    let mode = u32::from_str_radix(text.trim(), 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .ok_or("must be an octal mode from 0000 to 0777, e.g. \"0640\"")?;
+    if mode & 0o002 != 0 {
+        return Err("must not be writable by others");
+    }
+    if mode & 0o400 == 0 {
+        return Err("must be readable by its owner");
+    }
+    Ok(mode)
+}
+
 fn server_state_file(global: &[String]) -> Option<PathBuf> {
     let value = |kw: &str| {
         global.iter().rev().find_map(|l| {
@@ -1399,6 +1457,9 @@ fn method_keys(method: &str) -> Option<&'static [&'static str]> {
             "etcd",
             "resync_interval",
             "progress_interval",
+            "strict_keys",
+            "max_keys",
+            "max_bytes",
         ],
         "ec2tag" => &[
             "tag_name",
@@ -1430,6 +1491,9 @@ fn present_keys(d: &DiscoveryFile) -> Vec<&'static str> {
     add(d.etcd.is_some(), "etcd");
     add(d.resync_interval.is_some(), "resync_interval");
     add(d.progress_interval.is_some(), "progress_interval");
+    add(d.strict_keys.is_some(), "strict_keys");
+    add(d.max_keys.is_some(), "max_keys");
+    add(d.max_bytes.is_some(), "max_bytes");
     add(d.tag_name.is_some(), "tag_name");
     add(d.tag_value.is_some(), "tag_value");
     add(d.aws_region.is_some(), "aws_region");
@@ -1513,6 +1577,7 @@ fn validate_discovery(
                     settings.endpoints = hosts;
                 }
             }
+            settings.check_auth_transport(&etcd_path, errors);
             let service_path = match &d.path {
                 Some(p) => ServicePath::new(p),
                 None => ServicePath::join(defaults::SERVICE_PATH_PREFIX, service.as_str()),
@@ -1542,6 +1607,19 @@ fn validate_discovery(
                 policy,
                 resync_interval,
                 progress_interval,
+                strict_keys: d.strict_keys.unwrap_or(false),
+                max_keys: at_least_one(
+                    d.max_keys,
+                    defaults::MAX_KEYS,
+                    &join_path(path, "max_keys"),
+                    errors,
+                ),
+                max_bytes: at_least_one(
+                    d.max_bytes,
+                    defaults::MAX_BYTES,
+                    &join_path(path, "max_bytes"),
+                    errors,
+                ),
             })
         }
         "ec2tag" => {
@@ -1567,6 +1645,13 @@ fn validate_discovery(
                 if let Some(ep) = ep {
                     if !(ep.starts_with("http://") || ep.starts_with("https://")) {
                         errors.push(join_path(path, key), "must be an http(s) URL");
+                    } else if key == "endpoint"
+                        && ep.starts_with("http://")
+                        && !common::etcd::is_loopback_url(ep)
+                    {
+                        // Signed requests and instance data in clear; IMDS is link-local
+                        // plain HTTP by design.
+                        errors.push(join_path(path, key), "must be https:// unless loopback");
                     }
                 }
             }

@@ -27,6 +27,8 @@ pub struct Counters {
     pub watch_restarts: AtomicU64,
     /// Services held at their last known set because discovery exceeded `max_servers`.
     pub over_limit: AtomicU64,
+    /// etcd prefixes found over `max_keys`/`max_bytes` (the last good set was kept).
+    pub registry_over_cap: AtomicU64,
     /// `multi` discoveries that switched the source they publish from.
     pub source_switches: AtomicU64,
     /// Runtime-API commands HAProxy accepted (add/del server, weight, state, addr).

@@ -1,9 +1,11 @@
 //! The `file_output` generator: one JSON file per service, `<output_directory>/<service>.json`,
 //! holding the array of its backends (airbnb synapse's format). Written atomically and
 //! only when the content changes; files of services synapse no longer manages are removed.
+//! Only files synapse wrote itself are ever removed: their names are kept in
+//! [`MANIFEST`] in the same directory, so other `*.json` files there are left alone.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use common::ServiceName;
@@ -43,9 +45,15 @@ pub enum FileOutputError {
 pub struct FileOutput {
     dir: PathBuf,
     written: BTreeMap<String, String>,
-    cleaned: bool,
+    /// The services whose files synapse wrote (this run or an earlier one, from the
+    /// manifest): the only files it ever deletes.
+    owned: BTreeSet<String>,
     counters: Arc<Counters>,
 }
+
+/// The list of files synapse wrote, one service name a line, next to them. Not `*.json`,
+/// so a consumer globbing the directory never reads it.
+pub const MANIFEST: &str = ".synapse-file-output.manifest";
 
 #[derive(Serialize)]
 struct Entry<'a> {
@@ -84,34 +92,36 @@ pub fn render_service(set: &BackendSet) -> String {
 }
 
 impl FileOutput {
-    /// Creates the directory (`mkdir -p`) and reads what is already there.
+    /// Creates the directory (`mkdir -p`) and reads the manifest and the files it names.
     pub fn new(dir: PathBuf, counters: Arc<Counters>) -> Result<Self, FileOutputError> {
         std::fs::create_dir_all(&dir).map_err(|source| FileOutputError::CreateDir {
             path: dir.clone(),
             source,
         })?;
-        let mut written = BTreeMap::new();
-        if let Ok(entries) = std::fs::read_dir(&dir) {
-            for e in entries.flatten() {
-                let path = e.path();
-                if let (Some(stem), true) =
-                    (path.file_stem().and_then(|s| s.to_str()), is_json(&path))
-                {
-                    if let Ok(text) = std::fs::read_to_string(&path) {
-                        written.insert(stem.to_owned(), text);
-                    }
-                }
-            }
-        }
+        // Only valid service names: a tampered manifest cannot name `../x`.
+        let owned: BTreeSet<String> = std::fs::read_to_string(dir.join(MANIFEST))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| ServiceName::new(*l).is_ok())
+            .map(str::to_owned)
+            .collect();
+        let written = owned
+            .iter()
+            .filter_map(|name| {
+                let text = std::fs::read_to_string(dir.join(format!("{name}.json"))).ok()?;
+                Some((name.clone(), text))
+            })
+            .collect();
         Ok(Self {
             dir,
             written,
-            cleaned: false,
+            owned,
             counters,
         })
     }
 
-    /// Writes changed service files and removes stale ones. Returns whether anything changed.
+    /// Writes changed service files and removes the stale ones it wrote. Returns whether
+    /// anything changed.
     pub async fn apply(
         &mut self,
         services: &BTreeMap<ServiceName, ServiceConfig>,
@@ -126,6 +136,13 @@ impl FileOutput {
                 render_service(desired.get(name).unwrap_or(&empty)),
             );
         }
+        // Claimed before written, so a crash never leaves a file synapse forgot it owns.
+        let claimed: BTreeSet<String> = self
+            .owned
+            .union(&wanted.keys().cloned().collect())
+            .cloned()
+            .collect();
+        self.save_manifest(claimed).await?;
         for (name, text) in &wanted {
             if self.written.get(name) == Some(text) {
                 continue;
@@ -143,45 +160,47 @@ impl FileOutput {
             changed = true;
         }
         let stale: Vec<String> = self
-            .written
-            .keys()
+            .owned
+            .iter()
             .filter(|k| !wanted.contains_key(*k))
             .cloned()
             .collect();
-        if !stale.is_empty() || !self.cleaned {
-            changed |= self.remove_stale(&wanted)?;
-            for k in stale {
-                self.written.remove(&k);
+        for name in stale {
+            let path = self.dir.join(format!("{name}.json"));
+            match std::fs::remove_file(&path) {
+                Ok(()) => {
+                    tracing::info!(file = %path.display(), "removed file_output file of an unmanaged service");
+                    Counters::inc(&self.counters.file_output_writes);
+                    changed = true;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(FileOutputError::Clean {
+                        path: self.dir.clone(),
+                        source,
+                    })
+                }
             }
-            self.cleaned = true;
+            self.written.remove(&name);
         }
+        self.save_manifest(wanted.into_keys().collect()).await?;
         Ok(changed)
     }
 
-    fn remove_stale(&self, wanted: &BTreeMap<String, String>) -> Result<bool, FileOutputError> {
-        let clean = |source| FileOutputError::Clean {
-            path: self.dir.clone(),
-            source,
-        };
-        let mut removed = false;
-        for e in std::fs::read_dir(&self.dir).map_err(clean)? {
-            let path = e.map_err(clean)?.path();
-            let Some(stem) = path.file_stem().and_then(|s| s.to_str()) else {
-                continue;
-            };
-            if is_json(&path) && !wanted.contains_key(stem) {
-                std::fs::remove_file(&path).map_err(clean)?;
-                tracing::info!(file = %path.display(), "removed file_output file of an unmanaged service");
-                Counters::inc(&self.counters.file_output_writes);
-                removed = true;
-            }
+    /// Records `owned` in the manifest (when it changed).
+    async fn save_manifest(&mut self, owned: BTreeSet<String>) -> Result<(), FileOutputError> {
+        let path = self.dir.join(MANIFEST);
+        if owned == self.owned && path.exists() {
+            return Ok(());
         }
-        Ok(removed)
+        let text: String = owned.iter().map(|n| format!("{n}\n")).collect();
+        let (dir, p) = (self.dir.clone(), path.clone());
+        tokio::task::spawn_blocking(move || write_atomically(&dir, &p, &text))
+            .await?
+            .map_err(|source| FileOutputError::Write { path, source })?;
+        self.owned = owned;
+        Ok(())
     }
-}
-
-fn is_json(path: &Path) -> bool {
-    path.extension().is_some_and(|e| e == "json") && path.is_file()
 }
 
 #[cfg(test)]
@@ -211,11 +230,39 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&json).unwrap();
         assert_eq!(v[0]["host"], "10.0.0.1");
         assert_eq!(v[0]["port"], 80);
-        assert!(!dir.path().join("old.json").exists());
+        // Not synapse's: left alone.
+        assert!(dir.path().join("old.json").exists());
         assert!(!dir.path().join("api.json").exists());
         assert!(dir.path().join("keep.txt").exists());
         let writes = Counters::get(&counters.file_output_writes);
         assert!(!out.apply(&c.services, &desired).await.unwrap());
         assert_eq!(Counters::get(&counters.file_output_writes), writes);
+
+        // A later run without `web`: the file it wrote goes, the foreign ones stay, and a
+        // tampered manifest cannot point outside the directory.
+        drop(out);
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("x.json"), "[]").unwrap();
+        let manifest = dir.path().join(MANIFEST);
+        let mut text = std::fs::read_to_string(&manifest).unwrap();
+        assert_eq!(text, "web\n");
+        text.push_str(&format!(
+            "../{}/x\n",
+            outside.path().file_name().unwrap().to_str().unwrap()
+        ));
+        std::fs::write(&manifest, text).unwrap();
+        let text = format!(
+            r#"{{"services": {{"api": {{"discovery": {{"method": "base"}}}}}},
+                "file_output": {{"output_directory": "{}"}}}}"#,
+            dir.path().display()
+        );
+        let c = Config::parse(&text, None).unwrap();
+        let mut out = FileOutput::new(dir.path().to_owned(), counters.clone()).unwrap();
+        assert!(out.apply(&c.services, &BTreeMap::new()).await.unwrap());
+        assert!(!dir.path().join("web.json").exists());
+        assert!(dir.path().join("api.json").exists());
+        assert!(dir.path().join("old.json").exists());
+        assert!(outside.path().join("x.json").exists());
+        assert_eq!(std::fs::read_to_string(&manifest).unwrap(), "api\n");
     }
 }

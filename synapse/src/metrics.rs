@@ -203,6 +203,13 @@ impl Collector for CountersCollector {
         )?;
         counter(
             e,
+            "etcd_over_cap",
+            "Times an etcd prefix held more than max_keys keys or max_bytes bytes; the last \
+             good set was kept and the watch retried",
+            get(&c.registry_over_cap),
+        )?;
+        counter(
+            e,
             "discovery_source_switches",
             "Times a multi discovery switched the source it publishes from",
             get(&c.source_switches),

@@ -63,6 +63,62 @@ fn check_config_reports_every_error_with_its_path_and_exits_64() {
 }
 
 #[test]
+fn passwords_over_plain_http_and_credentials_in_endpoints_exit_64() {
+    let out = check(
+        r#"{"services": {
+            "web": {"discovery": {"method": "etcd", "hosts": ["10.0.0.1:2379"],
+                "etcd": {"username": "u", "password": "hunter2-secret"}}},
+            "api": {"discovery": {"method": "etcd",
+                "hosts": ["http://root:hunter3-secret@10.0.0.1:2379"]}}},
+            "file_output": {"output_directory": "/tmp/x"}}"#,
+    );
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for path in [
+        "services.web.discovery.etcd.allow_insecure_auth",
+        "services.api.discovery.hosts.0",
+    ] {
+        assert!(err.contains(path), "{path} missing from:\n{err}");
+    }
+    assert!(!err.contains("hunter"), "secret echoed:\n{err}");
+    // The explicit opt-in is accepted.
+    let out = check(
+        r#"{"services": {"web": {"discovery": {"method": "etcd", "hosts": ["10.0.0.1:2379"],
+                "etcd": {"username": "u", "password": "p", "allow_insecure_auth": true}}}},
+            "file_output": {"output_directory": "/tmp/x"}}"#,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_plain_http_ec2_endpoint_is_refused_unless_loopback() {
+    let config = |endpoint: &str| {
+        format!(
+            r#"{{"services": {{"web": {{"discovery": {{"method": "ec2tag", "tag_name": "a",
+                "tag_value": "b", "aws_region": "us-east-1", "endpoint": "{endpoint}"}},
+                "backend_port_override": 8080}}}},
+                "file_output": {{"output_directory": "/tmp/x"}}}}"#
+        )
+    };
+    let out = check(&config("http://ec2.example.com"));
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("services.web.discovery.endpoint"), "{err}");
+    for ok in ["https://ec2.example.com", "http://127.0.0.1:5000"] {
+        let out = check(&config(ok));
+        assert!(
+            out.status.success(),
+            "{ok}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
 fn missing_config_is_a_usage_error() {
     let out = Command::new(BIN)
         .arg("--check-config")

@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::etcd::EtcdSettings;
@@ -22,6 +23,7 @@ use crate::fault_proxy::FaultProxy;
 use crate::http::http_get_timeout;
 use crate::ports::{free_port, loopback};
 use crate::process::{ChildProcess, OnDrop};
+use crate::tls::{ClientTls, TestPki};
 
 /// How long a member (or the whole cluster) may take to start serving.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -89,6 +91,9 @@ pub struct EtcdMember {
     cluster_token: String,
     /// More flags for every start (e.g. `--quota-backend-bytes`).
     extra_args: Vec<String>,
+    /// With TLS: the certificates, and a plain-HTTP metrics port that answers the
+    /// harness's `/health` probes (the client port wants a client certificate).
+    tls: Option<(Arc<TestPki>, u16)>,
     process: Option<ChildProcess>,
 }
 
@@ -98,9 +103,18 @@ impl EtcdMember {
         &self.name
     }
 
-    /// `http://127.0.0.1:<client port>`.
+    /// `http://127.0.0.1:<client port>` (`https://` with TLS).
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.client_addr())
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.client_addr())
+    }
+
+    /// Where `/health` answers over plain HTTP: the client port, or with TLS the
+    /// metrics port.
+    fn probe_addr(&self) -> SocketAddr {
+        self.tls
+            .as_ref()
+            .map_or_else(|| self.client_addr(), |(_, port)| loopback(*port))
     }
 
     /// `127.0.0.1:<client port>`.
@@ -143,9 +157,13 @@ impl EtcdMember {
         self.process.as_ref().and_then(ChildProcess::state) == Some('T')
     }
 
-    /// Settings for a client of this member only.
+    /// Settings for a client of this member only (with TLS: the trusted client
+    /// certificate).
     pub fn settings(&self) -> EtcdSettings {
-        test_settings(vec![self.endpoint()])
+        match &self.tls {
+            Some((pki, _)) => pki.settings(vec![self.endpoint()], ClientTls::Trusted),
+            None => test_settings(vec![self.endpoint()]),
+        }
     }
 
     /// A client of this member only (the connection is made lazily, so this works while
@@ -157,7 +175,7 @@ impl EtcdMember {
     /// Whether `GET /health` answers `{"health":"true"}` now (it needs a leader).
     pub async fn is_healthy(&self) -> bool {
         matches!(
-            http_get_timeout(self.client_addr(), "/health", PROBE_TIMEOUT).await,
+            http_get_timeout(self.probe_addr(), "/health", PROBE_TIMEOUT).await,
             Ok(r) if r.status == 200 && r.body.contains(r#""health":"true""#)
         )
     }
@@ -183,6 +201,11 @@ impl EtcdMember {
             .args(["--initial-cluster-token", &self.cluster_token])
             .args(["--logger", "zap", "--log-outputs", "stderr"])
             .args(&self.extra_args);
+        if let Some((pki, metrics_port)) = &self.tls {
+            command.args(pki.etcd_server_args()).arg(format!(
+                "--listen-metrics-urls=http://127.0.0.1:{metrics_port}"
+            ));
+        }
         let process = ChildProcess::spawn(command, &self.log, OnDrop::Kill).unwrap_or_else(|e| {
             panic!(
                 "cannot start {} for member {}: {e}",
@@ -196,7 +219,12 @@ impl EtcdMember {
     /// Waits until the member answers `/health` (`need_leader`) or `/version` (it serves
     /// but may have no quorum), or its process exits.
     async fn wait_serving(&self, need_leader: bool, timeout: Duration) -> Result<(), StartError> {
-        let path = if need_leader { "/health" } else { "/version" };
+        // The metrics listener (TLS) has no `/version`; `/metrics` answers without quorum.
+        let path = match (need_leader, self.tls.is_some()) {
+            (true, _) => "/health",
+            (false, false) => "/version",
+            (false, true) => "/metrics",
+        };
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let Some(process) = &self.process else {
@@ -213,7 +241,7 @@ impl EtcdMember {
                     StartError::Failed(format!("member {} exited:\n{tail}", self.name))
                 });
             }
-            let last = match http_get_timeout(self.client_addr(), path, PROBE_TIMEOUT).await {
+            let last = match http_get_timeout(self.probe_addr(), path, PROBE_TIMEOUT).await {
                 Ok(r)
                     if r.status == 200
                         && (!need_leader || r.body.contains(r#""health":"true""#)) =>
@@ -263,6 +291,8 @@ pub struct EtcdCluster {
     /// peers reach it through `peer_proxies[i]`.
     peer_proxies: Vec<FaultProxy>,
     dir: TempDir,
+    /// With TLS: the certificates every member serves and clients use.
+    pki: Option<Arc<TestPki>>,
 }
 
 impl EtcdCluster {
@@ -276,17 +306,28 @@ impl EtcdCluster {
     /// As [`start`](Self::start), every member started (and restarted) with `args` too,
     /// e.g. `["--quota-backend-bytes=16777216"]`.
     pub async fn start_with_args(size: usize, args: &[&str]) -> Self {
-        Self::start_inner(size, args, false).await
+        Self::start_inner(size, args, false, None).await
+    }
+
+    /// As [`start`](Self::start), with TLS on the client port and client-certificate
+    /// auth (`--client-cert-auth`), certificates from [`TestPki::generate`].
+    pub async fn start_tls(size: usize) -> Self {
+        Self::start_inner(size, &[], false, Some(Arc::new(TestPki::generate()))).await
     }
 
     /// As [`start`](Self::start), each member's peers reaching it through a
     /// [`FaultProxy::start_peer`] proxy, so that [`isolate`](Self::isolate) can cut one
     /// member off from the others while its clients still reach it.
     pub async fn start_with_peer_proxies(size: usize) -> Self {
-        Self::start_inner(size, &[], true).await
+        Self::start_inner(size, &[], true, None).await
     }
 
-    async fn start_inner(size: usize, args: &[&str], peer_proxies: bool) -> Self {
+    async fn start_inner(
+        size: usize,
+        args: &[&str],
+        peer_proxies: bool,
+        pki: Option<Arc<TestPki>>,
+    ) -> Self {
         assert!(size >= 1, "an etcd cluster needs at least one member");
         let mut last_error = String::new();
         for _ in 0..START_ATTEMPTS {
@@ -297,7 +338,7 @@ impl EtcdCluster {
                     proxies.push(FaultProxy::start_peer(loopback(peer)).await);
                 }
             }
-            let cluster = Self::spawn_new(&ports, args, proxies);
+            let cluster = Self::spawn_new(&ports, args, proxies, pki.clone());
             match cluster.wait_all_serving().await {
                 Ok(()) => return cluster,
                 Err(StartError::AddrInUse(log)) => last_error = log,
@@ -309,7 +350,12 @@ impl EtcdCluster {
 
     /// Spawns members on `ports` (client, peer); with `peer_proxies`, member `i`
     /// advertises `peer_proxies[i]` as its peer URL.
-    fn spawn_new(ports: &[(u16, u16)], args: &[&str], peer_proxies: Vec<FaultProxy>) -> Self {
+    fn spawn_new(
+        ports: &[(u16, u16)],
+        args: &[&str],
+        peer_proxies: Vec<FaultProxy>,
+        pki: Option<Arc<TestPki>>,
+    ) -> Self {
         let dir = data_tempdir();
         let token = format!(
             "it-{}-{}",
@@ -340,6 +386,7 @@ impl EtcdCluster {
                 initial_cluster: initial_cluster.clone(),
                 cluster_token: token.clone(),
                 extra_args: args.iter().map(|a| (*a).to_owned()).collect(),
+                tls: pki.as_ref().map(|p| (p.clone(), free_port())),
                 process: None,
             })
             .collect();
@@ -350,6 +397,7 @@ impl EtcdCluster {
             members,
             peer_proxies,
             dir,
+            pki,
         }
     }
 
@@ -427,14 +475,23 @@ impl EtcdCluster {
         self.dir.path()
     }
 
-    /// Every member's `http://127.0.0.1:port`, running or not.
+    /// Every member's `http://127.0.0.1:port` (`https://` with TLS), running or not.
     pub fn endpoints(&self) -> Vec<String> {
         self.members.iter().map(EtcdMember::endpoint).collect()
     }
 
-    /// Connection settings for all members, as nerve and synapse configs would hold them.
+    /// The certificates, when started with [`start_tls`](Self::start_tls).
+    pub fn pki(&self) -> Option<&TestPki> {
+        self.pki.as_deref()
+    }
+
+    /// Connection settings for all members, as nerve and synapse configs would hold them
+    /// (with TLS: the trusted client certificate).
     pub fn settings(&self) -> EtcdSettings {
-        test_settings(self.endpoints())
+        match &self.pki {
+            Some(pki) => pki.settings(self.endpoints(), ClientTls::Trusted),
+            None => test_settings(self.endpoints()),
+        }
     }
 
     /// A client balanced over all members. Requests routed to a dead member fail, so
@@ -617,6 +674,19 @@ impl Etcd {
         Self {
             cluster: EtcdCluster::start_with_args(1, args).await,
         }
+    }
+
+    /// As [`start`](Self::start), with TLS and client-certificate auth; see
+    /// [`EtcdCluster::start_tls`].
+    pub async fn start_tls() -> Self {
+        Self {
+            cluster: EtcdCluster::start_tls(1).await,
+        }
+    }
+
+    /// The certificates, when started with [`start_tls`](Self::start_tls).
+    pub fn pki(&self) -> Option<&TestPki> {
+        self.cluster.pki()
     }
 
     /// The node.

@@ -63,6 +63,7 @@ mod process;
 pub mod rabbitmq;
 pub mod redis;
 pub mod synapse;
+pub mod tls;
 pub mod workdir;
 pub mod world;
 
@@ -87,6 +88,7 @@ pub use ports::{free_port, loopback};
 pub use rabbitmq::RabbitMq;
 pub use redis::RedisServer;
 pub use synapse::InProcessSynapse;
+pub use tls::{ClientTls, TestPki};
 pub use workdir::Workdir;
 pub use world::{World, ROUTE_TIMEOUT};
 

@@ -2444,8 +2444,8 @@ async fn s20_crash_during_write() {
     let mut w = World::start("S20", false).await;
     // The in-process synapse makes way for synapse processes on the same config.
     w.synapse.take().expect("synapse").stop().await;
-    // With checks, haproxy.cfg.tmp is written, checked, renamed; without, a temp file
-    // of a random name is.
+    // With checks, a candidate of a unique name is written, checked, renamed; without,
+    // the temp file of an atomic write is.
     let text = w.synapse_config();
     let unchecked = text.replace(r#""do_checks": true"#, r#""do_checks": false"#);
     assert_ne!(text, unchecked);

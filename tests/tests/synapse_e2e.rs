@@ -760,6 +760,8 @@ async fn bad_registrations_are_skipped_and_never_rendered() {
     *want.entry("invalid_utf8").or_default() += 1; // the key
     *want.entry("identity_mismatch").or_default() += 1;
     *want.entry("over_limit").or_default() += 1;
+    // B20: one server name claimed twice, counted once (issue #18).
+    *want.entry("identity_conflict").or_default() += 1;
     assert_eq!(rejected, want);
 
     let cfg = std::fs::read_to_string(w.cfg_path()).expect("cfg");

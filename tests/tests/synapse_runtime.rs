@@ -441,6 +441,28 @@ async fn managed_haproxy_is_restarted_when_killed_and_stopped_on_exit() {
     routes_to(port, &["a", "b"]).await;
     let first = master.show_proc().await.expect("show proc");
     assert_eq!(first.reloads, 0, "{first:?}");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(w.path("haproxy-master.sock"))
+            .expect("master socket")
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600, "master socket mode {mode:o}");
+    for pid in std::iter::once(first.master_pid).chain(first.workers.iter().copied()) {
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).expect("environ");
+        // cargo runs tests with CARGO_* set: none may reach HAProxy (HAPROXY_* are the
+        // ones HAProxy sets itself).
+        let names: Vec<String> = String::from_utf8_lossy(&environ)
+            .split('\0')
+            .filter_map(|kv| kv.split_once('=').map(|(k, _)| k.to_owned()))
+            .collect();
+        assert!(
+            names
+                .iter()
+                .all(|n| common::child_env::is_kept(n) || n.starts_with("HAPROXY_")),
+            "HAProxy {pid} inherited more than the allow-list: {names:?}"
+        );
+        assert!(names.iter().any(|n| n == "PATH"), "PATH kept: {names:?}");
+    }
 
     let kill = |pid: u32, signal| {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal).expect("kill");

@@ -1,6 +1,7 @@
 //! `exec`: healthy when a command exits 0 within the timeout. The command runs without a
 //! shell (argv as configured) unless the config asks for one. It gets its own process
-//! group, so a timeout kills whatever it started too, not just the first process.
+//! group, so a timeout kills whatever it started too, not just the first process, and an
+//! allow-listed environment ([`common::child_env`]): never nerve's etcd password.
 
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
@@ -50,7 +51,7 @@ impl Check for ExecCheck {
         let Some((program, args)) = self.config.argv.split_first() else {
             return Err(CheckError::Unusable("empty command".into()));
         };
-        let mut child = Command::new(program)
+        let mut child = common::child_env::restrict(&mut Command::new(program))
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -101,6 +102,26 @@ mod tests {
                 timeout: Duration::from_millis(timeout_ms),
             },
         )
+    }
+
+    #[tokio::test]
+    async fn checks_get_an_allow_listed_environment() {
+        // cargo runs tests with CARGO_* set (not allow-listed, like AWS_*).
+        assert!(
+            std::env::var_os("CARGO_MANIFEST_DIR").is_some(),
+            "run under cargo"
+        );
+        check(
+            &[
+                "sh",
+                "-c",
+                r#"test -z "$CARGO_MANIFEST_DIR" && test -n "$PATH""#,
+            ],
+            5000,
+        )
+        .check()
+        .await
+        .expect("the check saw a secret or lost PATH");
     }
 
     #[tokio::test]

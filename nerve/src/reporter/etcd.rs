@@ -33,10 +33,20 @@ use crate::status::StatusHandle;
 /// fatal to nerve.
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
-    #[error("cannot connect to etcd")]
-    Connect(#[source] ConnectError),
-    #[error("cannot grant a lease")]
-    LeaseGrant(#[source] etcd_client::Error),
+    #[error("cannot connect to etcd at {endpoint}")]
+    Connect {
+        endpoint: String,
+        #[source]
+        source: ConnectError,
+    },
+    /// The first request of a connection: TLS and auth failures show up here, so it
+    /// names the member (never with credentials: config rejects those).
+    #[error("cannot grant a lease on {endpoint}")]
+    LeaseGrant {
+        endpoint: String,
+        #[source]
+        source: etcd_client::Error,
+    },
     #[error("lease keep-alive failed")]
     KeepAlive(#[source] etcd_client::Error),
     #[error("lease keep-alive got no answer within {0:?}")]
@@ -143,22 +153,31 @@ impl EtcdReporter {
         if let Some(client) = &self.client {
             return Ok(client.clone());
         }
-        let all = &self.config.settings.endpoints;
         let settings = EtcdSettings {
-            endpoints: all
-                .get(self.endpoint % all.len().max(1))
-                .map_or_else(|| all.clone(), |e| vec![e.clone()]),
+            endpoints: vec![self.current_endpoint()],
             ..self.config.settings.clone()
         };
         let client = match connect(&settings).await {
             Ok(client) => client,
-            Err(e) => {
+            Err(source) => {
                 self.next_endpoint();
-                return Err(ReportError::Connect(e));
+                return Err(ReportError::Connect {
+                    endpoint: settings.endpoints.join(","),
+                    source,
+                });
             }
         };
         self.client = Some(client.clone());
         Ok(client)
+    }
+
+    /// The member the client talks to now.
+    fn current_endpoint(&self) -> String {
+        let all = &self.config.settings.endpoints;
+        // Config validation guarantees at least one endpoint.
+        all.get(self.endpoint % all.len().max(1))
+            .cloned()
+            .unwrap_or_else(|| common::etcd::DEFAULT_ENDPOINT.to_owned())
     }
 
     /// Drops the client; the next attempt connects to the next endpoint.
@@ -251,8 +270,12 @@ impl EtcdReporter {
         let granted = match client.lease_grant(ttl, None).await {
             Ok(granted) => granted,
             Err(e) => {
+                let endpoint = self.current_endpoint();
                 self.failed("grant", &e);
-                return Err(ReportError::LeaseGrant(e));
+                return Err(ReportError::LeaseGrant {
+                    endpoint,
+                    source: e,
+                });
             }
         };
         let ttl = Duration::from_secs(u64::try_from(granted.ttl()).unwrap_or(0).max(1));

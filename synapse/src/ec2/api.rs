@@ -43,6 +43,12 @@ pub enum Ec2Error {
     Signing(String),
     #[error("more than {MAX_PAGES} pages of instances")]
     TooManyPages,
+    #[error("the EC2 endpoint must be https:// unless it is loopback")]
+    InsecureEndpoint,
+    #[error("EC2 redirected the request (HTTP {0}); redirects are not followed")]
+    Redirected(u16),
+    #[error("EC2 response unreadable")]
+    Body(#[from] super::BodyError),
 }
 
 impl Ec2Error {
@@ -73,8 +79,10 @@ impl Ec2Api {
             .unwrap_or_else(|| format!("https://ec2.{region}.amazonaws.com"))
             .trim_end_matches('/')
             .to_owned();
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
+        if endpoint.starts_with("http://") && !common::etcd::is_loopback_url(&endpoint) {
+            return Err(Ec2Error::InsecureEndpoint);
+        }
+        let http = super::client_builder(timeout)
             .build()
             .map_err(Ec2Error::Transport)?;
         Ok(Self {
@@ -185,14 +193,16 @@ impl Ec2Api {
         }
         let resp = req.body(body).send().await.map_err(Ec2Error::Transport)?;
         let status = resp.status();
-        if resp.content_length().is_some_and(|l| l > MAX_BODY as u64) {
-            return Err(Ec2Error::Malformed("response too large".into()));
+        if status.is_redirection() {
+            return Err(Ec2Error::Redirected(status.as_u16()));
         }
-        let text = resp.text().await.map_err(Ec2Error::Transport)?;
+        let text = super::read_capped(resp, MAX_BODY).await?;
         if status.is_success() {
             return Ok(text);
         }
-        let code = parse_error(&text).map(|e| e.code).unwrap_or_default();
+        let code = parse_error(&text)
+            .map(|e| super::printable(&e.code))
+            .unwrap_or_default();
         if status.as_u16() == 503 || code == "RequestLimitExceeded" || code == "Throttling" {
             return Err(Ec2Error::Throttled {
                 code: if code.is_empty() {
@@ -234,8 +244,126 @@ fn encode_form(pairs: &[(&str, String)]) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
+    use crate::ec2::credentials::Credentials;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A loopback HTTP server answering every request with `head` and then `body_len`
+    /// bytes of `x` (streamed, so no size is known in advance). Counts requests.
+    pub(crate) async fn server(head: String, body_len: usize) -> (String, Arc<AtomicU32>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hits = Arc::new(AtomicU32::new(0));
+        let counter = hits.clone();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                let head = head.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    let _ = conn.read(&mut buf).await;
+                    let _ = conn.write_all(head.as_bytes()).await;
+                    let chunk = vec![b'x'; 64 * 1024];
+                    let mut left = body_len;
+                    while left > 0 {
+                        let n = left.min(chunk.len());
+                        if conn.write_all(&chunk[..n]).await.is_err() {
+                            return;
+                        }
+                        left -= n;
+                    }
+                });
+            }
+        });
+        (format!("http://{addr}"), hits)
+    }
+
+    fn api(endpoint: &str) -> Result<Ec2Api, Ec2Error> {
+        Ec2Api::new(
+            "us-east-1".into(),
+            Some(endpoint.to_owned()),
+            CredentialProvider::fixed(Credentials {
+                access_key_id: "AKIDTEST".into(),
+                secret_access_key: common::Secret::new("secret"),
+                session_token: None,
+                expires: None,
+            }),
+            Duration::from_secs(10),
+        )
+    }
+
+    /// What listing through `endpoint` fails with.
+    async fn list_error(endpoint: &str) -> Ec2Error {
+        api(endpoint)
+            .unwrap()
+            .running_instances_with_tag("a", "b")
+            .await
+            .unwrap_err()
+    }
+
+    #[tokio::test]
+    async fn redirects_are_not_followed() {
+        let (elsewhere, hits) =
+            server("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n".into(), 0).await;
+        let (endpoint, _) = server(
+            format!("HTTP/1.1 307 Temporary Redirect\r\nLocation: {elsewhere}/\r\nContent-Length: 0\r\n\r\n"),
+            0,
+        )
+        .await;
+        let err = list_error(&endpoint).await;
+        assert!(matches!(err, Ec2Error::Redirected(307)), "{err:?}");
+        assert_eq!(hits.load(Ordering::SeqCst), 0, "the redirect was followed");
+    }
+
+    #[tokio::test]
+    async fn bodies_are_capped_whatever_the_headers_say() {
+        // No Content-Length: the body ends when the connection closes.
+        let (endpoint, _) = server(
+            "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n".into(),
+            MAX_BODY + 64 * 1024,
+        )
+        .await;
+        let err = list_error(&endpoint).await;
+        assert!(
+            matches!(err, Ec2Error::Body(crate::ec2::BodyError::TooLarge(_))),
+            "{err:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn error_codes_are_escaped_and_truncated() {
+        let code = format!("Evil\u{1b}[31m\r\ninjected{}", "A".repeat(500));
+        let body =
+            format!("<Response><Errors><Error><Code>{code}</Code></Error></Errors></Response>");
+        let (endpoint, _) = server(
+            format!(
+                "HTTP/1.1 400 Bad Request\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            ),
+            0,
+        )
+        .await;
+        let err = list_error(&endpoint).await;
+        let Ec2Error::Api { code, .. } = &err else {
+            panic!("{err:?}")
+        };
+        assert!(code.len() < 200, "{code}");
+        assert!(!code.chars().any(char::is_control), "{code:?}");
+        assert!(code.starts_with("Evil\\u{1b}[31m\\r\\n"), "{code}");
+    }
+
+    #[test]
+    fn the_endpoint_is_https_unless_loopback() {
+        assert!(matches!(
+            api("http://ec2.example.com"),
+            Err(Ec2Error::InsecureEndpoint)
+        ));
+        assert!(api("https://ec2.example.com").is_ok());
+        assert!(api("http://127.0.0.1:5000").is_ok());
+    }
 
     #[test]
     fn form_encoding() {

@@ -112,8 +112,7 @@ impl CredentialProvider {
         let endpoint = env("AWS_EC2_METADATA_SERVICE_ENDPOINT")
             .or(inputs.imds_endpoint)
             .unwrap_or_else(|| DEFAULT_IMDS_ENDPOINT.to_owned());
-        let http = reqwest::Client::builder()
-            .timeout(IMDS_TIMEOUT)
+        let http = super::client_builder(IMDS_TIMEOUT)
             .no_proxy()
             .build()
             .map_err(|e| CredentialError::Imds(e.to_string()))?;
@@ -163,32 +162,27 @@ async fn fetch_role_credentials(
     http: &reqwest::Client,
     endpoint: &str,
 ) -> Result<Credentials, CredentialError> {
-    let err = |what: &str, e: &dyn std::fmt::Display| CredentialError::Imds(format!("{what}: {e}"));
-    let token = http
-        .put(format!("{endpoint}/latest/api/token"))
-        .header(
-            "X-aws-ec2-metadata-token-ttl-seconds",
-            IMDS_TOKEN_TTL_SECS.to_string(),
-        )
-        .send()
-        .await
-        .and_then(reqwest::Response::error_for_status)
-        .map_err(|e| err("token request failed", &e))?
-        .text()
-        .await
-        .map_err(|e| err("token read failed", &e))?;
+    let token = imds_body(
+        "token",
+        http.put(format!("{endpoint}/latest/api/token"))
+            .header(
+                "X-aws-ec2-metadata-token-ttl-seconds",
+                IMDS_TOKEN_TTL_SECS.to_string(),
+            )
+            .send()
+            .await,
+    )
+    .await?;
     let get = |path: String| {
         http.get(format!("{endpoint}{path}"))
             .header("X-aws-ec2-metadata-token", token.trim())
             .send()
     };
-    let roles = get("/latest/meta-data/iam/security-credentials/".into())
-        .await
-        .and_then(reqwest::Response::error_for_status)
-        .map_err(|e| err("role list request failed", &e))?
-        .text()
-        .await
-        .map_err(|e| err("role list read failed", &e))?;
+    let roles = imds_body(
+        "role list",
+        get("/latest/meta-data/iam/security-credentials/".into()).await,
+    )
+    .await?;
     let role = roles
         .lines()
         .map(str::trim)
@@ -201,14 +195,34 @@ async fn fetch_role_credentials(
     {
         return Err(CredentialError::Imds("malformed role name".into()));
     }
-    let body = get(format!("/latest/meta-data/iam/security-credentials/{role}"))
-        .await
-        .and_then(reqwest::Response::error_for_status)
-        .map_err(|e| err("credentials request failed", &e))?
-        .text()
-        .await
-        .map_err(|e| err("credentials read failed", &e))?;
+    let body = imds_body(
+        "credentials",
+        get(format!("/latest/meta-data/iam/security-credentials/{role}")).await,
+    )
+    .await?;
     parse_role_credentials(&body)
+}
+
+/// IMDS answers are small: a token, a role name, a credentials document.
+const IMDS_MAX_BODY: usize = 64 * 1024;
+
+/// The body of a 2xx IMDS answer, capped; a redirect or any other status is an error.
+async fn imds_body(
+    what: &str,
+    resp: Result<reqwest::Response, reqwest::Error>,
+) -> Result<String, CredentialError> {
+    let err = |e: &dyn std::fmt::Display| CredentialError::Imds(format!("{what}: {e}"));
+    let resp = resp.map_err(|e| err(&e))?;
+    let status = resp.status();
+    if !status.is_success() {
+        return Err(err(&format_args!(
+            "IMDS answered HTTP {} (redirects are not followed)",
+            status.as_u16()
+        )));
+    }
+    super::read_capped(resp, IMDS_MAX_BODY)
+        .await
+        .map_err(|e| err(&crate::watcher::etcd::error_chain(&e)))
 }
 
 #[derive(serde::Deserialize)]
@@ -428,6 +442,29 @@ mod tests {
             imds_endpoint: Some(endpoint),
         })
         .unwrap()
+    }
+
+    #[tokio::test]
+    async fn imds_redirects_are_not_followed_and_bodies_are_capped() {
+        use crate::ec2::api::tests::server;
+        use std::sync::atomic::Ordering;
+        let (elsewhere, hits) =
+            server("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\ntok".into(), 0).await;
+        let (imds, _) = server(
+            format!("HTTP/1.1 302 Found\r\nLocation: {elsewhere}/latest/api/token\r\nContent-Length: 0\r\n\r\n"),
+            0,
+        )
+        .await;
+        let err = imds_provider(imds).get().await.unwrap_err().to_string();
+        assert!(err.contains("302"), "{err}");
+        assert_eq!(hits.load(Ordering::SeqCst), 0, "the redirect was followed");
+        let (big, _) = server(
+            "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n".into(),
+            1024 * 1024,
+        )
+        .await;
+        let err = imds_provider(big).get().await.unwrap_err().to_string();
+        assert!(err.contains("larger than"), "{err}");
     }
 
     #[tokio::test]

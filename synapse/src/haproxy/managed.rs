@@ -169,9 +169,13 @@ impl Supervisor {
 
     fn spawn(&self) -> std::io::Result<Child> {
         let mut cmd = Command::new(&self.config.binary);
+        common::child_env::restrict(&mut cmd);
+        // Mode 600: the master CLI can reload and stop HAProxy and read its state.
+        let mut master = self.master_socket.clone().into_os_string();
+        master.push(",mode,600");
         cmd.arg("-W")
             .arg("-S")
-            .arg(&self.master_socket)
+            .arg(master)
             .arg("-f")
             .arg(&self.config_file);
         if let Some(p) = &self.pid_file {

@@ -81,6 +81,8 @@ pub struct Writer {
     /// `None` with `do_writes: false`.
     config_path: Option<PathBuf>,
     candidate_path: Option<PathBuf>,
+    /// haproxy.cfg's (and the candidate's) mode and group.
+    mode: FileMode,
     /// Always set: `do_checks: false` does not switch it off (issue 17).
     check: Check,
     timeout: Duration,
@@ -110,6 +112,10 @@ impl Writer {
         Self {
             config_path: h.config_file_path.clone(),
             candidate_path: h.candidate_config_file_path.clone(),
+            mode: FileMode {
+                mode: h.config_file_mode,
+                group: group_id("haproxy"),
+            },
             check,
             timeout: h.command_timeout,
         }
@@ -164,20 +170,21 @@ impl Writer {
         let Some(path) = self.config_path.clone() else {
             return Ok(());
         };
-        let dir = path
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .unwrap_or(Path::new("."))
-            .to_owned();
+        let dir = parent_dir(&path);
         if !check {
-            let text = text.to_owned();
-            return tokio::task::spawn_blocking(move || write_atomically(&dir, &path, &text))
-                .await?;
+            let (text, mode) = (text.to_owned(), self.mode);
+            return tokio::task::spawn_blocking(move || {
+                write_atomically_with(&dir, &path, &text, mode)
+            })
+            .await?;
         }
-        let candidate = self.candidate(&path);
-        self.check_candidate(text, &candidate).await?;
+        let (candidate, temp) = self.check_candidate(text, &dir, &path).await?;
         tokio::task::spawn_blocking(move || {
-            std::fs::rename(&candidate, &path).map_err(|source| ReloadError::Write {
+            let renamed = match temp {
+                Some(t) => t.persist(&path).map_err(|e| e.error),
+                None => std::fs::rename(&candidate, &path),
+            };
+            renamed.map_err(|source| ReloadError::Write {
                 path: path.clone(),
                 source,
             })?;
@@ -194,42 +201,60 @@ impl Writer {
         let Some(path) = &self.config_path else {
             return Ok(());
         };
-        let candidate = self.candidate(path);
-        let checked = self.check_candidate(text, &candidate).await;
-        let _ = std::fs::remove_file(&candidate);
-        match checked {
-            Ok(()) => Ok(()),
+        match self.check_candidate(text, &parent_dir(path), path).await {
+            Ok((candidate, temp)) => {
+                // A temp candidate goes when dropped; a configured one is removed.
+                if temp.is_none() {
+                    let _ = std::fs::remove_file(&candidate);
+                }
+                Ok(())
+            }
             Err(ReloadError::CheckFailed { output, .. }) => Err(output),
             Err(e) => Err(e.to_string()),
         }
     }
 
-    fn candidate(&self, path: &Path) -> PathBuf {
-        self.candidate_path
-            .clone()
-            .unwrap_or_else(|| with_suffix(path, ".tmp"))
-    }
-
-    /// Writes `text` to `candidate` and checks it; the candidate is removed when the
-    /// check fails.
-    async fn check_candidate(&self, text: &str, candidate: &Path) -> Result<(), ReloadError> {
+    /// Writes `text` as a candidate next to `path` and checks it. The candidate is
+    /// created like the final file: a unique name in the same directory (`O_EXCL`, so
+    /// never through a symlink or into someone else's file), its mode set on the open
+    /// handle; a configured `candidate_config_file_path` gets it by rename, which
+    /// replaces a symlink rather than following it. On success: the candidate's path,
+    /// and its temp handle unless it was renamed to the configured path. On failure
+    /// the candidate is gone.
+    async fn check_candidate(
+        &self,
+        text: &str,
+        dir: &Path,
+        path: &Path,
+    ) -> Result<(PathBuf, Option<tempfile::TempPath>), ReloadError> {
         let bytes = text.to_owned();
-        let cand = candidate.to_owned();
+        let fixed = self.candidate_path.clone();
+        let (d, p, mode) = (dir.to_owned(), path.to_owned(), self.mode);
         failpoint::hit("before_tmp_write");
-        tokio::task::spawn_blocking(move || {
-            let written = write_synced(&cand, &bytes);
-            if written.is_err() {
-                // A full disk keeps nothing half-written (and frees what it took).
-                let _ = std::fs::remove_file(&cand);
+        let (candidate, temp) = tokio::task::spawn_blocking(move || {
+            // A failed write drops the temp file: nothing half-written stays.
+            let tmp = write_temp(&d, &p, &bytes, mode)?;
+            match fixed {
+                Some(c) => {
+                    tmp.persist(&c).map_err(|e| ReloadError::Write {
+                        path: c.clone(),
+                        source: e.error,
+                    })?;
+                    Ok::<_, ReloadError>((c, None))
+                }
+                None => {
+                    let t = tmp.into_temp_path();
+                    Ok((t.to_path_buf(), Some(t)))
+                }
             }
-            written
         })
         .await??;
         let checked = match &self.check {
             Check::Haproxy => {
                 let mut cmd = Command::new("haproxy");
+                common::child_env::restrict(&mut cmd);
                 // Not `-q`: its `[ALERT]` lines name the refused server.
-                cmd.arg("-c").arg("-f").arg(candidate);
+                cmd.arg("-c").arg("-f").arg(&candidate);
                 // Exit 2: "no error but will not start (no listener)", e.g. while every
                 // service is backend-only. Not a reason to keep an outdated file.
                 run(cmd, "haproxy -c", self.timeout).await.map(|r| match r {
@@ -239,25 +264,31 @@ impl Writer {
             }
             Check::Shell(c) => {
                 let mut cmd = shell(c);
-                cmd.env(CANDIDATE_ENV, candidate);
+                cmd.env(CANDIDATE_ENV, &candidate);
                 run(cmd, c, self.timeout).await
             }
         };
-        match checked {
+        let failed = match checked {
             Ok(Ok(())) => {
                 failpoint::hit("after_check");
-                Ok(())
+                return Ok((candidate, temp));
             }
-            Ok(Err(Failure { status, output, .. })) => {
-                let _ = std::fs::remove_file(candidate);
-                Err(ReloadError::CheckFailed { status, output })
-            }
-            Err(e) => {
-                let _ = std::fs::remove_file(candidate);
-                Err(e)
-            }
+            Ok(Err(Failure { status, output, .. })) => ReloadError::CheckFailed { status, output },
+            Err(e) => e,
+        };
+        if temp.is_none() {
+            let _ = std::fs::remove_file(&candidate);
         }
+        Err(failed)
     }
+}
+
+/// The directory `path` is in (`.` for a bare file name).
+fn parent_dir(path: &Path) -> PathBuf {
+    path.parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_owned()
 }
 
 /// Runs a command with a timeout; `Ok(Err(_))` when it exits non-zero.
@@ -440,13 +471,25 @@ fn read_pid(path: &Path) -> Result<u32, ReloadError> {
         path: path.to_owned(),
         source,
     };
+    let invalid = |why: String| err(std::io::Error::new(std::io::ErrorKind::InvalidData, why));
     let text = std::fs::read_to_string(path).map_err(err)?;
-    text.trim().parse().map_err(|_| {
-        err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            "not a PID",
-        ))
-    })
+    let pid: u32 = text
+        .trim()
+        .parse()
+        .map_err(|_| invalid("not a PID".to_owned()))?;
+    // 0 signals our own process group, 1 is init: a stale or forged pid file must not
+    // make synapse signal anything but HAProxy.
+    if pid <= 1 {
+        return Err(invalid(format!("PID {pid} is not HAProxy's")));
+    }
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    if comm.trim_end() != "haproxy" {
+        return Err(invalid(format!(
+            "PID {pid} is not a haproxy process (it is {:?}); is the pid file stale?",
+            comm.trim_end()
+        )));
+    }
+    Ok(pid)
 }
 
 /// A command that exited non-zero.
@@ -458,6 +501,8 @@ struct Failure {
 
 fn shell(command: &str) -> Command {
     let mut cmd = Command::new("sh");
+    // Never synapse's AWS or etcd credentials (`common::child_env`).
+    common::child_env::restrict(&mut cmd);
     cmd.arg("-c").arg(command);
     cmd
 }
@@ -478,13 +523,73 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(s)
 }
 
-/// Temp file in `dir` → fsync → rename over `path` → fsync `dir`.
+/// Permission bits and group of a file synapse writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileMode {
+    pub mode: u32,
+    /// Set when `Some` (and allowed: a failure to change it is only logged).
+    pub group: Option<u32>,
+}
+
+impl FileMode {
+    /// 0644: files other programs read (file_output, the server state).
+    pub const PUBLIC: Self = Self {
+        mode: 0o644,
+        group: None,
+    };
+}
+
+/// A group's id from `/etc/group`, if the group exists.
+pub fn group_id(name: &str) -> Option<u32> {
+    std::fs::read_to_string("/etc/group")
+        .ok()?
+        .lines()
+        .find_map(|line| {
+            let mut fields = line.split(':');
+            (fields.next() == Some(name))
+                .then(|| fields.nth(1)?.parse().ok())
+                .flatten()
+        })
+}
+
+/// Temp file in `dir` → fsync → rename over `path` → fsync `dir`, mode 0644.
 pub fn write_atomically(dir: &Path, path: &Path, text: &str) -> Result<(), ReloadError> {
+    write_atomically_with(dir, path, text, FileMode::PUBLIC)
+}
+
+/// [`write_atomically`] with this mode and group.
+pub fn write_atomically_with(
+    dir: &Path,
+    path: &Path,
+    text: &str,
+    mode: FileMode,
+) -> Result<(), ReloadError> {
     let err = |source| ReloadError::Write {
         path: path.to_owned(),
         source,
     };
     failpoint::hit("before_tmp_write");
+    let tmp = write_temp(dir, path, text, mode)?;
+    tmp.persist(path).map_err(|e| err(e.error))?;
+    sync_dir(dir)?;
+    failpoint::hit("after_rename");
+    Ok(())
+}
+
+/// `text` in a new temp file in `dir` (`.synapse-XXXXXX.tmp`: `O_CREAT|O_EXCL`, so never
+/// an existing file or a symlink), fsynced, its mode set through the open handle.
+/// Deleted if dropped. `path` is the file it stands for, for errors.
+fn write_temp(
+    dir: &Path,
+    path: &Path,
+    text: &str,
+    mode: FileMode,
+) -> Result<tempfile::NamedTempFile, ReloadError> {
+    use std::os::unix::fs::PermissionsExt;
+    let err = |source| ReloadError::Write {
+        path: path.to_owned(),
+        source,
+    };
     let mut tmp = tempfile::Builder::new()
         .prefix(TEMP_PREFIX)
         .suffix(".tmp")
@@ -496,29 +601,15 @@ pub fn write_atomically(dir: &Path, path: &Path, text: &str) -> Result<(), Reloa
     failpoint::hit("after_fsync");
     // A temp file is created 0600; the file it replaces is read by HAProxy (another
     // user, or another container).
-    set_readable(tmp.path()).map_err(err)?;
-    tmp.persist(path).map_err(|e| err(e.error))?;
-    sync_dir(dir)?;
-    failpoint::hit("after_rename");
-    Ok(())
-}
-
-fn write_synced(path: &Path, text: &str) -> Result<(), ReloadError> {
-    let err = |source| ReloadError::Write {
-        path: path.to_owned(),
-        source,
-    };
-    let mut f = std::fs::File::create(path).map_err(err)?;
-    f.write_all(text.as_bytes()).map_err(err)?;
-    failpoint::hit("after_tmp_write");
-    f.sync_all().map_err(err)?;
-    failpoint::hit("after_fsync");
-    set_readable(path).map_err(err)
-}
-
-fn set_readable(path: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))
+    if let Some(gid) = mode.group {
+        if let Err(e) = std::os::unix::fs::fchown(tmp.as_file(), None, Some(gid)) {
+            tracing::debug!(file = %path.display(), gid, error = %e, "cannot set the group");
+        }
+    }
+    tmp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(mode.mode))
+        .map_err(err)?;
+    Ok(tmp)
 }
 
 fn sync_dir(dir: &Path) -> Result<(), ReloadError> {
@@ -549,6 +640,118 @@ mod tests {
 
     fn writer(dir: &Path, extra: &str) -> Writer {
         Writer::new(&config(dir, extra))
+    }
+
+    #[tokio::test]
+    async fn the_candidate_never_follows_a_symlink() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        // The default candidate name of earlier versions, planted as a symlink.
+        std::os::unix::fs::symlink(&victim, dir.path().join("haproxy.cfg.tmp")).unwrap();
+        let check =
+            r#", "do_checks": true, "check_command": "grep -q good $SYNAPSE_CANDIDATE_CONFIG""#;
+        writer(dir.path(), check)
+            .write("good\n", true)
+            .await
+            .unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        let cfg = dir.path().join("haproxy.cfg");
+        assert_eq!(std::fs::read_to_string(&cfg).unwrap(), "good\n");
+        let mode = std::fs::metadata(&cfg).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o640, "the default mode");
+        if let Some(gid) = group_id("haproxy") {
+            use std::os::unix::fs::MetadataExt;
+            assert_eq!(
+                std::fs::metadata(&cfg).unwrap().gid(),
+                gid,
+                "the haproxy group"
+            );
+        }
+        // A configured candidate path that is a symlink is replaced, not written through.
+        let fixed = dir.path().join("candidate.cfg");
+        std::os::unix::fs::symlink(&victim, &fixed).unwrap();
+        let extra = format!(
+            r#"{check}, "candidate_config_file_path": "{}""#,
+            fixed.display()
+        );
+        writer(dir.path(), &extra)
+            .write("good 2\n", true)
+            .await
+            .unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        assert_eq!(std::fs::read_to_string(&cfg).unwrap(), "good 2\n");
+        // A refused candidate leaves no temp file behind.
+        assert!(writer(dir.path(), check)
+            .write("bad\n", true)
+            .await
+            .is_err());
+        let temps: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().starts_with(TEMP_PREFIX))
+            .collect();
+        assert!(temps.is_empty(), "{temps:?}");
+    }
+
+    #[tokio::test]
+    async fn config_file_mode_is_configurable_and_never_world_writable() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        writer(dir.path(), r#", "config_file_mode": "0600""#)
+            .write("global\n", false)
+            .await
+            .unwrap();
+        let mode = std::fs::metadata(dir.path().join("haproxy.cfg"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        for bad in ["0666", "0777", "rw", "01000", "0044"] {
+            let text = format!(
+                r#"{{"services": {{"web": {{"discovery": {{"method": "base"}}}}}},
+                    "haproxy": {{"config_file_path": "/tmp/x.cfg", "reload_command": "true",
+                                 "config_file_mode": "{bad}"}}}}"#
+            );
+            let err = Config::parse(&text, None).unwrap_err().to_string();
+            assert!(err.contains("haproxy.config_file_mode"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn pid_files_naming_anything_but_haproxy_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("haproxy.pid");
+        let me = std::process::id().to_string();
+        for (pid, says) in [
+            ("0", "not HAProxy's"),
+            ("1", "not HAProxy's"),
+            (me.as_str(), "not a haproxy process"),
+            ("x", "not a PID"),
+        ] {
+            std::fs::write(&file, pid).unwrap();
+            let err = read_pid(&file).unwrap_err();
+            let text = crate::watcher::etcd::error_chain(&err);
+            assert!(text.contains(says), "{pid}: {text}");
+        }
+    }
+
+    #[tokio::test]
+    async fn commands_get_an_allow_listed_environment() {
+        // cargo runs tests with CARGO_* set (not allow-listed, like AWS_*).
+        assert!(
+            std::env::var_os("CARGO_MANIFEST_DIR").is_some(),
+            "run under cargo"
+        );
+        let out = run(
+            shell(r#"test -z "$CARGO_MANIFEST_DIR" && test -n "$PATH""#),
+            "env",
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+        assert!(out.is_ok(), "the command saw the secret");
     }
 
     #[tokio::test]

@@ -19,7 +19,7 @@
 //! - While etcd is away the last published set stays (marked stale), and the watcher
 //!   retries with backoff forever: synapse never exits because etcd is unreachable.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,19 +46,26 @@ const IDLE_PROGRESS_INTERVALS: u32 = 3;
 /// Why a step failed. All are retried with backoff by [`EtcdWatcher::run`].
 #[derive(Debug, thiserror::Error)]
 pub enum WatchError {
-    #[error("cannot connect to etcd")]
-    Connect(#[source] ConnectError),
-    #[error("listing {prefix} failed")]
+    #[error("cannot connect to etcd at {endpoints}")]
+    Connect {
+        endpoints: String,
+        #[source]
+        source: ConnectError,
+    },
+    #[error("listing {prefix} on {endpoints} failed")]
     List {
         prefix: String,
+        /// The configured endpoints (never with credentials: config rejects those).
+        endpoints: String,
         #[source]
         source: etcd_client::Error,
     },
     #[error("a list response had no header")]
     NoHeader,
-    #[error("starting the watch on {prefix} failed")]
+    #[error("starting the watch on {prefix} on {endpoints} failed")]
     WatchStart {
         prefix: String,
+        endpoints: String,
         #[source]
         source: etcd_client::Error,
     },
@@ -70,6 +77,8 @@ pub enum WatchError {
     Silent(Duration),
     #[error("etcd cancelled the watch: {0}")]
     Cancelled(String),
+    #[error("{prefix} holds more than {what}; keeping the last good set")]
+    OverCap { prefix: String, what: String },
 }
 
 /// Shared etcd clients, one per distinct connection settings.
@@ -121,15 +130,111 @@ enum State {
 /// The keys below the prefix, as last seen.
 #[derive(Default)]
 struct Entries {
-    valid: BTreeMap<Vec<u8>, Backend>,
+    /// Valid entries, and whether their key vouched for their `name` (identity-checked).
+    valid: BTreeMap<Vec<u8>, (Backend, bool)>,
     /// Rejected keys and the revision at which they were rejected, so that each bad value
     /// is logged and counted once, not on every re-list.
     rejected: BTreeMap<Vec<u8>, i64>,
+    /// How many valid entries claim each server name, kept up to date on every change,
+    /// and how many names more than one claims: the set is built without a conflict
+    /// check (as cheaply as before) while there is none.
+    names: BTreeMap<String, u32>,
+    claimed_twice: usize,
+    /// Server names two entries claim now, so each conflict is counted once.
+    conflicts: BTreeSet<String>,
+    reject_log: RejectLog,
 }
 
+/// Lines logged about rejected keys in the current window.
+#[derive(Default)]
+struct RejectLog {
+    window_start: Option<Instant>,
+    logged: u32,
+    suppressed: u64,
+}
+
+/// At most this many "skipping invalid registration" lines per service per window.
+const REJECT_LOG_BURST: u32 = 10;
+const REJECT_LOG_WINDOW: Duration = Duration::from_secs(60);
+/// A rejected key is logged cut to this many characters.
+const REJECT_LOG_KEY_CHARS: usize = 200;
+
 impl Entries {
-    fn set(&self) -> BackendSet {
-        self.valid.values().cloned().collect()
+    fn insert_valid(&mut self, key: Vec<u8>, backend: Backend, checked: bool) {
+        self.claim(backend.server_name());
+        if let Some((old, _)) = self.valid.insert(key, (backend, checked)) {
+            self.release(&old.server_name());
+        }
+    }
+
+    fn remove_valid(&mut self, key: &[u8]) {
+        if let Some((old, _)) = self.valid.remove(key) {
+            self.release(&old.server_name());
+        }
+    }
+
+    /// Replaces every valid entry (a list).
+    fn replace_valid(&mut self, valid: BTreeMap<Vec<u8>, (Backend, bool)>) {
+        self.valid = BTreeMap::new();
+        self.names.clear();
+        self.claimed_twice = 0;
+        for (key, (backend, checked)) in valid {
+            self.insert_valid(key, backend, checked);
+        }
+    }
+
+    fn claim(&mut self, name: String) {
+        let n = self.names.entry(name).or_default();
+        *n += 1;
+        if *n == 2 {
+            self.claimed_twice += 1;
+        }
+    }
+
+    fn release(&mut self, name: &str) {
+        if let Some(n) = self.names.get_mut(name) {
+            *n -= 1;
+            match *n {
+                0 => {
+                    self.names.remove(name);
+                }
+                1 => self.claimed_twice -= 1,
+                _ => {}
+            }
+        }
+    }
+
+    /// The set to publish. When two entries claim one server name, an identity-checked
+    /// one wins over a foreign-shaped one (else the first key in order); each new
+    /// conflict is counted as a rejection (`identity_conflict`) and logged once.
+    fn set(&mut self, service: &ServiceName, counters: &Counters) -> BackendSet {
+        if self.claimed_twice == 0 && self.conflicts.is_empty() {
+            return self.valid.values().map(|(b, _)| b.clone()).collect();
+        }
+        let mut by_name: BTreeMap<String, (&Backend, bool)> = BTreeMap::new();
+        let mut conflicts = BTreeSet::new();
+        for (backend, checked) in self.valid.values() {
+            let name = backend.server_name();
+            match by_name.get_mut(&name) {
+                None => {
+                    by_name.insert(name, (backend, *checked));
+                }
+                Some(held) => {
+                    if *checked && !held.1 {
+                        *held = (backend, true);
+                    }
+                    conflicts.insert(name);
+                }
+            }
+        }
+        for name in conflicts.difference(&self.conflicts) {
+            counters.reject("identity_conflict");
+            tracing::warn!(%service, server = ?name,
+                "two registrations claim one server name; the identity-checked one is used");
+        }
+        let set = by_name.into_values().map(|(b, _)| b.clone()).collect();
+        self.conflicts = conflicts;
+        set
     }
 }
 
@@ -168,7 +273,12 @@ impl EtcdWatcher {
                 Counters::inc(&self.counters.relists);
                 self.counters.services.etcd_listed(&self.service, revision);
                 *resync_at = Instant::now() + self.config.resync_interval;
-                publish(out, entries.set(), true, Origin::Etcd);
+                publish(
+                    out,
+                    entries.set(&self.service, &self.counters),
+                    true,
+                    Origin::Etcd,
+                );
                 Ok(State::Watch { from: revision + 1 })
             }
             State::Watch { from } => {
@@ -195,7 +305,34 @@ impl EtcdWatcher {
         self.clients
             .get(&self.config.settings)
             .await
-            .map_err(WatchError::Connect)
+            .map_err(|source| WatchError::Connect {
+                endpoints: self.endpoints(),
+                source,
+            })
+    }
+
+    /// Which cap `keys` and `bytes` exceed, if any.
+    fn over_cap(&self, keys: u64, bytes: u64) -> Option<String> {
+        if keys > self.config.max_keys {
+            Some(format!("{} keys (max_keys)", self.config.max_keys))
+        } else if bytes > self.config.max_bytes {
+            Some(format!("{} bytes (max_bytes)", self.config.max_bytes))
+        } else {
+            None
+        }
+    }
+
+    fn over_cap_error(&self, what: String) -> WatchError {
+        Counters::inc(&self.counters.registry_over_cap);
+        WatchError::OverCap {
+            prefix: self.dir.clone(),
+            what,
+        }
+    }
+
+    /// The configured endpoints, for error messages: `https://a:2379,https://b:2379`.
+    fn endpoints(&self) -> String {
+        self.config.settings.endpoints.join(",")
     }
 
     /// Lists the prefix page by page at one revision and replaces `entries`.
@@ -206,12 +343,18 @@ impl EtcdWatcher {
             .max_decoding_message_size(MAX_DECODE_BYTES);
         let list_err = |source| WatchError::List {
             prefix: self.dir.clone(),
+            endpoints: self.endpoints(),
             source,
         };
         let end = prefix_end(self.dir.as_bytes());
         let mut key = self.dir.as_bytes().to_vec();
         let mut revision = 0;
-        let mut kvs: Vec<KeyValue> = Vec::new();
+        // Decoded page by page: raw values (up to etcd's 1.5 MiB each) live for one page,
+        // never the whole prefix. Rejected keys keep only their key and revision.
+        let mut valid = BTreeMap::new();
+        let mut rejected = BTreeMap::new();
+        let mut keys = 0usize;
+        let mut bytes = 0u64;
         loop {
             let mut opts = GetOptions::new()
                 .with_range(end.clone())
@@ -228,32 +371,42 @@ impl EtcdWatcher {
             let Some(last) = page.last() else { break };
             key = last.key().to_vec();
             key.push(0);
-            kvs.extend(page);
+            keys += page.len();
+            bytes += page
+                .iter()
+                .map(|kv| (kv.key().len() + kv.value().len()) as u64)
+                .sum::<u64>();
+            if let Some(what) = self.over_cap(keys as u64, bytes) {
+                // What was decoded stays known, so it is not counted again on the retry.
+                entries.rejected.extend(rejected);
+                return Err(self.over_cap_error(what));
+            }
+            for kv in page {
+                match self.decode(kv.key(), kv.value()) {
+                    Decoded::Valid(b, checked) => {
+                        valid.insert(kv.key().to_vec(), (b, checked));
+                    }
+                    Decoded::Rejected(e) => {
+                        // Logged and counted once per (key, revision), across re-lists.
+                        if entries.rejected.get(kv.key()) != Some(&kv.mod_revision()) {
+                            self.report_rejected(entries, kv.key(), &e);
+                        }
+                        rejected.insert(kv.key().to_vec(), kv.mod_revision());
+                    }
+                    Decoded::Ignored => {}
+                }
+            }
             if !more {
                 break;
             }
         }
-        let mut valid = BTreeMap::new();
-        for kv in &kvs {
-            match self.decode(kv.key(), kv.value()) {
-                Decoded::Valid(b) => {
-                    entries.rejected.remove(kv.key());
-                    valid.insert(kv.key().to_vec(), b);
-                }
-                Decoded::Rejected(e) => {
-                    self.note_rejected(entries, kv.key(), kv.mod_revision(), &e)
-                }
-                Decoded::Ignored => {}
-            }
-        }
-        entries
-            .rejected
-            .retain(|k, _| kvs.iter().any(|kv| kv.key() == k.as_slice()));
-        entries.valid = valid;
+        // Keys gone since the last list are forgotten.
+        entries.rejected = rejected;
+        entries.replace_valid(valid);
         tracing::debug!(
             service = %self.service,
             revision,
-            keys = kvs.len(),
+            keys,
             valid = entries.valid.len(),
             "listed etcd prefix"
         );
@@ -279,6 +432,7 @@ impl EtcdWatcher {
         .map_err(|_| WatchError::Silent(self.config.settings.request_timeout))?
         .map_err(|source| WatchError::WatchStart {
             prefix: self.dir.clone(),
+            endpoints: self.endpoints(),
             source,
         })
     }
@@ -351,12 +505,22 @@ impl EtcdWatcher {
                         match ev.event_type() {
                             EventType::Put => self.apply_put(entries, kv),
                             EventType::Delete => {
-                                entries.valid.remove(kv.key());
+                                entries.remove_valid(kv.key());
                                 entries.rejected.remove(kv.key());
                             }
                         }
                     }
-                    publish(out, entries.set(), true, Origin::Etcd);
+                    let held = (entries.valid.len() + entries.rejected.len()) as u64;
+                    if let Some(what) = self.over_cap(held, 0) {
+                        // Drop the state: the re-list refuses it too until the prefix
+                        // shrinks; the published set stays the last good one.
+                        *entries = Entries {
+                            rejected: std::mem::take(&mut entries.rejected),
+                            ..Entries::default()
+                        };
+                        return Err((self.over_cap_error(what), State::List));
+                    }
+                    publish(out, entries.set(&self.service, &self.counters), true, Origin::Etcd);
                     self.counters.services.etcd_watching(&self.service, revision);
                 }
             }
@@ -365,12 +529,12 @@ impl EtcdWatcher {
 
     fn apply_put(&self, entries: &mut Entries, kv: &KeyValue) {
         match self.decode(kv.key(), kv.value()) {
-            Decoded::Valid(b) => {
+            Decoded::Valid(b, checked) => {
                 entries.rejected.remove(kv.key());
-                entries.valid.insert(kv.key().to_vec(), b);
+                entries.insert_valid(kv.key().to_vec(), b, checked);
             }
             Decoded::Rejected(e) => {
-                entries.valid.remove(kv.key());
+                entries.remove_valid(kv.key());
                 self.note_rejected(entries, kv.key(), kv.mod_revision(), &e);
             }
             Decoded::Ignored => {}
@@ -386,8 +550,11 @@ impl EtcdWatcher {
             // The directory key itself (`<path>/`): not a registration.
             Err(_) => return Decoded::Ignored,
         };
+        if self.config.strict_keys && !matches!(parsed, ParsedKey::Nerve(_)) {
+            return Decoded::Rejected(RegistrationError::ForeignKey);
+        }
         match validate(&parsed, value, &self.config.policy) {
-            Ok(b) => Decoded::Valid(b),
+            Ok(b) => Decoded::Valid(b, parsed.is_identity_checked()),
             Err(e) => Decoded::Rejected(e),
         }
     }
@@ -402,11 +569,41 @@ impl EtcdWatcher {
         if entries.rejected.insert(key.to_vec(), mod_revision) == Some(mod_revision) {
             return;
         }
+        self.report_rejected(entries, key, e);
+    }
+
+    /// Counts a rejection, and logs it within [`REJECT_LOG_BURST`] lines per
+    /// [`REJECT_LOG_WINDOW`] per service (then one line saying how many went unlogged),
+    /// the key escaped and cut at [`REJECT_LOG_KEY_CHARS`] characters.
+    fn report_rejected(&self, entries: &mut Entries, key: &[u8], e: &RegistrationError) {
         self.counters.reject(e.reason());
+        let now = Instant::now();
+        let log = &mut entries.reject_log;
+        if log
+            .window_start
+            .is_none_or(|s| now >= s + REJECT_LOG_WINDOW)
+        {
+            if log.suppressed > 0 {
+                tracing::warn!(service = %self.service, suppressed = log.suppressed,
+                    "more invalid registrations were skipped than logged (all are counted)");
+            }
+            *log = RejectLog {
+                window_start: Some(now),
+                ..RejectLog::default()
+            };
+        }
+        if log.logged >= REJECT_LOG_BURST {
+            log.suppressed += 1;
+            return;
+        }
+        log.logged += 1;
+        let text = String::from_utf8_lossy(key);
+        let shown: String = text.chars().take(REJECT_LOG_KEY_CHARS).collect();
         // `?` (Debug) escapes the key: a hostile key cannot forge log lines.
         tracing::warn!(
             service = %self.service,
-            key = ?String::from_utf8_lossy(key),
+            key = ?shown,
+            key_truncated = shown.len() < text.len(),
             reason = e.reason(),
             error = %e,
             "skipping invalid registration"
@@ -415,7 +612,8 @@ impl EtcdWatcher {
 }
 
 enum Decoded {
-    Valid(Backend),
+    /// A backend, and whether its key vouched for its name.
+    Valid(Backend, bool),
     Rejected(RegistrationError),
     Ignored,
 }
@@ -546,24 +744,37 @@ mod tests {
         );
     }
 
-    /// B24: a rejected entry's key goes to the log Debug-escaped: one physical line, no
-    /// forged `level=INFO` line; the value is never logged.
-    #[test]
-    fn rejected_entries_cannot_forge_log_lines() {
-        use std::io::Write;
-        use std::sync::Mutex;
+    use std::io::Write;
+    use std::sync::Mutex;
 
-        #[derive(Clone, Default)]
-        struct Buf(Arc<Mutex<Vec<u8>>>);
-        impl Write for Buf {
-            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().unwrap().extend_from_slice(b);
-                Ok(b.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
+    /// A log sink for one test.
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+    impl Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
         }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Buf {
+        fn subscriber(&self) -> impl tracing::Subscriber {
+            let writer = self.clone();
+            tracing_subscriber::fmt()
+                .with_writer(move || writer.clone())
+                .with_ansi(false)
+                .finish()
+        }
+
+        fn text(&self) -> String {
+            String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+        }
+    }
+
+    fn test_watcher() -> (EtcdWatcher, Arc<Counters>) {
         let config = crate::config::Config::parse(
             r#"{"services": {"web": {"discovery": {"method": "etcd", "path": "/svc/web"}}},
                 "file_output": {"output_directory": "/tmp/x"}}"#,
@@ -576,12 +787,43 @@ mod tests {
         };
         let counters = Arc::new(Counters::default());
         let watcher = EtcdWatcher::new(svc.name, discovery, Arc::default(), counters.clone());
+        (watcher, counters)
+    }
+
+    /// A hostile writer's flood of bad keys: every one counted, at most
+    /// `REJECT_LOG_BURST` lines logged per window, each key cut short.
+    #[test]
+    fn rejected_key_logs_are_rate_limited_and_truncated() {
+        let (watcher, counters) = test_watcher();
         let buf = Buf::default();
-        let writer = buf.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(move || writer.clone())
-            .with_ansi(false)
-            .finish();
+        let long = "k".repeat(10_000);
+        tracing::subscriber::with_default(buf.subscriber(), || {
+            let mut entries = Entries::default();
+            for i in 0..100 {
+                let key = format!("/svc/web/{long}{i}");
+                let Decoded::Rejected(e) = watcher.decode(key.as_bytes(), b"junk") else {
+                    panic!("accepted")
+                };
+                watcher.note_rejected(&mut entries, key.as_bytes(), i, &e);
+            }
+            assert_eq!(entries.reject_log.suppressed, 90);
+        });
+        let out = buf.text();
+        assert_eq!(out.lines().count(), REJECT_LOG_BURST as usize, "{out}");
+        assert!(
+            out.lines().all(|l| l.len() < REJECT_LOG_KEY_CHARS + 400),
+            "a line is not truncated"
+        );
+        assert_eq!(counters.rejected_total(), 100);
+    }
+
+    /// B24: a rejected entry's key goes to the log Debug-escaped: one physical line, no
+    /// forged `level=INFO` line; the value is never logged.
+    #[test]
+    fn rejected_entries_cannot_forge_log_lines() {
+        let (watcher, counters) = test_watcher();
+        let buf = Buf::default();
+        let subscriber = buf.subscriber();
         let key = b"/svc/web/x\n level=INFO msg=\"all good\"";
         let value = br#"{"host":"10.0.0.1","port":80,"name":"a\n level=INFO msg=\"all good\""}"#;
         tracing::subscriber::with_default(subscriber, || {
@@ -593,11 +835,41 @@ mod tests {
             // The same key at the same revision (a re-list) is not logged or counted again.
             watcher.note_rejected(&mut entries, key, 7, &e);
         });
-        let out = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let out = buf.text();
         assert_eq!(out.lines().count(), 1, "{out}");
         assert!(out.contains("invalid_name"), "{out}");
         assert!(!out.contains("\n level=INFO"), "{out}");
         assert_eq!(counters.rejected_total(), 1);
+    }
+
+    #[test]
+    fn conflicts_are_tracked_per_change_and_resolved_for_the_checked_entry() {
+        use crate::backends::tests_support::backend;
+        let service = ServiceName::new("web").unwrap();
+        let counters = Counters::default();
+        let mut entries = Entries::default();
+        let foreign = backend("a", "10.0.0.1", 80);
+        let mut checked = backend("a", "10.0.0.1", 80);
+        checked.weight = common::Weight::new(5);
+        entries.insert_valid(b"k1".to_vec(), foreign.clone(), false);
+        entries.insert_valid(b"k2".to_vec(), checked.clone(), true);
+        entries.insert_valid(b"k3".to_vec(), backend("b", "10.0.0.2", 80), false);
+        assert_eq!(entries.claimed_twice, 1);
+        let set = entries.set(&service, &counters);
+        assert_eq!(set.len(), 2);
+        assert!(set.contains(&checked), "{set:?}");
+        assert_eq!(counters.rejected().get("identity_conflict"), Some(&1));
+        // Published again: not counted again.
+        entries.set(&service, &counters);
+        assert_eq!(counters.rejected_total(), 1);
+        // The checked one goes: the foreign one is used, the conflict is over.
+        entries.remove_valid(b"k2");
+        assert_eq!(entries.claimed_twice, 0);
+        assert!(entries.set(&service, &counters).contains(&foreign));
+        assert!(entries.conflicts.is_empty());
+        // A put replacing a key's value releases its old name.
+        entries.insert_valid(b"k1".to_vec(), backend("c", "10.0.0.3", 80), false);
+        assert_eq!(entries.names.len(), 2, "{:?}", entries.names);
     }
 
     #[test]
