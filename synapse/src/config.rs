@@ -42,6 +42,9 @@ pub struct SynapseFile {
     pub debounce: Option<Seconds>,
     /// Longest a burst of changes may delay an apply, in seconds.
     pub debounce_max_wait: Option<Seconds>,
+    /// `leading` (default: the first change after a quiet period is applied at once) or
+    /// `trailing` (every change waits for `debounce` of quiet).
+    pub debounce_mode: Option<String>,
     /// The mass-removal guard, for every service (a service's own section overrides it).
     pub mass_removal_guard: Option<MassRemovalGuardFile>,
     /// `address:port` of the admin endpoint (`/metrics`, `/status`, probes); off if unset.
@@ -259,8 +262,21 @@ pub struct Config {
     pub file_output: Option<FileOutputConfig>,
     pub debounce: Duration,
     pub debounce_max_wait: Duration,
+    pub debounce_mode: DebounceMode,
     /// Where the admin endpoint listens; `None`: no endpoint.
     pub admin_listen: Option<std::net::SocketAddr>,
+}
+
+/// `debounce_mode`: when a change after a quiet period is applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DebounceMode {
+    /// At once; changes that follow within `debounce` of it (or of the apply it caused)
+    /// wait for `debounce` of quiet, at most `debounce_max_wait`, and go in one apply.
+    #[default]
+    Leading,
+    /// Every change waits for `debounce` of quiet, at most `debounce_max_wait` (synapse
+    /// before 2026-12; the airbnb synapse's behaviour).
+    Trailing,
 }
 
 /// One service, validated.
@@ -566,6 +582,14 @@ impl Config {
         if debounce_max_wait < debounce {
             errors.push("debounce_max_wait", "must not be smaller than `debounce`");
         }
+        let debounce_mode = match file.debounce_mode.as_deref() {
+            None | Some("leading") => DebounceMode::Leading,
+            Some("trailing") => DebounceMode::Trailing,
+            Some(_) => {
+                errors.push("debounce_mode", "must be `leading` or `trailing`");
+                DebounceMode::default()
+            }
+        };
         let file_output = file.file_output.map(|f| FileOutputConfig {
             output_directory: f.output_directory,
         });
@@ -585,6 +609,7 @@ impl Config {
             file_output,
             debounce,
             debounce_max_wait,
+            debounce_mode,
             admin_listen,
         })
     }
@@ -1563,6 +1588,18 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigErrors> {
         Config::parse(text, None)
+    }
+
+    #[test]
+    fn debounce_mode_is_leading_unless_set() {
+        let base = r#""services": {"web": {"discovery": {"method": "base"}}},
+                      "file_output": {"output_directory": "/tmp/x""#;
+        let c = parse(&format!("{{{base}}}}}")).unwrap();
+        assert_eq!(c.debounce_mode, DebounceMode::Leading);
+        let c = parse(&format!(r#"{{{base}}}, "debounce_mode": "trailing"}}"#)).unwrap();
+        assert_eq!(c.debounce_mode, DebounceMode::Trailing);
+        let errs = parse(&format!(r#"{{{base}}}, "debounce_mode": "lazy"}}"#)).unwrap_err();
+        assert!(errs.mentions("debounce_mode"), "{errs}");
     }
 
     #[test]

@@ -64,7 +64,68 @@ async fn last_from(port: u16, id: &str) -> Instant {
     panic!("{id} kept answering");
 }
 
-async fn bench_path(runtime: bool, trials: usize) -> PathResult {
+/// One configuration measured.
+#[derive(Debug, Clone, Copy)]
+struct Variant {
+    name: &'static str,
+    /// Runtime API on (else every change reloads).
+    runtime: bool,
+    /// `debounce` (and `debounce_max_wait`) in seconds; `None` leaves synapse's default.
+    debounce: Option<f64>,
+    /// `check inter 200 rise 1 fall 1` on the servers, else no health checks.
+    check: bool,
+    /// `debounce_mode: trailing`: the default before leading-edge debounce.
+    trailing: bool,
+}
+
+/// The default config first, then one knob changed at a time, then the baseline.
+const VARIANTS: [Variant; 6] = [
+    Variant {
+        name: "default (check on)",
+        runtime: true,
+        debounce: None,
+        check: true,
+        trailing: false,
+    },
+    Variant {
+        name: "default, check off",
+        runtime: true,
+        debounce: None,
+        check: false,
+        trailing: false,
+    },
+    Variant {
+        name: "debounce 0 (check on)",
+        runtime: true,
+        debounce: Some(0.0),
+        check: true,
+        trailing: false,
+    },
+    Variant {
+        name: "debounce 0, check off",
+        runtime: true,
+        debounce: Some(0.0),
+        check: false,
+        trailing: false,
+    },
+    Variant {
+        name: "before: trailing debounce (check on)",
+        runtime: true,
+        debounce: None,
+        check: true,
+        trailing: true,
+    },
+    Variant {
+        name: "reload every change, debounce 0",
+        runtime: false,
+        debounce: Some(0.0),
+        check: true,
+        trailing: false,
+    },
+];
+
+async fn bench_path(variant: Variant, trials: usize) -> PathResult {
+    let runtime = variant.runtime;
     let dir = Workdir::new();
     let etcd = Etcd::start().await;
     let client = etcd.client().await;
@@ -101,13 +162,24 @@ async fn bench_path(runtime: bool, trials: usize) -> PathResult {
     } else {
         r#""do_socket": false,"#.to_owned()
     };
+    let mut debounce = variant.debounce.map_or_else(String::new, |d| {
+        format!(r#""debounce": {d}, "debounce_max_wait": {d},"#)
+    });
+    if variant.trailing {
+        debounce.push_str(r#""debounce_mode": "trailing","#);
+    }
+    let check = if variant.check {
+        "check inter 200 rise 1 fall 1"
+    } else {
+        ""
+    };
     let text = format!(
         r#"{{
           "services": {{"web": {{
             "discovery": {{"method": "etcd", "hosts": ["{etcd}"], "path": "/bench/web"}},
-            "haproxy": {{"port": {port}, "server_options": "check inter 2s",
+            "haproxy": {{"port": {port}, "server_options": "{check}",
                          "listen": ["balance roundrobin"]}}}}}},
-          "debounce": 0, "debounce_max_wait": 0,
+          {debounce}
           "mass_removal_guard": {{"enabled": false}},
           "haproxy": {{
             "config_file_path": "{cfg}", {socket}
@@ -168,42 +240,48 @@ async fn bench_path(runtime: bool, trials: usize) -> PathResult {
 async fn bench_propagation() {
     init_tracing();
     let trials = env_knob("BENCH_TRIALS", 100) as usize;
-    let runtime = bench_path(true, trials).await;
-    let reload = bench_path(false, trials).await;
+    let mut results = Vec::new();
+    for v in VARIANTS {
+        results.push((v, bench_path(v, trials).await));
+    }
     let version = haproxy_version();
     println!("\n{version}; {trials} trials per path (+{WARMUP} warm-up); milliseconds");
     println!("{}", Samples::header(""));
+    for (v, r) in &results {
+        println!("{}", r.put.row(&format!("{}: put -> served", v.name)));
+        println!("{}", r.delete.row(&format!("{}: delete -> gone", v.name)));
+    }
     println!(
-        "{}",
-        runtime.put.row("runtime API: put -> served by new server")
+        "target (default config, checks on): put -> served p99 < 10 ms, delete -> gone p99 < 10 ms"
     );
-    println!(
-        "{}",
-        reload.put.row("reload:      put -> served by new server")
-    );
-    println!(
-        "{}",
-        runtime.delete.row("runtime API: delete -> last served")
-    );
-    println!(
-        "{}",
-        reload.delete.row("reload:      delete -> last served")
-    );
-    println!(
-        "HAProxy reloads during the trials: runtime API {}, reload path {}",
-        runtime.reloads, reload.reloads
-    );
+    let mut variants = serde_json::Map::new();
+    for (v, r) in &results {
+        println!(
+            "HAProxy reloads during the trials, {}: {}",
+            v.name, r.reloads
+        );
+        variants.insert(
+            v.name.to_owned(),
+            serde_json::json!({
+                "runtime_api": v.runtime, "debounce": v.debounce, "check": v.check,
+                "trailing": v.trailing,
+                "put_to_served": r.put.json(), "delete_to_last_served": r.delete.json(),
+                "reloads": r.reloads,
+            }),
+        );
+    }
     let json = serde_json::json!({
         "haproxy": version,
         "trials": trials,
         "unit": "ms",
-        "settings": {"debounce": 0, "restart_interval": 0.05, "do_checks": true,
-                     "reload_method": "master_socket"},
-        "runtime_api": {"put_to_served": runtime.put.json(), "delete_to_last_served": runtime.delete.json(),
-                        "reloads": runtime.reloads},
-        "reload": {"put_to_served": reload.put.json(), "delete_to_last_served": reload.delete.json(),
-                   "reloads": reload.reloads},
+        "settings": {"restart_interval": 0.05, "do_checks": true, "reload_method": "master_socket",
+                     "check": "check inter 200 rise 1 fall 1"},
+        "variants": variants,
     });
     write_result("propagation", &json);
-    assert_eq!(runtime.reloads, 0, "the runtime-API path reloaded");
+    for (v, r) in &results {
+        if v.runtime {
+            assert_eq!(r.reloads, 0, "{}: the runtime-API path reloaded", v.name);
+        }
+    }
 }
