@@ -1,7 +1,9 @@
 //! Benchmark (not a test; `#[ignore]`d, run by `scripts/bench`): etcd put → the first
-//! request served by the new server, and etcd delete → the last request it serves, for
-//! the runtime-API path and the reload-every-change path, side by side. Real etcd, real
-//! HAProxy (master-worker), real backends, synapse in-process; all on loopback.
+//! request served by the new server, and etcd delete → the last request it serves: the
+//! default config first, then one knob changed at a time (health checks off, `debounce:
+//! 0`, the old trailing debounce, back-to-back changes), and the reload-every-change
+//! baseline, side by side. Real etcd, real HAProxy (master-worker), real backends,
+//! synapse in-process; all on loopback.
 //!
 //! Prints min/p50/p99/max per path and writes the samples as JSON to
 //! `target/bench/propagation.json`. `BENCH_TRIALS` (default 100) trials per
@@ -76,16 +78,25 @@ struct Variant {
     check: bool,
     /// `debounce_mode: trailing`: the default before leading-edge debounce.
     trailing: bool,
+    /// Each change follows the previous one at once (a burst), instead of after
+    /// [`QUIET`].
+    back_to_back: bool,
 }
 
+/// The gap before each put and delete: longer than the default `debounce` (0.1 s), so
+/// every change is an isolated one (a new instance coming up, one going away) — the case
+/// DESIGN §9's target is about. `back_to_back` variants skip it.
+const QUIET: Duration = Duration::from_millis(200);
+
 /// The default config first, then one knob changed at a time, then the baseline.
-const VARIANTS: [Variant; 6] = [
+const VARIANTS: [Variant; 7] = [
     Variant {
         name: "default (check on)",
         runtime: true,
         debounce: None,
         check: true,
         trailing: false,
+        back_to_back: false,
     },
     Variant {
         name: "default, check off",
@@ -93,6 +104,15 @@ const VARIANTS: [Variant; 6] = [
         debounce: None,
         check: false,
         trailing: false,
+        back_to_back: false,
+    },
+    Variant {
+        name: "default, back-to-back changes",
+        runtime: true,
+        debounce: None,
+        check: true,
+        trailing: false,
+        back_to_back: true,
     },
     Variant {
         name: "debounce 0 (check on)",
@@ -100,6 +120,7 @@ const VARIANTS: [Variant; 6] = [
         debounce: Some(0.0),
         check: true,
         trailing: false,
+        back_to_back: false,
     },
     Variant {
         name: "debounce 0, check off",
@@ -107,6 +128,7 @@ const VARIANTS: [Variant; 6] = [
         debounce: Some(0.0),
         check: false,
         trailing: false,
+        back_to_back: false,
     },
     Variant {
         name: "before: trailing debounce (check on)",
@@ -114,6 +136,7 @@ const VARIANTS: [Variant; 6] = [
         debounce: None,
         check: true,
         trailing: true,
+        back_to_back: false,
     },
     Variant {
         name: "reload every change, debounce 0",
@@ -121,6 +144,7 @@ const VARIANTS: [Variant; 6] = [
         debounce: Some(0.0),
         check: true,
         trailing: false,
+        back_to_back: false,
     },
 ];
 
@@ -211,12 +235,19 @@ async fn bench_path(variant: Variant, trials: usize) -> PathResult {
     let reloads_before = haproxy.show_proc().await.expect("show proc").reloads;
     let mut put = Vec::new();
     let mut delete = Vec::new();
+    let gap = || async {
+        if !variant.back_to_back {
+            tokio::time::sleep(QUIET).await;
+        }
+    };
     for trial in 0..WARMUP + trials {
+        gap().await;
         let t0 = Instant::now();
         kv.put(key("new"), value("new", &new), None)
             .await
             .expect("put");
         let served = first_from(port, "new").await - t0;
+        gap().await;
         let t1 = Instant::now();
         kv.delete(key("new"), None).await.expect("delete");
         let stopped = last_from(port, "new").await.saturating_duration_since(t1);
@@ -264,7 +295,7 @@ async fn bench_propagation() {
             v.name.to_owned(),
             serde_json::json!({
                 "runtime_api": v.runtime, "debounce": v.debounce, "check": v.check,
-                "trailing": v.trailing,
+                "trailing": v.trailing, "back_to_back": v.back_to_back,
                 "put_to_served": r.put.json(), "delete_to_last_served": r.delete.json(),
                 "reloads": r.reloads,
             }),
@@ -274,7 +305,7 @@ async fn bench_propagation() {
         "haproxy": version,
         "trials": trials,
         "unit": "ms",
-        "settings": {"restart_interval": 0.05, "do_checks": true, "reload_method": "master_socket",
+        "settings": {"quiet_gap_ms": ms(QUIET), "restart_interval": 0.05, "do_checks": true, "reload_method": "master_socket",
                      "check": "check inter 200 rise 1 fall 1"},
         "variants": variants,
     });
