@@ -177,6 +177,7 @@ impl Reconciler {
         if quiet && self.config.debounce_mode == DebounceMode::Leading {
             return true;
         }
+        tracing::debug!(debounce = ?self.config.debounce, "a burst of changes: waiting for quiet");
         let deadline = now + self.config.debounce_max_wait;
         loop {
             tokio::select! {

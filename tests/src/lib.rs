@@ -55,6 +55,7 @@ pub mod http;
 pub mod load;
 pub mod metrics;
 pub mod moto;
+pub mod plot;
 pub mod ports;
 mod process;
 pub mod synapse;

@@ -25,9 +25,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Host, InstanceId, Port, Registration, ServiceName, ServicePath};
+use common::{Host, InstanceId, Port, ServiceName};
 use etcd_client::{Client, EventType, GetOptions, Txn, TxnOp, WatchOptions};
-use integration_tests::bench::{env_knob, haproxy_version, ms, write_result, Daemon, Samples};
+use integration_tests::bench::{
+    encode, env_knob, fill, haproxy_version, key, ms, write_result, Daemon, Samples,
+};
 use integration_tests::{
     eventually, free_port, http_get, init_tracing, keep_alive_loop, loopback, new_connection_loop,
     scrape, Backend, Etcd, Haproxy, InProcessSynapse, Load, LoadOptions, Workdir,
@@ -42,26 +44,6 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 const TIMEOUT: Duration = Duration::from_secs(120);
-
-fn encode(name: &str, ip: IpAddr, port: u16) -> String {
-    Registration {
-        host: Host::Ip(ip),
-        port: Port::new(port).expect("port"),
-        name: InstanceId::new(name).expect("instance id"),
-        weight: None,
-        haproxy_server_options: None,
-        labels: Default::default(),
-    }
-    .encode()
-}
-
-fn key(path: &str, service: &str, instance: &str) -> String {
-    ServicePath::new(path).expect("path").nerve_key(
-        &InstanceId::new(instance).expect("instance id"),
-        &ServiceName::new(service).expect("service"),
-        1,
-    )
-}
 
 /// The number of keys under `prefix`.
 async fn count(client: &mut Client, prefix: &str) -> i64 {
@@ -432,44 +414,6 @@ fn bench_render() {
 
 // ---------------------------------------------------------------------------------------
 // synapse scale: initial sync and memory
-
-/// Puts `per` registrations under each of `services` service paths, 100 per transaction,
-/// 4 transactions in flight.
-async fn fill(client: &Client, root: &str, services: usize, per: usize) {
-    let mut ops: Vec<TxnOp> = Vec::new();
-    let mut batches = Vec::new();
-    for s in 0..services {
-        let svc = format!("s{s:03}");
-        for j in 0..per {
-            let name = format!("i{j}");
-            let ip = IpAddr::V4(Ipv4Addr::new(127, 1, (s & 0xff) as u8, 1));
-            ops.push(TxnOp::put(
-                key(&format!("{root}/{svc}"), &svc, &name),
-                encode(&name, ip, 10_000 + j as u16),
-                None,
-            ));
-            if ops.len() == 100 {
-                batches.push(std::mem::take(&mut ops));
-            }
-        }
-    }
-    if !ops.is_empty() {
-        batches.push(ops);
-    }
-    let limit = Arc::new(Semaphore::new(4));
-    let mut tasks = tokio::task::JoinSet::new();
-    for batch in batches {
-        let permit = limit.clone().acquire_owned().await.expect("semaphore");
-        let mut kv = client.kv_client();
-        tasks.spawn(async move {
-            kv.txn(Txn::new().and_then(batch)).await.expect("txn");
-            drop(permit);
-        });
-    }
-    while let Some(r) = tasks.join_next().await {
-        r.expect("fill task");
-    }
-}
 
 fn synapse_scale_config(
     etcd: &Etcd,

@@ -106,6 +106,23 @@ impl World {
         haproxy
     }
 
+    /// synapse with `config(port)` reloading through the master socket, and HAProxy
+    /// started on its first config; returns once synapse has reloaded that HAProxy.
+    async fn start_with_master_socket(&self, port: u16) -> (Synapse, Haproxy) {
+        let text = self.config(
+            port,
+            &format!(
+                r#", "reload_method": "master_socket", "master_socket_path": "{}""#,
+                self.path("master.sock").display()
+            ),
+        );
+        let synapse = Synapse::start(&text);
+        let haproxy = self.start_haproxy().await;
+        // synapse's first config needs one reload of the HAProxy started on it meanwhile.
+        eventually(TIMEOUT, || async { synapse.get(|c| &c.reloads) >= 1 }).await;
+        (synapse, haproxy)
+    }
+
     fn key(&self, instance: &str) -> String {
         self.service_path().nerve_key(
             &InstanceId::new(instance).expect("instance id"),
@@ -207,17 +224,7 @@ async fn server_changes_apply_through_the_runtime_api_without_reloads() {
     );
     w.register("host-a", &a).await;
     w.register("host-b", &b).await;
-    let text = w.config(
-        port,
-        &format!(
-            r#", "reload_method": "master_socket", "master_socket_path": "{}""#,
-            w.path("master.sock").display()
-        ),
-    );
-    let synapse = Synapse::start(&text);
-    let haproxy = w.start_haproxy().await;
-    // synapse's first config needs one reload of the HAProxy started on it meanwhile.
-    eventually(TIMEOUT, || async { synapse.get(|c| &c.reloads) >= 1 }).await;
+    let (synapse, haproxy) = w.start_with_master_socket(port).await;
     routes_to(port, &["a", "b"]).await;
     let before = generation(haproxy.master()).await;
     let reloads_before = synapse.get(|c| &c.reloads);
@@ -662,16 +669,7 @@ async fn a_new_server_takes_traffic_at_once_and_haproxy_checks_still_take_it_dow
     let port = free_port();
     let (a, c) = (Backend::start("a").await, Backend::start("c").await);
     w.register("host-a", &a).await;
-    let text = w.config(
-        port,
-        &format!(
-            r#", "reload_method": "master_socket", "master_socket_path": "{}""#,
-            w.path("master.sock").display()
-        ),
-    );
-    let synapse = Synapse::start(&text);
-    let haproxy = w.start_haproxy().await;
-    eventually(TIMEOUT, || async { synapse.get(|c| &c.reloads) >= 1 }).await;
+    let (synapse, haproxy) = w.start_with_master_socket(port).await;
     routes_to(port, &["a"]).await;
     let before = generation(haproxy.master()).await;
 
