@@ -301,9 +301,10 @@ async fn bench_path(variant: Variant, trials: usize) -> PathResult {
 async fn bench_propagation() {
     init_tracing();
     let trials = env_knob("BENCH_TRIALS", 100) as usize;
-    // `BENCH_VARIANTS=default,debounce 0`: only the variants whose name starts so.
+    // `BENCH_VARIANTS="default (check on);debounce 0"`: only the variants whose name
+    // starts with one of these (`;`-separated: names hold commas).
     let only = std::env::var("BENCH_VARIANTS").unwrap_or_default();
-    let wanted = |v: &Variant| only.is_empty() || only.split(',').any(|o| v.name.starts_with(o));
+    let wanted = |v: &Variant| only.is_empty() || only.split(';').any(|o| v.name.starts_with(o));
     let mut results = Vec::new();
     for v in VARIANTS.into_iter().filter(wanted) {
         results.push((v, bench_path(v, trials).await));
