@@ -43,6 +43,9 @@ pub struct SynapseFile {
     pub debounce: Option<Seconds>,
     /// Longest a burst of changes may delay an apply, in seconds.
     pub debounce_max_wait: Option<Seconds>,
+    /// `leading` (default: the first change after a quiet period is applied at once) or
+    /// `trailing` (every change waits for `debounce` of quiet).
+    pub debounce_mode: Option<String>,
     /// The mass-removal guard, for every service (a service's own section overrides it).
     pub mass_removal_guard: Option<MassRemovalGuardFile>,
     /// `address:port` of the admin endpoint (`/metrics`, `/status`, probes);
@@ -236,6 +239,8 @@ pub struct HaproxyFile {
     pub dynamic_servers: Option<String>,
     /// `dynamic_servers: slots`: slots per backend are allocated in steps of this many.
     pub server_slots: Option<u32>,
+    /// Add what hitless reloads need to `global`/`defaults` when missing (default true).
+    pub seamless_reload_lines: Option<bool>,
 }
 
 /// `socket_file_path`: one path, or one per HAProxy process (airbnb PR #199).
@@ -296,11 +301,24 @@ pub struct Config {
     pub file_output: Option<FileOutputConfig>,
     pub debounce: Duration,
     pub debounce_max_wait: Duration,
+    pub debounce_mode: DebounceMode,
     /// Where the admin endpoint listens; `None`: no endpoint.
     pub admin_listen: Option<std::net::SocketAddr>,
     /// Upstream keys that were ignored (and services skipped), one line each, for
     /// `--check-config` and the start-up log.
     pub warnings: Vec<ConfigError>,
+}
+
+/// `debounce_mode`: when a change after a quiet period is applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DebounceMode {
+    /// At once; changes that follow within `debounce` of it (or of the apply it caused)
+    /// wait for `debounce` of quiet, at most `debounce_max_wait`, and go in one apply.
+    #[default]
+    Leading,
+    /// Every change waits for `debounce` of quiet, at most `debounce_max_wait` (synapse
+    /// before 2026-12; the airbnb synapse's behaviour).
+    Trailing,
 }
 
 /// One service, validated.
@@ -677,6 +695,14 @@ impl Config {
         if debounce_max_wait < debounce {
             errors.push("debounce_max_wait", "must not be smaller than `debounce`");
         }
+        let debounce_mode = match file.debounce_mode.as_deref() {
+            None | Some("leading") => DebounceMode::Leading,
+            Some("trailing") => DebounceMode::Trailing,
+            Some(_) => {
+                errors.push("debounce_mode", "must be `leading` or `trailing`");
+                DebounceMode::default()
+            }
+        };
         let file_output = file.file_output.map(|f| FileOutputConfig {
             output_directory: f.output_directory,
         });
@@ -693,6 +719,7 @@ impl Config {
             file_output,
             debounce,
             debounce_max_wait,
+            debounce_mode,
             admin_listen,
             warnings: compat.warnings,
         })
@@ -873,8 +900,11 @@ fn split_section_address(header: &str) -> (String, Option<String>) {
 fn validate_haproxy(h: &HaproxyFile, errors: &mut ConfigErrors) -> HaproxyConfig {
     let p = |k: &str| join_path("haproxy", k);
     let modern = |lines: Vec<String>| lines.into_iter().map(modernize_line).collect::<Vec<_>>();
-    let global = modern(check_lines(&h.global, &p("global"), errors));
-    let defaults_lines = modern(check_lines(&h.defaults, &p("defaults"), errors));
+    let mut global = modern(check_lines(&h.global, &p("global"), errors));
+    let mut defaults_lines = modern(check_lines(&h.defaults, &p("defaults"), errors));
+    if h.seamless_reload_lines.unwrap_or(true) {
+        add_seamless_reload_lines(&mut global, &mut defaults_lines);
+    }
     let mut extra_sections = BTreeMap::new();
     for (header, lines) in &h.extra_sections {
         let path = join_path(&p("extra_sections"), header);
@@ -1059,6 +1089,95 @@ fn validate_haproxy(h: &HaproxyFile, errors: &mut ConfigErrors) -> HaproxyConfig
         server_state_file,
         dynamic_servers,
         server_slots,
+    }
+}
+
+/// `option idle-close-on-response` (HAProxy 2.6+): on a reload the old worker answers an
+/// idle keep-alive client's next request with `Connection: close` instead of closing the
+/// connection under it. HTTP mode only.
+const IDLE_CLOSE: &str = "option idle-close-on-response";
+const EXPOSE_FD: &str = "expose-fd listeners";
+
+/// Whether `lines` set `option <name>` or `no option <name>` themselves.
+fn sets_option(lines: &[String], option: &str) -> bool {
+    lines.iter().any(|l| {
+        let words: Vec<&str> = l.split_whitespace().collect();
+        matches!(words.as_slice(), ["option", o, ..] | ["no", "option", o, ..] if *o == option)
+    })
+}
+
+/// Whether the `defaults` lines put every proxy in HTTP mode (HAProxy's own default is
+/// TCP).
+fn defaults_http(defaults: &[String]) -> bool {
+    defaults
+        .iter()
+        .rev()
+        .find_map(|l| l.trim().strip_prefix("mode "))
+        .is_some_and(|m| m.trim() == "http")
+}
+
+/// What a hitless reload needs, added where the operator has not decided either way:
+/// `option idle-close-on-response` in HTTP-mode `defaults`, and `expose-fd listeners` on
+/// admin-level stats sockets (listeners for a `-x` reload; master-worker mode passes them
+/// anyway). `seamless_reload_lines: false` turns this off.
+fn add_seamless_reload_lines(global: &mut [String], defaults: &mut Vec<String>) {
+    if defaults_http(defaults) && !sets_option(defaults, "idle-close-on-response") {
+        defaults.push(IDLE_CLOSE.to_owned());
+    }
+    for line in global.iter_mut() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let admin = words.windows(2).any(|w| w == ["level", "admin"]);
+        if words.first() == Some(&"stats")
+            && words.get(1) == Some(&"socket")
+            && admin
+            && !words.contains(&"expose-fd")
+        {
+            line.push(' ');
+            line.push_str(EXPOSE_FD);
+        }
+    }
+}
+
+impl HaproxyConfig {
+    /// Why a reload of this config can fail requests, each naming the missing line
+    /// (for `--check-config` and the start-up log).
+    pub fn hitless_warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if !self.do_reloads {
+            return out;
+        }
+        let idle_close = self.defaults.iter().any(|l| {
+            l.split_whitespace().collect::<Vec<_>>() == ["option", "idle-close-on-response"]
+        });
+        if !idle_close {
+            let why = if defaults_http(&self.defaults) {
+                "it is switched off"
+            } else {
+                "`defaults` has no `mode http` (add it to each HTTP frontend instead)"
+            };
+            out.push(format!(
+                "haproxy.defaults: no `{IDLE_CLOSE}` ({why}): a reload closes idle keep-alive \
+                 client connections, and a client sending its next request at that moment \
+                 gets an error"
+            ));
+        }
+        let exposed = self
+            .global
+            .iter()
+            .any(|l| l.starts_with("stats socket") && l.contains(EXPOSE_FD));
+        let master_worker = self.managed.is_some()
+            || matches!(
+                self.reload_method,
+                Some(ReloadMethod::MasterSocket | ReloadMethod::Signal)
+            );
+        if !exposed && !master_worker {
+            out.push(format!(
+                "haproxy.global: no admin-level `stats socket ... {EXPOSE_FD}`: unless HAProxy \
+                 runs in master-worker mode (-W/-Ws), a reload refuses new connections \
+                 while the listeners move"
+            ));
+        }
+        out
     }
 }
 
@@ -1902,6 +2021,18 @@ mod tests {
     }
 
     #[test]
+    fn debounce_mode_is_leading_unless_set() {
+        let base = r#""services": {"web": {"discovery": {"method": "base"}}},
+                      "file_output": {"output_directory": "/tmp/x""#;
+        let c = parse(&format!("{{{base}}}}}")).unwrap();
+        assert_eq!(c.debounce_mode, DebounceMode::Leading);
+        let c = parse(&format!(r#"{{{base}}}, "debounce_mode": "trailing"}}"#)).unwrap();
+        assert_eq!(c.debounce_mode, DebounceMode::Trailing);
+        let errs = parse(&format!(r#"{{{base}}}, "debounce_mode": "lazy"}}"#)).unwrap_err();
+        assert!(errs.mentions("debounce_mode"), "{errs}");
+    }
+
+    #[test]
     fn admin_listen_is_on_unless_turned_off() {
         let base = r#""services": {"web": {"discovery": {"method": "base"}}},
                       "file_output": {"output_directory": "/tmp/x"}"#;
@@ -2129,6 +2260,62 @@ mod tests {
                 "haproxy": {{"config_file_path": "/etc/haproxy/haproxy.cfg"{keys}}}}}"#
         ))
         .map(|c| c.haproxy.unwrap())
+    }
+
+    #[test]
+    fn seamless_reload_lines_are_added_unless_set_or_opted_out() {
+        // The seed as written: HTTP defaults get idle-close; its `echo noop` reload
+        // cannot tell whether HAProxy is master-worker, so that is warned about.
+        let seed = parse(SEED).unwrap().haproxy.unwrap();
+        assert_eq!(seed.defaults.last().map(String::as_str), Some(IDLE_CLOSE));
+        let w = seed.hitless_warnings();
+        assert!(w.len() == 1 && w[0].contains(EXPOSE_FD), "{w:?}");
+
+        let stats = r#""stats socket /s mode 600 level admin""#;
+        let http = r#""mode http""#;
+        let h = haproxy(&format!(
+            r#", "reload_command": "true", "global": [{stats}, "stats socket /u level user"],
+               "defaults": [{http}]"#
+        ))
+        .unwrap();
+        assert_eq!(
+            h.global,
+            [
+                "stats socket /s mode 600 level admin expose-fd listeners",
+                "stats socket /u level user"
+            ]
+        );
+        assert_eq!(h.defaults, ["mode http", IDLE_CLOSE]);
+        assert!(h.hitless_warnings().is_empty());
+        // Set either way by the operator: kept as written, and a `no` is warned about.
+        let h = haproxy(&format!(
+            r#", "reload_command": "true", "global": ["stats socket /s level admin expose-fd listeners"],
+               "defaults": [{http}, "no option idle-close-on-response"]"#
+        ))
+        .unwrap();
+        assert_eq!(
+            h.global,
+            ["stats socket /s level admin expose-fd listeners"]
+        );
+        assert_eq!(
+            h.defaults,
+            ["mode http", "no option idle-close-on-response"]
+        );
+        let w = h.hitless_warnings();
+        assert!(w.len() == 1 && w[0].contains(IDLE_CLOSE), "{w:?}");
+        // Opted out: nothing added, both named.
+        let h = haproxy(&format!(
+            r#", "reload_command": "true", "global": [{stats}], "defaults": [{http}],
+               "seamless_reload_lines": false"#
+        ))
+        .unwrap();
+        assert_eq!(h.defaults, ["mode http"]);
+        assert_eq!(h.hitless_warnings().len(), 2);
+        // TCP defaults: the option would be ignored there, so it is not added.
+        let h = haproxy(r#", "master_socket_path": "/m", "defaults": ["mode tcp"]"#).unwrap();
+        assert_eq!(h.defaults, ["mode tcp"]);
+        let w = h.hitless_warnings();
+        assert!(w.len() == 1 && w[0].contains("mode http"), "{w:?}");
     }
 
     #[test]

@@ -95,6 +95,9 @@ pub async fn run_with(
     let mut tasks = JoinSet::new();
     let haproxy = match &config.haproxy {
         Some(h) => {
+            for w in h.hitless_warnings() {
+                tracing::warn!("{w}");
+            }
             let (output, supervisor) =
                 HaproxyOutput::new(h.clone(), counters.clone(), changed.clone()).await;
             // Managed HAProxy: stopped (softly) when synapse stops, before run returns.

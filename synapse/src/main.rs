@@ -102,6 +102,9 @@ fn main() -> ExitCode {
         }
     }
     if cli.check_config {
+        for w in config.haproxy.iter().flat_map(|h| h.hitless_warnings()) {
+            eprintln!("warning: {w}");
+        }
         println!(
             "{}: valid ({} services)",
             path.display(),

@@ -1,7 +1,8 @@
 //! The reconcile loop: the only task that touches the outputs.
 //!
 //! ```text
-//! watchers ──(watch channels; any change wakes us)──► debounce (quiet time, max wait)
+//! watchers ──(watch channels; any change wakes us)──► debounce (leading edge: the first
+//!   change after a quiet period at once; a burst waits for quiet time, max wait)
 //!   ──► desired = per service: resolve(discovered)   (filters, defaults, LKG, bounds)
 //!   ──► each output: haproxy (render → plan → write → reload), file_output
 //! ```
@@ -20,7 +21,7 @@ use tokio::time::{sleep, sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::backends::{resolve, BackendSet, Discovered, Resolution};
-use crate::config::Config;
+use crate::config::{Config, DebounceMode};
 use crate::counters::Counters;
 use crate::file_output::FileOutput;
 use crate::guard::Guards;
@@ -57,6 +58,9 @@ pub struct Reconciler {
     over_limit: BTreeSet<ServiceName>,
     guards: Guards,
     counters: Arc<Counters>,
+    /// When the last change arrived, or the apply it caused ended, whichever is later:
+    /// a change within `debounce` of it is part of a burst.
+    busy_until: Option<Instant>,
 }
 
 impl Reconciler {
@@ -78,6 +82,7 @@ impl Reconciler {
             over_limit: BTreeSet::new(),
             guards: Guards::default(),
             counters,
+            busy_until: None,
         }
     }
 
@@ -87,6 +92,7 @@ impl Reconciler {
         let mut retry_at: Option<Instant> = None;
         let started = Instant::now();
         let mut waiting_noted = false;
+        let mut woke_by_change = false;
         loop {
             let desired = self.desired();
             // Once every service has a set, the start-up notice is moot (and its wake-up
@@ -99,6 +105,9 @@ impl Reconciler {
                         _ = cancel.cancelled() => return,
                         applied = self.apply(desired) => applied,
                     };
+                    if woke_by_change {
+                        self.busy_until = Some(Instant::now());
+                    }
                     match applied {
                         Ok(()) => {
                             backoff.reset();
@@ -140,10 +149,12 @@ impl Reconciler {
             .into_iter()
             .flatten()
             .min();
+            woke_by_change = false;
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => return,
                 _ = self.changed.notified() => {
+                    woke_by_change = true;
                     if !self.debounce(&cancel).await {
                         return;
                     }
@@ -153,17 +164,28 @@ impl Reconciler {
         }
     }
 
-    /// Waits for `debounce` of quiet, at most `debounce_max_wait` in all. False when
-    /// cancelled.
-    async fn debounce(&self, cancel: &CancellationToken) -> bool {
-        let deadline = Instant::now() + self.config.debounce_max_wait;
+    /// Called on a change. Leading edge (the default): a change after a quiet period
+    /// (nothing arrived and nothing was applied for `debounce`) returns at once. Else
+    /// (a burst, or `debounce_mode: trailing`): waits for `debounce` of quiet, at most
+    /// `debounce_max_wait` in all. False when cancelled.
+    async fn debounce(&mut self, cancel: &CancellationToken) -> bool {
+        let now = Instant::now();
+        let quiet = self
+            .busy_until
+            .is_none_or(|t| now.saturating_duration_since(t) >= self.config.debounce);
+        self.busy_until = Some(now);
+        if quiet && self.config.debounce_mode == DebounceMode::Leading {
+            return true;
+        }
+        tracing::debug!(debounce = ?self.config.debounce, "a burst of changes: waiting for quiet");
+        let deadline = now + self.config.debounce_max_wait;
         loop {
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => return false,
                 _ = sleep_until(deadline) => return true,
                 _ = sleep(self.config.debounce) => return true,
-                _ = self.changed.notified() => {}
+                _ = self.changed.notified() => self.busy_until = Some(Instant::now()),
             }
         }
     }
@@ -279,4 +301,85 @@ impl Reconciler {
 
 fn far_future() -> Instant {
     Instant::now() + Duration::from_secs(86_400)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reconciler(extra: &str) -> (Reconciler, Arc<Notify>) {
+        let text = format!(
+            r#"{{"services": {{"web": {{"discovery": {{"method": "base"}}}}}},
+                "file_output": {{"output_directory": "/tmp/x"}}{extra}}}"#
+        );
+        let config = Arc::new(Config::parse(&text, None).unwrap());
+        let changed = Arc::new(Notify::new());
+        let r = Reconciler::new(
+            config,
+            Vec::new(),
+            changed.clone(),
+            None,
+            None,
+            Arc::default(),
+        );
+        (r, changed)
+    }
+
+    /// Calls `debounce` with changes arriving every `every` for `for_`; how long it took.
+    async fn debounce_with(
+        r: &mut Reconciler,
+        changed: &Arc<Notify>,
+        every: Duration,
+        for_: Duration,
+    ) -> Duration {
+        let changed = changed.clone();
+        let stream = tokio::spawn(async move {
+            let end = Instant::now() + for_;
+            while Instant::now() < end {
+                sleep(every).await;
+                changed.notify_one();
+            }
+        });
+        let start = Instant::now();
+        assert!(r.debounce(&CancellationToken::new()).await);
+        stream.abort();
+        start.elapsed()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_change_after_quiet_is_applied_at_once_and_a_burst_coalesces() {
+        let (mut r, changed) = reconciler("");
+        let none = Duration::ZERO;
+        let ms = Duration::from_millis;
+        // The first change: at once.
+        assert_eq!(debounce_with(&mut r, &changed, ms(1000), none).await, none);
+        // The next within `debounce` (0.1 s): part of a burst, waits for 0.1 s of quiet.
+        sleep(ms(30)).await;
+        assert_eq!(
+            debounce_with(&mut r, &changed, ms(1000), none).await,
+            ms(100)
+        );
+        // An apply ending now starts a window too.
+        r.busy_until = Some(Instant::now());
+        sleep(ms(60)).await;
+        assert_eq!(
+            debounce_with(&mut r, &changed, ms(1000), none).await,
+            ms(100)
+        );
+        // After a quiet period: at once again.
+        sleep(ms(100)).await;
+        assert_eq!(debounce_with(&mut r, &changed, ms(1000), none).await, none);
+        // A stream of changes every 50 ms is cut at `debounce_max_wait` (1 s).
+        assert_eq!(
+            debounce_with(&mut r, &changed, ms(50), Duration::from_secs(5)).await,
+            Duration::from_secs(1)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn trailing_mode_always_waits_for_quiet() {
+        let (mut r, changed) = reconciler(r#", "debounce_mode": "trailing", "debounce": 0.2"#);
+        let d = debounce_with(&mut r, &changed, Duration::from_secs(1), Duration::ZERO).await;
+        assert_eq!(d, Duration::from_millis(200));
+    }
 }

@@ -119,6 +119,29 @@ fn a_plain_http_ec2_endpoint_is_refused_unless_loopback() {
 }
 
 #[test]
+fn check_config_warns_when_a_reload_cannot_be_hitless_naming_the_line() {
+    let config = |extra: &str| {
+        format!(
+            r#"{{"services": {{"web": {{"discovery": {{"method": "base"}}}}}},
+                "haproxy": {{"config_file_path": "/tmp/x.cfg", "master_socket_path": "/tmp/m.sock",
+                             "defaults": ["mode http"]{extra}}}}}"#
+        )
+    };
+    // As written: synapse adds the line, nothing to warn about.
+    let out = check(&config(""));
+    assert!(out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("warning"));
+    // Opted out: still valid, but the missing line is named.
+    let out = check(&config(r#", "seamless_reload_lines": false"#));
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("warning") && err.contains("option idle-close-on-response"),
+        "{err}"
+    );
+}
+
+#[test]
 fn missing_config_is_a_usage_error() {
     let out = Command::new(BIN)
         .arg("--check-config")

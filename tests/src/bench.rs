@@ -14,6 +14,13 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+
+use common::{Host, InstanceId, Port, Registration, ServiceName, ServicePath};
+use etcd_client::{Client, Txn, TxnOp};
+use tokio::sync::Semaphore;
+
 use crate::process::{ChildProcess, OnDrop};
 
 /// A progress line, `[bench 1m05s] <step>`, on stderr when it is a terminal (nothing in a
@@ -256,5 +263,65 @@ impl Daemon {
     /// SIGTERM, and SIGKILL if it has not exited within 10 s.
     pub async fn stop(self) {
         self.process.terminate(Duration::from_secs(10)).await;
+    }
+}
+
+/// A registration's etcd value, as nerve writes it.
+pub fn encode(name: &str, ip: IpAddr, port: u16) -> String {
+    Registration {
+        host: Host::Ip(ip),
+        port: Port::new(port).expect("port"),
+        name: InstanceId::new(name).expect("instance id"),
+        weight: None,
+        haproxy_server_options: None,
+        labels: Default::default(),
+    }
+    .encode()
+}
+
+/// The etcd key nerve registers `instance` of `service` under `path` with.
+pub fn key(path: &str, service: &str, instance: &str) -> String {
+    ServicePath::new(path).expect("path").nerve_key(
+        &InstanceId::new(instance).expect("instance id"),
+        &ServiceName::new(service).expect("service"),
+        1,
+    )
+}
+
+/// Puts `per` registrations under each of `services` service paths, 100 per transaction,
+/// 4 transactions in flight.
+pub async fn fill(client: &Client, root: &str, services: usize, per: usize) {
+    let mut ops: Vec<TxnOp> = Vec::new();
+    let mut batches = Vec::new();
+    for s in 0..services {
+        let svc = format!("s{s:03}");
+        for j in 0..per {
+            let name = format!("i{j}");
+            let ip = IpAddr::V4(Ipv4Addr::new(127, 1, (s & 0xff) as u8, 1));
+            ops.push(TxnOp::put(
+                key(&format!("{root}/{svc}"), &svc, &name),
+                encode(&name, ip, 10_000 + j as u16),
+                None,
+            ));
+            if ops.len() == 100 {
+                batches.push(std::mem::take(&mut ops));
+            }
+        }
+    }
+    if !ops.is_empty() {
+        batches.push(ops);
+    }
+    let limit = Arc::new(Semaphore::new(4));
+    let mut tasks = tokio::task::JoinSet::new();
+    for batch in batches {
+        let permit = limit.clone().acquire_owned().await.expect("semaphore");
+        let mut kv = client.kv_client();
+        tasks.spawn(async move {
+            kv.txn(Txn::new().and_then(batch)).await.expect("txn");
+            drop(permit);
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.expect("fill task");
     }
 }

@@ -58,6 +58,7 @@ pub mod load;
 pub mod metrics;
 pub mod moto;
 pub mod nerve;
+pub mod plot;
 pub mod ports;
 mod process;
 pub mod rabbitmq;

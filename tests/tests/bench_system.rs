@@ -11,7 +11,8 @@
 //! - `bench_churn`: 1,000 registration changes/s for 60 s across 100 services, runtime
 //!   API vs reload-every-change, under client load;
 //! - `bench_reload_under_load`: 100 synapse-driven reloads under new-connection and
-//!   keep-alive clients, the recommended defaults vs plain ones.
+//!   keep-alive clients, the seed's `global`/`defaults` as written (synapse adds what a
+//!   hitless reload needs) vs plain ones with `seamless_reload_lines: false`.
 //!
 //! Real etcd, HAProxy and backends on loopback; nerve and synapse are the release
 //! binaries (`target/release`) where their CPU and memory are measured. Each prints its
@@ -24,10 +25,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Host, InstanceId, Port, Registration, ServiceName, ServicePath};
+use common::{Host, InstanceId, Port, ServiceName};
 use etcd_client::{Client, EventType, GetOptions, Txn, TxnOp, WatchOptions};
 use integration_tests::bench::{
-    env_knob, haproxy_version, invariants, ms, progress, write_result, Daemon, Samples,
+    encode, env_knob, fill, haproxy_version, invariants, key, ms, progress, write_result, Daemon,
+    Samples,
 };
 use integration_tests::{
     eventually, free_port, http_get, init_tracing, keep_alive_loop, loopback, new_connection_loop,
@@ -43,26 +45,6 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 const TIMEOUT: Duration = Duration::from_secs(120);
-
-fn encode(name: &str, ip: IpAddr, port: u16) -> String {
-    Registration {
-        host: Host::Ip(ip),
-        port: Port::new(port).expect("port"),
-        name: InstanceId::new(name).expect("instance id"),
-        weight: None,
-        haproxy_server_options: None,
-        labels: Default::default(),
-    }
-    .encode()
-}
-
-fn key(path: &str, service: &str, instance: &str) -> String {
-    ServicePath::new(path).expect("path").nerve_key(
-        &InstanceId::new(instance).expect("instance id"),
-        &ServiceName::new(service).expect("service"),
-        1,
-    )
-}
 
 /// The number of keys under `prefix`.
 async fn count(client: &mut Client, prefix: &str) -> i64 {
@@ -446,44 +428,6 @@ fn bench_render() {
 
 // ---------------------------------------------------------------------------------------
 // synapse scale: initial sync and memory
-
-/// Puts `per` registrations under each of `services` service paths, 100 per transaction,
-/// 4 transactions in flight.
-async fn fill(client: &Client, root: &str, services: usize, per: usize) {
-    let mut ops: Vec<TxnOp> = Vec::new();
-    let mut batches = Vec::new();
-    for s in 0..services {
-        let svc = format!("s{s:03}");
-        for j in 0..per {
-            let name = format!("i{j}");
-            let ip = IpAddr::V4(Ipv4Addr::new(127, 1, (s & 0xff) as u8, 1));
-            ops.push(TxnOp::put(
-                key(&format!("{root}/{svc}"), &svc, &name),
-                encode(&name, ip, 10_000 + j as u16),
-                None,
-            ));
-            if ops.len() == 100 {
-                batches.push(std::mem::take(&mut ops));
-            }
-        }
-    }
-    if !ops.is_empty() {
-        batches.push(ops);
-    }
-    let limit = Arc::new(Semaphore::new(4));
-    let mut tasks = tokio::task::JoinSet::new();
-    for batch in batches {
-        let permit = limit.clone().acquire_owned().await.expect("semaphore");
-        let mut kv = client.kv_client();
-        tasks.spawn(async move {
-            kv.txn(Txn::new().and_then(batch)).await.expect("txn");
-            drop(permit);
-        });
-    }
-    while let Some(r) = tasks.join_next().await {
-        r.expect("fill task");
-    }
-}
 
 fn synapse_scale_config(
     etcd: &Etcd,
@@ -1035,10 +979,10 @@ async fn bench_churn() {
 // ---------------------------------------------------------------------------------------
 // reload under load
 
-async fn reload_run(recommended: bool, reloads: u64) -> serde_json::Value {
+async fn reload_run(seed: bool, reloads: u64) -> serde_json::Value {
     progress(format_args!(
         "reload under load: {reloads} reloads, {} settings",
-        if recommended { "recommended" } else { "plain" }
+        if seed { "the seed's" } else { "opted-out" }
     ));
     let dir = Workdir::new();
     let etcd = Etcd::start().await;
@@ -1059,21 +1003,34 @@ async fn reload_run(recommended: bool, reloads: u64) -> serde_json::Value {
         .expect("put");
     }
     let port = free_port();
-    // The recommended lines (docs/haproxy.md) or neither.
-    let mut stats_line = format!(
+    // The harness reaches HAProxy through this socket; no `expose-fd` written here.
+    let stats_line = format!(
         "stats socket {} mode 600 level admin",
         dir.join("stats.sock").display()
     );
-    let mut defaults = vec![
-        "mode http",
-        "timeout connect 1s",
-        "timeout client 10s",
-        "timeout server 10s",
-    ];
-    if recommended {
-        stats_line.push_str(" expose-fd listeners");
-        defaults.push("option idle-close-on-response");
-    }
+    // The seed's `global` and `defaults` exactly as written (examples/synapse-clay.json),
+    // synapse adding what it adds by default; or minimal lines with that turned off.
+    let (global, defaults) = if seed {
+        let file = common::config::parse_jsonc(include_str!("../../examples/synapse-clay.json"))
+            .expect("the seed parses");
+        let lines = |k: &str| -> Vec<String> {
+            serde_json::from_value(file["haproxy"][k].clone()).expect("lines")
+        };
+        let mut global = lines("global");
+        global.push(stats_line);
+        (global, lines("defaults"))
+    } else {
+        let defaults = [
+            "mode http",
+            "timeout connect 1s",
+            "timeout client 10s",
+            "timeout server 10s",
+        ];
+        (
+            vec![stats_line, "hard-stop-after 10s".to_owned()],
+            defaults.map(str::to_owned).to_vec(),
+        )
+    };
     let text = json!({
         "services": {"web": {
             "discovery": {"method": "etcd", "hosts": etcd.endpoints(), "path": root},
@@ -1086,8 +1043,9 @@ async fn reload_run(recommended: bool, reloads: u64) -> serde_json::Value {
             "reload_method": "master_socket",
             "master_socket_path": dir.join("master.sock").display().to_string(),
             "bind_address": "127.0.0.1",
-            "global": [stats_line, "hard-stop-after 10s"],
+            "global": global,
             "defaults": defaults,
+            "seamless_reload_lines": seed,
         },
     })
     .to_string();
@@ -1147,10 +1105,10 @@ async fn reload_run(recommended: bool, reloads: u64) -> serde_json::Value {
         ka_tally.ok.load(Ordering::SeqCst),
         ka_tally.failed.load(Ordering::SeqCst),
     );
-    let label = if recommended {
-        "recommended (expose-fd listeners, option idle-close-on-response)"
+    let label = if seed {
+        "the seed's global/defaults as written"
     } else {
-        "plain (no expose-fd, no idle-close-on-response)"
+        "plain, seamless_reload_lines: false (no idle-close-on-response)"
     };
     println!(
         "\nreload under load, {label}: {done} reloads in {:.1} s (change -> reload confirmed \
@@ -1180,23 +1138,23 @@ async fn reload_run(recommended: bool, reloads: u64) -> serde_json::Value {
 async fn bench_reload_under_load() {
     init_tracing();
     let reloads = env_knob("BENCH_RELOADS", 100);
-    let recommended = reload_run(true, reloads).await;
+    let seed = reload_run(true, reloads).await;
     let plain = reload_run(false, reloads).await;
     println!("target: 0 failed requests across 100 reloads, new-connection and keep-alive clients");
     write_result(
         "reload_under_load",
-        &json!({"haproxy": haproxy_version(), "recommended": recommended, "plain": plain}),
+        &json!({"haproxy": haproxy_version(), "seed": seed, "plain": plain}),
     );
     invariants(
-        "reload_under_load, recommended config",
+        "reload_under_load, the seed's global/defaults as written",
         &[
             (
                 "0 failed new-connection requests",
-                recommended["new_connection"]["failed"] == 0,
+                seed["new_connection"]["failed"] == 0,
             ),
             (
                 "0 failed keep-alive requests",
-                recommended["keep_alive"]["failed"] == 0,
+                seed["keep_alive"]["failed"] == 0,
             ),
         ],
     );

@@ -104,6 +104,23 @@ impl World {
         haproxy
     }
 
+    /// synapse with `config(port)` reloading through the master socket, and HAProxy
+    /// started on its first config; returns once synapse has reloaded that HAProxy.
+    async fn start_with_master_socket(&self, port: u16) -> (Synapse, Haproxy) {
+        let text = self.config(
+            port,
+            &format!(
+                r#", "reload_method": "master_socket", "master_socket_path": "{}""#,
+                self.path("master.sock").display()
+            ),
+        );
+        let synapse = Synapse::start(&text);
+        let haproxy = self.start_haproxy().await;
+        // synapse's first config needs one reload of the HAProxy started on it meanwhile.
+        eventually(TIMEOUT, || async { synapse.get(|c| &c.reloads) >= 1 }).await;
+        (synapse, haproxy)
+    }
+
     fn key(&self, instance: &str) -> String {
         self.service_path().nerve_key(
             &InstanceId::new(instance).expect("instance id"),
@@ -210,17 +227,7 @@ async fn server_changes_apply_through_the_runtime_api_without_reloads() {
     let (a, b, c) = three_backends().await;
     w.register("host-a", &a).await;
     w.register("host-b", &b).await;
-    let text = w.config(
-        port,
-        &format!(
-            r#", "reload_method": "master_socket", "master_socket_path": "{}""#,
-            w.path("master.sock").display()
-        ),
-    );
-    let synapse = Synapse::start(&text);
-    let haproxy = w.start_haproxy().await;
-    // synapse's first config needs one reload of the HAProxy started on it meanwhile.
-    eventually(TIMEOUT, || async { synapse.get(|c| &c.reloads) >= 1 }).await;
+    let (synapse, haproxy) = w.start_with_master_socket(port).await;
     routes_to(port, &["a", "b"]).await;
     let before = generation(haproxy.master()).await;
     let reloads_before = synapse.get(|c| &c.reloads);
@@ -1157,5 +1164,68 @@ async fn a_static_server_haproxy_refuses_is_quarantined() {
     w.file_passes_check()
         .expect("haproxy -c on the file on disk");
     assert!(synapse.is_running());
+    synapse.stop().await;
+}
+/// A server nerve registers (nerve has health-checked it) takes traffic as soon as it is
+/// added, without waiting for HAProxy's first checks, and HAProxy's own checks still
+/// run and take it out. `rise 5 inter 1s`: a server that started down would stay down
+/// for seconds, which polling `show servers state` from the put on would see.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_server_takes_traffic_at_once_and_haproxy_checks_still_take_it_down() {
+    use integration_tests::OpState;
+    let w = World::start("up-at-once").await;
+    let port = free_port();
+    let (a, c) = (Backend::start("a").await, Backend::start("c").await);
+    w.register("host-a", &a).await;
+    let (synapse, haproxy) = w.start_with_master_socket(port).await;
+    routes_to(port, &["a"]).await;
+    let before = generation(haproxy.master()).await;
+
+    let rounds = [
+        ("host-c", "rise 5 inter 1s"),
+        ("host-d", "rise 5 inter 1s slowstart 2s"),
+    ];
+    for (round, options) in rounds {
+        let c_server = format!("{round}_127.0.0.1:{}", c.port());
+        w.register_with(round, &c, None, Some(options)).await;
+        // Every state HAProxy reports for c from the put until c is in rotation.
+        let seen = std::sync::Mutex::new(Vec::new());
+        eventually(TIMEOUT, || async {
+            let state = haproxy
+                .show_servers_state("web")
+                .await
+                .map_err(|e| e.to_string())?;
+            if let Some(s) = state.iter().find(|s| s.name == c_server) {
+                seen.lock()
+                    .expect("lock")
+                    .push((s.op_state, s.admin_state.is_maint()));
+                if !s.admin_state.is_maint() {
+                    return Ok(());
+                }
+            }
+            Err(format!("{round}: c not ready yet"))
+        })
+        .await;
+        let seen = seen.into_inner().expect("lock");
+        assert!(
+            seen.iter()
+                .all(|(op, maint)| *maint || matches!(op, OpState::Running | OpState::Starting)),
+            "{round}: c was down out of maintenance (waited for checks): {seen:?}"
+        );
+        // The first requests after the put reach c (slowstart: eventually, as it ramps).
+        routes_to(port, &["a", "c"]).await;
+        // HAProxy's check (fall 1) takes it out; back in once healthy again.
+        c.set_healthy(false);
+        routes_to(port, &["a"]).await;
+        c.set_healthy(true);
+        routes_to(port, &["a", "c"]).await;
+        w.deregister(round).await;
+        routes_to(port, &["a"]).await;
+    }
+    assert_eq!(
+        generation(haproxy.master()).await,
+        before,
+        "HAProxy reloaded (reload count, workers)"
+    );
     synapse.stop().await;
 }
