@@ -542,3 +542,41 @@ async fn hostile_ec2_values_are_skipped_and_never_rendered() {
         .expect("haproxy -c");
     assert!(check.status.success(), "{check:?}");
 }
+
+/// airbnb's ec2tag spec config (the compatibility corpus, `synapse-services/05`) as
+/// written — its tag name and value, its `server_port_override` given as a string — with
+/// only what points at AWS changed to the test's moto (`endpoint`, and the region moto's
+/// instances live in): instances tagged so are routed on the override port, others not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_corpus_ec2tag_service_routes() {
+    let moto = Moto::start().await;
+    let mut world = World::new();
+    let corpus: serde_json::Value = serde_json::from_str(&common::upstream::corpus_file(
+        "synapse-services/05-airbnb-spec-ec2tag-ec2tagtest.json",
+    ))
+    .expect("corpus json");
+    let (tag, value) = (
+        corpus["discovery"]["tag_name"].as_str().expect("tag_name"),
+        corpus["discovery"]["tag_value"].as_str().expect("tag_value"),
+    );
+    let port: u16 = corpus["haproxy"]["server_port_override"]
+        .as_str()
+        .expect("a string, as written")
+        .parse()
+        .expect("port");
+    let tagged = moto.run_instances(2, &[(tag, value)]).await;
+    let other = moto.run_instances(1, &[(tag, "someOtherValue")]).await;
+    let _backends = backends_on(tagged.iter().chain(&other), port).await;
+    let mut discovery = corpus["discovery"].clone();
+    discovery["endpoint"] = moto.endpoint().into();
+    discovery["aws_region"] = "us-east-1".into();
+    discovery["check_interval"] = 0.3.into();
+    let mut config: serde_json::Value =
+        serde_json::from_str(&world.config(&discovery.to_string(), "")).expect("config");
+    config["services"]["web"]["haproxy"]["server_port_override"] =
+        corpus["haproxy"]["server_port_override"].clone();
+    let _synapse = Synapse::start(&config.to_string());
+    world.start_haproxy().await;
+    world.wait_answering(&["i0", "i1"]).await;
+    assert!(!world.haproxy_cfg().contains(&other[0].private_ip));
+}
