@@ -557,7 +557,9 @@ async fn the_corpus_ec2tag_service_routes() {
     .expect("corpus json");
     let (tag, value) = (
         corpus["discovery"]["tag_name"].as_str().expect("tag_name"),
-        corpus["discovery"]["tag_value"].as_str().expect("tag_value"),
+        corpus["discovery"]["tag_value"]
+            .as_str()
+            .expect("tag_value"),
     );
     let port: u16 = corpus["haproxy"]["server_port_override"]
         .as_str()

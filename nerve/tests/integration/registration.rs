@@ -374,3 +374,40 @@ async fn rabbitmq_check_follows_a_real_broker_and_its_credentials() {
     wait_keys(&client, "/svc/mq/", 0, SLACK * 5).await;
     nerve.stop().await;
 }
+
+/// airbnb's example etcd service (the compatibility corpus, `nerve-services/01`) as
+/// written — `etcd_host`/`etcd_port`, its `etcd_path`, weight 2, its http check with rise
+/// 3 — with only its address and etcd pointed at the test's backend and etcd (the corpus
+/// names 1.2.3.4 and localhost:4001): registered under its path in SmartStack's format.
+#[tokio::test]
+async fn the_corpus_etcd_service_registers() {
+    init_tracing();
+    let etcd = Etcd::start().await;
+    let client = etcd.client().await;
+    let backend = Backend::start("corpus").await;
+    let mut service: serde_json::Value = serde_json::from_str(&common::upstream::corpus_file(
+        "nerve-services/01-airbnb-etcd_service1.json",
+    ))
+    .expect("corpus json");
+    let path = service["etcd_path"].as_str().expect("etcd_path").to_owned();
+    service["host"] = "127.0.0.1".into();
+    service["port"] = backend.port().into();
+    service["etcd_host"] = "127.0.0.1".into();
+    service["etcd_port"] = etcd.client_addr().port().into();
+    let mut nerve_config = config(
+        &etcd.endpoints(),
+        "host-1",
+        json!({"etcd_service1": service}),
+    );
+    // The service names its own etcd: no top-level one.
+    nerve_config.as_object_mut().expect("object").remove("etcd");
+    let nerve = InProcess::start(&nerve_config);
+    // rise 3 at check_interval 2: registered after three good checks (~6 s).
+    let kvs = wait_keys(&client, &format!("{path}/"), 1, Duration::from_secs(30)).await;
+    let value: serde_json::Value = serde_json::from_slice(kvs[0].value.as_bytes()).expect("json");
+    assert_eq!(
+        value,
+        json!({"host": "127.0.0.1", "port": backend.port(), "name": "host-1", "weight": 2})
+    );
+    nerve.stop().await;
+}
