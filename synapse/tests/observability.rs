@@ -350,11 +350,13 @@ async fn metrics_follow_registrations_reloads_and_rejections() {
     assert!(runtime_ok(&s) > runtime_before, "{}", s.text());
     assert_eq!(reloads(&s, "ok"), 0.0);
     assert_eq!(of_web(&s, "synapse_etcd_revision"), rev_b as f64);
+    // "runtime"; or "written" when b reached synapse in the moment between the managed
+    // HAProxy's start and synapse seeing it run (about 1 run in 6 here, faster since the
+    // leading-edge debounce): b then goes into the file first and into HAProxy by the
+    // runtime pass that follows (counted above). Never a reload.
     let status = w.status().await;
-    assert_eq!(
-        status["services"]["web"]["last_change"]["method"],
-        "runtime"
-    );
+    let method = status["services"]["web"]["last_change"]["method"].clone();
+    assert!(method == "runtime" || method == "written", "{method}");
 
     // New server options need a reload: it is done and confirmed.
     w.register("host-b", &b, Some("maxconn 50")).await;
