@@ -604,9 +604,6 @@ impl ChurnWorld {
         let mut config = json!({
             "services": svc,
             "admin_listen": admin.to_string(),
-            // The churn deletes many of a service's churn slots within seconds, as a
-            // registry failure would: the guard (tested on its own) would hold them.
-            "mass_removal_guard": {"enabled": false},
             "haproxy": {
                 "config_file_path": self.dir.join("haproxy.cfg").display().to_string(),
                 "do_socket": runtime,
@@ -759,16 +756,28 @@ async fn churn_run(runtime: bool) -> serde_json::Value {
         let due = (rate as f64 * started.elapsed().as_secs_f64()).ceil() as u64;
         while issued < due.min(total) {
             let permit = limit.clone().acquire_owned().await.expect("semaphore");
-            let mut slot = rng.next() as usize % (CHURN_SERVICES * (SLOTS - STABLE));
-            let pick = loop {
-                let (s, k) = (slot / (SLOTS - STABLE), STABLE + slot % (SLOTS - STABLE));
-                let i = s * SLOTS + k;
-                if !busy[i].swap(true, Ordering::SeqCst) {
-                    break (s, k, i);
-                }
-                slot = (slot + 1) % (CHURN_SERVICES * (SLOTS - STABLE));
+            // A rolling replacement in each service: its churn slots stay between 3 and
+            // 5 present (4 at the start), so whatever leaves is replaced and the
+            // mass-removal guard (on, as by default) never sees most of a service go.
+            let s = rng.next() as usize % CHURN_SERVICES;
+            let present_now = (STABLE..SLOTS).filter(|k| present[s * SLOTS + k]).count();
+            let add = match present_now {
+                0..=3 => true,
+                5.. => false,
+                _ => rng.next() % 2 == 0,
             };
-            let (s, k, i) = pick;
+            let start = rng.next() as usize % (SLOTS - STABLE);
+            let Some(k) = (0..SLOTS - STABLE)
+                .map(|j| STABLE + (start + j) % (SLOTS - STABLE))
+                .find(|k| {
+                    let i = s * SLOTS + k;
+                    present[i] != add && !busy[i].swap(true, Ordering::SeqCst)
+                })
+            else {
+                // Every slot this op could take is in flight: another service.
+                continue;
+            };
+            let i = s * SLOTS + k;
             present[i] = !present[i];
             let put = present[i].then(|| w.slot_value(s, k));
             let (mut kv, busy, errors) = (client.kv_client(), busy.clone(), errors.clone());
