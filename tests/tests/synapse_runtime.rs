@@ -216,7 +216,9 @@ async fn routes_to(port: u16, want: &[&str]) {
 
 /// HAProxy's reload count and current workers.
 async fn generation(master: &MasterSocket) -> (u32, Vec<u32>) {
-    let p = master.show_proc().await.expect("show proc");
+    // The master CLI may reset a connection while the master re-executes itself (a
+    // reload, or a start still settling): ask again.
+    let p = eventually(TIMEOUT, || master.show_proc()).await;
     (p.reloads, p.workers)
 }
 
