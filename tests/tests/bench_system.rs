@@ -813,7 +813,15 @@ async fn churn_run(runtime: bool) -> serde_json::Value {
         Ok(()) => (0, Some(ms(convergence))),
         Err(diff) => (*diff, None),
     };
-    let file_ok = file_servers(&w.dir.read("haproxy.cfg")) == want;
+    // haproxy.cfg follows HAProxy: the runtime API changes it first, the checked file
+    // is written after (off the hot path).
+    let file_ok = tokio::time::timeout(Duration::from_secs(30), async {
+        while file_servers(&w.dir.read("haproxy.cfg")) != want {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .is_ok();
     let reloads = haproxy.show_proc().await.expect("show proc").reloads - reloads0;
     let mut reports = Vec::new();
     for load in loads {
