@@ -287,6 +287,16 @@ struct FaultProxy {
 }
 
 impl FaultProxy {
+    /// A proxy in front of `moto`'s endpoint.
+    async fn in_front_of(moto: &Moto) -> Self {
+        let addr = moto
+            .endpoint()
+            .trim_start_matches("http://")
+            .parse()
+            .expect("moto addr");
+        Self::start(addr).await
+    }
+
     async fn start(moto: SocketAddr) -> Self {
         let listener = TcpListener::bind(loopback(0)).await.expect("bind");
         let addr = listener.local_addr().expect("addr");
@@ -452,12 +462,7 @@ async fn forward(request: &[u8], moto: SocketAddr) -> std::io::Result<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_ec2_fault_leaves_the_routed_set_unchanged() {
     let moto = Moto::start().await;
-    let moto_addr: SocketAddr = moto
-        .endpoint()
-        .trim_start_matches("http://")
-        .parse()
-        .expect("moto addr");
-    let proxy = FaultProxy::start(moto_addr).await;
+    let proxy = FaultProxy::in_front_of(&moto).await;
     let mut world = World::new();
     let port = free_port();
     let first = moto.run_instances(2, &[("servicename", "true")]).await;
@@ -503,12 +508,7 @@ async fn every_ec2_fault_leaves_the_routed_set_unchanged() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_ec2_values_are_skipped_and_never_rendered() {
     let moto = Moto::start().await;
-    let moto_addr: SocketAddr = moto
-        .endpoint()
-        .trim_start_matches("http://")
-        .parse()
-        .expect("moto addr");
-    let proxy = FaultProxy::start(moto_addr).await;
+    let proxy = FaultProxy::in_front_of(&moto).await;
     let mut world = World::new();
     let port = free_port();
     let evil_tag = "true\nserver evil 127.0.0.1:1 check";
