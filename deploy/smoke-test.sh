@@ -54,7 +54,11 @@ else
   echo "smoke-test: FAIL: neither 'docker compose' nor 'docker-compose' is installed" >&2
   exit 1
 fi
-compose() { "${compose_cmd[@]}" -p "$project" -f docker-compose.yml "$@"; }
+# SMOKE_COMPOSE_FILES: more compose files (space-separated) laid over docker-compose.yml,
+# e.g. deploy/compose/grpc-proxy.yml: the same checks, with the synapses behind the proxy.
+compose_files=(-f docker-compose.yml)
+for extra in ${SMOKE_COMPOSE_FILES:-}; do compose_files+=(-f "$extra"); done
+compose() { "${compose_cmd[@]}" -p "$project" "${compose_files[@]}" "$@"; }
 
 now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
 t0=$(now_ms)
@@ -79,7 +83,7 @@ teardown() {
     log "tearing down: down -v"
     local down_start
     down_start=$(now_ms)
-    if ! timeout 120 "${compose_cmd[@]}" -p "$project" -f docker-compose.yml down -v \
+    if ! timeout 120 "${compose_cmd[@]}" -p "$project" "${compose_files[@]}" down -v \
         --remove-orphans --timeout 20 >"$tmpdir/down.log" 2>&1; then
       log "down failed:"; sed 's/^/    /' "$tmpdir/down.log"
       status=1

@@ -38,7 +38,7 @@ const LOG_LINES: usize = 40;
 
 static CLUSTERS: AtomicU64 = AtomicU64::new(0);
 
-fn etcd_binary() -> PathBuf {
+pub(crate) fn etcd_binary() -> PathBuf {
     std::env::var_os("ETCD_BIN").map_or_else(|| PathBuf::from("/usr/bin/etcd"), PathBuf::from)
 }
 

@@ -26,8 +26,8 @@ use etcd_client::{
 };
 use integration_tests::{
     eventually, free_port, http_get, init_tracing, loopback, scrape, Backend, Etcd, EtcdCluster,
-    FaultProxy, Haproxy, HaproxyOptions, InProcessSynapse as Synapse, Load, LoadOptions,
-    LoadReport, ProcessList, StatsSocket, Workdir,
+    EtcdGrpcProxy, FaultProxy, Haproxy, HaproxyOptions, InProcessSynapse as Synapse, Load,
+    LoadOptions, LoadReport, ProcessList, StatsSocket, Workdir,
 };
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -317,6 +317,9 @@ struct Setup {
     /// pinned to a follower: the other members are in its endpoint list only through
     /// `standby` proxies, which refuse connections until a scenario lets them pass.
     isolatable: bool,
+    /// A 3-member cluster that synapse reaches only through an etcd gRPC proxy (a rack's
+    /// shared proxy, docs/scaling.md); the nerves reach the members directly.
+    grpc_proxy: bool,
 }
 
 /// The etcd password of the `auth` worlds (a test cluster's, on loopback).
@@ -339,6 +342,8 @@ struct World {
     /// others in its endpoint list.
     pinned: Option<usize>,
     standby: Vec<FaultProxy>,
+    /// `grpc_proxy` worlds: the etcd gRPC proxy synapse watches through.
+    grpc_proxy: Option<EtcdGrpcProxy>,
     synapse: Option<Synapse>,
     haproxy: Option<Haproxy>,
     hosts: Vec<Host>,
@@ -362,7 +367,7 @@ impl World {
         init_tracing();
         let registry = if setup.isolatable {
             Registry::Cluster(EtcdCluster::start_with_peer_proxies(3).await)
-        } else if setup.cluster {
+        } else if setup.cluster || setup.grpc_proxy {
             Registry::Cluster(EtcdCluster::start_with_args(3, setup.etcd_args).await)
         } else {
             Registry::Single(Etcd::start_with_args(setup.etcd_args).await)
@@ -387,6 +392,11 @@ impl World {
             }
             pinned = Some(follower);
         }
+        let grpc_proxy = if setup.grpc_proxy {
+            Some(EtcdGrpcProxy::start(registry.endpoints()).await)
+        } else {
+            None
+        };
         let dir = Workdir::new();
         let (cfg_tmpfs, cfg_path) = match setup.cfg_tmpfs {
             Some(size) => {
@@ -411,6 +421,7 @@ impl World {
             synapse_proxy,
             pinned,
             standby,
+            grpc_proxy,
             synapse: None,
             haproxy: None,
             hosts: Vec::new(),
@@ -494,6 +505,13 @@ impl World {
 
     fn synapse_config(&self) -> String {
         let hosts: Vec<String> = match (&self.synapse_proxy, self.pinned) {
+            _ if self.grpc_proxy.is_some() => {
+                vec![self
+                    .grpc_proxy
+                    .as_ref()
+                    .map(EtcdGrpcProxy::endpoint)
+                    .unwrap_or_default()]
+            }
             (Some(p), _) => vec![p.endpoint()],
             (None, Some(i)) => std::iter::once(self.registry.endpoints()[i].clone())
                 .chain(self.standby.iter().map(FaultProxy::endpoint))
@@ -3366,4 +3384,101 @@ async fn fault_proxy_modes() {
     );
     proxy.pass();
     assert_eq!(get(TIMEOUT).await.expect("healed").body, "p");
+}
+
+/// S30: synapse behind an etcd gRPC proxy (a rack's shared proxy, docs/scaling.md; the
+/// nerves reach the 3 members directly). The proxy is SIGKILLed for 10 s [60 s]: meanwhile
+/// host c dies (its lease expires) and host d starts. HAProxy keeps routing (its own checks
+/// take c out), synapse neither reloads nor exits and reports the service stale. The proxy
+/// restarts on its port: synapse resyncs and routes a, b, d within 10 s. Then the etcd
+/// leader is SIGKILLed and host e starts: e reaches HAProxy within 10 s. No request fails
+/// apart from one c was answering when it died.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s30_grpc_proxy_restart_and_leader_change() {
+    let mut w = World::start_with(
+        "S30",
+        Setup {
+            grpc_proxy: true,
+            ..Setup::default()
+        },
+    )
+    .await;
+    let reloads = w.synapse().reloads();
+    let cfg = w.cfg();
+    let load = w.load();
+    let load_started = Instant::now();
+    let outage = pick(Duration::from_secs(10), Duration::from_secs(60));
+    w.grpc_proxy.as_mut().expect("proxy").kill();
+    let killed = Instant::now();
+    let c = w.host("c");
+    c.nerve.kill();
+    let c_died = load_started.elapsed();
+    c.backend.kill().await;
+    w.add_host("d").await;
+    eventually(deadline(Duration::from_secs(5)), || async {
+        w.stale_seconds().await > 0.0
+    })
+    .await;
+    let stale_after = killed.elapsed();
+    while killed.elapsed() < outage {
+        w.routes_to(&["a", "b"]).await;
+        assert!(w.synapse().is_running(), "synapse exited");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let cfg_unchanged = w.cfg() == cfg;
+    let reloads_during = w.synapse().reloads() - reloads;
+    // c's lease (5 s) has expired and d registered, in the registry the proxy hides.
+    w.wait_registered(&["a", "b", "d"]).await;
+    w.grpc_proxy.as_mut().expect("proxy").restart().await;
+    let back = Instant::now();
+    w.routes_to(&["a", "b", "d"]).await;
+    let resynced = back.elapsed();
+    eventually(TIMEOUT, || async { w.stale_seconds().await == 0.0 }).await;
+
+    let Registry::Cluster(cluster) = &mut w.registry else {
+        unreachable!()
+    };
+    let leader = cluster.leader().await;
+    cluster.kill(leader).await;
+    let leader_killed = Instant::now();
+    w.add_host("e").await;
+    w.wait_registered(&["a", "b", "d", "e"]).await;
+    w.routes_to(&["a", "b", "d", "e"]).await;
+    let after_leader_change = leader_killed.elapsed();
+    let Registry::Cluster(cluster) = &mut w.registry else {
+        unreachable!()
+    };
+    cluster.restart(leader).await;
+    cluster.wait_ready().await;
+    let report = load.stop().await;
+    let failed_apart_from_c = report
+        .failures
+        .iter()
+        .filter(|f| {
+            f.at + Duration::from_millis(100) < c_died || f.at > c_died + Duration::from_secs(2)
+        })
+        .count();
+    record(
+        "S30",
+        "synapse behind an etcd gRPC proxy: proxy restart, then leader change",
+        json!({"failed": report.failed(), "failed_apart_from_c_dying": failed_apart_from_c,
+               "sent": report.sent, "outage_ms": ms(outage), "stale_after_ms": ms(stale_after),
+               "cfg_unchanged_during": cfg_unchanged, "reloads_during": reloads_during,
+               "resynced_ms": ms(resynced), "after_leader_change_ms": ms(after_leader_change)}),
+    );
+    assert_eq!(failed_apart_from_c, 0, "{:?}", failures(&report));
+    assert!(
+        cfg_unchanged,
+        "haproxy.cfg changed while the proxy was down"
+    );
+    assert_eq!(reloads_during, 0);
+    assert!(
+        resynced <= deadline(Duration::from_secs(10)),
+        "resynced after {resynced:?}"
+    );
+    assert!(
+        after_leader_change <= deadline(Duration::from_secs(10)),
+        "e routed {after_leader_change:?} after the leader change"
+    );
+    w.stop().await;
 }
