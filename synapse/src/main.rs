@@ -1,7 +1,7 @@
 //! The synapse binary: parse the command line, set up logging, load the config, run; or,
 //! with `status`, show what a running synapse reports on its admin endpoint.
 //! Exit codes: 0 after a clean stop, 64 for a bad command line or config, 1 otherwise
-//! (`status`: 1 when the endpoint is unreachable).
+//! (`status`: 1 when the endpoint is unreachable). SIGHUP re-reads the config file.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -112,7 +112,7 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    match run(config) {
+    match run(config, path) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -121,13 +121,16 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(config: synapse::Config) -> anyhow::Result<()> {
+fn run(config: synapse::Config, path: PathBuf) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
         let cancel = common::shutdown::on_signals().context("cannot install signal handlers")?;
-        synapse::run(config, cancel).await.context("synapse failed")
+        // SIGHUP re-reads `path` (see `synapse::run_reloading`).
+        synapse::run_reloading(config, path, Default::default(), cancel)
+            .await
+            .context("synapse failed")
     })
 }

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Backoff, ServiceName};
-use tokio::sync::{watch, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::{sleep, sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -46,6 +46,16 @@ const RETRY_MAX: Duration = Duration::from_secs(2);
 /// How long to wait for the first complete set of every service before saying so.
 const STARTUP_NOTICE: Duration = Duration::from_secs(5);
 
+/// A service's discovered sets, as its watcher publishes them.
+pub type Input = (ServiceName, watch::Receiver<Option<Discovered>>);
+
+/// A new config (re-read on SIGHUP and accepted) and the watchers' channels for it.
+#[derive(Debug)]
+pub struct ConfigUpdate {
+    pub config: Arc<Config>,
+    pub inputs: Vec<Input>,
+}
+
 /// The reconcile loop's inputs and state.
 pub struct Reconciler {
     config: Arc<Config>,
@@ -61,6 +71,8 @@ pub struct Reconciler {
     /// When the last change arrived, or the apply it caused ended, whichever is later:
     /// a change within `debounce` of it is part of a burst.
     busy_until: Option<Instant>,
+    /// New configs (SIGHUP); `None` when the config never changes.
+    updates: Option<mpsc::UnboundedReceiver<ConfigUpdate>>,
 }
 
 impl Reconciler {
@@ -83,7 +95,36 @@ impl Reconciler {
             guards: Guards::default(),
             counters,
             busy_until: None,
+            updates: None,
         }
+    }
+
+    /// Takes new configs from `updates` while it runs.
+    pub fn with_updates(mut self, updates: mpsc::UnboundedReceiver<ConfigUpdate>) -> Self {
+        self.updates = Some(updates);
+        self
+    }
+
+    /// Switches to a new config: removed services are dropped, the HAProxy output
+    /// renders with the new `haproxy` section from the next apply on. Whether that
+    /// writes or reloads anything is the usual comparison with what HAProxy runs: an
+    /// unchanged render changes nothing.
+    fn reconfigure(&mut self, update: ConfigUpdate) {
+        let gone: Vec<ServiceName> = self
+            .current
+            .keys()
+            .filter(|n| !update.config.services.contains_key(*n))
+            .cloned()
+            .collect();
+        for name in gone {
+            self.current.remove(&name);
+            self.over_limit.remove(&name);
+        }
+        if let (Some(h), Some(config)) = (&mut self.haproxy, &update.config.haproxy) {
+            h.reconfigure(config.clone());
+        }
+        self.config = update.config;
+        self.inputs = update.inputs;
     }
 
     /// Runs until cancelled.
@@ -150,9 +191,21 @@ impl Reconciler {
             .flatten()
             .min();
             woke_by_change = false;
+            let updates = &mut self.updates;
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => return,
+                update = async { updates.as_mut()?.recv().await }, if updates.is_some() => {
+                    match update {
+                        Some(update) => {
+                            self.reconfigure(update);
+                            // Applied at once (a SIGHUP is not part of a burst).
+                            woke_by_change = true;
+                            retry_at = None;
+                        }
+                        None => self.updates = None,
+                    }
+                }
                 _ = self.changed.notified() => {
                     woke_by_change = true;
                     if !self.debounce(&cancel).await {

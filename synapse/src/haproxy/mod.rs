@@ -184,6 +184,16 @@ impl HaproxyOutput {
         (output, supervisor)
     }
 
+    /// A new `haproxy` section (SIGHUP) whose start-up keys (paths, sockets, managed)
+    /// are unchanged: everything rendered, checked or run from it follows from the next
+    /// apply. The state of what HAProxy runs is kept, so an unchanged render writes and
+    /// reloads nothing.
+    pub fn reconfigure(&mut self, config: HaproxyConfig) {
+        self.writer = Writer::new(&config);
+        self.reloader = Reloader::new(&config);
+        self.config = config;
+    }
+
     fn runtime_enabled(&self) -> bool {
         self.config.do_socket && !self.config.socket_file_paths.is_empty()
     }

@@ -1,0 +1,272 @@
+//! synapse re-reading its config file on SIGHUP, against real etcd, real HAProxy
+//! (master-worker, reloaded through the master CLI) and real requests: services added,
+//! changed and removed; an unchanged file touches nothing (no reload, no re-list); a bad
+//! file is refused with the running config kept and the refusal visible in `/status`.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::{Host, InstanceId, Port, Registration, ServiceName, ServicePath};
+use etcd_client::Client;
+use integration_tests::{
+    eventually, free_port, http_get, init_tracing, loopback, Backend, Etcd, Haproxy,
+    InProcessSynapse as Synapse, Workdir,
+};
+
+const TIMEOUT: Duration = Duration::from_secs(20);
+
+struct World {
+    dir: Workdir,
+    _etcd: Etcd,
+    etcd: String,
+    client: Client,
+}
+
+impl World {
+    async fn start() -> Self {
+        init_tracing();
+        let etcd = Etcd::start().await;
+        let client = etcd.client().await;
+        Self {
+            dir: Workdir::new(),
+            etcd: etcd.client_addr().to_string(),
+            _etcd: etcd,
+            client,
+        }
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        self.dir.join(p)
+    }
+
+    fn service_path(service: &str) -> ServicePath {
+        ServicePath::new(&format!("/it/reload/{service}")).expect("service path")
+    }
+
+    /// One service entry: etcd discovery under `/it/reload/<service>`, a frontend on
+    /// `port`, and `backend` lines.
+    fn service(&self, service: &str, port: u16, backend: &str) -> String {
+        format!(
+            r#""{service}": {{
+                "discovery": {{"method": "etcd", "hosts": ["{etcd}"], "path": "{path}"}},
+                "haproxy": {{"port": {port}, "listen": ["balance roundrobin"], "backend": [{backend}]}}
+              }}"#,
+            etcd = self.etcd,
+            path = Self::service_path(service),
+        )
+    }
+
+    /// Writes synapse's config file with these service entries and top-level extra keys.
+    fn write_config(&self, services: &[String], extra: &str) -> PathBuf {
+        let text = format!(
+            r#"{{
+              "services": {{{services}}},
+              "debounce": 0.02,
+              "debounce_max_wait": 0.2,
+              "haproxy": {{
+                "config_file_path": "{cfg}",
+                "socket_file_path": "{stats}",
+                "reload_method": "master_socket",
+                "master_socket_path": "{master}",
+                "restart_interval": 0.2,
+                "bind_address": "127.0.0.1",
+                "global": ["stats socket {stats} mode 600 level admin expose-fd listeners",
+                           "hard-stop-after 10s"],
+                "defaults": ["mode http", "timeout connect 1s", "timeout client 10s",
+                             "timeout server 10s", "retries 2", "option redispatch 1"]
+              }}
+              {extra}
+            }}"#,
+            services = services.join(","),
+            cfg = self.path("haproxy.cfg").display(),
+            stats = self.path("stats.sock").display(),
+            master = self.path("master.sock").display(),
+        );
+        self.dir.write("synapse.json", text)
+    }
+
+    async fn register(&self, service: &str, instance: &str, backend: &Backend) {
+        let reg = Registration {
+            host: Host::Ip(backend.addr().ip()),
+            port: Port::new(backend.port()).expect("port"),
+            name: InstanceId::new(instance).expect("instance id"),
+            weight: None,
+            haproxy_server_options: None,
+            labels: Default::default(),
+        };
+        let key = Self::service_path(service).nerve_key(
+            &InstanceId::new(instance).expect("instance id"),
+            &ServiceName::new(service).expect("service name"),
+            1,
+        );
+        self.client
+            .kv_client()
+            .put(key, reg.encode(), None)
+            .await
+            .expect("put");
+    }
+}
+
+/// Waits until requests to `port` are answered by exactly `want`.
+async fn wait_answering(port: u16, want: &[&str]) {
+    let want: BTreeSet<String> = want.iter().map(|s| (*s).to_owned()).collect();
+    eventually(TIMEOUT, || async {
+        let mut got = BTreeSet::new();
+        for _ in 0..want.len() * 4 {
+            let r = http_get(loopback(port), "/")
+                .await
+                .map_err(|e| format!("request failed: {e}"))?;
+            if r.status != 200 {
+                return Err(format!("status {}", r.status));
+            }
+            got.insert(r.body.trim().to_owned());
+        }
+        if got == want {
+            Ok(())
+        } else {
+            Err(format!("answering {got:?}, want {want:?}"))
+        }
+    })
+    .await;
+}
+
+/// Waits until nothing listens on `port` any more.
+async fn wait_closed(port: u16) {
+    eventually(TIMEOUT, || async {
+        match http_get(loopback(port), "/").await {
+            Err(_) => Ok(()),
+            Ok(r) => Err(format!("still answered: {} {}", r.status, r.body.trim())),
+        }
+    })
+    .await;
+}
+
+/// Sends SIGHUP and waits until synapse has dealt with it: `applied` more reloads
+/// applied, `refused` more refused.
+async fn sighup(synapse: &Synapse, applied: u64, refused: u64) {
+    let (ok0, bad0) = (
+        synapse.get(|c| &c.config_reloads),
+        synapse.get(|c| &c.config_reload_failures),
+    );
+    synapse.sighup();
+    eventually(TIMEOUT, || async {
+        let (ok, bad) = (
+            synapse.get(|c| &c.config_reloads),
+            synapse.get(|c| &c.config_reload_failures),
+        );
+        if ok == ok0 + applied && bad == bad0 + refused {
+            Ok(())
+        } else {
+            Err(format!("config reloads ok {ok}, refused {bad}"))
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_adds_changes_and_removes_services_and_refuses_a_bad_config() {
+    let world = World::start().await;
+    let (web_port, api_port, web_port2) = (free_port(), free_port(), free_port());
+    let web = world.service("web", web_port, "");
+    let path = world.write_config(std::slice::from_ref(&web), "");
+    let synapse = Synapse::start_reloading(&path).await;
+    let (a, b, c) = (
+        Backend::start("a").await,
+        Backend::start("b").await,
+        Backend::start("c").await,
+    );
+    world.register("web", "a", &a).await;
+    let _haproxy = Haproxy::start_for_synapse(world.dir.path()).await;
+    eventually(TIMEOUT, || async { synapse.reloads() >= 1 }).await;
+    wait_answering(web_port, &["a"]).await;
+
+    // The same file again: nothing is touched. A registration after the SIGHUP goes
+    // through the runtime API as before: no reload, and web's watcher was not
+    // restarted (no re-list).
+    let (reloads, relists) = (synapse.reloads(), synapse.get(|c| &c.relists));
+    sighup(&synapse, 1, 0).await;
+    world.register("web", "b", &b).await;
+    wait_answering(web_port, &["a", "b"]).await;
+    assert_eq!(
+        synapse.reloads(),
+        reloads,
+        "an unchanged config reloaded HAProxy"
+    );
+    assert_eq!(
+        synapse.get(|c| &c.relists),
+        relists,
+        "an unchanged service was re-listed"
+    );
+
+    // A service added: its own watcher (one list), its frontend after one reload;
+    // web keeps routing meanwhile.
+    world.register("api", "c", &c).await;
+    let api = world.service("api", api_port, "");
+    world.write_config(&[web.clone(), api.clone()], "");
+    sighup(&synapse, 1, 0).await;
+    wait_answering(api_port, &["c"]).await;
+    wait_answering(web_port, &["a", "b"]).await;
+    assert_eq!(synapse.get(|c| &c.relists), relists + 1);
+    // (Counted once the reload is confirmed, which may be after the new worker answers.)
+    eventually(TIMEOUT, || async { synapse.reloads() > reloads }).await;
+
+    // A bad file (an invalid port, a key that needs a restart): refused, the running
+    // config stays and keeps routing, /status says why.
+    let reloads = synapse.reloads();
+    std::fs::write(
+        &path,
+        "{\"services\": {\"web\": {\"haproxy\": {\"port\": \"x\"}}}}",
+    )
+    .expect("write bad config");
+    sighup(&synapse, 0, 1).await;
+    let status = synapse.counters.services.snapshot();
+    let error = status.config.last_error.clone().unwrap_or_default();
+    assert!(
+        error.contains("services.web"),
+        "the refusal names the key: {error:?}"
+    );
+    world.write_config(
+        &[web.clone(), api.clone()],
+        r#", "admin_listen": "127.0.0.1:1""#,
+    );
+    sighup(&synapse, 0, 1).await;
+    let error = synapse
+        .counters
+        .services
+        .snapshot()
+        .config
+        .last_error
+        .unwrap_or_default();
+    assert!(error.contains("admin_listen"), "{error:?}");
+    wait_answering(web_port, &["a", "b"]).await;
+    wait_answering(api_port, &["c"]).await;
+    assert_eq!(
+        synapse.reloads(),
+        reloads,
+        "a refused config reloaded HAProxy"
+    );
+
+    // web changed (moved to another port), api removed: web answers on its new port,
+    // nothing listens on the old ones, api is gone from /status.
+    let moved = world.service(
+        "web",
+        web_port2,
+        r#""http-response set-header X-Moved yes""#,
+    );
+    world.write_config(&[moved], "");
+    sighup(&synapse, 1, 0).await;
+    wait_answering(web_port2, &["a", "b"]).await;
+    wait_closed(web_port).await;
+    wait_closed(api_port).await;
+    let r = http_get(loopback(web_port2), "/").await.expect("request");
+    assert_eq!(r.header("x-moved"), Some("yes"));
+    let status = synapse.counters.services.snapshot();
+    assert!(
+        !status.services.contains_key("api"),
+        "{:?}",
+        status.services.keys()
+    );
+    assert_eq!(status.config.last_error, None);
+    synapse.stop().await;
+}
