@@ -47,10 +47,16 @@ impl World {
     /// One service entry: etcd discovery under `/it/reload/<service>`, a frontend on
     /// `port`, and `backend` lines.
     fn service(&self, service: &str, port: u16, backend: &str) -> String {
+        self.service_checked(service, port, backend, "")
+    }
+
+    /// [`Self::service`] with `server_options`.
+    fn service_checked(&self, service: &str, port: u16, backend: &str, options: &str) -> String {
         format!(
             r#""{service}": {{
                 "discovery": {{"method": "etcd", "hosts": ["{etcd}"], "path": "{path}"}},
-                "haproxy": {{"port": {port}, "listen": ["balance roundrobin"], "backend": [{backend}]}}
+                "haproxy": {{"port": {port}, "listen": ["balance roundrobin"], "backend": [{backend}],
+                             "server_options": "{options}"}}
               }}"#,
             etcd = self.etcd,
             path = Self::service_path(service),
@@ -59,6 +65,11 @@ impl World {
 
     /// Writes synapse's config file with these service entries and top-level extra keys.
     fn write_config(&self, services: &[String], extra: &str) -> PathBuf {
+        self.write_config_with(services, "", extra)
+    }
+
+    /// [`Self::write_config`] with more `global` lines (`, "line"...`).
+    fn write_config_with(&self, services: &[String], global: &str, extra: &str) -> PathBuf {
         let text = format!(
             r#"{{
               "services": {{{services}}},
@@ -72,7 +83,7 @@ impl World {
                 "restart_interval": 0.2,
                 "bind_address": "127.0.0.1",
                 "global": ["stats socket {stats} mode 600 level admin expose-fd listeners",
-                           "hard-stop-after 10s"],
+                           "hard-stop-after 10s"{global}],
                 "defaults": ["mode http", "timeout connect 1s", "timeout client 10s",
                              "timeout server 10s", "retries 2", "option redispatch 1"]
               }}

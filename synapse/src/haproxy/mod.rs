@@ -76,6 +76,22 @@ pub struct Applied {
     pub reload_pending: bool,
 }
 
+/// A state file with no servers (`1` is the format's version line), written when there
+/// is none yet: HAProxy warns about a missing or empty one on every start and check.
+async fn seed_server_state_file(file: &std::path::Path) {
+    if tokio::fs::try_exists(file).await.unwrap_or(true) {
+        return;
+    }
+    let dir = file
+        .parent()
+        .map_or_else(|| PathBuf::from("."), std::path::Path::to_owned);
+    let path = file.to_owned();
+    let written = tokio::task::spawn_blocking(move || write_atomically(&dir, &path, "1\n")).await;
+    if !matches!(written, Ok(Ok(()))) {
+        tracing::warn!(file = %file.display(), "cannot create the empty server-state-file (HAProxy warns about it until the first reload writes it)");
+    }
+}
+
 /// The outcome of one runtime pass.
 #[derive(Debug, Default)]
 struct RuntimePass {
@@ -131,6 +147,9 @@ impl HaproxyOutput {
         writer.remove_leftovers();
         if !config.do_checks {
             tracing::warn!("haproxy.do_checks is false: a file is still checked before every reload or start that reads it, but not when HAProxy took its changes through the runtime API");
+        }
+        if let Some(file) = &config.server_state_file {
+            seed_server_state_file(file).await;
         }
         let deployed = match writer.config_path() {
             Some(p) => tokio::fs::read_to_string(p).await.ok(),
