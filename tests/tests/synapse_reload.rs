@@ -47,16 +47,15 @@ impl World {
     /// One service entry: etcd discovery under `/it/reload/<service>`, a frontend on
     /// `port`, and `backend` lines.
     fn service(&self, service: &str, port: u16, backend: &str) -> String {
-        self.service_checked(service, port, backend, "")
+        self.service_with(service, port, backend, "")
     }
 
-    /// [`Self::service`] with `server_options`.
-    fn service_checked(&self, service: &str, port: u16, backend: &str, options: &str) -> String {
+    /// [`Self::service`] with more keys in its `haproxy` section (`, "key": ...`).
+    fn service_with(&self, service: &str, port: u16, backend: &str, keys: &str) -> String {
         format!(
             r#""{service}": {{
                 "discovery": {{"method": "etcd", "hosts": ["{etcd}"], "path": "{path}"}},
-                "haproxy": {{"port": {port}, "listen": ["balance roundrobin"], "backend": [{backend}],
-                             "server_options": "{options}"}}
+                "haproxy": {{"port": {port}, "listen": ["balance roundrobin"], "backend": [{backend}]{keys}}}
               }}"#,
             etcd = self.etcd,
             path = Self::service_path(service),
@@ -279,5 +278,74 @@ async fn sighup_adds_changes_and_removes_services_and_refuses_a_bad_config() {
         status.services.keys()
     );
     assert_eq!(status.config.last_error, None);
+    synapse.stop().await;
+}
+
+/// The default config (no server-state lines written by the operator) keeps servers'
+/// runtime state across a reload: a server the old worker holds DOWN is DOWN in the new
+/// worker from its start. Without the state file the new worker would run it as UP
+/// until its first check: with two checked servers 60 s apart, HAProxy checks the
+/// second one (b, ordered by `backend_order: asc`) 30 s after start, far beyond this
+/// test's look.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_state_survives_a_reload_by_default() {
+    let world = World::start().await;
+    let port = free_port();
+    let web = world.service_with(
+        "web",
+        port,
+        r#""option httpchk GET /health""#,
+        r#", "server_options": "check inter 60s fall 1 rise 1", "backend_order": "asc""#,
+    );
+    let path = world.write_config(std::slice::from_ref(&web), "");
+    let synapse = Synapse::start_reloading(&path).await;
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    world.register("web", "a", &a).await;
+    world.register("web", "b", &b).await;
+    let haproxy = Haproxy::start_for_synapse(world.dir.path()).await;
+    eventually(TIMEOUT, || async { synapse.reloads() >= 1 }).await;
+    wait_answering(port, &["a", "b"]).await;
+    let cfg = std::fs::read_to_string(world.path("haproxy.cfg")).expect("haproxy.cfg");
+    assert!(
+        cfg.contains("load-server-state-from-file global"),
+        "synapse adds the server-state lines by default:\n{cfg}"
+    );
+
+    // b fails its checks from now on; the running worker learns it at once (an
+    // operator's `set server health`), far ahead of its next check.
+    b.set_healthy(false);
+    let b_name = format!("b_{}", b.addr());
+    let answer = haproxy
+        .runtime()
+        .command(&format!("set server web/{b_name} health down"))
+        .await
+        .expect("set health");
+    assert!(answer.trim().is_empty(), "set server health: {answer}");
+    wait_answering(port, &["a"]).await;
+
+    // A change that needs a reload (a new global line), through SIGHUP.
+    let workers = haproxy.master().worker_pids().await.expect("workers");
+    let reloads = synapse.reloads();
+    world.write_config_with(&[web], r#", "maxconn 4000""#, "");
+    sighup(&synapse, 1, 0).await;
+    eventually(TIMEOUT, || async { synapse.reloads() > reloads }).await;
+    let new_workers = haproxy.master().worker_pids().await.expect("workers");
+    assert_ne!(new_workers, workers, "HAProxy was not reloaded");
+    let state = haproxy
+        .runtime()
+        .show_servers_state("web")
+        .await
+        .expect("show servers state");
+    let b_state = state
+        .iter()
+        .find(|s| s.name == b_name)
+        .unwrap_or_else(|| panic!("no {b_name} in {state:?}"));
+    assert_eq!(
+        b_state.op_state,
+        integration_tests::haproxy::OpState::Stopped,
+        "the new worker forgot that b is down: {state:?}"
+    );
+    // And no request reaches b.
+    wait_answering(port, &["a"]).await;
     synapse.stop().await;
 }
