@@ -106,6 +106,7 @@ pub fn restart_only_changes(old: &Config, new: &Config) -> ConfigErrors {
             key("pid_file_path", o.pid_file_path == n.pid_file_path);
             key("managed", o.managed == n.managed);
             key("state_file_path", o.state_file_path == n.state_file_path);
+            key("state_file_ttl", o.state_file_ttl == n.state_file_ttl);
         }
     }
     errors

@@ -18,6 +18,7 @@
 //!   commands, atomic write, check, confirmed reloads; optionally HAProxy itself
 //!   (managed mode).
 //! - [`file_output`]: one JSON file per service.
+//! - [`state_file`]: the last good backends on disk, for a cold start without the registry.
 //! - [`counters`]: what synapse has done, for operators and tests.
 //! - [`status`]: what synapse believes per service (servers, source, staleness, last
 //!   apply, etcd watch) and the propagation delay; `/status` and `/readyz`.
@@ -40,6 +41,7 @@ pub mod haproxy;
 pub mod metrics;
 pub mod reconcile;
 pub mod service_detail;
+pub mod state_file;
 pub mod status;
 pub mod status_table;
 pub mod upstream;
@@ -210,6 +212,17 @@ async fn run_inner(
         counters.clone(),
     )
     .with_updates(updates_rx);
+    let reconciler = match config
+        .haproxy
+        .as_ref()
+        .and_then(|h| h.state_file_path.clone().map(|p| (p, h.state_file_ttl)))
+    {
+        Some((path, ttl)) => {
+            let cached = state_file::load(&path, ttl).await;
+            reconciler.with_state_file(path, ttl, cached)
+        }
+        None => reconciler,
+    };
     let mut reconciling = tokio::spawn(reconciler.run(cancel.clone()));
     let mut running = config;
     loop {

@@ -1,7 +1,9 @@
-//! synapse re-reading its config file on SIGHUP, against real etcd, real HAProxy
-//! (master-worker, reloaded through the master CLI) and real requests: services added,
-//! changed and removed; an unchanged file touches nothing (no reload, no re-list); a bad
-//! file is refused with the running config kept and the refusal visible in `/status`.
+//! synapse re-reading its config file on SIGHUP, keeping servers' state across reloads,
+//! and starting cold from its state file, against real etcd, real HAProxy (master-worker,
+//! reloaded through the master CLI) and real requests: services added, changed and
+//! removed; an unchanged file touches nothing (no reload, no re-list); a bad file is
+//! refused with the running config kept and the refusal visible in `/status`; with etcd
+//! down and no haproxy.cfg, HAProxy starts from the state file.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -18,7 +20,7 @@ const TIMEOUT: Duration = Duration::from_secs(20);
 
 struct World {
     dir: Workdir,
-    _etcd: Etcd,
+    etcd_server: Etcd,
     etcd: String,
     client: Client,
 }
@@ -31,7 +33,7 @@ impl World {
         Self {
             dir: Workdir::new(),
             etcd: etcd.client_addr().to_string(),
-            _etcd: etcd,
+            etcd_server: etcd,
             client,
         }
     }
@@ -64,11 +66,18 @@ impl World {
 
     /// Writes synapse's config file with these service entries and top-level extra keys.
     fn write_config(&self, services: &[String], extra: &str) -> PathBuf {
-        self.write_config_with(services, "", extra)
+        self.write_config_with(services, "", "", extra)
     }
 
-    /// [`Self::write_config`] with more `global` lines (`, "line"...`).
-    fn write_config_with(&self, services: &[String], global: &str, extra: &str) -> PathBuf {
+    /// [`Self::write_config`] with more `global` lines (`, "line"...`) and more keys
+    /// of the `haproxy` section (`, "key": ...`).
+    fn write_config_with(
+        &self,
+        services: &[String],
+        global: &str,
+        haproxy: &str,
+        extra: &str,
+    ) -> PathBuf {
         let text = format!(
             r#"{{
               "services": {{{services}}},
@@ -85,6 +94,7 @@ impl World {
                            "hard-stop-after 10s"{global}],
                 "defaults": ["mode http", "timeout connect 1s", "timeout client 10s",
                              "timeout server 10s", "retries 2", "option redispatch 1"]
+                {haproxy}
               }}
               {extra}
             }}"#,
@@ -326,7 +336,7 @@ async fn server_state_survives_a_reload_by_default() {
     // A change that needs a reload (a new global line), through SIGHUP.
     let workers = haproxy.master().worker_pids().await.expect("workers");
     let reloads = synapse.reloads();
-    world.write_config_with(&[web], r#", "maxconn 4000""#, "");
+    world.write_config_with(&[web], r#", "maxconn 4000""#, "", "");
     sighup(&synapse, 1, 0).await;
     eventually(TIMEOUT, || async { synapse.reloads() > reloads }).await;
     let new_workers = haproxy.master().worker_pids().await.expect("workers");
@@ -347,5 +357,84 @@ async fn server_state_survives_a_reload_by_default() {
     );
     // And no request reaches b.
     wait_answering(port, &["a"]).await;
+    synapse.stop().await;
+}
+
+/// `state_file_path`: a synapse that ran with etcd saved the backends; a new synapse
+/// started with etcd down and haproxy.cfg gone writes haproxy.cfg from the state file
+/// (after the grace period for the registry), HAProxy starts on it and routes to the
+/// saved backends; once etcd is back, its set replaces the file's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cold_start_from_the_state_file_with_etcd_down_and_no_haproxy_cfg() {
+    let mut world = World::start().await;
+    let port = free_port();
+    let web = world.service("web", port, "");
+    let state = world.path("synapse-state.json");
+    let extra = format!(r#", "state_file_path": "{}""#, state.display());
+    let path = world.write_config_with(std::slice::from_ref(&web), "", &extra, "");
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    world.register("web", "a", &a).await;
+    world.register("web", "b", &b).await;
+    {
+        let synapse = Synapse::start_reloading(&path).await;
+        let _haproxy = Haproxy::start_for_synapse(world.dir.path()).await;
+        wait_answering(port, &["a", "b"]).await;
+        eventually(TIMEOUT, || async {
+            let text = std::fs::read_to_string(&state).unwrap_or_default();
+            let (saved, _) = synapse::state_file::parse(
+                &text,
+                Duration::from_secs(3600),
+                synapse::state_file::unix_now(),
+            );
+            let names: BTreeSet<String> = saved
+                .values()
+                .flat_map(|c| c.backends.iter().map(|b| b.name.to_string()))
+                .collect();
+            if names == BTreeSet::from(["a".to_owned(), "b".to_owned()]) {
+                Ok(())
+            } else {
+                Err(format!("state file holds {names:?}: {text}"))
+            }
+        })
+        .await;
+        synapse.stop().await;
+    }
+    // HAProxy stopped (dropped above), its config gone, etcd down.
+    std::fs::remove_file(world.path("haproxy.cfg")).expect("remove haproxy.cfg");
+    let _ = std::fs::remove_file(world.path("master.sock"));
+    world.etcd_server.stop().await;
+
+    let synapse = Synapse::start_reloading(&path).await;
+    let haproxy = Haproxy::start_for_synapse(world.dir.path()).await;
+    wait_answering(port, &["a", "b"]).await;
+    // (The apply is complete once HAProxy, started on the file, has been reloaded.)
+    eventually(TIMEOUT, || async {
+        let status = synapse.counters.services.snapshot();
+        let web = &status.services["web"];
+        if web.applied && web.source == Some(synapse::status::Source::LastKnownGood) {
+            assert_eq!(web.fresh, None, "etcd never answered this synapse: {web:?}");
+            Ok(())
+        } else {
+            Err(format!("{web:?}"))
+        }
+    })
+    .await;
+
+    // etcd back, b deregistered meanwhile: the registry's set replaces the file's.
+    world.etcd_server.restart().await;
+    world.client = world.etcd_server.client().await;
+    let key = World::service_path("web").nerve_key(
+        &InstanceId::new("b").expect("instance id"),
+        &ServiceName::new("web").expect("service name"),
+        1,
+    );
+    world
+        .client
+        .kv_client()
+        .delete(key, None)
+        .await
+        .expect("delete b");
+    wait_answering(port, &["a"]).await;
+    drop(haproxy);
     synapse.stop().await;
 }
