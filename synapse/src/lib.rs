@@ -19,6 +19,7 @@
 //!   (managed mode).
 //! - [`file_output`]: one JSON file per service.
 //! - [`state_file`]: the last good backends on disk, for a cold start without the registry.
+//! - [`dry_run`]: `synapse diff`: what a run would do, doing none of it.
 //! - [`counters`]: what synapse has done, for operators and tests.
 //! - [`status`]: what synapse believes per service (servers, source, staleness, last
 //!   apply, etcd watch) and the propagation delay; `/status` and `/readyz`.
@@ -31,6 +32,7 @@ pub mod backends;
 pub mod config;
 pub mod config_reload;
 pub mod counters;
+pub mod dry_run;
 pub mod ec2;
 pub mod failpoint;
 pub mod file_output;

@@ -3,7 +3,8 @@
 //! reloaded through the master CLI) and real requests: services added, changed and
 //! removed; an unchanged file touches nothing (no reload, no re-list); a bad file is
 //! refused with the running config kept and the refusal visible in `/status`; with etcd
-//! down and no haproxy.cfg, HAProxy starts from the state file.
+//! down and no haproxy.cfg, HAProxy starts from the state file; `synapse diff` shows
+//! (golden files) exactly what the next run then does, and changes nothing.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -437,4 +438,128 @@ async fn cold_start_from_the_state_file_with_etcd_down_and_no_haproxy_cfg() {
     wait_answering(port, &["a"]).await;
     drop(haproxy);
     synapse.stop().await;
+}
+
+/// The dry-run report with the test's paths and ports replaced by names.
+fn normalized(report: &str, world: &World, ports: &[(u16, &str)]) -> String {
+    let mut text = report.replace(&world.dir.path().display().to_string(), "<dir>");
+    for (port, name) in ports {
+        text = text.replace(&port.to_string(), name);
+    }
+    text
+}
+
+fn golden(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("golden")
+        .join(name)
+}
+
+/// Runs the dry run, checks it against the golden file, and checks that it changed
+/// nothing (haproxy.cfg's bytes, HAProxy's servers and worker).
+async fn diff_golden(
+    world: &World,
+    path: &std::path::Path,
+    haproxy: &Haproxy,
+    ports: &[(u16, &str)],
+    name: &str,
+) -> synapse::dry_run::DryRun {
+    let config = synapse::Config::load(path).expect("config");
+    let cfg = std::fs::read_to_string(world.path("haproxy.cfg")).expect("haproxy.cfg");
+    let servers = haproxy
+        .runtime()
+        .show_servers_state("web")
+        .await
+        .expect("state");
+    let workers = haproxy.master().worker_pids().await.expect("workers");
+    let report = synapse::dry_run::dry_run(&config, TIMEOUT)
+        .await
+        .expect("dry run");
+    integration_tests::check_golden(&golden(name), &normalized(&report.render(), world, ports));
+    assert_eq!(
+        std::fs::read_to_string(world.path("haproxy.cfg")).expect("haproxy.cfg"),
+        cfg,
+        "the dry run wrote haproxy.cfg"
+    );
+    assert_eq!(
+        haproxy
+            .runtime()
+            .show_servers_state("web")
+            .await
+            .expect("state"),
+        servers,
+        "the dry run changed HAProxy's servers"
+    );
+    assert_eq!(
+        haproxy.master().worker_pids().await.expect("workers"),
+        workers,
+        "the dry run reloaded HAProxy"
+    );
+    report
+}
+
+/// `synapse diff` against real etcd and HAProxy: a registration made while no synapse
+/// ran (runtime commands, no reload), then a changed backend line (a reload), then
+/// nothing to do. After each dry run, a real synapse does exactly what it said: the
+/// same number of runtime commands, a reload only when announced, and haproxy.cfg
+/// byte for byte the text the diff showed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn diff_shows_what_the_next_run_does_and_changes_nothing() {
+    let world = World::start().await;
+    let port = free_port();
+    let seed = r#", "server_order_seed": 1"#;
+    let web = world.service("web", port, "");
+    let path = world.write_config_with(std::slice::from_ref(&web), "", seed, "");
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let ports = [
+        (port, "<port>"),
+        (a.port(), "<port-a>"),
+        (b.port(), "<port-b>"),
+    ];
+    world.register("web", "a", &a).await;
+    let synapse = Synapse::start_reloading(&path).await;
+    let haproxy = Haproxy::start_for_synapse(world.dir.path()).await;
+    eventually(TIMEOUT, || async { synapse.reloads() >= 1 }).await;
+    wait_answering(port, &["a"]).await;
+    synapse.stop().await;
+
+    // 1. b registered while no synapse runs: runtime commands only.
+    world.register("web", "b", &b).await;
+    let report = diff_golden(&world, &path, &haproxy, &ports, "synapse-diff-runtime.txt").await;
+    assert!(report.changes());
+    assert!(report.preview.reload.is_none());
+    let synapse = Synapse::start_reloading(&path).await;
+    wait_answering(port, &["a", "b"]).await;
+    eventually(TIMEOUT, || async {
+        std::fs::read_to_string(world.path("haproxy.cfg")).unwrap_or_default()
+            == report.preview.rendered
+    })
+    .await;
+    assert_eq!(
+        synapse.get(|c| &c.runtime_commands),
+        report.preview.commands.len() as u64
+    );
+    assert_eq!(synapse.reloads(), 0);
+    synapse.stop().await;
+
+    // 2. A backend line changed in the config: a reload, and why.
+    let web = world.service("web", port, r#""http-response set-header X-Diff yes""#);
+    world.write_config_with(std::slice::from_ref(&web), "", seed, "");
+    let report = diff_golden(&world, &path, &haproxy, &ports, "synapse-diff-reload.txt").await;
+    assert!(report.changes());
+    assert!(report.preview.reload.is_some());
+    let synapse = Synapse::start_reloading(&path).await;
+    eventually(TIMEOUT, || async { synapse.reloads() == 1 }).await;
+    let r = http_get(loopback(port), "/").await.expect("request");
+    assert_eq!(r.header("x-diff"), Some("yes"));
+    assert_eq!(
+        std::fs::read_to_string(world.path("haproxy.cfg")).expect("haproxy.cfg"),
+        report.preview.rendered
+    );
+    assert_eq!(synapse.get(|c| &c.runtime_commands), 0);
+    synapse.stop().await;
+
+    // 3. Nothing to do.
+    let report = diff_golden(&world, &path, &haproxy, &ports, "synapse-diff-none.txt").await;
+    assert!(!report.changes(), "{}", report.render());
 }
