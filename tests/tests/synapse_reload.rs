@@ -507,8 +507,10 @@ async fn diff_golden(
 async fn diff_shows_what_the_next_run_does_and_changes_nothing() {
     let world = World::start().await;
     let port = free_port();
+    // Server lines by name, so that the golden text does not depend on the ports.
     let seed = r#", "server_order_seed": 1"#;
-    let web = world.service("web", port, "");
+    let asc = r#", "backend_order": "asc""#;
+    let web = world.service_with("web", port, "", asc);
     let path = world.write_config_with(std::slice::from_ref(&web), "", seed, "");
     let (a, b) = (Backend::start("a").await, Backend::start("b").await);
     let ports = [
@@ -543,7 +545,7 @@ async fn diff_shows_what_the_next_run_does_and_changes_nothing() {
     synapse.stop().await;
 
     // 2. A backend line changed in the config: a reload, and why.
-    let web = world.service("web", port, r#""http-response set-header X-Diff yes""#);
+    let web = world.service_with("web", port, r#""http-response set-header X-Diff yes""#, asc);
     world.write_config_with(std::slice::from_ref(&web), "", seed, "");
     let report = diff_golden(&world, &path, &haproxy, &ports, "synapse-diff-reload.txt").await;
     assert!(report.changes());
