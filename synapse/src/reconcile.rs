@@ -92,6 +92,12 @@ pub struct Reconciler {
     /// New configs (SIGHUP); `None` when the config never changes.
     updates: Option<mpsc::UnboundedReceiver<ConfigUpdate>>,
     state_file: Option<StateFile>,
+    /// Each service's last published set: stands in while a new watcher (discovery
+    /// changed on SIGHUP) has not published yet.
+    last_discovered: BTreeMap<ServiceName, Discovered>,
+    /// Something was applied: from then on a service added on SIGHUP that has not
+    /// published yet is left out instead of holding back every other service.
+    applied_once: bool,
 }
 
 impl Reconciler {
@@ -116,6 +122,8 @@ impl Reconciler {
             busy_until: None,
             updates: None,
             state_file: None,
+            last_discovered: BTreeMap::new(),
+            applied_once: false,
         }
     }
 
@@ -215,6 +223,7 @@ impl Reconciler {
         for name in gone {
             self.current.remove(&name);
             self.over_limit.remove(&name);
+            self.last_discovered.remove(&name);
         }
         if let (Some(h), Some(config)) = (&mut self.haproxy, &update.config.haproxy) {
             h.reconfigure(config.clone());
@@ -359,16 +368,22 @@ impl Reconciler {
                     d
                 }
                 (Some(d), None) => d,
-                (None, Some(f)) if Instant::now() >= f.use_after => {
-                    let cached = f.cached.get(name)?;
+                (None, _) if self.last_discovered.contains_key(name) => {
+                    // A new watcher for a known service (SIGHUP): its last set meanwhile.
+                    self.last_discovered[name].clone()
+                }
+                (None, Some(f)) if Instant::now() >= f.use_after && f.cached.contains_key(name) => {
                     Discovered {
-                        backends: cached.backends.clone(),
+                        backends: f.cached[name].backends.clone(),
                         fresh: false,
                         origin: Default::default(),
                     }
                 }
+                // Added on SIGHUP: rendered without servers until it publishes.
+                (None, _) if self.applied_once => continue,
                 (None, _) => return None,
             };
+            self.last_discovered.insert(name.clone(), d.clone());
             discovered.insert(name.clone(), d);
         }
         let mut desired = BTreeMap::new();
@@ -467,6 +482,7 @@ impl Reconciler {
             .services
             .applied(&desired, haproxy_applied.as_ref());
         self.current = desired;
+        self.applied_once = true;
         self.save_state_file().await;
         Ok(())
     }

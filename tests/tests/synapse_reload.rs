@@ -232,6 +232,24 @@ async fn sighup_adds_changes_and_removes_services_and_refuses_a_bad_config() {
     // (Counted once the reload is confirmed, which may be after the new worker answers.)
     eventually(TIMEOUT, || async { synapse.reloads() > reloads }).await;
 
+    // A service added whose registry does not answer (nothing listens where its etcd
+    // should be): the others are still applied meanwhile.
+    let dead = format!(
+        r#""dead": {{"discovery": {{"method": "etcd", "hosts": ["127.0.0.1:{}"],
+                                   "path": "/it/reload/dead"}},
+                     "haproxy": {{"port": {}}}}}"#,
+        free_port(),
+        free_port()
+    );
+    let reloads = synapse.reloads();
+    world.write_config(&[web.clone(), api.clone(), dead], "");
+    sighup(&synapse, 1, 0).await;
+    let d = Backend::start("d").await;
+    world.register("web", "d", &d).await;
+    wait_answering(web_port, &["a", "b", "d"]).await;
+    // Its frontend (no servers yet) took one reload.
+    eventually(TIMEOUT, || async { synapse.reloads() > reloads }).await;
+
     // A bad file (an invalid port, a key that needs a restart): refused, the running
     // config stays and keeps routing, /status says why.
     let reloads = synapse.reloads();
@@ -260,7 +278,7 @@ async fn sighup_adds_changes_and_removes_services_and_refuses_a_bad_config() {
         .last_error
         .unwrap_or_default();
     assert!(error.contains("admin_listen"), "{error:?}");
-    wait_answering(web_port, &["a", "b"]).await;
+    wait_answering(web_port, &["a", "b", "d"]).await;
     wait_answering(api_port, &["c"]).await;
     assert_eq!(
         synapse.reloads(),
@@ -277,7 +295,7 @@ async fn sighup_adds_changes_and_removes_services_and_refuses_a_bad_config() {
     );
     world.write_config(&[moved], "");
     sighup(&synapse, 1, 0).await;
-    wait_answering(web_port2, &["a", "b"]).await;
+    wait_answering(web_port2, &["a", "b", "d"]).await;
     wait_closed(web_port).await;
     wait_closed(api_port).await;
     let r = http_get(loopback(web_port2), "/").await.expect("request");
