@@ -241,6 +241,10 @@ pub struct HaproxyFile {
     pub server_slots: Option<u32>,
     /// Add what hitless reloads need to `global`/`defaults` when missing (default true).
     pub seamless_reload_lines: Option<bool>,
+    /// Add `server-state-file` to `global` and `load-server-state-from-file global` to
+    /// `defaults` when missing, so servers' runtime state survives reloads (default
+    /// true; needs a stats socket and a written config file).
+    pub server_state_lines: Option<bool>,
 }
 
 /// `socket_file_path`: one path, or one per HAProxy process (airbnb PR #199).
@@ -1054,6 +1058,11 @@ fn validate_haproxy(h: &HaproxyFile, errors: &mut ConfigErrors) -> HaproxyConfig
             defaults::CONFIG_FILE_MODE
         }
     };
+    if h.server_state_lines.unwrap_or(true) && h.do_socket && !socket_file_paths.is_empty() {
+        if let Some(cfg) = &config_file_path {
+            add_server_state_lines(&mut global, &mut defaults_lines, cfg);
+        }
+    }
     let server_state_file = server_state_file(&global);
     HaproxyConfig {
         global,
@@ -1135,6 +1144,29 @@ fn add_seamless_reload_lines(global: &mut [String], defaults: &mut Vec<String>) 
             line.push(' ');
             line.push_str(EXPOSE_FD);
         }
+    }
+}
+
+/// `server-state-file <haproxy.cfg>.server-state` in `global` unless it names one, and
+/// `load-server-state-from-file global` in `defaults` unless it says where to load from:
+/// synapse dumps `show servers state` there before every reload, so the new worker
+/// starts with the old one's weights, maintenance and drain states, and health.
+fn add_server_state_lines(global: &mut Vec<String>, defaults: &mut Vec<String>, cfg: &Path) {
+    let has = |lines: &[String], kw: &str| {
+        lines
+            .iter()
+            .any(|l| l.split_whitespace().next() == Some(kw))
+    };
+    if !has(global, "server-state-file") {
+        let file = format!("{}.server-state", cfg.display());
+        if file.contains(char::is_whitespace) {
+            // HAProxy would read two words; the operator can name a file instead.
+            return;
+        }
+        global.push(format!("server-state-file {file}"));
+    }
+    if !has(defaults, "load-server-state-from-file") {
+        defaults.push("load-server-state-from-file global".to_owned());
     }
 }
 
@@ -2607,5 +2639,39 @@ mod tests {
         assert_eq!(h.server_state_file.as_deref(), Some(Path::new("/s")));
         let h = haproxy(r#", "reload_command": "true""#).unwrap();
         assert_eq!(h.server_state_file, None);
+    }
+
+    #[test]
+    fn server_state_lines_are_added_with_a_stats_socket_unless_set_or_opted_out() {
+        let sock = r#", "reload_command": "true", "socket_file_path": "/run/h.sock""#;
+        let h = haproxy(sock).unwrap();
+        assert_eq!(
+            h.server_state_file.as_deref(),
+            Some(Path::new("/etc/haproxy/haproxy.cfg.server-state"))
+        );
+        assert!(h
+            .global
+            .contains(&"server-state-file /etc/haproxy/haproxy.cfg.server-state".to_owned()));
+        assert!(h
+            .defaults
+            .contains(&"load-server-state-from-file global".to_owned()));
+        // The operator's own lines are kept (no second one).
+        let h = haproxy(&format!(
+            r#"{sock}, "global": ["server-state-file /s"], "defaults": ["load-server-state-from-file none"]"#
+        ))
+        .unwrap();
+        assert_eq!(h.server_state_file.as_deref(), Some(Path::new("/s")));
+        assert_eq!(h.global, ["server-state-file /s"]);
+        assert_eq!(h.defaults, ["load-server-state-from-file none"]);
+        // Opted out, or no stats socket to dump the state through: nothing added.
+        for keys in [
+            format!(r#"{sock}, "server_state_lines": false"#),
+            format!(r#"{sock}, "do_socket": false"#),
+            r#", "reload_command": "true""#.to_owned(),
+        ] {
+            let h = haproxy(&keys).unwrap();
+            assert_eq!(h.server_state_file, None, "{keys}");
+            assert!(h.defaults.is_empty(), "{keys}: {:?}", h.defaults);
+        }
     }
 }

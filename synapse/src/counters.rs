@@ -2,7 +2,7 @@
 //! reloads, re-lists, config writes. Plain atomics, exported by `crate::metrics`.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 /// What synapse has done since it started. Shared as `Arc<Counters>`.
@@ -44,6 +44,13 @@ pub struct Counters {
     pub mass_removal_trips: AtomicU64,
     /// Services whose last good set the mass-removal guard holds now (a gauge).
     pub mass_removal_holding: AtomicU64,
+    /// Config files re-read (SIGHUP) and applied.
+    pub config_reloads: AtomicU64,
+    /// Config files re-read (SIGHUP) and refused (invalid, or a key that needs a
+    /// restart changed): the running config stayed.
+    pub config_reload_failures: AtomicU64,
+    /// SIGHUP re-reads the config file (set once the handler is installed).
+    pub(crate) sighup: AtomicBool,
     /// Per service: servers, source, staleness, etcd watch, last apply (for `/status`
     /// and the per-service metrics).
     pub services: crate::status::ServiceStates,
@@ -65,6 +72,11 @@ impl Counters {
     /// Rejected registrations so far, all reasons.
     pub fn rejected_total(&self) -> u64 {
         self.rejected().values().sum()
+    }
+
+    /// Whether a SIGHUP now re-reads the config file.
+    pub fn listening_for_sighup(&self) -> bool {
+        self.sighup.load(Ordering::Relaxed)
     }
 
     /// The servers HAProxy refuses, per service: server name → HAProxy's error line.

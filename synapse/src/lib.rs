@@ -5,6 +5,7 @@
 //! # Layout
 //!
 //! - [`config`]: the airbnb synapse JSON format (with comments), validated into `Config`.
+//! - [`config_reload`]: what a config re-read on SIGHUP changes, and what it may not.
 //! - [`watcher`]: one watcher per service (etcd list-then-watch, EC2 tags, static, multi)
 //!   publishing complete backend sets.
 //! - [`ec2`]: the EC2 API client behind the `ec2tag` watcher.
@@ -17,6 +18,8 @@
 //!   commands, atomic write, check, confirmed reloads; optionally HAProxy itself
 //!   (managed mode).
 //! - [`file_output`]: one JSON file per service.
+//! - [`state_file`]: the last good backends on disk, for a cold start without the registry.
+//! - [`dry_run`]: `synapse diff`: what a run would do, doing none of it.
 //! - [`counters`]: what synapse has done, for operators and tests.
 //! - [`status`]: what synapse believes per service (servers, source, staleness, last
 //!   apply, etcd watch) and the propagation delay; `/status` and `/readyz`.
@@ -27,7 +30,9 @@
 
 pub mod backends;
 pub mod config;
+pub mod config_reload;
 pub mod counters;
+pub mod dry_run;
 pub mod ec2;
 pub mod failpoint;
 pub mod file_output;
@@ -38,14 +43,20 @@ pub mod haproxy;
 pub mod metrics;
 pub mod reconcile;
 pub mod service_detail;
+pub mod state_file;
 pub mod status;
 pub mod status_table;
 pub mod upstream;
 pub mod watcher;
 
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use tokio::sync::{watch, Notify};
+use common::config::ConfigErrors;
+use common::ServiceName;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -54,7 +65,7 @@ pub use counters::Counters;
 
 use crate::file_output::{FileOutput, FileOutputError};
 use crate::haproxy::HaproxyOutput;
-use crate::reconcile::Reconciler;
+use crate::reconcile::{ConfigUpdate, Reconciler};
 use crate::watcher::{AnyWatcher, EtcdClients, Watcher};
 
 /// Errors that stop synapse. Everything at runtime (etcd away, a failed reload) is
@@ -77,9 +88,66 @@ pub async fn run_with(
     counters: Arc<Counters>,
     cancel: CancellationToken,
 ) -> Result<(), RunError> {
+    run_inner(config, None, counters, cancel).await
+}
+
+/// [`run_with`], re-reading `path` (which `config` was loaded from) on every SIGHUP:
+/// services are added, removed or changed with the validation of start-up; a file
+/// that is invalid, or changes a key only a restart can change, is refused with the
+/// running config kept (an error log line, `/status`'s `config`, the
+/// `synapse_config_reloads_total{result="refused"}` counter).
+pub async fn run_reloading(
+    config: Config,
+    path: PathBuf,
+    counters: Arc<Counters>,
+    cancel: CancellationToken,
+) -> Result<(), RunError> {
+    run_inner(config, Some(path), counters, cancel).await
+}
+
+/// One service's watcher: its channel, and the token that stops it.
+struct Watched {
+    input: reconcile::Input,
+    stop: CancellationToken,
+}
+
+/// Starts the watcher of `svc`, and the task that wakes the reconciler on its changes.
+fn watch_service(
+    svc: &config::ServiceConfig,
+    clients: &Arc<EtcdClients>,
+    counters: &Arc<Counters>,
+    changed: &Arc<Notify>,
+    parent: &CancellationToken,
+    tasks: &mut JoinSet<()>,
+) -> Watched {
+    let (tx, mut rx) = watch::channel(None);
+    let stop = parent.child_token();
+    let watcher = AnyWatcher::for_service(svc, clients, counters);
+    tasks.spawn(watcher.run(tx, stop.clone()));
+    let input = (svc.name.clone(), rx.clone());
+    let changed = changed.clone();
+    let (counters, name) = (counters.clone(), svc.name.clone());
+    tasks.spawn(async move {
+        // Ends when the watcher drops its sender.
+        while rx.changed().await.is_ok() {
+            // Stamped after the watcher published: the propagation delay starts here.
+            counters.services.published(&name, rx.borrow().as_ref());
+            changed.notify_one();
+        }
+    });
+    Watched { input, stop }
+}
+
+async fn run_inner(
+    config: Config,
+    reload_from: Option<PathBuf>,
+    counters: Arc<Counters>,
+    cancel: CancellationToken,
+) -> Result<(), RunError> {
     let config = Arc::new(config);
+    let shared_config = Arc::new(std::sync::Mutex::new(config.clone()));
     let admin = match config.admin_listen {
-        Some(addr) => serve_admin(addr, &config, &counters, &cancel).await,
+        Some(addr) => serve_admin(addr, &shared_config, &counters, &cancel).await,
         None => None,
     };
     let file_output = match &config.file_output {
@@ -108,39 +176,112 @@ pub async fn run_with(
         }
         None => None,
     };
-    let mut inputs = Vec::new();
+    let mut watched: BTreeMap<ServiceName, Watched> = BTreeMap::new();
     for svc in config.services.values() {
-        let (tx, mut rx) = watch::channel(None);
-        inputs.push((svc.name.clone(), rx.clone()));
-        let watcher = AnyWatcher::for_service(svc, &clients, &counters);
-        tasks.spawn(watcher.run(tx, watchers.child_token()));
-        let changed = changed.clone();
-        let (counters, name) = (counters.clone(), svc.name.clone());
-        tasks.spawn(async move {
-            // Ends when the watcher drops its sender.
-            while rx.changed().await.is_ok() {
-                // Stamped after the watcher published: the propagation delay starts here.
-                counters.services.published(&name, rx.borrow().as_ref());
-                changed.notify_one();
-            }
-        });
+        let w = watch_service(svc, &clients, &counters, &changed, &watchers, &mut tasks);
+        watched.insert(svc.name.clone(), w);
     }
+    let inputs = watched.values().map(|w| w.input.clone()).collect();
     tracing::info!(
         services = config.services.len(),
         haproxy = config.haproxy.is_some(),
         file_output = config.file_output.is_some(),
         "synapse started"
     );
-    Reconciler::new(config, inputs, changed, haproxy, file_output, counters)
-        .run(cancel.clone())
-        .await;
+    // Listening before anything is applied: a SIGHUP from then on is never fatal.
+    let mut hangups = match &reload_from {
+        Some(_) => match signal(SignalKind::hangup()) {
+            Ok(s) => {
+                counters
+                    .sighup
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                Some(s)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGHUP: the config is not re-read");
+                None
+            }
+        },
+        None => None,
+    };
+    let (updates_tx, updates_rx) = mpsc::unbounded_channel();
+    let reconciler = Reconciler::new(
+        config.clone(),
+        inputs,
+        changed.clone(),
+        haproxy,
+        file_output,
+        counters.clone(),
+    )
+    .with_updates(updates_rx);
+    let reconciler = match config
+        .haproxy
+        .as_ref()
+        .and_then(|h| h.state_file_path.clone().map(|p| (p, h.state_file_ttl)))
+    {
+        Some((path, ttl)) => {
+            let cached = state_file::load(&path, ttl).await;
+            reconciler.with_state_file(path, ttl, cached)
+        }
+        None => reconciler,
+    };
+    let mut reconciling = tokio::spawn(reconciler.run(cancel.clone()));
+    let mut running = config;
+    loop {
+        tokio::select! {
+            done = &mut reconciling => {
+                if let Err(e) = done {
+                    tracing::error!(error = %e, "the reconcile loop panicked");
+                }
+                break;
+            }
+            Some(()) = async { hangups.as_mut()?.recv().await } => {
+                let Some(path) = &reload_from else { continue };
+                tracing::info!(path = %path.display(), "SIGHUP: re-reading the config");
+                let Some(new) = load_for_reload(path, &running, &counters).await else {
+                    continue;
+                };
+                let changes = config_reload::service_changes(&running, &new);
+                for name in changes.removed.iter().chain(&changes.rewatched) {
+                    if let Some(w) = watched.remove(name) {
+                        w.stop.cancel();
+                    }
+                }
+                for name in &changes.removed {
+                    counters.services.forget(name);
+                }
+                for name in changes.added.iter().chain(&changes.rewatched) {
+                    if let Some(svc) = new.services.get(name) {
+                        let w = watch_service(svc, &clients, &counters, &changed, &watchers, &mut tasks);
+                        watched.insert(name.clone(), w);
+                    }
+                }
+                let new = Arc::new(new);
+                let inputs = watched.values().map(|w| w.input.clone()).collect();
+                if updates_tx.send(ConfigUpdate { config: new.clone(), inputs }).is_err() {
+                    break;
+                }
+                if let Ok(mut c) = shared_config.lock() {
+                    *c = new.clone();
+                }
+                Counters::inc(&counters.config_reloads);
+                counters.services.config_reloaded(None);
+                tracing::info!(
+                    added = ?changes.added,
+                    removed = ?changes.removed,
+                    rewatched = ?changes.rewatched,
+                    changed = ?changes.changed,
+                    "config reloaded"
+                );
+                running = new;
+            }
+            // Reaps finished watcher tasks (removed services) as they end.
+            Some(done) = tasks.join_next(), if !tasks.is_empty() => note_panic(done),
+        }
+    }
     watchers.cancel();
     while let Some(done) = tasks.join_next().await {
-        if let Err(e) = done {
-            if e.is_panic() {
-                tracing::error!(error = %e, "a watcher task panicked");
-            }
-        }
+        note_panic(done);
     }
     if let Some(admin) = admin {
         let _ = admin.await;
@@ -149,12 +290,62 @@ pub async fn run_with(
     Ok(())
 }
 
+fn note_panic(done: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = done {
+        if e.is_panic() {
+            tracing::error!(error = %e, "a watcher task panicked");
+        }
+    }
+}
+
+/// Loads `path` with the validation of start-up and checks that it can replace
+/// `running`; `None` (after the error line and counters) when it is refused.
+async fn load_for_reload(path: &Path, running: &Config, counters: &Counters) -> Option<Config> {
+    let owned = path.to_owned();
+    let loaded = tokio::task::spawn_blocking(move || Config::load(&owned))
+        .await
+        .unwrap_or_else(|e| {
+            let mut errors = ConfigErrors::default();
+            errors.push("", format!("loading the config failed: {e}"));
+            Err(errors)
+        });
+    let errors = match loaded {
+        Ok(new) => {
+            let restart = config_reload::restart_only_changes(running, &new);
+            if restart.is_empty() {
+                for w in &new.warnings {
+                    tracing::warn!(key = %w.path, "config: {}", w.message);
+                }
+                return Some(new);
+            }
+            restart
+        }
+        Err(errors) => errors,
+    };
+    let text = errors
+        .0
+        .iter()
+        .map(|e| {
+            if e.path.is_empty() {
+                e.message.clone()
+            } else {
+                format!("{}: {}", e.path, e.message)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    tracing::error!(path = %path.display(), errors = %text, "the re-read config is refused; the running one stays");
+    Counters::inc(&counters.config_reload_failures);
+    counters.services.config_reloaded(Some(text));
+    None
+}
+
 /// Starts the admin endpoint: `/metrics` from `counters`, `/status`, `/status/<service>`,
 /// `/healthz`, and `/readyz` (ready once every service's first set is applied). Stops
 /// with `cancel`. `None` (after a warning) when `addr` cannot be bound.
 async fn serve_admin(
     addr: std::net::SocketAddr,
-    config: &Arc<Config>,
+    config: &Arc<std::sync::Mutex<Arc<Config>>>,
     counters: &Arc<Counters>,
     cancel: &CancellationToken,
 ) -> Option<tokio::task::JoinHandle<()>> {
@@ -167,7 +358,12 @@ async fn serve_admin(
         }),
         ready: counters.services.ready_flag(),
         detail: Some(Arc::new(move |service| {
-            let (config, counters) = (config.clone(), detail_counters.clone());
+            // The config of now: a service added on SIGHUP has its page.
+            let config = config
+                .lock()
+                .map(|c| c.clone())
+                .unwrap_or_else(|e| e.into_inner().clone());
+            let counters = detail_counters.clone();
             Box::pin(async move { service_detail::document(&config, &counters, &service).await })
         })),
     };

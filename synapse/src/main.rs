@@ -1,7 +1,8 @@
 //! The synapse binary: parse the command line, set up logging, load the config, run; or,
 //! with `status`, show what a running synapse reports on its admin endpoint.
 //! Exit codes: 0 after a clean stop, 64 for a bad command line or config, 1 otherwise
-//! (`status`: 1 when the endpoint is unreachable).
+//! (`status`: 1 when the endpoint is unreachable; `diff`: 2 when a run would change
+//! something). SIGHUP re-reads the config file.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -22,6 +23,9 @@ struct Cli {
     /// Validate the config, print every problem, and exit (0 valid, 64 invalid).
     #[arg(long)]
     check_config: bool,
+    /// The same as `synapse diff`: print what a run would do, change nothing.
+    #[arg(long)]
+    dry_run: bool,
     /// Log line format: human or json.
     #[arg(long, env = "SYNAPSE_LOG_FORMAT", default_value = "human")]
     log_format: LogFormat,
@@ -39,6 +43,15 @@ enum Cmd {
         service: Option<String>,
         #[command(flatten)]
         view: StatusArgs,
+    },
+    /// Read the registry once and print what a run would do now: the runtime commands
+    /// it would send, whether it would reload HAProxy and why, and a unified diff of
+    /// haproxy.cfg. Changes nothing. Exit 0 when nothing would change, 2 when something
+    /// would, 64 for a bad config, 1 when the registry does not answer in time.
+    Diff {
+        /// How long to wait for every service's first complete set, in seconds.
+        #[arg(long, default_value_t = 10.0)]
+        timeout: f64,
     },
 }
 
@@ -101,6 +114,14 @@ fn main() -> ExitCode {
             tracing::warn!(key = %w.path, "config: {}", w.message);
         }
     }
+    let diff_timeout = match cli.command {
+        Some(Cmd::Diff { timeout }) => Some(timeout),
+        _ if cli.dry_run => Some(10.0),
+        _ => None,
+    };
+    if let Some(timeout) = diff_timeout {
+        return diff(&config, timeout);
+    }
     if cli.check_config {
         for w in config.haproxy.iter().flat_map(|h| h.hitless_warnings()) {
             eprintln!("warning: {w}");
@@ -112,7 +133,7 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    match run(config) {
+    match run(config, path) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -121,13 +142,49 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(config: synapse::Config) -> anyhow::Result<()> {
+/// `synapse diff`: prints the report; 0 nothing would change, 2 something would.
+fn diff(config: &synapse::Config, timeout: f64) -> ExitCode {
+    let timeout = match std::time::Duration::try_from_secs_f64(timeout) {
+        Ok(t) if !t.is_zero() => t,
+        _ => {
+            eprintln!("error: --timeout must be a positive number of seconds");
+            return ExitCode::from(common::EXIT_CONFIG as u8);
+        }
+    };
+    let result = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| {
+            rt.block_on(synapse::dry_run::dry_run(config, timeout))
+                .map_err(anyhow::Error::from)
+        });
+    match result {
+        Ok(report) => {
+            print!("{}", report.render());
+            if report.changes() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(config: synapse::Config, path: PathBuf) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
         let cancel = common::shutdown::on_signals().context("cannot install signal handlers")?;
-        synapse::run(config, cancel).await.context("synapse failed")
+        // SIGHUP re-reads `path` (see `synapse::run_reloading`).
+        synapse::run_reloading(config, path, Default::default(), cancel)
+            .await
+            .context("synapse failed")
     })
 }

@@ -267,6 +267,17 @@ impl Collector for CountersCollector {
         )?;
         counters(
             e,
+            "config_reloads",
+            "The config file re-read on SIGHUP: ok (applied), refused (invalid, or a key \
+             that needs a restart changed; the running config stays, /status says why)",
+            [
+                ("ok", get(&c.config_reloads)),
+                ("refused", get(&c.config_reload_failures)),
+            ]
+            .map(|(result, n)| (vec![("result", result.to_owned())], n)),
+        )?;
+        counters(
+            e,
             "haproxy_runtime_commands",
             "HAProxy runtime-API commands: ok (accepted), failed (refused, or the socket \
              failed; each falls back to a reload)",

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Backoff, ServiceName};
-use tokio::sync::{watch, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::{sleep, sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -46,6 +46,34 @@ const RETRY_MAX: Duration = Duration::from_secs(2);
 /// How long to wait for the first complete set of every service before saying so.
 const STARTUP_NOTICE: Duration = Duration::from_secs(5);
 
+/// How long after start a service still without its first set is routed from the
+/// state file instead: long enough for a reachable registry to answer first.
+pub const STATE_FILE_GRACE: Duration = Duration::from_secs(3);
+
+/// The state file and what it holds.
+struct StateFile {
+    path: std::path::PathBuf,
+    ttl: Duration,
+    /// Read at start; a service leaves it once its watcher publishes.
+    cached: crate::state_file::State,
+    /// When `cached` may stand in for services without a first set.
+    use_after: Instant,
+    /// What the file holds now (as last written or read).
+    saved: crate::state_file::State,
+    /// Sets read from the registry (fresh), per service, since the last write.
+    registry: BTreeMap<ServiceName, BackendSet>,
+}
+
+/// A service's discovered sets, as its watcher publishes them.
+pub type Input = (ServiceName, watch::Receiver<Option<Discovered>>);
+
+/// A new config (re-read on SIGHUP and accepted) and the watchers' channels for it.
+#[derive(Debug)]
+pub struct ConfigUpdate {
+    pub config: Arc<Config>,
+    pub inputs: Vec<Input>,
+}
+
 /// The reconcile loop's inputs and state.
 pub struct Reconciler {
     config: Arc<Config>,
@@ -61,6 +89,15 @@ pub struct Reconciler {
     /// When the last change arrived, or the apply it caused ended, whichever is later:
     /// a change within `debounce` of it is part of a burst.
     busy_until: Option<Instant>,
+    /// New configs (SIGHUP); `None` when the config never changes.
+    updates: Option<mpsc::UnboundedReceiver<ConfigUpdate>>,
+    state_file: Option<StateFile>,
+    /// Each service's last published set: stands in while a new watcher (discovery
+    /// changed on SIGHUP) has not published yet.
+    last_discovered: BTreeMap<ServiceName, Discovered>,
+    /// Something was applied: from then on a service added on SIGHUP that has not
+    /// published yet is left out instead of holding back every other service.
+    applied_once: bool,
 }
 
 impl Reconciler {
@@ -83,7 +120,116 @@ impl Reconciler {
             guards: Guards::default(),
             counters,
             busy_until: None,
+            updates: None,
+            state_file: None,
+            last_discovered: BTreeMap::new(),
+            applied_once: false,
         }
+    }
+
+    /// Keeps the last good backends in `path` (`state_file_path`); `cached` (read from
+    /// it at start) routes services whose registry has not answered within
+    /// [`STATE_FILE_GRACE`].
+    pub fn with_state_file(
+        mut self,
+        path: std::path::PathBuf,
+        ttl: Duration,
+        cached: crate::state_file::State,
+    ) -> Self {
+        self.state_file = Some(StateFile {
+            path,
+            ttl,
+            saved: cached.clone(),
+            cached,
+            use_after: Instant::now() + STATE_FILE_GRACE,
+            registry: BTreeMap::new(),
+        });
+        self
+    }
+
+    /// When the state file may stand in for services still without a first set.
+    fn state_file_wakeup(&self) -> Option<Instant> {
+        let f = self.state_file.as_ref()?;
+        let waiting = self
+            .inputs
+            .iter()
+            .any(|(name, rx)| rx.borrow().is_none() && f.cached.contains_key(name));
+        (waiting && Instant::now() < f.use_after).then_some(f.use_after)
+    }
+
+    /// Writes the state file when the registry's sets differ from what it holds, or
+    /// its timestamps are a quarter of the TTL old (so a set that never changes does
+    /// not expire). Services routed from the file keep their entries and timestamps.
+    async fn save_state_file(&mut self) {
+        let Some(f) = &mut self.state_file else {
+            return;
+        };
+        let now = crate::state_file::unix_now();
+        let refresh = (f.ttl / 4).as_secs().max(1);
+        let mut next = crate::state_file::State::new();
+        let mut changed = false;
+        for name in self.config.services.keys() {
+            if let Some(set) = f.registry.get(name).filter(|s| !s.is_empty()) {
+                let old = f.saved.get(name);
+                let stale = old
+                    .is_none_or(|o| &o.backends != set || now.saturating_sub(o.seen_at) >= refresh);
+                changed |= stale;
+                let seen_at = if stale {
+                    now
+                } else {
+                    old.map_or(now, |o| o.seen_at)
+                };
+                next.insert(
+                    name.clone(),
+                    crate::state_file::Cached {
+                        backends: set.clone(),
+                        seen_at,
+                    },
+                );
+            } else if let Some(old) = f.saved.get(name) {
+                next.insert(name.clone(), old.clone());
+            }
+        }
+        changed |= next.len() != f.saved.len();
+        if !changed {
+            return;
+        }
+        match crate::state_file::save(&f.path, &next).await {
+            Ok(()) => f.saved = next,
+            Err(e) => {
+                Counters::inc(&self.counters.write_failures);
+                tracing::warn!(path = %f.path.display(), error = %e, "cannot write the state file");
+            }
+        }
+    }
+
+    /// Takes new configs from `updates` while it runs.
+    pub fn with_updates(mut self, updates: mpsc::UnboundedReceiver<ConfigUpdate>) -> Self {
+        self.updates = Some(updates);
+        self
+    }
+
+    /// Switches to a new config: removed services are dropped, the HAProxy output
+    /// renders with the new `haproxy` section from the next apply on. Whether that
+    /// writes or reloads anything is the usual comparison with what HAProxy runs: an
+    /// unchanged render changes nothing.
+    fn reconfigure(&mut self, update: ConfigUpdate) {
+        let gone: Vec<ServiceName> = self
+            .current
+            .keys()
+            .filter(|n| !update.config.services.contains_key(*n))
+            .cloned()
+            .collect();
+        for name in gone {
+            self.current.remove(&name);
+            self.over_limit.remove(&name);
+            self.last_discovered.remove(&name);
+        }
+        if let (Some(h), Some(config)) = (&mut self.haproxy, &update.config.haproxy) {
+            h.reconfigure(config.clone());
+        }
+        self.config = update.config;
+        self.inputs = update.inputs;
     }
 
     /// Runs until cancelled.
@@ -145,14 +291,27 @@ impl Reconciler {
                 haproxy_wake,
                 self.guards.next_release(),
                 (!waiting_noted).then_some(started + STARTUP_NOTICE),
+                self.state_file_wakeup(),
             ]
             .into_iter()
             .flatten()
             .min();
             woke_by_change = false;
+            let updates = &mut self.updates;
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => return,
+                update = async { updates.as_mut()?.recv().await }, if updates.is_some() => {
+                    match update {
+                        Some(update) => {
+                            self.reconfigure(update);
+                            // Applied at once (a SIGHUP is not part of a burst).
+                            woke_by_change = true;
+                            retry_at = None;
+                        }
+                        None => self.updates = None,
+                    }
+                }
                 _ = self.changed.notified() => {
                     woke_by_change = true;
                     if !self.debounce(&cancel).await {
@@ -197,7 +356,35 @@ impl Reconciler {
         self.counters.services.begin();
         let mut discovered = BTreeMap::new();
         for (name, rx) in &self.inputs {
-            discovered.insert(name.clone(), rx.borrow().clone()?);
+            let published = rx.borrow().clone();
+            let d = match (published, &mut self.state_file) {
+                (Some(d), Some(f)) => {
+                    if d.fresh {
+                        f.registry.insert(name.clone(), d.backends.clone());
+                    }
+                    if f.cached.remove(name).is_some() {
+                        tracing::info!(service = %name, "the registry answered: routing from it, not from the state file");
+                    }
+                    d
+                }
+                (Some(d), None) => d,
+                (None, _) if self.last_discovered.contains_key(name) => {
+                    // A new watcher for a known service (SIGHUP): its last set meanwhile.
+                    self.last_discovered[name].clone()
+                }
+                (None, Some(f)) if Instant::now() >= f.use_after && f.cached.contains_key(name) => {
+                    Discovered {
+                        backends: f.cached[name].backends.clone(),
+                        fresh: false,
+                        origin: Default::default(),
+                    }
+                }
+                // Added on SIGHUP: rendered without servers until it publishes.
+                (None, _) if self.applied_once => continue,
+                (None, _) => return None,
+            };
+            self.last_discovered.insert(name.clone(), d.clone());
+            discovered.insert(name.clone(), d);
         }
         let mut desired = BTreeMap::new();
         for (name, d) in discovered {
@@ -295,6 +482,8 @@ impl Reconciler {
             .services
             .applied(&desired, haproxy_applied.as_ref());
         self.current = desired;
+        self.applied_once = true;
+        self.save_state_file().await;
         Ok(())
     }
 }

@@ -220,6 +220,7 @@ struct Inner {
     last_reload: Option<Event>,
     /// Servers HAProxy refuses, per service: server name → HAProxy's error line.
     quarantined: BTreeMap<ServiceName, BTreeMap<String, String>>,
+    config: ConfigStatus,
 }
 
 /// The live state; one per synapse.
@@ -445,6 +446,34 @@ impl ServiceStates {
             .collect()
     }
 
+    /// A service left the config (SIGHUP): it is no longer reported.
+    pub fn forget(&self, service: &ServiceName) {
+        let mut inner = self.lock();
+        inner.services.remove(service);
+        inner.awaiting_reload.remove(service);
+        inner.quarantined.remove(service);
+    }
+
+    /// The config file was re-read: `error` is `None` when it was applied, else why it
+    /// was refused (the running config stays).
+    pub fn config_reloaded(&self, error: Option<String>) {
+        let mut inner = self.lock();
+        let at_unix = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        inner.config.last_reload_at_unix = Some(at_unix);
+        match error {
+            None => {
+                inner.config.reloads += 1;
+                inner.config.last_error = None;
+            }
+            Some(e) => {
+                inner.config.failures += 1;
+                inner.config.last_error = Some(e);
+            }
+        }
+    }
+
     /// The `/status` document.
     pub fn snapshot(&self) -> Status {
         let now = Instant::now();
@@ -503,6 +532,7 @@ impl ServiceStates {
                 last_reload: inner.last_reload.as_ref().map(|e| e.status(now)),
                 reload_pending: inner.reload_pending,
             },
+            config: inner.config.clone(),
         }
     }
 }
@@ -542,6 +572,21 @@ pub struct Status {
     pub ready: bool,
     pub services: BTreeMap<String, ServiceStatus>,
     pub outputs: OutputStatus,
+    /// Config reloads (SIGHUP).
+    pub config: ConfigStatus,
+}
+
+/// The config file re-read on SIGHUP.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ConfigStatus {
+    /// Reloads applied.
+    pub reloads: u64,
+    /// Reloads refused (the running config stayed).
+    pub failures: u64,
+    /// When the file was last re-read; `null` before the first SIGHUP.
+    pub last_reload_at_unix: Option<f64>,
+    /// Why the last re-read file was refused; `null` once one is applied.
+    pub last_error: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -258,3 +258,141 @@ fn check_config_warns_once_per_upstream_key_and_refuses_unsupported_methods_in_o
         "{err}"
     );
 }
+
+/// The binary end to end without a registry (`base` discovery, a reload command that
+/// does nothing): `synapse diff` exits 2 before the first run (no haproxy.cfg) and 0
+/// once a run wrote it; a real SIGHUP adds a service to the running process; a bad
+/// file on SIGHUP is refused and the process keeps running on the old config; `diff`
+/// with the bad file exits 64.
+#[test]
+fn diff_exit_codes_and_sighup_through_the_binary() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("haproxy.cfg");
+    let path = dir.path().join("synapse.json");
+    let config = |services: &str| {
+        format!(
+            r#"{{"services": {{{services}}},
+                "haproxy": {{"config_file_path": "{}", "reload_command": "true",
+                             "do_socket": false, "bind_address": "127.0.0.1",
+                             "defaults": ["mode http", "timeout connect 1s",
+                                          "timeout client 1s", "timeout server 1s"]}}}}"#,
+            cfg.display()
+        )
+    };
+    let web = r#""web": {"discovery": {"method": "base"}, "haproxy": {"port": 39101},
+                         "default_servers": [{"name": "a", "host": "127.0.0.1", "port": 8080}]}"#;
+    let api = r#""api": {"discovery": {"method": "base"}, "haproxy": {"port": 39102},
+                         "default_servers": [{"name": "b", "host": "127.0.0.1", "port": 8081}]}"#;
+    std::fs::write(&path, config(web)).expect("write");
+    let diff = |flag: &str| {
+        let mut command = Command::new(BIN);
+        if flag == "diff" {
+            command.arg("diff");
+        } else {
+            command.arg(flag);
+        }
+        command
+            .arg("-c")
+            .arg(&path)
+            .output()
+            .expect("run synapse diff")
+    };
+    let out = diff("diff");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{stdout}");
+    assert!(stdout.contains("reload: needed"), "{stdout}");
+    assert!(stdout.contains("+backend web"), "{stdout}");
+    assert!(!cfg.exists(), "diff wrote haproxy.cfg");
+
+    struct Guard(std::process::Child);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            if let Ok(None) = self.0.try_wait() {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+    }
+    let mut child = Guard(
+        Command::new(BIN)
+            .arg("-c")
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn synapse"),
+    );
+    let wait_for = |what: &str, done: &dyn Fn() -> bool, child: &mut Guard| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !done() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{what}: not within 20 s"
+            );
+            assert!(
+                child.0.try_wait().expect("wait").is_none(),
+                "synapse exited early"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let cfg_text = || std::fs::read_to_string(&cfg).unwrap_or_default();
+    wait_for(
+        "haproxy.cfg",
+        &|| cfg_text().contains("backend web"),
+        &mut child,
+    );
+    let out = diff("--dry-run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("haproxy.cfg: unchanged"), "{stdout}");
+
+    let signal = |sig: &str, child: &Guard| {
+        let status = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(child.0.id().to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    };
+    // SIGHUP handler installed: the process is running (it wrote the file).
+    std::fs::write(&path, config(&format!("{web}, {api}"))).expect("write");
+    signal("HUP", &child);
+    wait_for(
+        "backend api",
+        &|| cfg_text().contains("backend api"),
+        &mut child,
+    );
+
+    std::fs::write(
+        &path,
+        "{\"services\": {\"web\": {\"haproxy\": {\"port\": \"x\"}}}}",
+    )
+    .expect("write");
+    signal("HUP", &child);
+    let out = diff("diff");
+    assert_eq!(out.status.code(), Some(64));
+    // Still running on the last good config: the next good file (api removed) applies.
+    std::fs::write(&path, config(web)).expect("write");
+    signal("HUP", &child);
+    wait_for(
+        "api removed",
+        &|| !cfg_text().contains("backend api"),
+        &mut child,
+    );
+    assert!(cfg_text().contains("backend web"));
+
+    signal("TERM", &child);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = child.0.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0));
+}

@@ -37,6 +37,38 @@ impl InProcessSynapse {
         }
     }
 
+    /// Loads the config file at `path` (panicking if it is invalid) and runs synapse
+    /// on it the way the binary does: re-reading `path` on every SIGHUP. Returns once
+    /// synapse listens for SIGHUP (before that, SIGHUP would end the test process).
+    pub async fn start_reloading(path: &std::path::Path) -> Self {
+        let config = synapse::Config::load(path)
+            .unwrap_or_else(|e| panic!("config {}:\n{e}", path.display()));
+        let cancel = CancellationToken::new();
+        let counters = Arc::new(Counters::default());
+        let task = tokio::spawn(synapse::run_reloading(
+            config,
+            path.to_owned(),
+            counters.clone(),
+            cancel.clone(),
+        ));
+        let started = Self {
+            cancel,
+            task: Some(task),
+            counters,
+        };
+        crate::eventually(Duration::from_secs(20), || async {
+            started.counters.listening_for_sighup()
+        })
+        .await;
+        started
+    }
+
+    /// Sends SIGHUP to this process (the in-process synapse re-reads its file).
+    pub fn sighup(&self) {
+        nix::sys::signal::kill(nix::unistd::Pid::this(), nix::sys::signal::Signal::SIGHUP)
+            .expect("SIGHUP to self");
+    }
+
     /// Whether `run` is still going (synapse never exits on its own).
     pub fn is_running(&self) -> bool {
         self.task.as_ref().is_some_and(|t| !t.is_finished())

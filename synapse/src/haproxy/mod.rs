@@ -76,6 +76,37 @@ pub struct Applied {
     pub reload_pending: bool,
 }
 
+/// A state file with no servers (`1` is the format's version line), written when there
+/// is none yet: HAProxy warns about a missing or empty one on every start and check.
+async fn seed_server_state_file(file: &std::path::Path) {
+    if tokio::fs::try_exists(file).await.unwrap_or(true) {
+        return;
+    }
+    let dir = file
+        .parent()
+        .map_or_else(|| PathBuf::from("."), std::path::Path::to_owned);
+    let path = file.to_owned();
+    let written = tokio::task::spawn_blocking(move || write_atomically(&dir, &path, "1\n")).await;
+    if !matches!(written, Ok(Ok(()))) {
+        tracing::warn!(file = %file.display(), "cannot create the empty server-state-file (HAProxy warns about it until the first reload writes it)");
+    }
+}
+
+/// What an apply would do: see [`HaproxyOutput::preview`].
+#[derive(Debug, Clone)]
+pub struct Preview {
+    /// Per stats socket, each runtime command in order.
+    pub commands: Vec<(PathBuf, String)>,
+    /// The reload it would do, and why (`None` also with `do_reloads: false`).
+    pub reload: Option<ReloadReason>,
+    /// haproxy.cfg as on disk (`None`: missing, or `do_writes: false`).
+    pub deployed: Option<String>,
+    /// haproxy.cfg as it would be written.
+    pub rendered: String,
+    /// Stats sockets that could not be read.
+    pub runtime_errors: Vec<String>,
+}
+
 /// The outcome of one runtime pass.
 #[derive(Debug, Default)]
 struct RuntimePass {
@@ -132,6 +163,9 @@ impl HaproxyOutput {
         if !config.do_checks {
             tracing::warn!("haproxy.do_checks is false: a file is still checked before every reload or start that reads it, but not when HAProxy took its changes through the runtime API");
         }
+        if let Some(file) = &config.server_state_file {
+            seed_server_state_file(file).await;
+        }
         let deployed = match writer.config_path() {
             Some(p) => tokio::fs::read_to_string(p).await.ok(),
             None => None,
@@ -182,6 +216,16 @@ impl HaproxyOutput {
             config,
         };
         (output, supervisor)
+    }
+
+    /// A new `haproxy` section (SIGHUP) whose start-up keys (paths, sockets, managed)
+    /// are unchanged: everything rendered, checked or run from it follows from the next
+    /// apply. The state of what HAProxy runs is kept, so an unchanged render writes and
+    /// reloads nothing.
+    pub fn reconfigure(&mut self, config: HaproxyConfig) {
+        self.writer = Writer::new(&config);
+        self.reloader = Reloader::new(&config);
+        self.config = config;
     }
 
     fn runtime_enabled(&self) -> bool {
@@ -532,20 +576,10 @@ impl HaproxyOutput {
         pass: &mut RuntimePass,
     ) -> Result<(), SocketError> {
         let mut session = Session::open(path).await?;
-        let caps = session.capabilities().await?;
-        let backends = session.backends().await?;
-        let servers = session.servers().await?;
-        let Some(loaded) = self.loaded.clone() else {
+        let Some(plan) = self.running_plan(&mut session, desired).await? else {
             pass.reload.get_or_insert(ReloadReason::Initial);
             return Ok(());
         };
-        let running = RunningState {
-            caps,
-            loaded,
-            backends,
-            servers,
-        };
-        let plan = plan(&running, desired);
         let mut refused = BTreeSet::new();
         for cmd in &plan.commands {
             if refused.contains(&(cmd.backend().clone(), cmd.server().clone())) {
@@ -581,6 +615,119 @@ impl HaproxyOutput {
             pass.reload.get_or_insert(why);
         }
         Ok(())
+    }
+
+    /// Reads what the HAProxy behind `session` runs and plans the way to `desired`;
+    /// `None` while what it loaded is unknown.
+    async fn running_plan(
+        &self,
+        session: &mut Session,
+        desired: &Desired,
+    ) -> Result<Option<plan::Plan>, SocketError> {
+        let caps = session.capabilities().await?;
+        let backends = session.backends().await?;
+        let servers = session.servers().await?;
+        let Some(loaded) = self.loaded.clone() else {
+            return Ok(None);
+        };
+        let running = RunningState {
+            caps,
+            loaded,
+            backends,
+            servers,
+        };
+        Ok(Some(plan(&running, desired)))
+    }
+
+    /// An output that only looks: HAProxy is assumed to run the file on disk (managed
+    /// or not), nothing is removed, seeded or started. For [`Self::preview`].
+    pub async fn observer(config: HaproxyConfig) -> Self {
+        let writer = Writer::new(&config);
+        let deployed = match writer.config_path() {
+            Some(p) => tokio::fs::read_to_string(p).await.ok(),
+            None => None,
+        };
+        let ids = deployed
+            .as_deref()
+            .map(ServerIds::from_config)
+            .unwrap_or_default();
+        let model = deployed.as_deref().map(ConfigModel::parse);
+        Self {
+            good_text: deployed.clone(),
+            reloader: Reloader::new(&config),
+            writer,
+            ids,
+            deployed_structure: model.as_ref().map(ConfigModel::structure),
+            loaded: model,
+            deployed,
+            reload_pending: None,
+            next_reload_at: Instant::now(),
+            next_verify_at: None,
+            retry_deletes_at: None,
+            managed: None,
+            seen_generation: 0,
+            running: true,
+            quarantine: Quarantine::default(),
+            good_sets: None,
+            counters: Arc::default(),
+            config,
+        }
+    }
+
+    /// What [`Self::apply`] would do now, doing none of it: the runtime commands it
+    /// would send (per stats socket), whether it would reload and why, and the file it
+    /// would write. Servers `haproxy -c` would refuse are not looked for (that needs
+    /// the check, which writes a candidate file).
+    pub async fn preview(
+        &mut self,
+        services: &BTreeMap<ServiceName, ServiceConfig>,
+        desired: &BTreeMap<ServiceName, BackendSet>,
+    ) -> Result<Preview, RenderError> {
+        let (rendered, model) = self.prepare(services, desired)?;
+        let mut preview = Preview {
+            commands: Vec::new(),
+            reload: None,
+            deployed: self.deployed.clone(),
+            rendered,
+            runtime_errors: Vec::new(),
+        };
+        if self.runtime_enabled() {
+            for path in self.config.socket_file_paths.clone() {
+                let planned = match Session::open(&path).await {
+                    Ok(mut session) => self.running_plan(&mut session, &model).await,
+                    Err(e) => Err(e),
+                };
+                match planned {
+                    Ok(Some(plan)) => {
+                        preview
+                            .commands
+                            .extend(plan.commands.iter().map(|c| (path.clone(), c.to_string())));
+                        if let Some(why) = plan.reload {
+                            preview.reload.get_or_insert(why);
+                        }
+                    }
+                    Ok(None) => {
+                        preview.reload.get_or_insert(ReloadReason::Initial);
+                    }
+                    Err(e) => {
+                        preview.runtime_errors.push(format!(
+                            "{}: {}",
+                            path.display(),
+                            crate::watcher::etcd::error_chain(&e)
+                        ));
+                        if self.loaded.as_ref() != Some(&model.config) {
+                            preview.reload.get_or_insert(ReloadReason::NoRuntimeApi);
+                        }
+                    }
+                }
+            }
+        } else if preview.deployed.as_deref() != Some(preview.rendered.as_str()) {
+            preview.reload.get_or_insert(ReloadReason::NoRuntimeApi);
+        }
+        if !self.reloader.enabled() {
+            preview.reload = None;
+        }
+        Ok(preview)
     }
 
     /// Keeps `loaded` equal to what runs after a command HAProxy accepted.
