@@ -243,6 +243,18 @@ log "host-a -> :30002 -> $(get a 30002)  (cold start: first routed request $firs
 wait_for 30 "host-b -> 127.0.0.1:30001 -> alpha on host-a" routes b 30001 "$ALPHA"
 first_ba=$(( $(now_ms) - up_start ))
 log "host-b -> :30001 -> $(get b 30001)  ($first_ba ms after up began)"
+
+# With deploy/compose/grpc-proxy.yml: each host's synapse watches through the proxy (an
+# established connection from the host to port 23790; 5CEE in /proc/net/tcp's hex), so
+# the routing above went through it.
+if compose config --services 2>/dev/null | grep -qx etcd-proxy; then
+  for h in a b; do
+    docker exec "$(cid "demo-$h")" cat /proc/net/tcp /proc/net/tcp6 |
+      awk '$3 ~ /:5CEE$/ && $4 == "01"' | grep -q . ||
+      fail "host-$h has no connection to the etcd gRPC proxy (etcd-proxy:23790)"
+  done
+  log "both hosts' synapses watch through the etcd gRPC proxy (etcd-proxy:23790)"
+fi
 answers_are a 30001 4 "$ALPHA" || fail "host-a -> :30001 does not reach alpha on host-a"
 
 # --- 2. both beta instances in rotation; registrations ---
