@@ -374,6 +374,7 @@ impl Supervisor {
                     Entry {
                         path: slot.active.config.path.clone(),
                         registration: slot.active.config.registration.clone(),
+                        targets: slot.active.config.targets.clone(),
                     },
                 )
             })

@@ -55,7 +55,7 @@ pub use counters::Counters;
 use crate::file_output::{FileOutput, FileOutputError};
 use crate::haproxy::HaproxyOutput;
 use crate::reconcile::Reconciler;
-use crate::watcher::{AnyWatcher, EtcdClients, Watcher};
+use crate::watcher::{AnyWatcher, EtcdClients, Watcher, ZkClients};
 
 /// Errors that stop synapse. Everything at runtime (etcd away, a failed reload) is
 /// retried instead; only outputs that cannot be set up at all end the process (an admin
@@ -90,6 +90,7 @@ pub async fn run_with(
         None => None,
     };
     let clients = Arc::new(EtcdClients::default());
+    let zk_clients = Arc::new(ZkClients::new(counters.clone()));
     let changed = Arc::new(Notify::new());
     let watchers = cancel.child_token();
     let mut tasks = JoinSet::new();
@@ -112,7 +113,7 @@ pub async fn run_with(
     for svc in config.services.values() {
         let (tx, mut rx) = watch::channel(None);
         inputs.push((svc.name.clone(), rx.clone()));
-        let watcher = AnyWatcher::for_service(svc, &clients, &counters);
+        let watcher = AnyWatcher::for_service(svc, &clients, &zk_clients, &counters);
         tasks.spawn(watcher.run(tx, watchers.child_token()));
         let changed = changed.clone();
         let (counters, name) = (counters.clone(), svc.name.clone());
@@ -163,7 +164,16 @@ async fn serve_admin(
     let state = common::admin::AdminState {
         registry: Arc::new(std::sync::Mutex::new(metrics::registry(counters.clone()))),
         status: Arc::new(move || {
-            serde_json::to_value(snapshot.services.snapshot()).unwrap_or_default()
+            let mut status = serde_json::to_value(snapshot.services.snapshot()).unwrap_or_default();
+            let zk = snapshot.zk_sessions();
+            if let (Some(object), false) = (status.as_object_mut(), zk.is_empty()) {
+                let sessions: serde_json::Map<String, serde_json::Value> = zk
+                    .iter()
+                    .map(|(name, info)| (name.clone(), watcher::zookeeper::session_status(info)))
+                    .collect();
+                object.insert("zookeeper".to_owned(), sessions.into());
+            }
+            status
         }),
         ready: counters.services.ready_flag(),
         detail: Some(Arc::new(move |service| {

@@ -130,9 +130,16 @@ fn combine(
         Resolver::Union => {
             let mut all = Discovered::default();
             let mut origins = std::collections::BTreeSet::new();
+            // One server per host:port: a nerve registered in two registries at once (a
+            // migration) is one server, as the first child in order describes it.
+            let mut addresses = std::collections::BTreeSet::new();
             for child in children {
                 let child = child.as_ref()?;
-                all.backends.extend(child.backends.iter().cloned());
+                for b in &child.backends {
+                    if addresses.insert((b.host.clone(), b.port)) {
+                        all.backends.insert(b.clone());
+                    }
+                }
                 all.fresh |= child.fresh;
                 origins.insert(child.origin);
             }
