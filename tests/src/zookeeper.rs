@@ -334,8 +334,9 @@ pub async fn zk_client(connect_string: &str) -> zookeeper_client::Client {
 }
 
 /// Runs Debian's `zkCli.sh -server <server> <args...>` (one command, then it exits) and
-/// returns its stdout. Panics when it fails to run or exits non-zero. It takes about a
-/// second (a JVM start) per call.
+/// returns its stdout followed by its stderr (it prints results such as `Created /x` on
+/// stderr). Panics when it fails to run or exits non-zero. It takes about a second (a
+/// JVM start) per call.
 pub async fn zk_cli(server: &str, args: &[&str]) -> String {
     let mut cmd = tokio::process::Command::new(ZK_CLI);
     cmd.arg("-server").arg(server).args(args).kill_on_drop(true);
@@ -343,12 +344,15 @@ pub async fn zk_cli(server: &str, args: &[&str]) -> String {
         .await
         .unwrap_or_else(|_| panic!("zkCli.sh {args:?} took over 60 s"))
         .unwrap_or_else(|e| panic!("cannot run {ZK_CLI} (scripts/install-deps): {e}"));
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "zkCli.sh {args:?} failed ({}): {stdout}\n{}",
-        output.status,
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
-    stdout
+    assert!(
+        output.status.success(),
+        "zkCli.sh {args:?} failed ({}): {text}",
+        output.status
+    );
+    text
 }

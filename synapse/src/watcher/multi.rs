@@ -278,6 +278,44 @@ mod tests {
     }
 
     #[test]
+    fn union_has_one_server_per_address_described_by_the_first_child() {
+        // A provider in both registries during a migration: the same host:port, but the
+        // ZooKeeper node written by the old nerve names the instance differently.
+        let zk = Some(Discovered {
+            backends: [
+                backend("old-name", "10.0.0.1", 80),
+                backend("b", "10.0.0.2", 80),
+            ]
+            .into_iter()
+            .collect(),
+            fresh: true,
+            origin: Origin::Zookeeper,
+        });
+        let etcd = Some(Discovered {
+            backends: [backend("a", "10.0.0.1", 80), backend("a", "10.0.0.1", 81)]
+                .into_iter()
+                .collect(),
+            fresh: true,
+            origin: Origin::Etcd,
+        });
+        let (all, _) = combine(&Resolver::Union, &[zk, etcd], None).unwrap();
+        let got: Vec<(String, String, u16)> = all
+            .backends
+            .iter()
+            .map(|b| (b.name.to_string(), b.host.to_string(), b.port.get()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("a".to_owned(), "10.0.0.1".to_owned(), 81),
+                ("b".to_owned(), "10.0.0.2".to_owned(), 80),
+                ("old-name".to_owned(), "10.0.0.1".to_owned(), 80),
+            ]
+        );
+        assert_eq!(all.origin, Origin::Mixed);
+    }
+
+    #[test]
     fn union_waits_for_every_child() {
         assert_eq!(
             pick(&Resolver::Union, &[d(true, &["10.0.0.1"]), None]),
