@@ -93,6 +93,7 @@ pub fn normalize_service(value: &mut Value, path: &str, compat: &mut Compat) -> 
     let Some(svc) = value.as_object_mut() else {
         return true;
     };
+    old_zk_path(svc, path, compat);
     let zk_keys = svc.contains_key("zk_hosts") || svc.contains_key("zk_path");
     if !svc.contains_key("reporter_type") && zk_keys {
         // Upstream's default reporter is ZooKeeper; ours (without zk keys) is etcd.
@@ -135,6 +136,42 @@ pub fn normalize_service(value: &mut Value, path: &str, compat: &mut Compat) -> 
     supported
 }
 
+/// nerve's 2013 form put the ensemble in `zk_path` (`"zk1:2181,zk2:2181/nerve/services/x"`,
+/// with no `zk_hosts`): read it as `zk_hosts` and `zk_path`, with a warning naming both.
+fn old_zk_path(svc: &mut serde_json::Map<String, Value>, path: &str, compat: &mut Compat) {
+    if svc.contains_key("zk_hosts") {
+        return;
+    }
+    let Some(Value::String(zk_path)) = svc.get("zk_path") else {
+        return;
+    };
+    if zk_path.starts_with('/') {
+        return;
+    }
+    let Some((hosts, dir)) = zk_path.split_once('/') else {
+        return;
+    };
+    let hosts: Vec<Value> = hosts
+        .split(',')
+        .map(str::trim)
+        .filter(|h| !h.is_empty())
+        .map(Value::from)
+        .collect();
+    if hosts.is_empty() {
+        return;
+    }
+    let dir = format!("/{dir}");
+    compat.warn(
+        join_path(path, "zk_path"),
+        format!(
+            "the 2013 form `hosts/path`: read as zk_hosts {} and zk_path {dir}",
+            Value::Array(hosts.clone())
+        ),
+    );
+    svc.insert("zk_hosts".to_owned(), Value::Array(hosts));
+    svc.insert("zk_path".to_owned(), Value::from(dir));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,6 +208,24 @@ mod tests {
                 "services.b.zk_cluster_name"
             ]
         );
+    }
+
+    #[test]
+    fn the_2013_zk_path_names_the_ensemble_too() {
+        let mut v = json!({"services": {
+            "a": {"zk_path": "zk1:2181,zk2:2181/nerve/services/a/services"},
+            "b": {"zk_path": "/nerve/b", "zk_hosts": ["z"]}}});
+        let mut c = Compat::default();
+        normalize_file(&mut v, &mut c);
+        assert_eq!(
+            v,
+            json!({"services": {
+                "a": {"zk_hosts": ["zk1:2181", "zk2:2181"],
+                      "zk_path": "/nerve/services/a/services", "reporter_type": "zookeeper"},
+                "b": {"zk_path": "/nerve/b", "zk_hosts": ["z"], "reporter_type": "zookeeper"}}})
+        );
+        let warned: Vec<&str> = c.warnings.iter().map(|w| w.path.as_str()).collect();
+        assert_eq!(warned, ["services.a.zk_path"]);
     }
 
     #[test]

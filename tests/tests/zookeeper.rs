@@ -16,6 +16,7 @@ use integration_tests::{
     eventually, Backend, Etcd, FaultProxy, InProcessNerve, InProcessSynapse, World, ZkEnsemble,
     ZooKeeper, ROUTE_TIMEOUT,
 };
+use tokio::time::Instant;
 use zookeeper_client::Client;
 
 const DIR: &str = "/nerve/services/web/services";
@@ -132,6 +133,7 @@ async fn nerve_registers_in_upstreams_format_and_deletes_on_stop() {
     let shown = zk.cli(&["get", &format!("{DIR}/{child}")]).await;
     assert!(shown.contains(r#""name":"i-1""#), "{shown}");
 
+    let stopped = Instant::now();
     nerve.terminate().await;
     // Deleted at once: long before the 60 s session could expire.
     eventually(Duration::from_secs(10), || async {
@@ -143,6 +145,10 @@ async fn nerve_registers_in_upstreams_format_and_deletes_on_stop() {
         }
     })
     .await;
+    eprintln!(
+        "figure: node gone {:?} after the clean stop began",
+        stopped.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -170,12 +176,17 @@ async fn nerve_withdraws_an_unhealthy_service_and_a_crashed_nerves_node_expires(
         .expect("port again");
     one_child(&client).await;
     // A crash: nothing deletes the node; ZooKeeper does when the 2 s session expires.
+    let crashed = Instant::now();
     nerve.kill();
     eventually(Duration::from_secs(30), || async {
         let c = children(&client).await;
         c.is_empty().then_some(()).ok_or(format!("children {c:?}"))
     })
     .await;
+    eprintln!(
+        "figure: crashed nerve's node gone {:?} after the crash (session 2 s)",
+        crashed.elapsed()
+    );
     drop(backend);
 }
 
@@ -200,9 +211,14 @@ async fn nerve_registers_again_after_its_session_expired() {
         c.is_empty().then_some(()).ok_or(format!("children {c:?}"))
     })
     .await;
+    let healed = Instant::now();
     proxy.pass();
     // nerve learns the session expired, connects a new one and registers again.
     let second = one_child(&client).await;
+    eprintln!(
+        "figure: nerve registered again {:?} after the partition healed",
+        healed.elapsed()
+    );
     assert_ne!(first, second, "a new node in a new session");
     drop(nerve);
 }
@@ -287,6 +303,7 @@ async fn synapse_keeps_the_last_known_set_through_a_zookeeper_outage() {
     world.wait_answering(&["b1"]).await;
 
     // The whole registry goes away, for longer than synapse's session.
+    let requests_before = b1.requests();
     zk.kill();
     for _ in 0..5 {
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -298,11 +315,20 @@ async fn synapse_keeps_the_last_known_set_through_a_zookeeper_outage() {
     let got = world.answering(8).await.expect("still routed");
     assert_eq!(got.into_iter().collect::<Vec<_>>(), ["b1"]);
 
+    eprintln!(
+        "figure: {} requests answered by the last known set during the outage",
+        b1.requests() - requests_before
+    );
     // Back (with its data): synapse re-reads and follows changes again.
     zk.restart().await;
     let client = zk.client().await;
+    let put_at = Instant::now();
     put(&client, "i-2", &registration(&b2, "i-2")).await;
     world.wait_answering(&["b1", "b2"]).await;
+    eprintln!(
+        "figure: a registration after the outage routed within {:?}",
+        put_at.elapsed()
+    );
     assert!(synapse.is_running());
     synapse.stop().await;
 }
@@ -332,8 +358,13 @@ async fn synapse_resyncs_after_its_session_expired() {
         ["b1"],
         "last known set"
     );
+    let healed = Instant::now();
     proxy.pass();
     world.wait_answering(&["b2"]).await;
+    eprintln!(
+        "figure: re-read and routed {:?} after the partition healed",
+        healed.elapsed()
+    );
     let expirations: u64 = synapse
         .counters
         .zk_sessions()
@@ -412,6 +443,7 @@ async fn a_three_node_ensemble_losing_members_and_quorum() {
 
     // Member loss: the leader dies; the others elect one and synapse follows changes.
     let leader = ensemble.leader().await.expect("a leader");
+    let killed = Instant::now();
     ensemble.member(leader).kill();
     let client = integration_tests::zookeeper::zk_client(&ensemble.connect_string()).await;
     eventually(ROUTE_TIMEOUT, || async {
@@ -428,6 +460,10 @@ async fn a_three_node_ensemble_losing_members_and_quorum() {
     })
     .await;
     world.wait_answering(&["b1", "b2"]).await;
+    eprintln!(
+        "figure: leader killed; a new registration routed {:?} later",
+        killed.elapsed()
+    );
 
     // Quorum loss: a second member dies; the last one serves nothing. Routing stays.
     let alive: Vec<usize> = (0..3)
@@ -442,10 +478,15 @@ async fn a_three_node_ensemble_losing_members_and_quorum() {
     assert_eq!(got.into_iter().collect::<Vec<_>>(), ["b1", "b2"]);
 
     // Quorum back: changes flow again.
+    let back = Instant::now();
     ensemble.member(leader).restart();
     ensemble.members()[leader].wait_serving().await;
     let client = integration_tests::zookeeper::zk_client(&ensemble.connect_string()).await;
     put(&client, "i-3", &registration(&b3, "i-3")).await;
     world.wait_answering(&["b1", "b2", "b3"]).await;
+    eprintln!(
+        "figure: quorum restored; a new registration routed {:?} after the restart",
+        back.elapsed()
+    );
     synapse.stop().await;
 }

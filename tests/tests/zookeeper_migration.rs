@@ -20,10 +20,13 @@ use integration_tests::{
     eventually, loopback, Backend, Etcd, InProcessNerve, InProcessSynapse, Load, LoadOptions,
     World, ZooKeeper, ROUTE_TIMEOUT,
 };
+use synapse::status::Source;
 
 const ZK_DIR: &str = "/nerve/services/web/services";
 const ETCD_DIR: &str = "/smartstack/web";
 const PROVIDERS: [&str; 3] = ["p1", "p2", "p3"];
+/// Traffic through each intermediate state, after each host's change.
+const SOAK: Duration = Duration::from_secs(2);
 
 struct Registries {
     zk: String,
@@ -104,11 +107,22 @@ struct Consumer {
 impl Consumer {
     /// Replaces this host's synapse with one on `discovery`. HAProxy keeps running on
     /// the config it has meanwhile (the seed's deployment: HAProxy outlives synapse).
-    async fn switch(&mut self, discovery: &str) {
+    /// Returns once the new synapse has applied the three providers from `source`.
+    async fn switch(&mut self, discovery: &str, source: Source) {
         if let Some(old) = self.synapse.take() {
             old.stop().await;
         }
-        self.synapse = Some(InProcessSynapse::start(&self.world.config(discovery, "")));
+        let new = InProcessSynapse::start(&self.world.config(discovery, ""));
+        eventually(ROUTE_TIMEOUT, || async {
+            let summary = new.counters.services.summaries();
+            let web = summary.iter().find(|s| s.service == "web");
+            match web.map(|s| (s.source, s.servers)) {
+                Some((Some(got), Some(3))) if got == source => Ok(()),
+                other => Err(format!("web: {other:?}, want {source:?} with 3 servers")),
+            }
+        })
+        .await;
+        self.synapse = Some(new);
     }
 }
 
@@ -123,6 +137,11 @@ async fn all_route_the_providers(consumers: &[Consumer]) {
             .count();
         assert_eq!(servers, 3, "one server per provider:\n{cfg}");
     }
+}
+
+/// Registrations in ZooKeeper below the service's directory.
+async fn zk_count(zk: &zookeeper_client::Client) -> usize {
+    zk.list_children(ZK_DIR).await.map_or(0, |c| c.len())
 }
 
 /// Registrations in etcd below the service's directory.
@@ -172,6 +191,16 @@ async fn a_fleet_moves_from_zookeeper_to_etcd_without_a_failed_request() {
         });
     }
     all_route_the_providers(&consumers).await;
+    for c in &consumers {
+        let s = c.synapse.as_ref().expect("synapse");
+        let summary = s.counters.services.summaries();
+        assert_eq!(
+            summary[0].source,
+            Some(Source::Zookeeper),
+            "routed from ZooKeeper"
+        );
+    }
+    let zk_client = zk.as_ref().expect("zk").client().await;
     let options = LoadOptions {
         rate: 25,
         timeout: Duration::from_secs(2),
@@ -193,26 +222,31 @@ async fn a_fleet_moves_from_zookeeper_to_etcd_without_a_failed_request() {
         })
         .await;
         all_route_the_providers(&consumers).await;
+        tokio::time::sleep(SOAK).await;
     }
     eventually(ROUTE_TIMEOUT, || async {
-        let n = etcd_count(&etcd).await;
-        (n == 3).then_some(()).ok_or(format!("{n} keys in etcd"))
+        let (e, z) = (etcd_count(&etcd).await, zk_count(&zk_client).await);
+        (e == 3 && z == 3)
+            .then_some(())
+            .ok_or(format!("{e} keys in etcd, {z} nodes in ZooKeeper"))
     })
     .await;
     step("2. nerves report to ZooKeeper and etcd", &mut steps);
 
     // 3. Consumers read both, one host at a time.
     for c in &mut consumers {
-        c.switch(&union_discovery(&r)).await;
+        c.switch(&union_discovery(&r), Source::Mixed).await;
         c.world.wait_answering(&PROVIDERS).await;
+        tokio::time::sleep(SOAK).await;
     }
     all_route_the_providers(&consumers).await;
     step("3. synapses read the union", &mut steps);
 
     // 4. Consumers read etcd only, one host at a time.
     for c in &mut consumers {
-        c.switch(&etcd_discovery(&r)).await;
+        c.switch(&etcd_discovery(&r), Source::Etcd).await;
         c.world.wait_answering(&PROVIDERS).await;
+        tokio::time::sleep(SOAK).await;
     }
     all_route_the_providers(&consumers).await;
     step("4. synapses read etcd only", &mut steps);
@@ -229,13 +263,28 @@ async fn a_fleet_moves_from_zookeeper_to_etcd_without_a_failed_request() {
         })
         .await;
         all_route_the_providers(&consumers).await;
+        tokio::time::sleep(SOAK).await;
     }
+    // The old nerves deleted their ZooKeeper nodes on their clean stops.
+    eventually(ROUTE_TIMEOUT, || async {
+        let (e, z) = (etcd_count(&etcd).await, zk_count(&zk_client).await);
+        (e == 3 && z == 0)
+            .then_some(())
+            .ok_or(format!("{e} keys in etcd, {z} nodes in ZooKeeper"))
+    })
+    .await;
     step("5. nerves report to etcd only", &mut steps);
 
     // 6. ZooKeeper goes.
+    drop(zk_client);
     drop(zk.take());
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::time::sleep(SOAK).await;
     all_route_the_providers(&consumers).await;
+    for c in &consumers {
+        let s = c.synapse.as_ref().expect("synapse");
+        let summary = s.counters.services.summaries();
+        assert_eq!(summary[0].source, Some(Source::Etcd), "routed from etcd");
+    }
     step("6. ZooKeeper stopped", &mut steps);
 
     let mut total = (0, 0);
