@@ -241,17 +241,6 @@ fn check(rel: &str, text: &str, expected: Outcome) -> Result<(), String> {
     }
 }
 
-/// Exactly one error, at `path`.
-fn one_error_at(rel: &str, text: &str, path: &str) -> Result<(), String> {
-    match load(rel, text).errors.as_slice() {
-        [line] if line.starts_with(path) => Ok(()),
-        errors => Err(format!(
-            "{rel}: want one error at {path}, got:\n  {}",
-            errors.join("\n  ")
-        )),
-    }
-}
-
 #[test]
 fn every_corpus_file_loads_or_is_refused_with_one_line_naming_the_method() {
     let root = corpus();
