@@ -1263,6 +1263,55 @@ mod tests {
     }
 
     #[test]
+    fn reporters_one_list_or_zookeeper_by_default_with_zk_keys() {
+        let c = parse_ok(
+            r#"{"instance_id": "i-1", "services": {
+                "a": {"host": "127.0.0.1", "port": 80},
+                "b": {"host": "127.0.0.1", "port": 81, "zk_hosts": ["zk2", "zk1:2182"],
+                      "zk_path": "/nerve/services/b/services"},
+                "c": {"host": "127.0.0.1", "port": 82, "reporter_type": ["zookeeper", "etcd"],
+                      "zk_hosts": ["zk1:2182", "zk2:2181"], "zk_path": "/c",
+                      "use_path_encoding": true, "node_type": "ephemeral_sequential"}}}"#,
+        );
+        let targets = |name: &str| c.services[&ServiceName::new(name).unwrap()].targets.clone();
+        assert_eq!(targets("a"), ReportTargets::default());
+        let b = targets("b");
+        assert!(!b.etcd);
+        let zk = b.zookeeper.expect("zookeeper");
+        assert_eq!(zk.hosts, ["zk1:2182", "zk2:2181"]);
+        assert_eq!(zk.path.as_str(), "/nerve/services/b/services");
+        assert!(!zk.use_path_encoding);
+        let c = targets("c");
+        assert!(c.etcd);
+        assert!(c.zookeeper.as_ref().is_some_and(|z| z.use_path_encoding));
+    }
+
+    #[test]
+    fn zookeeper_mistakes_are_errors_with_their_paths() {
+        let errors = parse_err(
+            r#"{"instance_id": "i-1", "services": {
+                "a": {"host": "127.0.0.1", "port": 80, "reporter_type": "zookeeper"},
+                "b": {"host": "127.0.0.1", "port": 81, "reporter_type": "etcd",
+                      "zk_hosts": ["z"], "zk_path": "/b"},
+                "c": {"host": "127.0.0.1", "port": 82, "zk_hosts": ["z:0"], "zk_path": "c",
+                      "node_type": "persistent"},
+                "d": {"host": "127.0.0.1", "port": 83, "reporter_type": []}}}"#,
+        );
+        for path in [
+            "services.a.zk_hosts",
+            "services.a.zk_path",
+            "services.b.zk_hosts",
+            "services.b.zk_path",
+            "services.c.zk_hosts.0",
+            "services.c.zk_path",
+            "services.c.node_type",
+            "services.d.reporter_type",
+        ] {
+            assert!(errors.mentions(path), "{path} not in:\n{errors}");
+        }
+    }
+
+    #[test]
     fn every_error_is_reported_with_its_path() {
         let errors = parse_err(
             r#"{

@@ -2468,6 +2468,58 @@ mod tests {
     }
 
     #[test]
+    fn zookeeper_discovery_and_its_upstream_keys() {
+        let c = parse(
+            r#"{"services": {
+                "a": {"discovery": {"method": "zookeeper", "hosts": "zk2:2181, zk1",
+                                    "path": "/nerve/services/a/services",
+                                    "decode": {"method": "nerve"}, "retry_policy": {},
+                                    "generator_config_path": "disabled"}},
+                "b": {"discovery": {"method": "zookeeper_poll", "hosts": ["zk1:2181"],
+                                    "path": "/b", "polling_interval_sec": 30,
+                                    "session_timeout": 8}}},
+                "file_output": {"output_directory": "/tmp/x"}}"#,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let DiscoveryConfig::Zookeeper(a) = &service(&c, "a").discovery else {
+            panic!("not zookeeper")
+        };
+        assert_eq!(a.settings.hosts, ["zk1:2181", "zk2:2181"]);
+        assert_eq!(a.settings.session_timeout, defaults::ZK_SESSION_TIMEOUT);
+        assert_eq!(a.path.as_str(), "/nerve/services/a/services");
+        let DiscoveryConfig::Zookeeper(b) = &service(&c, "b").discovery else {
+            panic!("not zookeeper")
+        };
+        assert_eq!(b.settings.session_timeout, Duration::from_secs(8));
+        let warned: Vec<&str> = c.warnings.iter().map(|w| w.path.as_str()).collect();
+        for path in [
+            "services.a.discovery.decode",
+            "services.a.discovery.retry_policy",
+            "services.a.discovery.generator_config_path",
+            "services.b.discovery.method",
+            "services.b.discovery.polling_interval_sec",
+        ] {
+            assert!(warned.contains(&path), "{path} not in {warned:?}");
+        }
+        let errs = parse(
+            r#"{"services": {
+                "a": {"discovery": {"method": "zookeeper", "path": "relative"}},
+                "b": {"discovery": {"method": "zookeeper", "hosts": ["z:2181/chroot"],
+                                    "path": "/b", "tag_name": "x"}}},
+                "file_output": {"output_directory": "/tmp/x"}}"#,
+        )
+        .unwrap_err();
+        for p in [
+            "services.a.discovery.hosts",
+            "services.a.discovery.path",
+            "services.b.discovery.hosts.0",
+            "services.b.discovery.tag_name",
+        ] {
+            assert!(errs.mentions(p), "{p} not in:\n{errs}");
+        }
+    }
+
+    #[test]
     fn upstream_server_options_as_a_list() {
         let c = corpus("synapse/05-airbnb-spec-minimum-conf-yaml.json");
         let h = &service(&c, "test").haproxy;
