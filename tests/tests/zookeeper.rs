@@ -490,3 +490,70 @@ async fn a_three_node_ensemble_losing_members_and_quorum() {
     );
     synapse.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_replaced_make_before_break_never_leaves_haproxy() {
+    // A nerve restarted make-before-break (or re-registering after an expiry) creates
+    // its new node, then deletes the old one, milliseconds apart. Each watch fires in a
+    // task of its own, so synapse may see the deletion first: it must not publish the
+    // set without the server in between (it would be removed and added back).
+    integration_tests::init_tracing();
+    let zk = ZooKeeper::start().await;
+    let (b1, b2) = (Backend::start("b1").await, Backend::start("b2").await);
+    let client = zk.client().await;
+    make_dir(&client).await;
+    put(&client, "i-2", &registration(&b2, "i-2")).await;
+    let mut node = put(&client, "i-1", &registration(&b1, "i-1")).await;
+    let (world, synapse) = world_on(&discovery(&[zk.address()], "")).await;
+    world.wait_answering(&["b1", "b2"]).await;
+    // Settled: both servers are in the file.
+    eventually(ROUTE_TIMEOUT, || async {
+        let cfg = world.haproxy_cfg();
+        let n = cfg
+            .lines()
+            .filter(|l| l.trim_start().starts_with("server "))
+            .count();
+        (n == 2).then_some(()).ok_or(format!("{n} servers"))
+    })
+    .await;
+    let counters = &synapse.counters;
+    let before = (
+        synapse::counters::Counters::get(&counters.runtime_commands),
+        synapse::counters::Counters::get(&counters.reloads),
+    );
+    for _ in 0..20 {
+        // The new node and the old one's deletion in one transaction: their two events
+        // reach synapse together, in either order.
+        let opts = zookeeper_client::CreateMode::PersistentSequential
+            .with_acls(zookeeper_client::Acls::anyone_all());
+        let mut swap = client.new_multi_writer();
+        swap.add_create(
+            &format!("{DIR}/i-1_"),
+            registration(&b1, "i-1").as_bytes(),
+            &opts,
+        )
+        .expect("create op");
+        swap.add_delete(&node, None).expect("delete op");
+        let results = swap.commit().await.expect("swap");
+        node = results
+            .into_iter()
+            .find_map(|r| match r {
+                zookeeper_client::MultiWriteResult::Create { path, .. } => Some(path),
+                _ => None,
+            })
+            .expect("created");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = (
+        synapse::counters::Counters::get(&counters.runtime_commands),
+        synapse::counters::Counters::get(&counters.reloads),
+    );
+    assert_eq!(
+        before, after,
+        "(runtime commands, reloads): the set never changed"
+    );
+    assert_eq!(children(&client).await.len(), 2);
+    world.wait_answering(&["b1", "b2"]).await;
+    synapse.stop().await;
+}

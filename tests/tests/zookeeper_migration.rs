@@ -130,12 +130,19 @@ impl Consumer {
 async fn all_route_the_providers(consumers: &[Consumer]) {
     for c in consumers {
         c.world.wait_answering(&PROVIDERS).await;
-        let cfg = c.world.haproxy_cfg();
-        let servers = cfg
-            .lines()
-            .filter(|l| l.trim_start().starts_with("server "))
-            .count();
-        assert_eq!(servers, 3, "one server per provider:\n{cfg}");
+        // The file follows what HAProxy runs (a runtime change is written after it is
+        // applied): one server per provider there too.
+        eventually(ROUTE_TIMEOUT, || async {
+            let cfg = c.world.haproxy_cfg();
+            let servers = cfg
+                .lines()
+                .filter(|l| l.trim_start().starts_with("server "))
+                .count();
+            (servers == 3)
+                .then_some(())
+                .ok_or(format!("{servers} servers, want 3:\n{cfg}"))
+        })
+        .await;
     }
 }
 
@@ -215,10 +222,19 @@ async fn a_fleet_moves_from_zookeeper_to_etcd_without_a_failed_request() {
     // 2. Dual registration, one provider host at a time.
     for (i, p) in providers.iter_mut().enumerate() {
         let config = nerve_config(&r, PROVIDERS[i], p.backend.port(), &["zookeeper", "etcd"]);
-        let etcd = &etcd;
+        let (etcd, zk_client) = (&etcd, &zk_client);
+        let prefix = format!("{}_", PROVIDERS[i]);
+        let prefix = &prefix;
+        // Registered in both before the old nerve goes: its key in etcd, and a second
+        // node (the new nerve's) beside the old one in ZooKeeper.
         p.swap_nerve(&config, || async move {
             let n = etcd_count(etcd).await;
-            (n > i).then_some(()).ok_or(format!("{n} keys in etcd"))
+            let nodes = zk_client.list_children(ZK_DIR).await.map_or(0, |c| {
+                c.iter().filter(|c| c.starts_with(prefix.as_str())).count()
+            });
+            (n > i && nodes == 2).then_some(()).ok_or(format!(
+                "{n} keys in etcd, {nodes} nodes of {prefix} in ZooKeeper"
+            ))
         })
         .await;
         all_route_the_providers(&consumers).await;

@@ -144,7 +144,8 @@ enum Child {
 /// What fired.
 enum Fired {
     Children,
-    Data(String),
+    /// A child's data changed, or (`true`) the child was deleted.
+    Data(String, bool),
     /// A session event reached a watch: the session ended.
     Session(SessionState),
 }
@@ -249,7 +250,8 @@ impl ZkWatcher {
         let owned = name.to_owned();
         watches.spawn(async move {
             let ev = watch.changed().await;
-            fired(ev, Fired::Data(owned))
+            let deleted = ev.event_type == EventType::NodeDeleted;
+            fired(ev, Fired::Data(owned, deleted))
         });
         Ok(Some(match self.decode(&data) {
             Ok(b) => Child::Valid(b),
@@ -328,13 +330,28 @@ impl ZkWatcher {
                         Fired::Children => {
                             self.refresh_children(client, children, &mut watches).await?;
                         }
-                        Fired::Data(name) => {
+                        // A deletion is handled as a change of the children: each watch
+                        // is its own task, so this event may be handled before an
+                        // earlier one (a nerve's new node, created just before its old
+                        // one went). The children read now are at least as new as the
+                        // deletion, so the new node is seen with it: no partial set.
+                        Fired::Data(_, true) => {
+                            self.refresh_children(client, children, &mut watches).await?;
+                        }
+                        Fired::Data(name, false) => {
                             let before = children.remove(&name);
-                            if let Some(child) = self
+                            match self
                                 .read_child(client, &name, before.as_ref(), &mut watches)
                                 .await?
                             {
-                                children.insert(name, child);
+                                Some(child) => {
+                                    children.insert(name, child);
+                                }
+                                // Deleted since: the same as a deletion event.
+                                None => {
+                                    self.refresh_children(client, children, &mut watches)
+                                        .await?;
+                                }
                             }
                         }
                     }
