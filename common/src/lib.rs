@@ -19,6 +19,7 @@ pub mod status_cli;
 pub mod table;
 pub mod telemetry;
 pub mod upstream;
+pub mod zookeeper;
 
 pub use backoff::Backoff;
 pub use key::{KeyError, NerveKey, ParsedKey, ServicePath};

@@ -84,8 +84,8 @@ impl Compat {
         Some(ConfigError {
             path: first_path.clone(),
             message: format!(
-                "not supported by this build: {list}; register and discover through etcd \
-                 (see docs/configuration.md, upstream keys)"
+                "not supported by this build: {list}; register and discover through etcd or \
+                 ZooKeeper (see docs/configuration.md, upstream keys)"
             ),
         })
     }

@@ -69,7 +69,7 @@ struct NerveFile {
 struct ServiceFile {
     host: Option<String>,
     port: Option<ConfigPort>,
-    reporter_type: Option<String>,
+    reporter_type: Option<ReporterTypeFile>,
     etcd_host: Option<String>,
     etcd_port: Option<ConfigPort>,
     etcd_path: Option<String>,
@@ -82,6 +82,20 @@ struct ServiceFile {
     labels: BTreeMap<String, String>,
     rate_limiting: Option<RateLimitFile>,
     maintenance_file: Option<PathBuf>,
+    // --- ZooKeeper reporter (issue 20): upstream nerve's keys -----------------------------
+    zk_hosts: Option<Vec<String>>,
+    zk_path: Option<String>,
+    node_type: Option<String>,
+    use_path_encoding: Option<bool>,
+}
+
+/// `reporter_type`: upstream's single name, or a list of them (report to each: how a
+/// fleet registers in ZooKeeper and etcd at once while it migrates).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum ReporterTypeFile {
+    One(String),
+    Many(Vec<String>),
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -163,6 +177,8 @@ pub struct ServiceConfig {
     pub name: ServiceName,
     /// The service's directory in etcd (`etcd_path`).
     pub path: ServicePath,
+    /// The registries it reports to (`reporter_type`).
+    pub targets: ReportTargets,
     /// What is written while the service is healthy.
     pub registration: Registration,
     pub check_interval: Duration,
@@ -171,6 +187,36 @@ pub struct ServiceConfig {
     pub rate_limit: Option<RateLimit>,
     /// While this file exists, the service is reported down.
     pub maintenance_file: Option<PathBuf>,
+}
+
+/// Where a service's registration goes: etcd, a ZooKeeper ensemble, or both (issue 20).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ReportTargets {
+    /// Into etcd, under the service's `etcd_path` (the default).
+    pub etcd: bool,
+    /// As an ephemeral sequential znode below `zk_path`.
+    pub zookeeper: Option<ZkTarget>,
+}
+
+impl Default for ReportTargets {
+    fn default() -> Self {
+        Self {
+            etcd: true,
+            zookeeper: None,
+        }
+    }
+}
+
+/// A service's ZooKeeper registration: upstream's `zk_hosts` and `zk_path`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ZkTarget {
+    /// `host:port` of each member, sorted: nerve holds one session per distinct list.
+    pub hosts: Vec<String>,
+    /// The service's directory: nodes are `<zk_path>/<instance_id>_<sequence>`.
+    pub path: ServicePath,
+    /// upstream's `use_path_encoding`: the registration is also in the node's name
+    /// (`base64_<len>_<base64url json>_<sequence>`), so a reader can skip a read.
+    pub use_path_encoding: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -554,6 +600,114 @@ fn flat_etcd_endpoint(
     }
 }
 
+// --- ZooKeeper reporter (issue 20) ------------------------------------------------------
+
+/// `reporter_type` (one name or a list) with its `zk_*` keys.
+fn validate_targets(
+    svc: &ServiceFile,
+    path: &str,
+    errors: &mut ConfigErrors,
+) -> Option<ReportTargets> {
+    let at = |key: &str| join_path(path, key);
+    let names: Vec<&str> = match &svc.reporter_type {
+        None => vec!["etcd"],
+        Some(ReporterTypeFile::One(name)) => vec![name.as_str()],
+        Some(ReporterTypeFile::Many(names)) => names.iter().map(String::as_str).collect(),
+    };
+    let mut targets = ReportTargets {
+        etcd: false,
+        zookeeper: None,
+    };
+    let mut ok = true;
+    if names.is_empty() {
+        errors.push(at("reporter_type"), "must name at least one reporter");
+        ok = false;
+    }
+    let mut zookeeper = false;
+    for name in names {
+        match name {
+            "etcd" => targets.etcd = true,
+            "zookeeper" => zookeeper = true,
+            other => {
+                errors.push(
+                    at("reporter_type"),
+                    format_args!(
+                        "`{other}`: must be `etcd`, `zookeeper`, or a list of them \
+                         (upstream reporters this build lacks are refused by name)"
+                    ),
+                );
+                ok = false;
+            }
+        }
+    }
+    let zk_keys = svc.zk_hosts.is_some()
+        || svc.zk_path.is_some()
+        || svc.node_type.is_some()
+        || svc.use_path_encoding.is_some();
+    if !zookeeper {
+        if zk_keys && ok {
+            for key in ["zk_hosts", "zk_path", "node_type", "use_path_encoding"] {
+                let set = match key {
+                    "zk_hosts" => svc.zk_hosts.is_some(),
+                    "zk_path" => svc.zk_path.is_some(),
+                    "node_type" => svc.node_type.is_some(),
+                    _ => svc.use_path_encoding.is_some(),
+                };
+                if set {
+                    errors.push(at(key), "needs `zookeeper` in reporter_type");
+                }
+            }
+            return None;
+        }
+        return ok.then_some(targets);
+    }
+    let hosts = match &svc.zk_hosts {
+        None => {
+            missing(errors, at("zk_hosts"));
+            None
+        }
+        Some(list) if list.is_empty() => {
+            errors.push(at("zk_hosts"), "must list at least one ZooKeeper member");
+            None
+        }
+        Some(list) => match common::zookeeper::ZkSettings::new(list, Duration::from_secs(1)) {
+            Ok(settings) => Some(settings.hosts),
+            Err((i, e)) => {
+                errors.push(at(&format!("zk_hosts.{i}")), e);
+                None
+            }
+        },
+    };
+    let zk_path = match &svc.zk_path {
+        None => {
+            missing(errors, at("zk_path"));
+            None
+        }
+        Some(p) => ServicePath::new(p)
+            .map_err(|e| errors.push(at("zk_path"), e))
+            .ok(),
+    };
+    match svc.node_type.as_deref() {
+        None | Some("ephemeral_sequential") => {}
+        Some(other) => errors.push(
+            at("node_type"),
+            format_args!(
+                "`{other}`: only `ephemeral_sequential` (upstream's default) is supported: \
+                 persistent nodes outlive a dead nerve, and plain ephemeral names collide"
+            ),
+        ),
+    }
+    let (Some(hosts), Some(path)) = (hosts, zk_path) else {
+        return None;
+    };
+    targets.zookeeper = Some(ZkTarget {
+        hosts,
+        path,
+        use_path_encoding: svc.use_path_encoding.unwrap_or(false),
+    });
+    ok.then_some(targets)
+}
+
 fn positive(
     value: Option<Seconds>,
     path: &str,
@@ -609,13 +763,7 @@ fn validate_service(
             None
         }
     };
-    match svc.reporter_type.as_deref() {
-        None | Some("etcd") => {}
-        Some(_) => errors.push(
-            at("reporter_type"),
-            "must be `etcd` (upstream reporters this build lacks are refused by name)",
-        ),
-    }
+    let targets = validate_targets(svc, path, errors);
     let service_path = match &svc.etcd_path {
         Some(p) => ServicePath::new(p)
             .map_err(|e| errors.push(at("etcd_path"), e))
@@ -691,6 +839,7 @@ fn validate_service(
     (errors.len() == before).then(|| ServiceConfig {
         name,
         path: service_path,
+        targets: targets.unwrap_or_default(),
         registration,
         check_interval,
         checks,
@@ -1111,6 +1260,55 @@ mod tests {
         );
         assert_eq!(web.checks[0].name, "tcp 127.0.0.1:80");
         assert!(web.rate_limit.is_none());
+    }
+
+    #[test]
+    fn reporters_one_list_or_zookeeper_by_default_with_zk_keys() {
+        let c = parse_ok(
+            r#"{"instance_id": "i-1", "services": {
+                "a": {"host": "127.0.0.1", "port": 80},
+                "b": {"host": "127.0.0.1", "port": 81, "zk_hosts": ["zk2", "zk1:2182"],
+                      "zk_path": "/nerve/services/b/services"},
+                "c": {"host": "127.0.0.1", "port": 82, "reporter_type": ["zookeeper", "etcd"],
+                      "zk_hosts": ["zk1:2182", "zk2:2181"], "zk_path": "/c",
+                      "use_path_encoding": true, "node_type": "ephemeral_sequential"}}}"#,
+        );
+        let targets = |name: &str| c.services[&ServiceName::new(name).unwrap()].targets.clone();
+        assert_eq!(targets("a"), ReportTargets::default());
+        let b = targets("b");
+        assert!(!b.etcd);
+        let zk = b.zookeeper.expect("zookeeper");
+        assert_eq!(zk.hosts, ["zk1:2182", "zk2:2181"]);
+        assert_eq!(zk.path.as_str(), "/nerve/services/b/services");
+        assert!(!zk.use_path_encoding);
+        let c = targets("c");
+        assert!(c.etcd);
+        assert!(c.zookeeper.as_ref().is_some_and(|z| z.use_path_encoding));
+    }
+
+    #[test]
+    fn zookeeper_mistakes_are_errors_with_their_paths() {
+        let errors = parse_err(
+            r#"{"instance_id": "i-1", "services": {
+                "a": {"host": "127.0.0.1", "port": 80, "reporter_type": "zookeeper"},
+                "b": {"host": "127.0.0.1", "port": 81, "reporter_type": "etcd",
+                      "zk_hosts": ["z"], "zk_path": "/b"},
+                "c": {"host": "127.0.0.1", "port": 82, "zk_hosts": ["z:0"], "zk_path": "c",
+                      "node_type": "persistent"},
+                "d": {"host": "127.0.0.1", "port": 83, "reporter_type": []}}}"#,
+        );
+        for path in [
+            "services.a.zk_hosts",
+            "services.a.zk_path",
+            "services.b.zk_hosts",
+            "services.b.zk_path",
+            "services.c.zk_hosts.0",
+            "services.c.zk_path",
+            "services.c.node_type",
+            "services.d.reporter_type",
+        ] {
+            assert!(errors.mentions(path), "{path} not in:\n{errors}");
+        }
     }
 
     #[test]

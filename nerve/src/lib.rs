@@ -128,52 +128,101 @@ impl Nerve {
         }
 
         let (desired_tx, desired_rx) = watch::channel(reporter::Desired::new());
-        let reporter = reporter::EtcdReporter::new(
-            reporter::EtcdReporterConfig {
-                settings: config.etcd.clone(),
-                instance_id: config.instance_id.clone(),
-                lease_ttl: config.lease_ttl,
-                reconcile_interval: config.reconcile_interval,
-            },
-            status.clone(),
-            metrics.clone(),
-        );
         let backoff = Backoff::new(
             Duration::from_millis(100),
             (config.lease_ttl / 3).clamp(Duration::from_millis(200), Duration::from_secs(10)),
         );
         let reporter_cancel = cancel.child_token();
-        let mut reporter_task = tokio::spawn(reporter::drive(
-            reporter,
-            desired_rx,
-            reporter_cancel.clone(),
-            config.shutdown_timeout,
-            backoff,
-        ));
+        let mut reporters = tokio::task::JoinSet::new();
+        // etcd: one lease for every service that reports there.
+        let etcd_in_use = config.services.values().any(|s| s.targets.etcd);
+        status.set_etcd_in_use(etcd_in_use);
+        if etcd_in_use {
+            let reporter = reporter::EtcdReporter::new(
+                reporter::EtcdReporterConfig {
+                    settings: config.etcd.clone(),
+                    instance_id: config.instance_id.clone(),
+                    lease_ttl: config.lease_ttl,
+                    reconcile_interval: config.reconcile_interval,
+                },
+                status.clone(),
+                metrics.clone(),
+            );
+            let share = reporter::select(desired_rx.clone(), |e| e.targets.etcd.then(|| e.clone()));
+            reporters.spawn(reporter::drive(
+                reporter,
+                share,
+                reporter_cancel.clone(),
+                config.shutdown_timeout,
+                backoff.clone(),
+            ));
+        }
+        // ZooKeeper: one session per ensemble (issue 20).
+        let ensembles: std::collections::BTreeSet<Vec<String>> = config
+            .services
+            .values()
+            .filter_map(|s| s.targets.zookeeper.as_ref().map(|z| z.hosts.clone()))
+            .collect();
+        for hosts in ensembles {
+            let settings = common::zookeeper::ZkSettings {
+                hosts: hosts.clone(),
+                session_timeout: config.lease_ttl,
+            };
+            info!(zk = %settings.connect_string(), session_timeout = ?config.lease_ttl,
+                "reporting to ZooKeeper");
+            let reporter = reporter::ZkReporter::new(
+                reporter::ZkReporterConfig {
+                    settings,
+                    instance_id: config.instance_id.clone(),
+                    reconcile_interval: config.reconcile_interval,
+                },
+                status.clone(),
+                metrics.clone(),
+            );
+            let share = reporter::select(desired_rx.clone(), move |e| {
+                let zk = e.targets.zookeeper.as_ref().filter(|z| z.hosts == hosts)?;
+                Some(reporter::Entry {
+                    path: zk.path.clone(),
+                    ..e.clone()
+                })
+            });
+            reporters.spawn(reporter::drive(
+                reporter,
+                share,
+                reporter_cancel.clone(),
+                config.shutdown_timeout,
+                backoff.clone(),
+            ));
+        }
+        drop(desired_rx);
 
         let supervisor =
             supervisor::Supervisor::new(config, desired_tx, status, metrics, cancel.child_token());
-        let result = tokio::select! {
-            () = supervisor.run(reload_rx) => Ok(()),
-            joined = &mut reporter_task => Err(joined),
+        let supervised = supervisor.run(reload_rx);
+        tokio::pin!(supervised);
+        let result = loop {
+            tokio::select! {
+                () = &mut supervised => break Ok(()),
+                Some(joined) = reporters.join_next() => match joined {
+                    // A reporter only returns once cancelled or once its share closed.
+                    Ok(()) => continue,
+                    Err(e) => break Err(e),
+                },
+            }
         };
         match result {
             Ok(()) => {
                 reporter_cancel.cancel();
-                match reporter_task.await {
-                    Ok(()) => {
-                        info!("nerve stopped");
-                        Ok(())
+                while let Some(joined) = reporters.join_next().await {
+                    if let Err(e) = joined {
+                        return Err(RunError::ReporterStopped(e));
                     }
-                    Err(e) => Err(RunError::ReporterStopped(e)),
                 }
+                info!("nerve stopped");
+                Ok(())
             }
-            Err(joined) => {
+            Err(e) => {
                 cancel.cancel();
-                let e = match joined {
-                    Ok(()) => return Ok(()),
-                    Err(e) => e,
-                };
                 error!(error = %e, "reporter task failed");
                 Err(RunError::ReporterStopped(e))
             }

@@ -63,6 +63,21 @@ pub struct OpLabels {
     pub op: String,
 }
 
+// --- ZooKeeper (issue 20) ---------------------------------------------------------------
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ZkLabels {
+    /// The ensemble's connect string (`h1:p1,h2:p2`).
+    pub zk: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ZkOpLabels {
+    pub zk: String,
+    /// `create`, `set`, `delete`, `mkdir`, `read`.
+    pub op: String,
+}
+
 /// Handles to every metric; cheap to clone (each is shared).
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -80,6 +95,13 @@ pub struct Metrics {
     pub etcd_errors: Family<OpLabels, Counter>,
     pub etcd_connected: Gauge,
     pub registrations: Gauge,
+    // ZooKeeper (issue 20)
+    pub zk_connected: Family<ZkLabels, Gauge>,
+    pub zk_sessions: Family<ZkLabels, Counter>,
+    pub zk_session_expirations: Family<ZkLabels, Counter>,
+    pub zk_requests: Family<ZkOpLabels, Counter>,
+    pub zk_errors: Family<ZkOpLabels, Counter>,
+    pub zk_registrations: Family<ZkLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -99,6 +121,12 @@ impl Default for Metrics {
             etcd_errors: Family::default(),
             etcd_connected: Gauge::default(),
             registrations: Gauge::default(),
+            zk_connected: Family::default(),
+            zk_sessions: Family::default(),
+            zk_session_expirations: Family::default(),
+            zk_requests: Family::default(),
+            zk_errors: Family::default(),
+            zk_registrations: Family::default(),
         }
     }
 }
@@ -183,6 +211,36 @@ impl Metrics {
             "Keys nerve currently holds in etcd",
             m.registrations.clone(),
         );
+        r.register(
+            "zk_connected",
+            "1 while nerve's ZooKeeper session to an ensemble is connected",
+            m.zk_connected.clone(),
+        );
+        r.register(
+            "zk_sessions",
+            "ZooKeeper sessions established, by ensemble: the first, and one after each expiry",
+            m.zk_sessions.clone(),
+        );
+        r.register(
+            "zk_session_expirations",
+            "ZooKeeper sessions found expired (their ephemeral registrations are gone; nerve creates them again)",
+            m.zk_session_expirations.clone(),
+        );
+        r.register(
+            "zk_requests",
+            "ZooKeeper requests made, by ensemble and operation",
+            m.zk_requests.clone(),
+        );
+        r.register(
+            "zk_errors",
+            "ZooKeeper requests that failed, by ensemble and operation",
+            m.zk_errors.clone(),
+        );
+        r.register(
+            "zk_registrations",
+            "Ephemeral nodes nerve currently holds in a ZooKeeper ensemble",
+            m.zk_registrations.clone(),
+        );
         (m, r)
     }
 
@@ -201,6 +259,21 @@ impl Metrics {
     pub fn service(&self, service: &str) -> ServiceLabels {
         ServiceLabels {
             service: service.to_owned(),
+        }
+    }
+
+    pub fn zk(&self, zk: &str) -> ZkLabels {
+        ZkLabels { zk: zk.to_owned() }
+    }
+
+    pub fn zk_request(&self, zk: &str, op: &str, ok: bool) {
+        let labels = ZkOpLabels {
+            zk: zk.to_owned(),
+            op: op.to_owned(),
+        };
+        self.zk_requests.get_or_create(&labels).inc();
+        if !ok {
+            self.zk_errors.get_or_create(&labels).inc();
         }
     }
 

@@ -335,6 +335,7 @@ mod tests {
         ServiceConfig {
             name: ServiceName::new("web").unwrap(),
             path: ServicePath::new("/svc/web").unwrap(),
+            targets: crate::config::ReportTargets::default(),
             registration: Registration {
                 host: Host::parse("127.0.0.1").unwrap(),
                 port: Port::new(80).unwrap(),

@@ -16,6 +16,31 @@ pub struct Status {
     pub instance_id: String,
     pub services: BTreeMap<String, ServiceStatus>,
     pub registry: RegistryStatus,
+    /// nerve's ZooKeeper sessions, by ensemble connect string (issue 20).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub zookeeper: BTreeMap<String, ZkSessionStatus>,
+    /// Whether any service reports to etcd (if none, readiness does not wait for it).
+    #[serde(skip)]
+    pub etcd_in_use: bool,
+}
+
+/// One ZooKeeper session of nerve's.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ZkSessionStatus {
+    /// The session is connected and the last request succeeded.
+    pub connected: bool,
+    /// The session id (hex), while nerve has a session.
+    pub session_id: Option<String>,
+    /// The negotiated session timeout: how long the nodes outlive a lost nerve.
+    pub session_timeout_secs: Option<u64>,
+    /// Seconds since this session was established, as of the snapshot.
+    pub session_age_secs: Option<u64>,
+    /// Sessions found expired since nerve started.
+    pub expirations: u64,
+    /// Ephemeral nodes nerve believes it holds, with the service each belongs to.
+    pub nodes: BTreeMap<String, String>,
+    #[serde(skip)]
+    pub session_started: Option<Instant>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -81,6 +106,9 @@ impl StatusHandle {
             .registry
             .lease_renewed
             .map(|(at, ttl)| ttl.saturating_sub(at.elapsed()).as_secs());
+        for zk in s.zookeeper.values_mut() {
+            zk.session_age_secs = zk.session_started.map(|t| t.elapsed().as_secs());
+        }
         s
     }
 
@@ -96,8 +124,33 @@ impl StatusHandle {
         self.tx.send_if_modified(|s| {
             let before = s.registry.clone();
             f(&mut s.registry);
-            self.ready.store(s.registry.connected, Ordering::Relaxed);
+            self.ready.store(is_ready(s), Ordering::Relaxed);
             before != s.registry
         });
     }
+
+    /// Declares whether any service reports to etcd.
+    pub fn set_etcd_in_use(&self, in_use: bool) {
+        self.tx.send_modify(|s| {
+            s.etcd_in_use = in_use;
+            self.ready.store(is_ready(s), Ordering::Relaxed);
+        });
+    }
+
+    /// Updates the status of the session to ensemble `zk`.
+    pub fn update_zookeeper(&self, zk: &str, f: impl FnOnce(&mut ZkSessionStatus)) {
+        self.tx.send_if_modified(|s| {
+            let entry = s.zookeeper.entry(zk.to_owned()).or_default();
+            let before = entry.clone();
+            f(entry);
+            let changed = before != *entry;
+            self.ready.store(is_ready(s), Ordering::Relaxed);
+            changed
+        });
+    }
+}
+
+/// Ready: every registry nerve reports to is connected.
+fn is_ready(s: &Status) -> bool {
+    (!s.etcd_in_use || s.registry.connected) && s.zookeeper.values().all(|z| z.connected)
 }

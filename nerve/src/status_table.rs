@@ -48,7 +48,35 @@ pub fn render(doc: &Value, wide: bool, colour: bool) -> Result<String, String> {
         }
         None => out.push_str(&format!("  lease {}", Tone::Warn.paint("none", colour))),
     }
-    out.push_str(&format!("  {} keys\n\n", keys.len()));
+    out.push_str(&format!("  {} keys\n", keys.len()));
+    // ZooKeeper sessions (issue 20), one line each; absent from older documents.
+    let mut zk_nodes: Vec<(String, String)> = Vec::new();
+    if let Some(sessions) = doc.get("zookeeper").and_then(Value::as_object) {
+        for (ensemble, z) in sessions {
+            let state = if z["connected"].as_bool().unwrap_or(false) {
+                Tone::Good.paint("connected", colour)
+            } else {
+                Tone::Bad.paint("disconnected", colour)
+            };
+            let nodes = z["nodes"].as_object();
+            out.push_str(&format!("zookeeper {ensemble} {state}"));
+            if let Some(id) = z["session_id"].as_str() {
+                out.push_str(&format!("  session {id}"));
+                if let Some(age) = z["session_age_secs"].as_u64() {
+                    out.push_str(&format!(" {age}s old"));
+                }
+            }
+            out.push_str(&format!(
+                "  {} expirations  {} nodes\n",
+                z["expirations"].as_u64().unwrap_or(0),
+                nodes.map_or(0, serde_json::Map::len)
+            ));
+            for (node, svc) in nodes.into_iter().flatten() {
+                zk_nodes.push((node.clone(), svc.as_str().unwrap_or("").to_owned()));
+            }
+        }
+    }
+    out.push('\n');
 
     let mut header = vec!["service", "health", "registered", "lease ttl", "last check"];
     if wide {
@@ -69,16 +97,20 @@ pub fn render(doc: &Value, wide: bool, colour: bool) -> Result<String, String> {
         }
         let own: Vec<&str> = keys
             .iter()
+            .copied()
+            .chain(zk_nodes.iter().map(|(k, s)| (k.as_str(), s.as_str())))
             .filter(|(_, svc)| svc == name)
-            .map(|(k, _)| *k)
+            .map(|(k, _)| k)
             .collect();
         let registered = match (own.is_empty(), flag("reported")) {
             (false, _) => Cell::new("yes", Tone::Good),
             (true, true) => Cell::new("pending", Tone::Warn),
             (true, false) => Cell::new("no", Tone::Dim),
         };
+        // The lease is etcd's: a service registered only in ZooKeeper has none.
+        let in_etcd = keys.iter().any(|(_, svc)| svc == name);
         let lease = match ttl_left {
-            Some(left) if !own.is_empty() => format!("{left}s"),
+            Some(left) if in_etcd => format!("{left}s"),
             _ => "-".to_owned(),
         };
         let last_check = match s["last_check"].as_str() {

@@ -206,6 +206,11 @@ impl Supervisor {
                 new.shutdown_timeout != self.config.shutdown_timeout,
             ),
             ("admin_listen", new.admin_listen != self.config.admin_listen),
+            // The reporters (etcd, one per ZooKeeper ensemble) start with nerve.
+            (
+                "reporter_type/zk_hosts",
+                registries(&new) != registries(&self.config),
+            ),
         ];
         for (key, changed) in restart_only {
             if changed {
@@ -374,6 +379,7 @@ impl Supervisor {
                     Entry {
                         path: slot.active.config.path.clone(),
                         registration: slot.active.config.registration.clone(),
+                        targets: slot.active.config.targets.clone(),
                     },
                 )
             })
@@ -410,6 +416,18 @@ fn replace_if_changed<T: PartialEq>(slot: &mut T, new: T) -> bool {
         *slot = new;
         true
     }
+}
+
+/// The registries a config reports to: etcd (if any service does) and each ZooKeeper
+/// ensemble. A reporter exists per registry from the start, so a change needs a restart.
+fn registries(config: &Config) -> (bool, std::collections::BTreeSet<Vec<String>>) {
+    let etcd = config.services.values().any(|s| s.targets.etcd);
+    let zk = config
+        .services
+        .values()
+        .filter_map(|s| s.targets.zookeeper.as_ref().map(|z| z.hosts.clone()))
+        .collect();
+    (etcd, zk)
 }
 
 #[cfg(test)]

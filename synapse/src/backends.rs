@@ -72,6 +72,8 @@ pub struct Discovered {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Origin {
     Etcd,
+    /// ZooKeeper, SmartStack's registry (issue 20).
+    Zookeeper,
     Ec2,
     Dns,
     /// `base`/`static` discovery: nothing discovered, `default_servers` only.
@@ -85,6 +87,7 @@ impl Origin {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Etcd => "etcd",
+            Self::Zookeeper => "zookeeper",
             Self::Ec2 => "ec2",
             Self::Dns => "dns",
             Self::Static => "static",

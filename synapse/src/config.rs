@@ -137,6 +137,8 @@ pub struct DiscoveryFile {
     // dns
     pub servers: Option<Vec<DnsServerFile>>,
     pub nameserver: Option<String>,
+    // zookeeper (issue 20): `hosts`, `path`, `resync_interval`, `max_keys` as above
+    pub session_timeout: Option<Seconds>,
     // multi
     pub watchers: Option<BTreeMap<String, Self>>,
     pub resolver: Option<ResolverFile>,
@@ -348,6 +350,7 @@ pub struct ServiceConfig {
 #[derive(Debug, Clone)]
 pub enum DiscoveryConfig {
     Etcd(EtcdDiscovery),
+    Zookeeper(ZkDiscovery),
     /// `base`/`static`: only `default_servers`.
     Static,
     Ec2Tag(Ec2TagDiscovery),
@@ -400,6 +403,19 @@ pub struct EtcdDiscovery {
     /// watcher keeps the last good set and retries, holding no more than this.
     pub max_keys: u64,
     pub max_bytes: u64,
+}
+
+/// `zookeeper` (issue 20): SmartStack's registry, as airbnb synapse reads it: every
+/// child of `path` whose data is a registration.
+#[derive(Debug, Clone)]
+pub struct ZkDiscovery {
+    pub settings: common::zookeeper::ZkSettings,
+    pub path: ServicePath,
+    pub policy: AddressPolicy,
+    /// A full re-read this often, against missed events.
+    pub resync_interval: Duration,
+    /// More children below the path than this: the watcher keeps the last good set.
+    pub max_keys: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -552,6 +568,9 @@ pub mod defaults {
     pub const PROGRESS_INTERVAL: Duration = Duration::from_secs(5);
     /// Keys below one service's path (valid or not) synapse will hold.
     pub const MAX_KEYS: u64 = 50_000;
+    /// The ZooKeeper session synapse asks for (upstream's is about 36 s). Only its
+    /// watches depend on it; its expiry costs a full re-read, never routing.
+    pub const ZK_SESSION_TIMEOUT: Duration = Duration::from_secs(30);
     /// Bytes (keys + values) one list of a service's path may bring.
     pub const MAX_BYTES: u64 = 64 * 1024 * 1024;
     pub const EC2_CHECK_INTERVAL: Duration = Duration::from_secs(15);
@@ -1492,7 +1511,10 @@ fn uses_ec2(d: &DiscoveryConfig) -> bool {
     match d {
         DiscoveryConfig::Ec2Tag(_) => true,
         DiscoveryConfig::Multi(m) => m.watchers.values().any(uses_ec2),
-        DiscoveryConfig::Etcd(_) | DiscoveryConfig::Static | DiscoveryConfig::Dns(_) => false,
+        DiscoveryConfig::Etcd(_)
+        | DiscoveryConfig::Zookeeper(_)
+        | DiscoveryConfig::Static
+        | DiscoveryConfig::Dns(_) => false,
     }
 }
 
@@ -1625,6 +1647,13 @@ fn method_keys(method: &str) -> Option<&'static [&'static str]> {
         ],
         "base" | "static" => &[],
         "dns" => &["servers", "nameserver", "check_interval"],
+        "zookeeper" => &[
+            "hosts",
+            "path",
+            "resync_interval",
+            "max_keys",
+            "session_timeout",
+        ],
         "multi" => &["watchers", "resolver"],
         _ => return None,
     })
@@ -1656,6 +1685,7 @@ fn present_keys(d: &DiscoveryFile) -> Vec<&'static str> {
     add(d.nameserver.is_some(), "nameserver");
     add(d.watchers.is_some(), "watchers");
     add(d.resolver.is_some(), "resolver");
+    add(d.session_timeout.is_some(), "session_timeout");
     keys
 }
 
@@ -1670,7 +1700,7 @@ fn validate_discovery(
     let Some(allowed) = method_keys(&d.method) else {
         errors.push(
             join_path(path, "method"),
-            "must be one of etcd, ec2tag, dns, base, static, multi",
+            "must be one of etcd, zookeeper, ec2tag, dns, base, static, multi",
         );
         return None;
     };
@@ -1771,6 +1801,65 @@ fn validate_discovery(
                     &join_path(path, "max_bytes"),
                     errors,
                 ),
+            })
+        }
+        // --- zookeeper (issue 20) ---------------------------------------------------------
+        "zookeeper" => {
+            let hosts = match &d.hosts {
+                None => {
+                    errors.push(join_path(path, "hosts"), "is required for method zookeeper");
+                    None
+                }
+                Some(h) if h.is_empty() => {
+                    errors.push(
+                        join_path(path, "hosts"),
+                        "must list at least one ZooKeeper member",
+                    );
+                    None
+                }
+                Some(h) => {
+                    let timeout = positive(
+                        d.session_timeout,
+                        "session_timeout",
+                        defaults::ZK_SESSION_TIMEOUT,
+                        errors,
+                    );
+                    match common::zookeeper::ZkSettings::new(h, timeout) {
+                        Ok(s) => Some(s),
+                        Err((i, e)) => {
+                            errors.push(join_path(path, &format!("hosts.{i}")), e);
+                            None
+                        }
+                    }
+                }
+            };
+            let zk_path = match &d.path {
+                None => {
+                    errors.push(join_path(path, "path"), "is required for method zookeeper");
+                    None
+                }
+                Some(p) => ServicePath::new(p)
+                    .map_err(|e| errors.push(join_path(path, "path"), e))
+                    .ok(),
+            };
+            let resync_interval = positive(
+                d.resync_interval,
+                "resync_interval",
+                defaults::RESYNC_INTERVAL,
+                errors,
+            );
+            let max_keys = at_least_one(
+                d.max_keys,
+                defaults::MAX_KEYS,
+                &join_path(path, "max_keys"),
+                errors,
+            );
+            DiscoveryConfig::Zookeeper(ZkDiscovery {
+                settings: hosts?,
+                path: zk_path?,
+                policy,
+                resync_interval,
+                max_keys,
             })
         }
         "ec2tag" => {
@@ -2147,7 +2236,7 @@ mod tests {
             "services.web.haproxy.listen.0",
             "services.web.haproxy.backend_order",
             "services.web.default_servers.0.name",
-            "services.api.discovery.method",
+            "services.api.discovery.hosts",
             "services.bad name",
             "haproxy.reload_command",
             "haproxy.config_file_path",
@@ -2411,6 +2500,58 @@ mod tests {
     }
 
     #[test]
+    fn zookeeper_discovery_and_its_upstream_keys() {
+        let c = parse(
+            r#"{"services": {
+                "a": {"discovery": {"method": "zookeeper", "hosts": "zk2:2181, zk1",
+                                    "path": "/nerve/services/a/services",
+                                    "decode": {"method": "nerve"}, "retry_policy": {},
+                                    "generator_config_path": "disabled"}},
+                "b": {"discovery": {"method": "zookeeper_poll", "hosts": ["zk1:2181"],
+                                    "path": "/b", "polling_interval_sec": 30,
+                                    "session_timeout": 8}}},
+                "file_output": {"output_directory": "/tmp/x"}}"#,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let DiscoveryConfig::Zookeeper(a) = &service(&c, "a").discovery else {
+            panic!("not zookeeper")
+        };
+        assert_eq!(a.settings.hosts, ["zk1:2181", "zk2:2181"]);
+        assert_eq!(a.settings.session_timeout, defaults::ZK_SESSION_TIMEOUT);
+        assert_eq!(a.path.as_str(), "/nerve/services/a/services");
+        let DiscoveryConfig::Zookeeper(b) = &service(&c, "b").discovery else {
+            panic!("not zookeeper")
+        };
+        assert_eq!(b.settings.session_timeout, Duration::from_secs(8));
+        let warned: Vec<&str> = c.warnings.iter().map(|w| w.path.as_str()).collect();
+        for path in [
+            "services.a.discovery.decode",
+            "services.a.discovery.retry_policy",
+            "services.a.discovery.generator_config_path",
+            "services.b.discovery.method",
+            "services.b.discovery.polling_interval_sec",
+        ] {
+            assert!(warned.contains(&path), "{path} not in {warned:?}");
+        }
+        let errs = parse(
+            r#"{"services": {
+                "a": {"discovery": {"method": "zookeeper", "path": "relative"}},
+                "b": {"discovery": {"method": "zookeeper", "hosts": ["z:2181/chroot"],
+                                    "path": "/b", "tag_name": "x"}}},
+                "file_output": {"output_directory": "/tmp/x"}}"#,
+        )
+        .unwrap_err();
+        for p in [
+            "services.a.discovery.hosts",
+            "services.a.discovery.path",
+            "services.b.discovery.hosts.0",
+            "services.b.discovery.tag_name",
+        ] {
+            assert!(errs.mentions(p), "{p} not in:\n{errs}");
+        }
+    }
+
+    #[test]
     fn upstream_server_options_as_a_list() {
         let c = corpus("synapse/05-airbnb-spec-minimum-conf-yaml.json");
         let h = &service(&c, "test").haproxy;
@@ -2544,9 +2685,9 @@ mod tests {
     #[test]
     fn unsupported_methods_are_one_line() {
         let errs = parse(
-            r#"{"services": {"a": {"discovery": {"method": "zookeeper", "hosts": 1, "zk": 2}},
+            r#"{"services": {"a": {"discovery": {"method": "zookeeper_dns", "hosts": 1, "zk": 2}},
                              "b": {"discovery": {"method": "marathon", "marathon_api_url": "x"}},
-                             "c": {"discovery": {"method": "zookeeper"}},
+                             "c": {"discovery": {"method": "zookeeper_dns"}},
                              "d": {"discovery": {"method": "etcd"}}},
                 "file_output": {"output_directory": "/tmp/x"}}"#,
         )
@@ -2556,7 +2697,7 @@ mod tests {
         assert!(
             line.starts_with(
                 "services.a.discovery.method: not supported by this build: \
-                              `zookeeper` discovery (2 uses), `marathon` discovery;"
+                              `zookeeper_dns` discovery (2 uses), `marathon` discovery;"
             ),
             "{line}"
         );

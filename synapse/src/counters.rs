@@ -54,6 +54,26 @@ pub struct Counters {
     /// Per service: servers, source, staleness, etcd watch, last apply (for `/status`
     /// and the per-service metrics).
     pub services: crate::status::ServiceStates,
+    /// ZooKeeper sessions by ensemble connect string (issue 20).
+    zk_sessions: Mutex<BTreeMap<String, ZkSessionInfo>>,
+}
+
+/// One ZooKeeper session of synapse's (pooled per ensemble).
+#[derive(Debug, Clone, Default)]
+pub struct ZkSessionInfo {
+    pub connected: bool,
+    pub session_id: Option<String>,
+    pub session_started: Option<tokio::time::Instant>,
+    /// Sessions established (the first, and one after each expiry).
+    pub sessions: u64,
+    /// Sessions found expired.
+    pub expirations: u64,
+    /// Full re-reads of a service's directory (first read, reconnect, resync).
+    pub rereads: u64,
+    /// Watches interrupted (lost connection, expiry, failed reads) and retried.
+    pub interruptions: u64,
+    /// Directories found with more children than `max_keys` (the last set was kept).
+    pub over_cap: u64,
 }
 
 impl Counters {
@@ -82,6 +102,23 @@ impl Counters {
     /// The servers HAProxy refuses, per service: server name → HAProxy's error line.
     pub fn set_quarantined(&self, q: BTreeMap<common::ServiceName, BTreeMap<String, String>>) {
         self.services.set_quarantined(q);
+    }
+
+    /// Updates what is known about the session to ensemble `zk`.
+    pub fn zk_session(&self, zk: &str, f: impl FnOnce(&mut ZkSessionInfo)) {
+        let mut m = self
+            .zk_sessions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(m.entry(zk.to_owned()).or_default());
+    }
+
+    /// Every ZooKeeper session, by ensemble.
+    pub fn zk_sessions(&self) -> BTreeMap<String, ZkSessionInfo> {
+        self.zk_sessions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     pub(crate) fn inc(counter: &AtomicU64) {

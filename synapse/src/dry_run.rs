@@ -23,7 +23,7 @@ use crate::backends::{resolve, BackendSet, Resolution};
 use crate::config::Config;
 use crate::counters::Counters;
 use crate::haproxy::{HaproxyOutput, Preview};
-use crate::watcher::{AnyWatcher, EtcdClients, Watcher};
+use crate::watcher::{AnyWatcher, EtcdClients, Watcher, ZkClients};
 
 /// Why a dry run could not say what would change.
 #[derive(Debug, thiserror::Error)]
@@ -112,12 +112,13 @@ pub async fn dry_run(config: &Config, timeout: Duration) -> Result<DryRun, DryRu
     let h = config.haproxy.clone().ok_or(DryRunError::NoHaproxy)?;
     let counters = Arc::new(Counters::default());
     let clients = Arc::new(EtcdClients::default());
+    let zk_clients = Arc::new(ZkClients::new(counters.clone()));
     let cancel = CancellationToken::new();
     let mut tasks = JoinSet::new();
     let mut inputs = Vec::new();
     for svc in config.services.values() {
         let (tx, rx) = watch::channel(None);
-        let watcher = AnyWatcher::for_service(svc, &clients, &counters);
+        let watcher = AnyWatcher::for_service(svc, &clients, &zk_clients, &counters);
         tasks.spawn(watcher.run(tx, cancel.child_token()));
         inputs.push((svc.name.clone(), rx));
     }

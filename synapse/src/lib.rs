@@ -66,7 +66,7 @@ pub use counters::Counters;
 use crate::file_output::{FileOutput, FileOutputError};
 use crate::haproxy::HaproxyOutput;
 use crate::reconcile::{ConfigUpdate, Reconciler};
-use crate::watcher::{AnyWatcher, EtcdClients, Watcher};
+use crate::watcher::{AnyWatcher, EtcdClients, Watcher, ZkClients};
 
 /// Errors that stop synapse. Everything at runtime (etcd away, a failed reload) is
 /// retried instead; only outputs that cannot be set up at all end the process (an admin
@@ -115,6 +115,7 @@ struct Watched {
 fn watch_service(
     svc: &config::ServiceConfig,
     clients: &Arc<EtcdClients>,
+    zk_clients: &Arc<ZkClients>,
     counters: &Arc<Counters>,
     changed: &Arc<Notify>,
     parent: &CancellationToken,
@@ -122,7 +123,7 @@ fn watch_service(
 ) -> Watched {
     let (tx, mut rx) = watch::channel(None);
     let stop = parent.child_token();
-    let watcher = AnyWatcher::for_service(svc, clients, counters);
+    let watcher = AnyWatcher::for_service(svc, clients, zk_clients, counters);
     tasks.spawn(watcher.run(tx, stop.clone()));
     let input = (svc.name.clone(), rx.clone());
     let changed = changed.clone();
@@ -158,6 +159,7 @@ async fn run_inner(
         None => None,
     };
     let clients = Arc::new(EtcdClients::default());
+    let zk_clients = Arc::new(ZkClients::new(counters.clone()));
     let changed = Arc::new(Notify::new());
     let watchers = cancel.child_token();
     let mut tasks = JoinSet::new();
@@ -178,7 +180,15 @@ async fn run_inner(
     };
     let mut watched: BTreeMap<ServiceName, Watched> = BTreeMap::new();
     for svc in config.services.values() {
-        let w = watch_service(svc, &clients, &counters, &changed, &watchers, &mut tasks);
+        let w = watch_service(
+            svc,
+            &clients,
+            &zk_clients,
+            &counters,
+            &changed,
+            &watchers,
+            &mut tasks,
+        );
         watched.insert(svc.name.clone(), w);
     }
     let inputs = watched.values().map(|w| w.input.clone()).collect();
@@ -252,7 +262,7 @@ async fn run_inner(
                 }
                 for name in changes.added.iter().chain(&changes.rewatched) {
                     if let Some(svc) = new.services.get(name) {
-                        let w = watch_service(svc, &clients, &counters, &changed, &watchers, &mut tasks);
+                        let w = watch_service(svc, &clients, &zk_clients, &counters, &changed, &watchers, &mut tasks);
                         watched.insert(name.clone(), w);
                     }
                 }
@@ -354,7 +364,16 @@ async fn serve_admin(
     let state = common::admin::AdminState {
         registry: Arc::new(std::sync::Mutex::new(metrics::registry(counters.clone()))),
         status: Arc::new(move || {
-            serde_json::to_value(snapshot.services.snapshot()).unwrap_or_default()
+            let mut status = serde_json::to_value(snapshot.services.snapshot()).unwrap_or_default();
+            let zk = snapshot.zk_sessions();
+            if let (Some(object), false) = (status.as_object_mut(), zk.is_empty()) {
+                let sessions: serde_json::Map<String, serde_json::Value> = zk
+                    .iter()
+                    .map(|(name, info)| (name.clone(), watcher::zookeeper::session_status(info)))
+                    .collect();
+                object.insert("zookeeper".to_owned(), sessions.into());
+            }
+            status
         }),
         ready: counters.services.ready_flag(),
         detail: Some(Arc::new(move |service| {

@@ -185,6 +185,62 @@ impl Collector for CountersCollector {
             get(&c.watch_restarts),
         )?;
 
+        // ZooKeeper sessions, by ensemble (issue 20).
+        let zk = c.zk_sessions();
+        let ensemble = |name: &str| vec![("zk", name.to_owned())];
+        gauges(
+            e,
+            "zk_connected",
+            "1 while synapse's ZooKeeper session to the ensemble is connected",
+            zk.iter()
+                .map(|(name, s)| (ensemble(name), i64::from(s.connected))),
+        )?;
+        gauges(
+            e,
+            "zk_session_age_seconds",
+            "Seconds since the current ZooKeeper session was established (resets on expiry)",
+            zk.iter().filter_map(|(name, s)| {
+                Some((ensemble(name), s.session_started?.elapsed().as_secs_f64()))
+            }),
+        )?;
+        for (metric, help, value) in [
+            (
+                "zk_sessions",
+                "ZooKeeper sessions established: the first, and one after each expiry",
+                (|s: &crate::counters::ZkSessionInfo| s.sessions) as fn(&_) -> u64,
+            ),
+            (
+                "zk_session_expirations",
+                "ZooKeeper sessions found expired (every watch of theirs is re-read)",
+                |s| s.expirations,
+            ),
+            (
+                "zk_rereads",
+                "Full re-reads of a service's ZooKeeper directory: at start, after a \
+                 reconnect or expiry, and every resync_interval",
+                |s| s.rereads,
+            ),
+            (
+                "zk_watch_interruptions",
+                "ZooKeeper watches interrupted (connection lost, session expired, a read \
+                 failed) and retried",
+                |s| s.interruptions,
+            ),
+            (
+                "zk_over_cap",
+                "Times a ZooKeeper directory held more than max_keys children; the last \
+                 good set was kept",
+                |s| s.over_cap,
+            ),
+        ] {
+            counters(
+                e,
+                metric,
+                help,
+                zk.iter().map(|(name, s)| (ensemble(name), value(s))),
+            )?;
+        }
+
         // Discovery.
         counters(
             e,

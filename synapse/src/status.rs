@@ -43,6 +43,7 @@ const PROPAGATION_BUCKETS: [f64; 14] = [
 #[serde(rename_all = "snake_case")]
 pub enum Source {
     Etcd,
+    Zookeeper,
     Ec2,
     Dns,
     /// The configured `default_servers` (`base` discovery, or discovery found nothing).
@@ -56,8 +57,9 @@ pub enum Source {
 }
 
 impl Source {
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 7] = [
         Self::Etcd,
+        Self::Zookeeper,
         Self::Ec2,
         Self::Dns,
         Self::Static,
@@ -68,6 +70,7 @@ impl Source {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Etcd => "etcd",
+            Self::Zookeeper => "zookeeper",
             Self::Ec2 => "ec2",
             Self::Dns => "dns",
             Self::Static => "static",
@@ -116,6 +119,7 @@ impl From<Origin> for Source {
     fn from(o: Origin) -> Self {
         match o {
             Origin::Etcd => Self::Etcd,
+            Origin::Zookeeper => Self::Zookeeper,
             Origin::Ec2 => Self::Ec2,
             Origin::Dns => Self::Dns,
             Origin::Static => Self::Static,

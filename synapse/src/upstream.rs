@@ -20,8 +20,6 @@ use serde_json::{Map, Value};
 /// Discovery methods of upstream synapse (and its published forks and pull requests)
 /// that this build does not implement. A method in neither list is a typo: an error.
 pub const UPSTREAM_METHODS: &[&str] = &[
-    "zookeeper",
-    "zookeeper_poll",
     "zookeeper_dns",
     "zookeeper_dns_poll",
     "zookeeper_recursive",
@@ -56,11 +54,57 @@ pub const SERVICE_IGNORED: &[IgnoredKey] = &[
     },
 ];
 
-pub const DISCOVERY_IGNORED: &[IgnoredKey] = &[IgnoredKey {
-    key: "discovery_jitter",
-    advice: "upstream's random delay before re-reading ZooKeeper; synapse coalesces changes \
-             (debounce, debounce_max_wait)",
-}];
+pub const DISCOVERY_IGNORED: &[IgnoredKey] = &[
+    IgnoredKey {
+        key: "discovery_jitter",
+        advice: "upstream's random delay before re-reading ZooKeeper; synapse coalesces \
+                 changes (debounce, debounce_max_wait)",
+    },
+    // ZooKeeper discovery (issue 20).
+    IgnoredKey {
+        key: "retry_policy",
+        advice: "upstream's ZooKeeper retry policy (then exit); synapse retries with jittered \
+                 backoff and never exits over a registry outage",
+    },
+    IgnoredKey {
+        key: "generator_config_path",
+        advice: "upstream read per-service HAProxy settings from a znode; synapse takes them \
+                 from its own config only (the registry may not change HAProxy settings)",
+    },
+    IgnoredKey {
+        key: "polling_interval_sec",
+        advice: "zookeeper_poll's interval; synapse watches ZooKeeper instead of polling it",
+    },
+];
+
+/// Upstream's `decode` for ZooKeeper discovery: `nerve` (the default) is what synapse
+/// reads; Twitter's `serverset` format is not supported.
+fn zookeeper_decode(
+    d: &mut serde_json::Map<String, Value>,
+    path: &str,
+    compat: &mut Compat,
+) -> bool {
+    let Some(decode) = d.remove("decode") else {
+        return true;
+    };
+    let method = decode
+        .get("method")
+        .and_then(Value::as_str)
+        .unwrap_or("nerve");
+    if method == "nerve" {
+        compat.warn(
+            join_path(path, "decode"),
+            "ignored: `nerve` decoding is the only one, and the default",
+        );
+        true
+    } else {
+        compat.unsupported(
+            join_path(path, "decode.method"),
+            format!("`{method}` decoding of ZooKeeper nodes"),
+        );
+        false
+    }
+}
 
 /// The etcd port of the first etcd watcher's `host`/`port` form (GoToAssist's fork).
 const OLD_ETCD_PORT: u64 = 4001;
@@ -155,7 +199,21 @@ fn normalize_discovery(value: &mut Value, path: &str, compat: &mut Compat) -> bo
         compat.unsupported(join_path(path, "method"), format!("`{method}` discovery"));
         return false;
     }
+    if method == "zookeeper_poll" {
+        // The same reads as `zookeeper`, polled: synapse watches instead.
+        compat.warn(
+            join_path(path, "method"),
+            "`zookeeper_poll` is read as `zookeeper`: synapse watches ZooKeeper instead of \
+             polling it",
+        );
+        d.insert("method".to_owned(), Value::from("zookeeper"));
+    }
     compat.take_ignored(d, path, DISCOVERY_IGNORED);
+    if matches!(method.as_str(), "zookeeper" | "zookeeper_poll")
+        && !zookeeper_decode(d, path, compat)
+    {
+        return false;
+    }
     if let Some(Value::String(hosts)) = d.get("hosts") {
         let list = hosts
             .split(',')
@@ -391,14 +449,14 @@ mod tests {
     fn unsupported_children_take_the_service_out() {
         let (v, c) = normalized(json!({"services": {
             "m": {"discovery": {"method": "multi", "watchers": {
-                "a": {"method": "zookeeper", "hosts": "z:2181"}, "b": {"method": "etcd"}}}},
+                "a": {"method": "zookeeper_dns", "hosts": "z:2181"}, "b": {"method": "etcd"}}}},
             "e": {"discovery": {"method": "etcd"}}}}));
         assert_eq!(v["services"].as_object().unwrap().len(), 1);
         assert_eq!(
             c.unsupported,
             [(
                 "services.m.discovery.watchers.a.method".to_owned(),
-                "`zookeeper` discovery".to_owned()
+                "`zookeeper_dns` discovery".to_owned()
             )]
         );
     }

@@ -245,7 +245,7 @@ fn check_config_warns_once_per_upstream_key_and_refuses_unsupported_methods_in_o
         "{err}"
     );
     let out = check(
-        r#"{"services": {"a": {"discovery": {"method": "zookeeper", "hosts": ["z:2181"], "path": "/a"}},
+        r#"{"services": {"a": {"discovery": {"method": "zookeeper_dns", "hosts": ["z:2181"], "path": "/a"}},
                          "b": {"discovery": {"method": "yarn_slider", "yarn_api_url": "x"}}},
             "file_output": {"output_directory": "/tmp/synapse-cli-out"}}"#,
     );
@@ -254,7 +254,8 @@ fn check_config_warns_once_per_upstream_key_and_refuses_unsupported_methods_in_o
     let lines: Vec<&str> = err.lines().skip(1).collect();
     assert_eq!(lines.len(), 1, "{err}");
     assert!(
-        lines[0].contains("`zookeeper` discovery") && lines[0].contains("`yarn_slider` discovery"),
+        lines[0].contains("`zookeeper_dns` discovery")
+            && lines[0].contains("`yarn_slider` discovery"),
         "{err}"
     );
 }

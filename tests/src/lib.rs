@@ -68,6 +68,7 @@ pub mod synapse;
 pub mod tls;
 pub mod workdir;
 pub mod world;
+pub mod zookeeper;
 
 pub use backend::Backend;
 pub use dnsmasq::Dnsmasq;
@@ -94,6 +95,7 @@ pub use synapse::InProcessSynapse;
 pub use tls::{ClientTls, TestPki};
 pub use workdir::Workdir;
 pub use world::{World, ROUTE_TIMEOUT};
+pub use zookeeper::{zk_cli, ZkEnsemble, ZooKeeper};
 
 /// Whether the tests run as root (some bind privileged ports, as CI allows).
 pub fn process_is_root() -> bool {

@@ -1,6 +1,8 @@
 //! The compatibility corpus (`../shared/compat/` beside the checkout; README there): real
 //! airbnb/Yelp SmartStack configs. Every file either loads, or is refused with exactly
-//! one error line naming the upstream method or reporter this build lacks.
+//! one error line naming the upstream method or reporter this build lacks, or (where
+//! the file is wrong upstream too) with one error at the wrong key. The ZooKeeper files
+//! load as they are (issue 20), and again with etcd in ZooKeeper's place.
 //!
 //! The corpus is found at `$SMARTSTACK_COMPAT_DIR`, else at `<repo>/../shared/compat`.
 //! A missing corpus fails the test: it must never pass by reading nothing.
@@ -14,16 +16,41 @@ enum Outcome {
     Loads,
     /// Refused with one line naming this.
     Refused(&'static str),
+    /// One error, at this key path: the file is wrong upstream as well.
+    ErrorAt(&'static str),
 }
-use Outcome::{Loads, Refused};
+use Outcome::{ErrorAt, Loads, Refused};
 
-const ZK_DISCOVERY: Outcome = Refused("`zookeeper` discovery");
-const ZK_REPORTER: Outcome = Refused("the `zookeeper` reporter");
+/// ZooKeeper discovery and the ZooKeeper reporter load (issue 20).
+const ZK_DISCOVERY: Outcome = Loads;
+const ZK_REPORTER: Outcome = Loads;
+
+/// The corpus files that use ZooKeeper.
+const ZK_FILES: &[&str] = &[
+    "synapse/01-airbnb-synapse-conf.json",
+    "synapse/02-airbnb-discovery-multi.json",
+    "synapse/05-airbnb-spec-minimum-conf-yaml.json",
+    "synapse/06-airbnb-readme-shared-frontend-yaml.json",
+    "synapse/07-airbnb-2012-minimum-services-list-yaml.json",
+    "synapse/19-yelp-synapse-tools-generated-zk.json",
+    "synapse/20-yelp-synapse-tools-generated-nginx.json",
+    "synapse-services/04-airbnb-spec-multi-test.json",
+    "nerve/01-airbnb-nerve-example.json",
+    "nerve/02-yelp-nerve-example-prometheus.json",
+    "nerve/03-airbnb-2013-service_checks.json",
+    "nerve/08-yelp-nerve-tools-generated-zk.json",
+    "nerve-services/02-airbnb-zookeeper_service1.json",
+    "nerve-services/04-airbnb-pr23-service1-no-reporter.json",
+];
 
 /// Every file of the corpus and what it must do. A file not listed fails the test.
 const EXPECTED: &[(&str, Outcome)] = &[
     ("synapse/01-airbnb-synapse-conf.json", ZK_DISCOVERY),
-    ("synapse/02-airbnb-discovery-multi.json", ZK_DISCOVERY),
+    // `fallback` names no resolver upstream either (no such class exists).
+    (
+        "synapse/02-airbnb-discovery-multi.json",
+        ErrorAt("services.service1.discovery.resolver.method:"),
+    ),
     ("synapse/03-airbnb-hostheader-test-dns.json", Loads),
     ("synapse/04-airbnb-svcdir-test.json", Loads),
     (
@@ -66,9 +93,10 @@ const EXPECTED: &[(&str, Outcome)] = &[
         "synapse-services/03-airbnb-spec-marathon-foo.json",
         Refused("`marathon` discovery"),
     ),
+    // Its resolver `base` is a stub upstream (it resolves nothing).
     (
         "synapse-services/04-airbnb-spec-multi-test.json",
-        ZK_DISCOVERY,
+        ErrorAt("services.04-airbnb-spec-multi-test.discovery.resolver.method:"),
     ),
     (
         "synapse-services/05-airbnb-spec-ec2tag-ec2tagtest.json",
@@ -204,20 +232,10 @@ fn check(rel: &str, text: &str, expected: Outcome) -> Result<(), String> {
     match (expected, loaded.errors.as_slice()) {
         (Loads, []) => Ok(()),
         (Refused(what), [line]) if line.contains(what) && line.contains("not supported") => Ok(()),
+        (ErrorAt(path), [line]) if line.starts_with(path) => Ok(()),
         (_, errors) => Err(format!(
             "{rel}: expected {expected:?}, got {} error line(s):\n  {}",
             errors.len(),
-            errors.join("\n  ")
-        )),
-    }
-}
-
-/// Exactly one error, at `path`.
-fn one_error_at(rel: &str, text: &str, path: &str) -> Result<(), String> {
-    match load(rel, text).errors.as_slice() {
-        [line] if line.starts_with(path) => Ok(()),
-        errors => Err(format!(
-            "{rel}: want one error at {path}, got:\n  {}",
             errors.join("\n  ")
         )),
     }
@@ -245,39 +263,25 @@ fn every_corpus_file_loads_or_is_refused_with_one_line_naming_the_method() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
-/// The rest of each ZooKeeper file is read too: with etcd in ZooKeeper's place, it loads
-/// (the shapes upstream accepted and the upstream keys that do nothing here included),
-/// except where the file is wrong upstream as well.
+/// The ZooKeeper files load as they are, and with etcd in ZooKeeper's place too (the
+/// shapes upstream accepted and the upstream keys that do nothing here included), except
+/// where the file is wrong upstream as well.
 #[test]
-fn zookeeper_corpus_files_load_with_etcd_in_zookeepers_place() {
+fn zookeeper_corpus_files_load_as_they_are_and_with_etcd_in_zookeepers_place() {
     let mut failures = Vec::new();
     let mut warned = Vec::new();
-    for (rel, expected) in EXPECTED {
-        if !matches!(*expected, Refused(w) if w == "`zookeeper` discovery" || w == "the `zookeeper` reporter")
-        {
-            continue;
-        }
-        let text = corpus_with_etcd(rel);
-        let outcome = match *rel {
-            // `fallback` names no resolver upstream either (no such class exists).
-            "synapse/02-airbnb-discovery-multi.json" => {
-                one_error_at(rel, &text, "services.service1.discovery.resolver.method:")
+    for rel in ZK_FILES {
+        let expected = EXPECTED
+            .iter()
+            .find(|(f, _)| f == rel)
+            .map(|(_, o)| *o)
+            .expect("listed");
+        for text in [read(rel), corpus_with_etcd(rel)] {
+            if let Err(e) = check(rel, &text, expected) {
+                failures.push(e);
             }
-            // Its resolver `base` is a stub upstream (it resolves nothing).
-            "synapse-services/04-airbnb-spec-multi-test.json" => one_error_at(
-                rel,
-                &text,
-                "services.04-airbnb-spec-multi-test.discovery.resolver.method:",
-            ),
-            // Their service_conf_dir holds airbnb's zookeeper_service1.json, as it is.
-            "nerve/01-airbnb-nerve-example.json"
-            | "nerve/02-yelp-nerve-example-prometheus.json" => check(rel, &text, ZK_REPORTER),
-            _ => check(rel, &text, Loads),
-        };
-        if let Err(e) = outcome {
-            failures.push(e);
+            warned.extend(load(rel, &text).warnings);
         }
-        warned.extend(load(rel, &text).warnings);
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     // The upstream keys in these files were each named by one warning.

@@ -236,6 +236,7 @@ async fn nerve_certificate_failures_name_the_endpoint_without_hanging() {
             path,
             registration: Registration::decode(registration("host-n1", 8001).as_bytes())
                 .expect("registration"),
+            targets: nerve::config::ReportTargets::default(),
         },
     )]
     .into();

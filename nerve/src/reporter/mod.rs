@@ -9,6 +9,7 @@
 //! retried with jittered backoff, and logged again when it ends.
 
 mod etcd;
+mod zookeeper;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -21,12 +22,53 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 pub use etcd::{EtcdReporter, EtcdReporterConfig, ReportError};
+pub use zookeeper::{ZkReportError, ZkReporter, ZkReporterConfig};
+
+use crate::config::ReportTargets;
 
 /// One registration nerve wants in the registry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
+    /// The service's directory in the registry the entry is handed to (the supervisor
+    /// publishes the etcd path; [`select`] puts the `zk_path` in for ZooKeeper).
     pub path: ServicePath,
     pub registration: Registration,
+    /// The registries the service reports to.
+    pub targets: ReportTargets,
+}
+
+/// A reporter's share of the desired set: the entries `pick` keeps (and rewrites),
+/// forwarded from `all` whenever it changes. The returned channel closes when `all`
+/// does (the supervisor is gone), which ends the reporter's [`drive`].
+pub fn select(
+    mut all: watch::Receiver<Desired>,
+    pick: impl Fn(&Entry) -> Option<Entry> + Send + 'static,
+) -> watch::Receiver<Desired> {
+    let project = move |d: &Desired| -> Desired {
+        d.iter()
+            .filter_map(|(name, e)| pick(e).map(|e| (name.clone(), e)))
+            .collect()
+    };
+    let (tx, rx) = watch::channel(project(&all.borrow_and_update()));
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                changed = all.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    let next = project(&all.borrow_and_update());
+                    tx.send_if_modified(|cur| {
+                        let changed = *cur != next;
+                        *cur = next;
+                        changed
+                    });
+                }
+                () = tx.closed() => break,
+            }
+        }
+    });
+    rx
 }
 
 /// Everything nerve wants registered, by service.
@@ -243,6 +285,7 @@ mod tests {
                 haproxy_server_options: None,
                 labels: Default::default(),
             },
+            targets: ReportTargets::default(),
         }
     }
 

@@ -78,14 +78,17 @@ fn check_config_accepts_the_example_and_rejects_bad_configs() {
 }
 
 /// Upstream keys that do nothing here: one warning line each; the ZooKeeper reporter
-/// (upstream's default, implied by `zk_hosts`): exactly one error line.
+/// (upstream's default, implied by `zk_hosts`) is accepted; reporters this build lacks:
+/// exactly one error line.
 #[test]
-fn check_config_warns_for_upstream_keys_and_refuses_zookeeper_in_one_line() {
+fn check_config_warns_for_upstream_keys_and_refuses_missing_reporters_in_one_line() {
     let dir = Workdir::new();
     let ok = dir.write(
         "ok.json",
         r#"{"instance_id": "h", "statsd": {"port": 8125}, "max_repeated_report_failures": 10,
-            "services": {"web": {"host": "127.0.0.1", "port": 80, "check_mocked": false}}}"#,
+            "services": {"web": {"host": "127.0.0.1", "port": 80, "check_mocked": false},
+                         "zk": {"host": "127.0.0.1", "port": 81, "zk_hosts": ["z:2181"],
+                                "zk_path": "/nerve/services/zk/services"}}}"#,
     );
     let out = nerve_command()
         .args(["-k", "-c"])
@@ -106,9 +109,9 @@ fn check_config_warns_for_upstream_keys_and_refuses_zookeeper_in_one_line() {
     let zk = dir.write(
         "zk.json",
         r#"{"instance_id": "h", "services": {
-            "web": {"host": "127.0.0.1", "port": 80, "zk_hosts": ["z:2181"], "zk_path": "/a",
+            "web": {"host": "127.0.0.1", "port": 80, "reporter_type": "serf",
                     "checks": [{"type": "rabbitmq", "username": "guest"}]},
-            "api": {"host": "127.0.0.1", "port": 81, "reporter_type": "zookeeper"}}}"#,
+            "api": {"host": "127.0.0.1", "port": 81, "reporter_type": ["etcd", "serf"]}}}"#,
     );
     let out = nerve_command()
         .args(["-k", "-c"])
@@ -120,7 +123,7 @@ fn check_config_warns_for_upstream_keys_and_refuses_zookeeper_in_one_line() {
     let lines: Vec<&str> = stderr.lines().skip(1).collect();
     assert_eq!(lines.len(), 1, "{stderr}");
     assert!(
-        lines[0].contains("the `zookeeper` reporter (2 uses)"),
+        lines[0].contains("the `serf` reporter (2 uses)"),
         "{stderr}"
     );
 }

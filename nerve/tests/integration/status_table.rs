@@ -1,6 +1,7 @@
 //! Golden files for `nerve status`: the table (and `-o wide`) for fixed status documents
 //! in `nerve/tests/golden/*.json` — two from a real run of `scripts/demo` (all healthy;
-//! web-a failing its check) and one with every kind of trouble. `UPDATE_GOLDEN=1`
+//! web-a failing its check), one with every kind of trouble, and one reporting to
+//! ZooKeeper (one service there only, one in etcd too). `UPDATE_GOLDEN=1`
 //! rewrites the `.txt` files.
 
 use std::path::{Path, PathBuf};
@@ -14,7 +15,12 @@ fn golden_dir() -> PathBuf {
 
 #[test]
 fn status_tables() {
-    for name in ["status-healthy", "status-draining", "status-trouble"] {
+    for name in [
+        "status-healthy",
+        "status-draining",
+        "status-trouble",
+        "status-zookeeper",
+    ] {
         let input = std::fs::read_to_string(golden_dir().join(format!("{name}.json")))
             .expect("golden input");
         let doc: serde_json::Value = serde_json::from_str(&input).expect("JSON");

@@ -11,6 +11,7 @@ pub mod etcd;
 pub mod multi;
 mod poll;
 pub mod r#static;
+pub mod zookeeper;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -29,6 +30,7 @@ pub use ec2::Ec2Watcher;
 pub use etcd::{EtcdClients, EtcdWatcher};
 pub use multi::MultiWatcher;
 pub use r#static::StaticWatcher;
+pub use zookeeper::{ZkClients, ZkWatcher};
 
 /// Where a watcher publishes.
 pub type Publisher = watch::Sender<Option<Discovered>>;
@@ -69,6 +71,7 @@ pub trait Watcher: Send + 'static {
 /// The closed set of watchers a config can ask for.
 pub enum AnyWatcher {
     Etcd(Box<EtcdWatcher>),
+    Zookeeper(Box<ZkWatcher>),
     Ec2(Box<Ec2Watcher>),
     Dns(Box<DnsWatcher>),
     Static(StaticWatcher),
@@ -80,6 +83,7 @@ impl AnyWatcher {
     pub fn for_service(
         svc: &ServiceConfig,
         clients: &Arc<EtcdClients>,
+        zk: &Arc<ZkClients>,
         counters: &Arc<Counters>,
     ) -> Self {
         Self::build(
@@ -87,6 +91,7 @@ impl AnyWatcher {
             &svc.discovery,
             svc.port_override,
             clients,
+            zk,
             counters,
         )
     }
@@ -96,9 +101,16 @@ impl AnyWatcher {
         discovery: &DiscoveryConfig,
         port: Option<Port>,
         clients: &Arc<EtcdClients>,
+        zk: &Arc<ZkClients>,
         counters: &Arc<Counters>,
     ) -> Self {
         match discovery {
+            DiscoveryConfig::Zookeeper(z) => Self::Zookeeper(Box::new(ZkWatcher::new(
+                service.clone(),
+                z.clone(),
+                zk.clone(),
+                counters.clone(),
+            ))),
             DiscoveryConfig::Etcd(e) => Self::Etcd(Box::new(EtcdWatcher::new(
                 service.clone(),
                 e.clone(),
@@ -124,7 +136,7 @@ impl AnyWatcher {
                     .map(|(name, d)| {
                         (
                             name.clone(),
-                            Self::build(service, d, port, clients, counters),
+                            Self::build(service, d, port, clients, zk, counters),
                         )
                     })
                     .collect(),
@@ -140,6 +152,7 @@ impl Watcher for AnyWatcher {
         // `multi` holds `AnyWatcher`s: box to break the recursive future type.
         let fut: Pin<Box<dyn Future<Output = ()> + Send>> = match self {
             Self::Etcd(w) => Box::pin((*w).run(out, cancel)),
+            Self::Zookeeper(w) => Box::pin((*w).run(out, cancel)),
             Self::Ec2(w) => Box::pin((*w).run(out, cancel)),
             Self::Dns(w) => Box::pin((*w).run(out, cancel)),
             Self::Static(w) => Box::pin(w.run(out, cancel)),

@@ -130,9 +130,16 @@ fn combine(
         Resolver::Union => {
             let mut all = Discovered::default();
             let mut origins = std::collections::BTreeSet::new();
+            // One server per host:port: a nerve registered in two registries at once (a
+            // migration) is one server, as the first child in order describes it.
+            let mut addresses = std::collections::BTreeSet::new();
             for child in children {
                 let child = child.as_ref()?;
-                all.backends.extend(child.backends.iter().cloned());
+                for b in &child.backends {
+                    if addresses.insert((b.host.clone(), b.port)) {
+                        all.backends.insert(b.clone());
+                    }
+                }
                 all.fresh |= child.fresh;
                 origins.insert(child.origin);
             }
@@ -268,6 +275,44 @@ mod tests {
         assert_eq!(all.origin, Origin::Mixed);
         let (all, _) = combine(&Resolver::Union, &[etcd_away.clone(), etcd_away], None).unwrap();
         assert_eq!(all.origin, Origin::Etcd);
+    }
+
+    #[test]
+    fn union_has_one_server_per_address_described_by_the_first_child() {
+        // A provider in both registries during a migration: the same host:port, but the
+        // ZooKeeper node written by the old nerve names the instance differently.
+        let zk = Some(Discovered {
+            backends: [
+                backend("old-name", "10.0.0.1", 80),
+                backend("b", "10.0.0.2", 80),
+            ]
+            .into_iter()
+            .collect(),
+            fresh: true,
+            origin: Origin::Zookeeper,
+        });
+        let etcd = Some(Discovered {
+            backends: [backend("a", "10.0.0.1", 80), backend("a", "10.0.0.1", 81)]
+                .into_iter()
+                .collect(),
+            fresh: true,
+            origin: Origin::Etcd,
+        });
+        let (all, _) = combine(&Resolver::Union, &[zk, etcd], None).unwrap();
+        let got: Vec<(String, String, u16)> = all
+            .backends
+            .iter()
+            .map(|b| (b.name.to_string(), b.host.to_string(), b.port.get()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("a".to_owned(), "10.0.0.1".to_owned(), 81),
+                ("b".to_owned(), "10.0.0.2".to_owned(), 80),
+                ("old-name".to_owned(), "10.0.0.1".to_owned(), 80),
+            ]
+        );
+        assert_eq!(all.origin, Origin::Mixed);
     }
 
     #[test]
