@@ -3,9 +3,14 @@
 //! ```text
 //! watchers ──(watch channels; any change wakes us)──► debounce (leading edge: the first
 //!   change after a quiet period at once; a burst waits for quiet time, max wait)
-//!   ──► desired = per service: resolve(discovered)   (filters, defaults, LKG, bounds)
-//!   ──► each output: haproxy (render → plan → write → reload), file_output
+//!   ──► desired: per changed service, resolve(discovered)   (filters, defaults, LKG, bounds)
+//!   ──► each output: haproxy (the changed services: plan → runtime API; the file later;
+//!       or render → plan → write → reload), file_output
 //! ```
+//!
+//! A service is re-resolved only when its watch channel says it changed (or its
+//! mass-removal guard holds): the others keep their resolved set, uncopied, and the
+//! HAProxy output is told which services changed, so one change costs O(its service).
 //!
 //! Nothing is applied until every service has its first complete set: a synapse that
 //! starts while etcd is away leaves the existing haproxy.cfg alone. A failed apply is
@@ -55,6 +60,11 @@ pub struct Reconciler {
     file_output: Option<FileOutput>,
     /// What each service routes to now (after its rules), as last applied.
     current: BTreeMap<ServiceName, BackendSet>,
+    /// What each service should route to: kept between passes, re-resolved only for the
+    /// services whose discovery changed (or whose guard holds).
+    desired: BTreeMap<ServiceName, BackendSet>,
+    /// Services re-resolved since the last successful apply.
+    dirty: BTreeSet<ServiceName>,
     over_limit: BTreeSet<ServiceName>,
     guards: Guards,
     counters: Arc<Counters>,
@@ -79,6 +89,8 @@ impl Reconciler {
             haproxy,
             file_output,
             current: BTreeMap::new(),
+            desired: BTreeMap::new(),
+            dirty: BTreeSet::new(),
             over_limit: BTreeSet::new(),
             guards: Guards::default(),
             counters,
@@ -94,16 +106,16 @@ impl Reconciler {
         let mut waiting_noted = false;
         let mut woke_by_change = false;
         loop {
-            let desired = self.desired();
+            let ready = self.resolve_changed();
             // Once every service has a set, the start-up notice is moot (and its wake-up
             // time, in the past, would make this loop spin).
-            waiting_noted |= desired.is_some();
-            match desired {
-                Some(desired) if retry_at.is_none_or(|t| Instant::now() >= t) => {
+            waiting_noted |= ready;
+            match ready {
+                true if retry_at.is_none_or(|t| Instant::now() >= t) => {
                     let applied = tokio::select! {
                         biased;
                         _ = cancel.cancelled() => return,
-                        applied = self.apply(desired) => applied,
+                        applied = self.apply() => applied,
                     };
                     if woke_by_change {
                         self.busy_until = Some(Instant::now());
@@ -120,8 +132,8 @@ impl Reconciler {
                         }
                     }
                 }
-                Some(_) => {}
-                None if !waiting_noted && started.elapsed() >= STARTUP_NOTICE => {
+                true => {}
+                false if !waiting_noted && started.elapsed() >= STARTUP_NOTICE => {
                     waiting_noted = true;
                     let waiting: Vec<String> = self
                         .inputs
@@ -131,7 +143,7 @@ impl Reconciler {
                         .collect();
                     tracing::warn!(services = ?waiting, "still waiting for the first complete backend set of these services; nothing is written until then");
                 }
-                None => {}
+                false => {}
             }
             // HAProxy's own wake-ups (a deferred reload, the runtime check) wait for a
             // scheduled retry: a failed reload is retried with the backoff.
@@ -190,29 +202,39 @@ impl Reconciler {
         }
     }
 
-    /// The backends every service should route to, or `None` while some service has
-    /// not published its first complete set.
-    fn desired(&mut self) -> Option<BTreeMap<ServiceName, BackendSet>> {
+    /// Brings `desired` up to date: re-resolves each service whose watch channel
+    /// changed, whose guard holds (its release is due in time), or that has no set yet,
+    /// and marks it dirty. False while some service has not published its first
+    /// complete set.
+    fn resolve_changed(&mut self) -> bool {
         // Changes received so far are in what is read next (for the propagation delay).
         self.counters.services.begin();
-        let mut discovered = BTreeMap::new();
-        for (name, rx) in &self.inputs {
-            discovered.insert(name.clone(), rx.borrow().clone()?);
+        if self.inputs.iter().any(|(_, rx)| rx.borrow().is_none()) {
+            return false;
         }
-        let mut desired = BTreeMap::new();
-        for (name, d) in discovered {
-            let Some(svc) = self.config.services.get(&name) else {
+        for (name, rx) in &mut self.inputs {
+            let due = !self.desired.contains_key(name)
+                || self.guards.held_until(name).is_some()
+                || rx.has_changed().unwrap_or(false);
+            if !due {
+                continue;
+            }
+            let Some(svc) = self.config.services.get(name) else {
                 continue;
             };
-            let previous = self.current.get(&name);
+            let d = rx.borrow_and_update();
+            let Some(d) = d.as_ref() else {
+                continue;
+            };
+            let previous = self.current.get(name);
             let has_previous = previous.is_some_and(|p| !p.is_empty());
             let set = match resolve(svc, &d.backends, has_previous) {
                 Resolution::Use(set) => {
-                    if self.over_limit.remove(&name) {
+                    if self.over_limit.remove(name) {
                         tracing::info!(service = %name, servers = set.len(), "back under max_servers");
                     }
                     self.guards.check(
-                        &name,
+                        name,
                         &svc.mass_removal_guard,
                         previous,
                         set,
@@ -237,27 +259,28 @@ impl Reconciler {
                     previous.cloned().unwrap_or_default()
                 }
             };
-            let over_limit = self.over_limit.contains(&name);
-            self.counters.services.resolved(svc, &d, &set, over_limit);
+            let over_limit = self.over_limit.contains(name);
+            self.counters.services.resolved(svc, d, &set, over_limit);
             self.counters.services.guard(
-                &name,
+                name,
                 svc.mass_removal_guard.enabled,
-                self.guards.held_until(&name),
+                self.guards.held_until(name),
             );
-            desired.insert(name, set);
+            self.desired.insert(name.clone(), set);
+            self.dirty.insert(name.clone());
         }
-        Some(desired)
+        true
     }
 
     /// Applies the desired state to every output, then logs one line per changed service.
-    async fn apply(
-        &mut self,
-        desired: BTreeMap<ServiceName, BackendSet>,
-    ) -> Result<(), ReconcileError> {
+    async fn apply(&mut self) -> Result<(), ReconcileError> {
+        let desired = &self.desired;
         let mut reload = "no";
         let mut haproxy_applied = None;
         if let Some(h) = &mut self.haproxy {
-            let applied = h.apply(&self.config.services, &desired).await?;
+            let applied = h
+                .apply(&self.config.services, desired, &self.dirty)
+                .await?;
             haproxy_applied = Some(applied);
             if applied.reloaded {
                 reload = "done";
@@ -268,10 +291,15 @@ impl Reconciler {
             }
         }
         if let Some(f) = &mut self.file_output {
-            f.apply(&self.config.services, &desired).await?;
+            f.apply(&self.config.services, desired).await?;
         }
         let empty = BackendSet::new();
-        for (name, set) in &desired {
+        let changed: Vec<(&ServiceName, &BackendSet)> = self
+            .dirty
+            .iter()
+            .filter_map(|name| Some((name, desired.get(name)?)))
+            .collect();
+        for &(name, set) in &changed {
             let before = self.current.get(name).unwrap_or(&empty);
             if before == set && self.current.contains_key(name) {
                 continue;
@@ -293,8 +321,12 @@ impl Reconciler {
         }
         self.counters
             .services
-            .applied(&desired, haproxy_applied.as_ref());
-        self.current = desired;
+            .applied(changed.iter().copied(), haproxy_applied.as_ref());
+        for name in std::mem::take(&mut self.dirty) {
+            if let Some(set) = self.desired.get(&name) {
+                self.current.insert(name, set.clone());
+            }
+        }
         Ok(())
     }
 }

@@ -147,6 +147,54 @@ impl ConfigModel {
                 .all(|((n1, b1), (n2, lines))| n1 == n2 && &b1.lines == lines)
     }
 
+    /// The `defaults` sections' directives, which every backend inherits: the input to
+    /// [`ConfigModel::parse_backend`].
+    pub fn defaults_lines(&self) -> Vec<String> {
+        let mut in_defaults = false;
+        let mut out = Vec::new();
+        for line in &self.base {
+            if line.starts_with(char::is_whitespace) {
+                if in_defaults {
+                    out.push(line.trim().to_owned());
+                }
+            } else {
+                in_defaults = line.split_whitespace().next() == Some("defaults");
+            }
+        }
+        out
+    }
+
+    /// Reads the `backend` section of a part of a rendered file (one service's
+    /// sections), as [`ConfigModel::parse`] reads it in the whole file: a change to one
+    /// service is modelled without parsing the rest again.
+    pub fn parse_backend(part: &str, defaults: &[String]) -> Option<(String, BackendModel)> {
+        let mut name = None;
+        let mut lines = Vec::new();
+        for line in part.lines() {
+            let trimmed = line.trim();
+            if trimmed.is_empty() || trimmed.starts_with('#') {
+                continue;
+            }
+            if !line.starts_with(char::is_whitespace) {
+                if name.is_some() {
+                    break;
+                }
+                let mut words = trimmed.split_whitespace();
+                if let (Some("backend"), Some(n), None) = (words.next(), words.next(), words.next())
+                {
+                    name = Some(n.to_owned());
+                }
+                continue;
+            }
+            if name.is_some() {
+                lines.push(trimmed.to_owned());
+            }
+        }
+        let name = name?;
+        let model = BackendModel::parse(&name, defaults, &lines);
+        Some((name, model))
+    }
+
     /// Reads a haproxy.cfg (as rendered by synapse: sections at column 0, directives
     /// indented).
     pub fn parse(text: &str) -> Self {
