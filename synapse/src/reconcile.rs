@@ -233,13 +233,8 @@ impl Reconciler {
                     if self.over_limit.remove(name) {
                         tracing::info!(service = %name, servers = set.len(), "back under max_servers");
                     }
-                    self.guards.check(
-                        name,
-                        &svc.mass_removal_guard,
-                        previous,
-                        set,
-                        &self.counters,
-                    )
+                    self.guards
+                        .check(name, &svc.mass_removal_guard, previous, set, &self.counters)
                 }
                 Resolution::KeepPrevious => {
                     tracing::debug!(service = %name, "discovery is empty: keeping the previous backends (use_previous_backends)");
@@ -278,9 +273,7 @@ impl Reconciler {
         let mut reload = "no";
         let mut haproxy_applied = None;
         if let Some(h) = &mut self.haproxy {
-            let applied = h
-                .apply(&self.config.services, desired, &self.dirty)
-                .await?;
+            let applied = h.apply(&self.config.services, desired, &self.dirty).await?;
             haproxy_applied = Some(applied);
             if applied.reloaded {
                 reload = "done";

@@ -114,7 +114,9 @@ struct Modelled {
 enum RuntimeOnly {
     Done(Applied),
     /// The full path must run (after these runtime commands went out).
-    Full { runtime_commands: usize },
+    Full {
+        runtime_commands: usize,
+    },
 }
 
 /// The HAProxy output and its state between applies.
@@ -286,7 +288,10 @@ impl HaproxyOutput {
             };
             let set = desired.get(name).unwrap_or(&empty);
             let backend = svc.backend_name();
-            let wanted: BTreeSet<String> = set.iter().map(crate::backends::Backend::server_name).collect();
+            let wanted: BTreeSet<String> = set
+                .iter()
+                .map(crate::backends::Backend::server_name)
+                .collect();
             let reserved = self.follow_running_ids_of(&backend, &wanted);
             self.ids
                 .assign_backend(&backend, &wanted, self.config.max_server_id, &reserved);

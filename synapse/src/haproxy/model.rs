@@ -434,6 +434,27 @@ mod tests {
     }
 
     #[test]
+    fn a_backend_parsed_from_its_part_equals_the_one_parsed_from_the_file() {
+        let whole = ConfigModel::parse(TEXT);
+        let defaults = whole.defaults_lines();
+        assert_eq!(
+            defaults,
+            [
+                "mode http",
+                "default-server inter 2s weight 4 init-addr last,libc,none"
+            ]
+        );
+        for (name, backend) in &whole.backends {
+            let start = TEXT.find(&format!("\nbackend {name}\n")).unwrap();
+            // The part runs to the end: parsing stops at the next section.
+            let (parsed, model) = ConfigModel::parse_backend(&TEXT[start..], &defaults).unwrap();
+            assert_eq!(&parsed, name);
+            assert_eq!(&model, backend, "{name}");
+        }
+        assert!(ConfigModel::parse_backend("frontend f\n    bind :1\n", &defaults).is_none());
+    }
+
+    #[test]
     fn words_that_cannot_be_sent_make_a_server_reload_only() {
         let m = ConfigModel::parse(
             "backend b\n    server s 10.0.0.1:1 check \"${X}\"\n    server t 10.0.0.1:2 a;b\n",

@@ -1003,6 +1003,28 @@ mod tests {
         }
 
         #[test]
+        fn planning_each_backend_alone_gives_the_whole_plans_commands(
+            before in proptest::collection::vec((any::<bool>(), srv()), 0..10),
+            after in proptest::collection::vec((any::<bool>(), srv()), 0..10),
+        ) {
+            let mut ids = BTreeMap::new();
+            let old = ConfigModel::parse(&render(&before, &mut ids));
+            let new = ConfigModel::parse(&render(&after, &mut ids));
+            let running = running_from(&old, caps26());
+            let desired = Desired { config: new, dynamic_servers: true };
+            let whole = plan(&running, &desired);
+            let mut apart = Plan::default();
+            for name in ["api".to_owned(), "web".to_owned()] {
+                let p = plan_backends(&running.view(), &desired, [&name]);
+                apart.commands.extend(p.commands);
+                if let Some(why) = p.reload {
+                    apart.need_reload(why);
+                }
+            }
+            prop_assert_eq!(whole, apart);
+        }
+
+        #[test]
         fn applying_the_plan_yields_the_desired_state(
             before in proptest::collection::vec((any::<bool>(), srv()), 0..10),
             after in proptest::collection::vec((any::<bool>(), srv()), 0..10),
