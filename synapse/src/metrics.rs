@@ -390,7 +390,7 @@ mod tests {
         counters
             .services
             .resolved(&config.services[&web], &d, &set, false);
-        counters.services.applied(&[(web, set)].into(), None);
+        counters.services.applied([(&web, &set)], None);
 
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry(counters)).unwrap();

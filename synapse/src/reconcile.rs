@@ -3,9 +3,14 @@
 //! ```text
 //! watchers ──(watch channels; any change wakes us)──► debounce (leading edge: the first
 //!   change after a quiet period at once; a burst waits for quiet time, max wait)
-//!   ──► desired = per service: resolve(discovered)   (filters, defaults, LKG, bounds)
-//!   ──► each output: haproxy (render → plan → write → reload), file_output
+//!   ──► desired: per changed service, resolve(discovered)   (filters, defaults, LKG, bounds)
+//!   ──► each output: haproxy (the changed services: plan → runtime API; the file later;
+//!       or render → plan → write → reload), file_output
 //! ```
+//!
+//! A service is re-resolved only when its watch channel says it changed (or its
+//! mass-removal guard holds): the others keep their resolved set, uncopied, and the
+//! HAProxy output is told which services changed, so one change costs O(its service).
 //!
 //! Nothing is applied until every service has its first complete set: a synapse that
 //! starts while etcd is away leaves the existing haproxy.cfg alone. A failed apply is
@@ -83,6 +88,11 @@ pub struct Reconciler {
     file_output: Option<FileOutput>,
     /// What each service routes to now (after its rules), as last applied.
     current: BTreeMap<ServiceName, BackendSet>,
+    /// What each service should route to: kept between passes, re-resolved only for the
+    /// services whose discovery changed (or whose guard holds).
+    desired: BTreeMap<ServiceName, BackendSet>,
+    /// Services re-resolved since the last successful apply.
+    dirty: BTreeSet<ServiceName>,
     over_limit: BTreeSet<ServiceName>,
     guards: Guards,
     counters: Arc<Counters>,
@@ -116,6 +126,8 @@ impl Reconciler {
             haproxy,
             file_output,
             current: BTreeMap::new(),
+            desired: BTreeMap::new(),
+            dirty: BTreeSet::new(),
             over_limit: BTreeSet::new(),
             guards: Guards::default(),
             counters,
@@ -222,12 +234,26 @@ impl Reconciler {
             .collect();
         for name in gone {
             self.current.remove(&name);
+            self.desired.remove(&name);
+            self.dirty.remove(&name);
             self.over_limit.remove(&name);
             self.last_discovered.remove(&name);
+        }
+        // A service whose watcher is replaced routes to its last published set until
+        // the new watcher publishes (the hot path keeps no copies: taken here, once).
+        for (name, rx) in &self.inputs {
+            if !update.config.services.contains_key(name) {
+                continue;
+            }
+            if let Some(d) = rx.borrow().as_ref() {
+                self.last_discovered.insert(name.clone(), d.clone());
+            }
         }
         if let (Some(h), Some(config)) = (&mut self.haproxy, &update.config.haproxy) {
             h.reconfigure(config.clone());
         }
+        // Every service is looked at again under the new config (its rules may differ).
+        self.desired.clear();
         self.config = update.config;
         self.inputs = update.inputs;
     }
@@ -240,16 +266,16 @@ impl Reconciler {
         let mut waiting_noted = false;
         let mut woke_by_change = false;
         loop {
-            let desired = self.desired();
+            let ready = self.resolve_changed();
             // Once every service has a set, the start-up notice is moot (and its wake-up
             // time, in the past, would make this loop spin).
-            waiting_noted |= desired.is_some();
-            match desired {
-                Some(desired) if retry_at.is_none_or(|t| Instant::now() >= t) => {
+            waiting_noted |= ready;
+            match ready {
+                true if retry_at.is_none_or(|t| Instant::now() >= t) => {
                     let applied = tokio::select! {
                         biased;
                         _ = cancel.cancelled() => return,
-                        applied = self.apply(desired) => applied,
+                        applied = self.apply() => applied,
                     };
                     if woke_by_change {
                         self.busy_until = Some(Instant::now());
@@ -266,8 +292,8 @@ impl Reconciler {
                         }
                     }
                 }
-                Some(_) => {}
-                None if !waiting_noted && started.elapsed() >= STARTUP_NOTICE => {
+                true => {}
+                false if !waiting_noted && started.elapsed() >= STARTUP_NOTICE => {
                     waiting_noted = true;
                     let waiting: Vec<String> = self
                         .inputs
@@ -277,7 +303,7 @@ impl Reconciler {
                         .collect();
                     tracing::warn!(services = ?waiting, "still waiting for the first complete backend set of these services; nothing is written until then");
                 }
-                None => {}
+                false => {}
             }
             // HAProxy's own wake-ups (a deferred reload, the runtime check) wait for a
             // scheduled retry: a failed reload is retried with the backoff.
@@ -349,62 +375,85 @@ impl Reconciler {
         }
     }
 
-    /// The backends every service should route to, or `None` while some service has
-    /// not published its first complete set.
-    fn desired(&mut self) -> Option<BTreeMap<ServiceName, BackendSet>> {
+    /// Brings `desired` up to date: re-resolves each service whose watch channel
+    /// changed, whose guard holds (its release is due in time), or that has no set yet,
+    /// and marks it dirty. False while some service has not published its first
+    /// complete set.
+    fn resolve_changed(&mut self) -> bool {
         // Changes received so far are in what is read next (for the propagation delay).
         self.counters.services.begin();
-        let mut discovered = BTreeMap::new();
-        for (name, rx) in &self.inputs {
-            let published = rx.borrow().clone();
-            let d = match (published, &mut self.state_file) {
-                (Some(d), Some(f)) => {
-                    if d.fresh {
-                        f.registry.insert(name.clone(), d.backends.clone());
-                    }
-                    if f.cached.remove(name).is_some() {
-                        tracing::info!(service = %name, "the registry answered: routing from it, not from the state file");
+        let now = Instant::now();
+        // Until something was applied, every service needs a set: published, its last
+        // one (a new watcher after SIGHUP), or the state file's once its grace is over.
+        if !self.applied_once {
+            let waiting = self.inputs.iter().any(|(name, rx)| {
+                rx.borrow().is_none()
+                    && !self.last_discovered.contains_key(name)
+                    && !self
+                        .state_file
+                        .as_ref()
+                        .is_some_and(|f| now >= f.use_after && f.cached.contains_key(name))
+            });
+            if waiting {
+                return false;
+            }
+        }
+        for (name, rx) in &mut self.inputs {
+            let due = !self.desired.contains_key(name)
+                || self.guards.held_until(name).is_some()
+                || rx.has_changed().unwrap_or(false);
+            if !due {
+                continue;
+            }
+            let Some(svc) = self.config.services.get(name) else {
+                continue;
+            };
+            let published = rx.borrow_and_update();
+            let fallback;
+            let d: &Discovered = match published.as_ref() {
+                Some(d) => {
+                    self.last_discovered.remove(name);
+                    if let Some(f) = &mut self.state_file {
+                        if d.fresh {
+                            f.registry.insert(name.clone(), d.backends.clone());
+                        }
+                        if f.cached.remove(name).is_some() {
+                            tracing::info!(service = %name, "the registry answered: routing from it, not from the state file");
+                        }
                     }
                     d
                 }
-                (Some(d), None) => d,
-                (None, _) if self.last_discovered.contains_key(name) => {
-                    // A new watcher for a known service (SIGHUP): its last set meanwhile.
-                    self.last_discovered[name].clone()
-                }
-                (None, Some(f)) if Instant::now() >= f.use_after && f.cached.contains_key(name) => {
-                    Discovered {
-                        backends: f.cached[name].backends.clone(),
-                        fresh: false,
-                        origin: Default::default(),
-                    }
-                }
-                // Added on SIGHUP: rendered without servers until it publishes.
-                (None, _) if self.applied_once => continue,
-                (None, _) => return None,
+                // A new watcher for a known service (SIGHUP): its last set meanwhile.
+                None => match self.last_discovered.get(name) {
+                    Some(last) => last,
+                    None => match self
+                        .state_file
+                        .as_ref()
+                        .filter(|f| now >= f.use_after)
+                        .and_then(|f| f.cached.get(name))
+                    {
+                        Some(cached) => {
+                            fallback = Discovered {
+                                backends: cached.backends.clone(),
+                                fresh: false,
+                                origin: Default::default(),
+                            };
+                            &fallback
+                        }
+                        // Added on SIGHUP: rendered without servers until it publishes.
+                        None => continue,
+                    },
+                },
             };
-            self.last_discovered.insert(name.clone(), d.clone());
-            discovered.insert(name.clone(), d);
-        }
-        let mut desired = BTreeMap::new();
-        for (name, d) in discovered {
-            let Some(svc) = self.config.services.get(&name) else {
-                continue;
-            };
-            let previous = self.current.get(&name);
+            let previous = self.current.get(name);
             let has_previous = previous.is_some_and(|p| !p.is_empty());
             let set = match resolve(svc, &d.backends, has_previous) {
                 Resolution::Use(set) => {
-                    if self.over_limit.remove(&name) {
+                    if self.over_limit.remove(name) {
                         tracing::info!(service = %name, servers = set.len(), "back under max_servers");
                     }
-                    self.guards.check(
-                        &name,
-                        &svc.mass_removal_guard,
-                        previous,
-                        set,
-                        &self.counters,
-                    )
+                    self.guards
+                        .check(name, &svc.mass_removal_guard, previous, set, &self.counters)
                 }
                 Resolution::KeepPrevious => {
                     tracing::debug!(service = %name, "discovery is empty: keeping the previous backends (use_previous_backends)");
@@ -424,27 +473,26 @@ impl Reconciler {
                     previous.cloned().unwrap_or_default()
                 }
             };
-            let over_limit = self.over_limit.contains(&name);
-            self.counters.services.resolved(svc, &d, &set, over_limit);
+            let over_limit = self.over_limit.contains(name);
+            self.counters.services.resolved(svc, d, &set, over_limit);
             self.counters.services.guard(
-                &name,
+                name,
                 svc.mass_removal_guard.enabled,
-                self.guards.held_until(&name),
+                self.guards.held_until(name),
             );
-            desired.insert(name, set);
+            self.desired.insert(name.clone(), set);
+            self.dirty.insert(name.clone());
         }
-        Some(desired)
+        true
     }
 
     /// Applies the desired state to every output, then logs one line per changed service.
-    async fn apply(
-        &mut self,
-        desired: BTreeMap<ServiceName, BackendSet>,
-    ) -> Result<(), ReconcileError> {
+    async fn apply(&mut self) -> Result<(), ReconcileError> {
+        let desired = &self.desired;
         let mut reload = "no";
         let mut haproxy_applied = None;
         if let Some(h) = &mut self.haproxy {
-            let applied = h.apply(&self.config.services, &desired).await?;
+            let applied = h.apply(&self.config.services, desired, &self.dirty).await?;
             haproxy_applied = Some(applied);
             if applied.reloaded {
                 reload = "done";
@@ -455,10 +503,15 @@ impl Reconciler {
             }
         }
         if let Some(f) = &mut self.file_output {
-            f.apply(&self.config.services, &desired).await?;
+            f.apply(&self.config.services, desired).await?;
         }
         let empty = BackendSet::new();
-        for (name, set) in &desired {
+        let changed: Vec<(&ServiceName, &BackendSet)> = self
+            .dirty
+            .iter()
+            .filter_map(|name| Some((name, desired.get(name)?)))
+            .collect();
+        for &(name, set) in &changed {
             let before = self.current.get(name).unwrap_or(&empty);
             if before == set && self.current.contains_key(name) {
                 continue;
@@ -480,8 +533,12 @@ impl Reconciler {
         }
         self.counters
             .services
-            .applied(&desired, haproxy_applied.as_ref());
-        self.current = desired;
+            .applied(changed.iter().copied(), haproxy_applied.as_ref());
+        for name in std::mem::take(&mut self.dirty) {
+            if let Some(set) = self.desired.get(&name) {
+                self.current.insert(name, set.clone());
+            }
+        }
         self.applied_once = true;
         self.save_state_file().await;
         Ok(())

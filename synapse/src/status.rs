@@ -315,15 +315,22 @@ impl ServiceStates {
             .resolved = Some(source);
     }
 
-    /// The outputs now hold `desired` (`haproxy`: what the HAProxy output did).
-    pub fn applied(&self, desired: &BTreeMap<ServiceName, BackendSet>, haproxy: Option<&Applied>) {
+    /// The outputs now hold `desired` for these services (the others are unchanged;
+    /// `haproxy`: what the HAProxy output did).
+    pub fn applied<'a>(
+        &self,
+        desired: impl IntoIterator<Item = (&'a ServiceName, &'a BackendSet)>,
+        haproxy: Option<&Applied>,
+    ) {
         let method = ApplyMethod::of(haproxy);
         let reload_pending = haproxy.is_some_and(|a| a.reload_pending);
         let now = Instant::now();
         let mut delays = Vec::new();
         let mut inner = self.lock();
         let mut changed_now = BTreeSet::new();
+        let mut given = BTreeSet::new();
         for (name, set) in desired {
+            given.insert(name);
             let s = inner.services.entry(name.clone()).or_default();
             s.source = s.resolved.or(s.source);
             let stamp = s.in_flight.take();
@@ -342,6 +349,13 @@ impl ServiceStates {
                 };
             } else if let Some(stamp) = stamp {
                 delays.push(now - stamp);
+            }
+        }
+        for (name, s) in inner.services.iter_mut() {
+            if !given.contains(name) {
+                // Unchanged: a stamp here is of a publish already applied.
+                s.source = s.resolved.or(s.source);
+                s.in_flight = None;
             }
         }
         if !reload_pending {

@@ -1232,3 +1232,70 @@ async fn a_new_server_takes_traffic_at_once_and_haproxy_checks_still_take_it_dow
     );
     synapse.stop().await;
 }
+
+/// Model first, text last: a registry change goes out by the runtime API for its own
+/// backend, and haproxy.cfg follows (written from the model shortly after, and accepted
+/// by `haproxy -c`); a hand-made change to a server the registry did not touch is undone
+/// by the periodic full check, without any registry change (desired-state reconcile);
+/// and none of it reloads HAProxy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drift_is_undone_without_a_registry_change_and_the_file_follows_the_runtime_api() {
+    let w = World::start("drift").await;
+    let port = free_port();
+    let (a, b, c) = three_backends().await;
+    w.register("host-a", &a).await;
+    w.register("host-b", &b).await;
+    let (synapse, haproxy) = w.start_with_master_socket(port).await;
+    routes_to(port, &["a", "b"]).await;
+    let before = generation(haproxy.master()).await;
+    let reloads_before = synapse.get(|c| &c.reloads);
+
+    // Drift: b put in maintenance by hand, behind synapse's back. Twice: the second time
+    // after a periodic check has run, so the runtime-only path (which follows a full
+    // apply in sync, e.g. that check) is the one that must undo it.
+    let b_server = format!("host-b_127.0.0.1:{}", b.port());
+    for _ in 0..2 {
+        let answer = haproxy
+            .runtime()
+            .command(&format!("set server web/{b_server} state maint"))
+            .await
+            .expect("set server");
+        assert!(answer.trim().is_empty(), "{answer}");
+        // Nothing changes in the registry: the periodic check alone brings b back.
+        eventually(TIMEOUT, || async {
+            let state = haproxy
+                .show_servers_state("web")
+                .await
+                .map_err(|e| e.to_string())?;
+            match state.iter().find(|s| s.name == b_server) {
+                Some(s) if !s.admin_state.is_maint() => Ok(()),
+                other => Err(format!("b: {other:?}")),
+            }
+        })
+        .await;
+        routes_to(port, &["a", "b"]).await;
+    }
+
+    // A registry change: routed by the runtime API, then written to the file.
+    w.register("host-c", &c).await;
+    routes_to(port, &["a", "b", "c"]).await;
+    let c_server = format!("host-c_127.0.0.1:{}", c.port());
+    eventually(TIMEOUT, || async {
+        let lines = w.server_lines();
+        if lines.len() == 3 && lines.iter().any(|l| l.contains(&c_server)) {
+            Ok(())
+        } else {
+            Err(format!("haproxy.cfg servers: {lines:?}"))
+        }
+    })
+    .await;
+    integration_tests::haproxy::check_config(&w.path("haproxy.cfg")).expect("haproxy -c");
+
+    assert_eq!(
+        generation(haproxy.master()).await,
+        before,
+        "HAProxy reloaded"
+    );
+    assert_eq!(synapse.get(|c| &c.reloads), reloads_before);
+    synapse.stop().await;
+}

@@ -86,28 +86,42 @@ impl ServerIds {
         reserved: &BTreeMap<String, BTreeSet<u32>>,
     ) {
         self.by_backend.retain(|b, _| wanted.contains_key(b));
+        let none = BTreeSet::new();
         for (backend, servers) in wanted {
-            let ids = self.by_backend.entry(backend.clone()).or_default();
-            ids.retain(|s, id| servers.contains(s) && *id >= 1 && *id <= max_id);
-            // Two servers restored with one id (a hand-edited file): keep the first.
-            let mut used = BTreeSet::new();
-            ids.retain(|_, id| used.insert(*id));
-            used.extend(reserved.get(backend).into_iter().flatten());
-            let mut next = 1u32;
-            for s in servers {
-                if ids.contains_key(s) {
-                    continue;
-                }
-                while used.contains(&next) {
-                    next += 1;
-                }
-                // Past max_id HAProxy would refuse the id; render the server without one.
-                if next > max_id {
-                    break;
-                }
-                ids.insert(s.clone(), next);
-                used.insert(next);
+            let reserved = reserved.get(backend).unwrap_or(&none);
+            self.assign_backend(backend, servers, max_id, reserved);
+        }
+    }
+
+    /// [`ServerIds::assign_reserving`] for one backend, leaving the others alone: what
+    /// a change to one service needs.
+    pub fn assign_backend(
+        &mut self,
+        backend: &str,
+        servers: &BTreeSet<String>,
+        max_id: u32,
+        reserved: &BTreeSet<u32>,
+    ) {
+        let ids = self.by_backend.entry(backend.to_owned()).or_default();
+        ids.retain(|s, id| servers.contains(s) && *id >= 1 && *id <= max_id);
+        // Two servers restored with one id (a hand-edited file): keep the first.
+        let mut used = BTreeSet::new();
+        ids.retain(|_, id| used.insert(*id));
+        used.extend(reserved);
+        let mut next = 1u32;
+        for s in servers {
+            if ids.contains_key(s) {
+                continue;
             }
+            while used.contains(&next) {
+                next += 1;
+            }
+            // Past max_id HAProxy would refuse the id; render the server without one.
+            if next > max_id {
+                break;
+            }
+            ids.insert(s.clone(), next);
+            used.insert(next);
         }
     }
 
@@ -157,73 +171,132 @@ pub fn render(
     backends: &BTreeMap<ServiceName, BackendSet>,
     ids: &ServerIds,
 ) -> Result<String, RenderError> {
-    let mut out = String::new();
-    let _ = writeln!(out, "{HEADER}");
-    section(&mut out, "global", &h.global);
-    section(&mut out, "defaults", &h.defaults);
-    for (header, lines) in &h.extra_sections {
-        section(&mut out, header, lines);
-    }
-    let defaults_tcp = mode_is_tcp(&h.defaults, false);
-    let empty = BackendSet::new();
-    for (name, svc) in services {
-        let hs = &svc.haproxy;
-        if hs.disabled {
-            continue;
-        }
-        let backend_name = svc.backend_name();
-        let (listen_fe, listen_be): (Vec<&String>, Vec<&String>) = (
-            hs.listen.iter().filter(|l| placement(l).frontend).collect(),
-            hs.listen.iter().filter(|l| placement(l).backend).collect(),
-        );
-        if let Some(port) = hs.port {
-            let _ = writeln!(out, "\nfrontend {}", svc.haproxy_name());
-            for line in listen_fe.iter().copied().chain(&hs.frontend) {
-                let _ = writeln!(out, "{INDENT}{line}");
-            }
-            let addr = hs.bind_address.as_deref().unwrap_or(&h.bind_address);
-            let _ = write!(out, "{INDENT}bind {}", bind_addr(addr, port.get()));
-            if let Some(opts) = &hs.bind_options {
-                let _ = write!(out, " {opts}");
-            }
-            let _ = writeln!(out, "\n{INDENT}default_backend {backend_name}");
-        }
-        let _ = writeln!(out, "\nbackend {backend_name}");
-        let backend_lines: Vec<&String> = listen_be.into_iter().chain(&hs.backend).collect();
-        for line in &backend_lines {
-            let _ = writeln!(out, "{INDENT}{line}");
-        }
-        let tcp = mode_is_tcp(backend_lines.iter().map(|s| s.as_str()), defaults_tcp);
-        let set = backends.get(name).unwrap_or(&empty);
-        match h.server_slots {
-            None => {
-                let backend_ids = ids.backend(&backend_name);
-                for (server, b) in ordered(set, hs.backend_order, h.server_order_seed) {
-                    let id = backend_ids.and_then(|ids| ids.get(&server).copied());
-                    let line = ServerLine {
-                        backend: Some(b),
-                        id,
-                        name: &server,
-                        addr: name_addr(&server, b),
-                    };
-                    server_line(&mut out, svc, h, &line, tcp);
-                }
-            }
-            Some(per) => slot_lines(&mut out, svc, h, set, ids, &backend_name, per, tcp),
-        }
-    }
-    if let Some(shared) = &h.shared_frontend {
-        let mut lines: Vec<&String> = shared.iter().collect();
-        for svc in services.values().filter(|s| !s.haproxy.disabled) {
-            lines.extend(&svc.haproxy.shared_frontend);
-        }
-        let _ = writeln!(out, "\nfrontend {SHARED_FRONTEND}");
-        for line in lines {
-            let _ = writeln!(out, "{INDENT}{line}");
-        }
-    }
+    let out = RenderedParts::render(h, services, backends, ids).text();
     check_grammar(&out, h)?;
     Ok(out)
+}
+
+/// haproxy.cfg in parts: what comes before the services, each service's sections, and
+/// what comes after. A change to some services' servers re-renders only their parts;
+/// the file is their concatenation ([`RenderedParts::text`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RenderedParts {
+    /// The header, `global`, `defaults` and the extra sections.
+    pub head: String,
+    /// Per service (not `disabled`): its frontend, if any, and its backend.
+    pub services: BTreeMap<ServiceName, String>,
+    /// The shared frontend, if any.
+    pub tail: String,
+}
+
+impl RenderedParts {
+    /// Renders every part (not checked: [`render`] checks the whole text).
+    pub fn render(
+        h: &HaproxyConfig,
+        services: &BTreeMap<ServiceName, ServiceConfig>,
+        backends: &BTreeMap<ServiceName, BackendSet>,
+        ids: &ServerIds,
+    ) -> Self {
+        let mut head = String::new();
+        let _ = writeln!(head, "{HEADER}");
+        section(&mut head, "global", &h.global);
+        section(&mut head, "defaults", &h.defaults);
+        for (header, lines) in &h.extra_sections {
+            section(&mut head, header, lines);
+        }
+        let empty = BackendSet::new();
+        let parts = services
+            .iter()
+            .filter(|(_, svc)| !svc.haproxy.disabled)
+            .map(|(name, svc)| {
+                let set = backends.get(name).unwrap_or(&empty);
+                (name.clone(), render_service(h, svc, set, ids))
+            })
+            .collect();
+        let mut tail = String::new();
+        if let Some(shared) = &h.shared_frontend {
+            let mut lines: Vec<&String> = shared.iter().collect();
+            for svc in services.values().filter(|s| !s.haproxy.disabled) {
+                lines.extend(&svc.haproxy.shared_frontend);
+            }
+            let _ = writeln!(tail, "\nfrontend {SHARED_FRONTEND}");
+            for line in lines {
+                let _ = writeln!(tail, "{INDENT}{line}");
+            }
+        }
+        Self {
+            head,
+            services: parts,
+            tail,
+        }
+    }
+
+    /// The whole file.
+    pub fn text(&self) -> String {
+        let len = self.head.len()
+            + self.tail.len()
+            + self.services.values().map(String::len).sum::<usize>();
+        let mut out = String::with_capacity(len);
+        out.push_str(&self.head);
+        for part in self.services.values() {
+            out.push_str(part);
+        }
+        out.push_str(&self.tail);
+        out
+    }
+}
+
+/// One service's sections: its frontend (when it has a `port`) and its backend, with a
+/// server line per backend of `set`. Not checked; [`check_grammar`] accepts a part.
+pub fn render_service(
+    h: &HaproxyConfig,
+    svc: &ServiceConfig,
+    set: &BackendSet,
+    ids: &ServerIds,
+) -> String {
+    let mut out = String::new();
+    let defaults_tcp = mode_is_tcp(&h.defaults, false);
+    let hs = &svc.haproxy;
+    let backend_name = svc.backend_name();
+    let (listen_fe, listen_be): (Vec<&String>, Vec<&String>) = (
+        hs.listen.iter().filter(|l| placement(l).frontend).collect(),
+        hs.listen.iter().filter(|l| placement(l).backend).collect(),
+    );
+    if let Some(port) = hs.port {
+        let _ = writeln!(out, "\nfrontend {}", svc.haproxy_name());
+        for line in listen_fe.iter().copied().chain(&hs.frontend) {
+            let _ = writeln!(out, "{INDENT}{line}");
+        }
+        let addr = hs.bind_address.as_deref().unwrap_or(&h.bind_address);
+        let _ = write!(out, "{INDENT}bind {}", bind_addr(addr, port.get()));
+        if let Some(opts) = &hs.bind_options {
+            let _ = write!(out, " {opts}");
+        }
+        let _ = writeln!(out, "\n{INDENT}default_backend {backend_name}");
+    }
+    let _ = writeln!(out, "\nbackend {backend_name}");
+    let backend_lines: Vec<&String> = listen_be.into_iter().chain(&hs.backend).collect();
+    for line in &backend_lines {
+        let _ = writeln!(out, "{INDENT}{line}");
+    }
+    let tcp = mode_is_tcp(backend_lines.iter().map(|s| s.as_str()), defaults_tcp);
+    match h.server_slots {
+        None => {
+            let backend_ids = ids.backend(&backend_name);
+            for (server, b) in ordered(set, hs.backend_order, h.server_order_seed) {
+                let id = backend_ids.and_then(|ids| ids.get(&server).copied());
+                let line = ServerLine {
+                    backend: Some(b),
+                    id,
+                    name: &server,
+                    addr: name_addr(&server, b),
+                };
+                server_line(&mut out, svc, h, &line, tcp);
+            }
+        }
+        Some(per) => slot_lines(&mut out, svc, h, set, ids, &backend_name, per, tcp),
+    }
+    out
 }
 
 fn section(out: &mut String, header: &str, lines: &[String]) {

@@ -16,6 +16,15 @@
 //! Without a stats socket (`do_socket: false` or no `socket_file_path`) every change of
 //! the rendered file is a reload, as before. The runtime state is checked again every
 //! few seconds, so drift (a hand-made change, an HAProxy restarted elsewhere) is undone.
+//!
+//! Model first, text last: once HAProxy runs what the file holds, the output keeps the
+//! desired state as a model ([`Modelled`]: each service's rendered part and the backends
+//! parsed from it). A change to some services then costs O(their servers): only their
+//! parts are rendered and modelled again, only their backends' state is read (`show
+//! servers state <backend>`) and planned, and the file is assembled from the parts at
+//! most [`FILE_WRITE_DELAY`] later, once for all changes meanwhile. Everything else
+//! (a reload, a refused check, a quarantined server, slots, a restarted HAProxy) goes the
+//! full way: render everything, model it, plan every backend.
 
 pub mod config;
 pub mod managed;
@@ -38,13 +47,15 @@ use tokio::time::Instant;
 use crate::backends::BackendSet;
 use crate::config::{HaproxyConfig, ServiceConfig};
 use crate::counters::Counters;
-use config::{render, wanted_servers, RenderError, ServerIds};
+use config::{
+    check_grammar, render, render_service, wanted_servers, RenderError, RenderedParts, ServerIds,
+};
 use managed::{ManagedHandle, Supervisor};
 use model::{ConfigModel, Structure};
-use plan::{plan, Desired, ReloadReason, RunningState, RuntimeCommand};
+use plan::{plan_backends, plan_view, Desired, ReloadReason, RunningView, RuntimeCommand};
 use quarantine::{error_line, find_refused, suspects, without, Quarantine};
 use reload::{write_atomically, ReloadError, Reloader, Writer};
-use runtime::{Session, SocketError};
+use runtime::{LiveServers, Session, SocketError};
 
 /// How often the running state is compared with the desired one without any change.
 const VERIFY_INTERVAL: Duration = Duration::from_secs(2);
@@ -53,6 +64,9 @@ const VERIFY_INTERVAL: Duration = Duration::from_secs(2);
 const DELETE_RETRY: Duration = Duration::from_secs(1);
 /// After an unconfirmed reload the new worker may not answer yet: look again soon.
 const UNCONFIRMED_VERIFY: Duration = Duration::from_millis(500);
+/// A change that went out by the runtime API reaches haproxy.cfg at most this much
+/// later; the changes meanwhile share one write (and one `haproxy -c`).
+pub const FILE_WRITE_DELAY: Duration = Duration::from_secs(1);
 
 /// Errors of one apply. All are retried with backoff.
 #[derive(Debug, thiserror::Error)]
@@ -115,6 +129,27 @@ struct RuntimePass {
     retry_deletes: bool,
 }
 
+/// The desired state as a model, kept while HAProxy runs it (see the module's doc).
+struct Modelled {
+    /// The file in parts; `deployed` is their concatenation once written.
+    parts: RenderedParts,
+    /// The model of `parts`.
+    desired: Desired,
+    /// The `defaults` directives, which every backend inherits.
+    defaults: Vec<String>,
+    /// Services whose part changed since the file was written.
+    unwritten: BTreeSet<ServiceName>,
+}
+
+/// What the runtime-only path did.
+enum RuntimeOnly {
+    Done(Applied),
+    /// The full path must run (after these runtime commands went out).
+    Full {
+        runtime_commands: usize,
+    },
+}
+
 /// The HAProxy output and its state between applies.
 pub struct HaproxyOutput {
     config: HaproxyConfig,
@@ -144,6 +179,10 @@ pub struct HaproxyOutput {
     good_sets: Option<BTreeMap<ServiceName, BackendSet>>,
     /// The file HAProxy runs (as far as we know): put back when a reload is refused.
     good_text: Option<String>,
+    /// The runtime-only path's model; `None` until a full apply left HAProxy in sync.
+    modelled: Option<Modelled>,
+    /// When haproxy.cfg is due to follow what went out by the runtime API.
+    write_due_at: Option<Instant>,
     counters: Arc<Counters>,
 }
 
@@ -212,6 +251,8 @@ impl HaproxyOutput {
             running: true,
             quarantine: Quarantine::default(),
             good_sets: None,
+            modelled: None,
+            write_due_at: None,
             counters,
             config,
         };
@@ -226,22 +267,187 @@ impl HaproxyOutput {
         self.writer = Writer::new(&config);
         self.reloader = Reloader::new(&config);
         self.config = config;
+        // The next apply takes the full path: render everything under the new config and
+        // compare with what HAProxy runs (an unchanged render changes nothing).
+        self.modelled = None;
     }
 
     fn runtime_enabled(&self) -> bool {
         self.config.do_socket && !self.config.socket_file_paths.is_empty()
     }
 
-    /// Renders the desired state and brings HAProxy and the file to it. Servers HAProxy
-    /// refuses are quarantined and left out (see [`quarantine`]).
+    /// Brings HAProxy and the file to the desired state. `changed`: the services whose
+    /// set may differ from the last apply's (the others are known unchanged). Servers
+    /// HAProxy refuses are quarantined and left out (see [`quarantine`]).
     pub async fn apply(
         &mut self,
         services: &BTreeMap<ServiceName, ServiceConfig>,
         desired: &BTreeMap<ServiceName, BackendSet>,
+        changed: &BTreeSet<ServiceName>,
     ) -> Result<Applied, ApplyError> {
+        match self.apply_runtime_only(services, desired, changed).await? {
+            RuntimeOnly::Done(applied) => Ok(applied),
+            RuntimeOnly::Full { runtime_commands } => {
+                let mut applied = self.apply_full(services, desired).await?;
+                applied.runtime_commands += runtime_commands;
+                Ok(applied)
+            }
+        }
+    }
+
+    /// The runtime-only path (see the module's doc): the changed services' parts are
+    /// rendered and modelled again, their backends planned against HAProxy's state of
+    /// them (every backend when the periodic check is due), and the file is written from
+    /// the parts when due. `Full` when the full path must run instead.
+    async fn apply_runtime_only(
+        &mut self,
+        services: &BTreeMap<ServiceName, ServiceConfig>,
+        desired: &BTreeMap<ServiceName, BackendSet>,
+        changed: &BTreeSet<ServiceName>,
+    ) -> Result<RuntimeOnly, ApplyError> {
+        let full = RuntimeOnly::Full {
+            runtime_commands: 0,
+        };
+        let now = Instant::now();
+        if self.modelled.is_none()
+            || !self.runtime_enabled()
+            || self.reload_pending.is_some()
+            || self.config.server_slots.is_some()
+            || !self.quarantine.is_empty()
+        {
+            return Ok(full);
+        }
+        let generation = self.seen_generation;
+        if !self.observe_managed()
+            || self.seen_generation != generation
+            || self.managed.as_ref().is_some_and(|m| !m.requested())
+        {
+            return Ok(full);
+        }
+        let Some(mut m) = self.modelled.take() else {
+            return Ok(full);
+        };
+        let empty = BackendSet::new();
+        let mut touched = Vec::new();
+        for name in changed {
+            let Some(svc) = services.get(name).filter(|s| !s.haproxy.disabled) else {
+                continue;
+            };
+            let set = desired.get(name).unwrap_or(&empty);
+            let backend = svc.backend_name();
+            let wanted: BTreeSet<String> = set
+                .iter()
+                .map(crate::backends::Backend::server_name)
+                .collect();
+            let reserved = self.follow_running_ids_of(&backend, &wanted);
+            self.ids
+                .assign_backend(&backend, &wanted, self.config.max_server_id, &reserved);
+            let part = render_service(&self.config, svc, set, &self.ids);
+            check_grammar(&part, &self.config)?;
+            if m.parts.services.get(name) == Some(&part) {
+                continue;
+            }
+            let Some((backend, model)) = ConfigModel::parse_backend(&part, &m.defaults) else {
+                return Ok(full);
+            };
+            if m.desired.config.backends.get(&backend).map(|b| &b.lines) != Some(&model.lines) {
+                return Ok(full);
+            }
+            m.desired.config.backends.insert(backend.clone(), model);
+            m.parts.services.insert(name.clone(), part);
+            m.unwritten.insert(name.clone());
+            touched.push(backend);
+        }
+        let verify = [self.next_verify_at, self.retry_deletes_at]
+            .into_iter()
+            .flatten()
+            .min()
+            .is_none_or(|t| now >= t);
+        let mut applied = Applied::default();
+        if verify || !touched.is_empty() {
+            let only = (!verify).then_some(touched.as_slice());
+            let pass = self.runtime_pass(&m.desired, only).await;
+            applied.runtime_commands = pass.commands;
+            if pass.reload.is_some() {
+                // What the runtime API cannot do: the full path writes and reloads.
+                return Ok(RuntimeOnly::Full {
+                    runtime_commands: pass.commands,
+                });
+            }
+        }
+        if !touched.is_empty() {
+            self.write_due_at.get_or_insert(now + FILE_WRITE_DELAY);
+        }
+        if self.write_due_at.is_some_and(|t| now >= t) {
+            match self.write_parts(&mut m, desired).await {
+                Ok(written) => applied.written = written,
+                Err(ReloadError::CheckFailed { .. }) => {
+                    // The full path finds the servers the check refuses.
+                    return Ok(RuntimeOnly::Full {
+                        runtime_commands: applied.runtime_commands,
+                    });
+                }
+                Err(e) => {
+                    self.modelled = Some(m);
+                    return Err(e.into());
+                }
+            }
+        }
+        self.modelled = Some(m);
+        Ok(RuntimeOnly::Done(applied))
+    }
+
+    /// Writes the file from `m`'s parts (checked when `do_checks`; the structure is the
+    /// one HAProxy runs, and the servers went out by the runtime API). True when the
+    /// text changed. Retried at the next apply when it fails.
+    async fn write_parts(
+        &mut self,
+        m: &mut Modelled,
+        desired: &BTreeMap<ServiceName, BackendSet>,
+    ) -> Result<bool, ReloadError> {
+        self.write_due_at = None;
+        let text = m.parts.text();
+        if self.deployed.as_deref() == Some(text.as_str()) {
+            m.unwritten.clear();
+            return Ok(false);
+        }
+        if let Err(e) = self.writer.write(&text, self.config.do_checks).await {
+            if !matches!(e, ReloadError::CheckFailed { .. }) {
+                Counters::inc(&self.counters.write_failures);
+                self.write_due_at = Some(Instant::now());
+            }
+            return Err(e);
+        }
+        if self.writer.config_path().is_some() {
+            Counters::inc(&self.counters.config_writes);
+        }
+        if let Some(good) = &mut self.good_sets {
+            for name in std::mem::take(&mut m.unwritten) {
+                match desired.get(&name) {
+                    Some(set) => good.insert(name, set.clone()),
+                    None => good.remove(&name),
+                };
+            }
+        }
+        m.unwritten.clear();
+        // HAProxy runs what the file holds (the runtime pass left nothing to reload).
+        self.good_text = Some(text.clone());
+        self.deployed = Some(text);
+        Ok(true)
+    }
+
+    /// The full path: renders everything, plans every backend, writes, reloads.
+    async fn apply_full(
+        &mut self,
+        services: &BTreeMap<ServiceName, ServiceConfig>,
+        desired: &BTreeMap<ServiceName, BackendSet>,
+    ) -> Result<Applied, ApplyError> {
+        self.modelled = None;
+        self.write_due_at = None;
         let mut applied = Applied::default();
         let sets = self.quarantine.filter(desired);
-        let (mut rendered, mut model) = self.prepare(services, &sets)?;
+        let (parts, mut rendered, mut model) = self.prepare(services, &sets)?;
+        let mut parts = Some(parts);
         let running = self.observe_managed();
         self.running = running;
         if !running {
@@ -251,7 +457,7 @@ impl HaproxyOutput {
         let runtime = self.runtime_enabled() && running;
         let mut pass_reload = None;
         if runtime {
-            let pass = self.runtime_pass(&model).await;
+            let pass = self.runtime_pass(&model, None).await;
             applied.runtime_commands = pass.commands;
             pass_reload = pass.reload;
         }
@@ -266,9 +472,12 @@ impl HaproxyOutput {
                 .write_leaving_out_refused(services, desired, sets, rendered, check)
                 .await?;
             (rendered, model) = written;
+            if self.quarantine.len() != quarantined {
+                parts = None;
+            }
             if self.quarantine.len() != quarantined && runtime {
                 // Servers left out now: the runtime state follows the new render.
-                let pass = self.runtime_pass(&model).await;
+                let pass = self.runtime_pass(&model, None).await;
                 applied.runtime_commands += pass.commands;
                 pass_reload = pass.reload;
             }
@@ -300,6 +509,18 @@ impl HaproxyOutput {
             }
         }
         if self.reload_pending.is_none() || !running {
+            let in_sync = runtime
+                && self.reload_pending.is_none()
+                && self.quarantine.is_empty()
+                && self.config.server_slots.is_none();
+            if let Some(parts) = parts.filter(|_| in_sync) {
+                self.modelled = Some(Modelled {
+                    parts,
+                    defaults: model.config.defaults_lines(),
+                    desired: model,
+                    unwritten: BTreeSet::new(),
+                });
+            }
             return Ok(applied);
         }
         if Instant::now() < self.next_reload_at {
@@ -310,12 +531,12 @@ impl HaproxyOutput {
         Ok(applied)
     }
 
-    /// Server ids for `sets`, the rendered file, and its model.
+    /// Server ids for `sets`, the rendered file (in parts and whole), and its model.
     fn prepare(
         &mut self,
         services: &BTreeMap<ServiceName, ServiceConfig>,
         sets: &BTreeMap<ServiceName, BackendSet>,
-    ) -> Result<(String, Desired), RenderError> {
+    ) -> Result<(RenderedParts, String, Desired), RenderError> {
         let wanted = wanted_servers(services, sets);
         // With slots, ids are slot numbers and HAProxy's servers are `slot<k>`: a free
         // slot is refilled at runtime, so nothing needs reserving.
@@ -326,12 +547,14 @@ impl HaproxyOutput {
         };
         self.ids
             .assign_reserving(&wanted, self.config.max_server_id, &reserved);
-        let rendered = render(&self.config, services, sets, &self.ids)?;
+        let parts = RenderedParts::render(&self.config, services, sets, &self.ids);
+        let rendered = parts.text();
+        check_grammar(&rendered, &self.config)?;
         let model = Desired {
             config: ConfigModel::parse(&rendered),
             dynamic_servers: self.config.dynamic_servers,
         };
-        Ok((rendered, model))
+        Ok((parts, rendered, model))
     }
 
     /// Writes `rendered` (checked when `check`). When the check fails, the servers new
@@ -384,7 +607,7 @@ impl HaproxyOutput {
             self.quarantine.add(&service, backend, error);
         }
         let sets = self.quarantine.filter(desired);
-        let (rendered, model) = self.prepare(services, &sets)?;
+        let (_, rendered, model) = self.prepare(services, &sets)?;
         if let Err(e) = self.writer.write(&rendered, true).await {
             match &e {
                 ReloadError::CheckFailed { .. } => Counters::inc(&self.counters.check_failures),
@@ -436,6 +659,22 @@ impl HaproxyOutput {
                 } else {
                     lingering.entry(name.clone()).or_default().insert(id);
                 }
+            }
+        }
+        lingering
+    }
+
+    /// [`HaproxyOutput::follow_running_ids`] for one backend: returns its lingering ids.
+    fn follow_running_ids_of(&mut self, backend: &str, wanted: &BTreeSet<String>) -> BTreeSet<u32> {
+        let mut lingering = BTreeSet::new();
+        let Some(loaded) = self.loaded.as_ref().and_then(|l| l.backends.get(backend)) else {
+            return lingering;
+        };
+        for (server, id) in loaded.servers.iter().filter_map(|(s, m)| Some((s, m.id?))) {
+            if wanted.contains(server) {
+                self.ids.adopt(backend, server, id);
+            } else {
+                lingering.insert(id);
             }
         }
         lingering
@@ -505,7 +744,7 @@ impl HaproxyOutput {
         }
         // The state file brought back runtime state (weights, maintenance) from before
         // the reload; the new worker now gets what the plan still finds.
-        let pass = self.runtime_pass(desired).await;
+        let pass = self.runtime_pass(desired, None).await;
         applied.runtime_commands += pass.commands;
         if let Some(why) = pass.reload {
             self.need_reload(why);
@@ -550,11 +789,12 @@ impl HaproxyOutput {
         }
     }
 
-    /// Reads what every stats socket's HAProxy runs, and applies the plan's commands.
-    async fn runtime_pass(&mut self, desired: &Desired) -> RuntimePass {
+    /// Reads what every stats socket's HAProxy runs, and applies the plan's commands:
+    /// for every backend (and the rest of the config), or `only` some backends.
+    async fn runtime_pass(&mut self, desired: &Desired, only: Option<&[String]>) -> RuntimePass {
         let mut pass = RuntimePass::default();
         for path in self.config.socket_file_paths.clone() {
-            if let Err(e) = self.runtime_pass_on(&path, desired, &mut pass).await {
+            if let Err(e) = self.runtime_pass_on(&path, desired, only, &mut pass).await {
                 Counters::inc(&self.counters.runtime_failures);
                 let in_sync = self.loaded.as_ref() == Some(&desired.config);
                 tracing::warn!(socket = %path.display(), error = %crate::watcher::etcd::error_chain(&e), in_sync, "the HAProxy runtime API failed");
@@ -564,8 +804,12 @@ impl HaproxyOutput {
             }
         }
         let now = Instant::now();
-        self.next_verify_at = Some(now + VERIFY_INTERVAL);
-        self.retry_deletes_at = pass.retry_deletes.then_some(now + DELETE_RETRY);
+        if only.is_none() {
+            self.next_verify_at = Some(now + VERIFY_INTERVAL);
+            self.retry_deletes_at = pass.retry_deletes.then_some(now + DELETE_RETRY);
+        } else if pass.retry_deletes {
+            self.retry_deletes_at.get_or_insert(now + DELETE_RETRY);
+        }
         pass
     }
 
@@ -573,10 +817,11 @@ impl HaproxyOutput {
         &mut self,
         path: &std::path::Path,
         desired: &Desired,
+        only: Option<&[String]>,
         pass: &mut RuntimePass,
     ) -> Result<(), SocketError> {
         let mut session = Session::open(path).await?;
-        let Some(plan) = self.running_plan(&mut session, desired).await? else {
+        let Some(plan) = self.running_plan(&mut session, desired, only).await? else {
             pass.reload.get_or_insert(ReloadReason::Initial);
             return Ok(());
         };
@@ -623,20 +868,34 @@ impl HaproxyOutput {
         &self,
         session: &mut Session,
         desired: &Desired,
+        only: Option<&[String]>,
     ) -> Result<Option<plan::Plan>, SocketError> {
         let caps = session.capabilities().await?;
         let backends = session.backends().await?;
-        let servers = session.servers().await?;
-        let Some(loaded) = self.loaded.clone() else {
+        let servers = match only {
+            None => session.servers().await?,
+            Some(names) => {
+                let mut servers = LiveServers::new();
+                // A backend HAProxy lacks is planned as such (a reload).
+                for name in names.iter().filter(|n| backends.contains(*n)) {
+                    servers.extend(session.servers_of(name).await?);
+                }
+                servers
+            }
+        };
+        let Some(loaded) = self.loaded.as_ref() else {
             return Ok(None);
         };
-        let running = RunningState {
-            caps,
+        let running = RunningView {
+            caps: &caps,
             loaded,
-            backends,
-            servers,
+            backends: &backends,
+            servers: &servers,
         };
-        Ok(Some(plan(&running, desired)))
+        Ok(Some(match only {
+            None => plan_view(&running, desired),
+            Some(names) => plan_backends(&running, desired, names),
+        }))
     }
 
     /// An output that only looks: HAProxy is assumed to run the file on disk (managed
@@ -670,6 +929,8 @@ impl HaproxyOutput {
             quarantine: Quarantine::default(),
             good_sets: None,
             counters: Arc::default(),
+            modelled: None,
+            write_due_at: None,
             config,
         }
     }
@@ -683,7 +944,7 @@ impl HaproxyOutput {
         services: &BTreeMap<ServiceName, ServiceConfig>,
         desired: &BTreeMap<ServiceName, BackendSet>,
     ) -> Result<Preview, RenderError> {
-        let (rendered, model) = self.prepare(services, desired)?;
+        let (_, rendered, model) = self.prepare(services, desired)?;
         let mut preview = Preview {
             commands: Vec::new(),
             reload: None,
@@ -694,7 +955,7 @@ impl HaproxyOutput {
         if self.runtime_enabled() {
             for path in self.config.socket_file_paths.clone() {
                 let planned = match Session::open(&path).await {
-                    Ok(mut session) => self.running_plan(&mut session, &model).await,
+                    Ok(mut session) => self.running_plan(&mut session, &model, None).await,
                     Err(e) => Err(e),
                 };
                 match planned {
@@ -793,6 +1054,7 @@ impl HaproxyOutput {
             reload.map(|_| self.next_reload_at),
             self.retry_deletes_at,
             self.next_verify_at,
+            self.write_due_at,
         ]
         .into_iter()
         .flatten()

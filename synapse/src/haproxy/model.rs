@@ -147,6 +147,54 @@ impl ConfigModel {
                 .all(|((n1, b1), (n2, lines))| n1 == n2 && &b1.lines == lines)
     }
 
+    /// The `defaults` sections' directives, which every backend inherits: the input to
+    /// [`ConfigModel::parse_backend`].
+    pub fn defaults_lines(&self) -> Vec<String> {
+        let mut in_defaults = false;
+        let mut out = Vec::new();
+        for line in &self.base {
+            if line.starts_with(char::is_whitespace) {
+                if in_defaults {
+                    out.push(line.trim().to_owned());
+                }
+            } else {
+                in_defaults = line.split_whitespace().next() == Some("defaults");
+            }
+        }
+        out
+    }
+
+    /// Reads the `backend` section of a part of a rendered file (one service's
+    /// sections), as [`ConfigModel::parse`] reads it in the whole file: a change to one
+    /// service is modelled without parsing the rest again.
+    pub fn parse_backend(part: &str, defaults: &[String]) -> Option<(String, BackendModel)> {
+        let mut name = None;
+        let mut lines = Vec::new();
+        for line in part.lines() {
+            let trimmed = line.trim();
+            if trimmed.is_empty() || trimmed.starts_with('#') {
+                continue;
+            }
+            if !line.starts_with(char::is_whitespace) {
+                if name.is_some() {
+                    break;
+                }
+                let mut words = trimmed.split_whitespace();
+                if let (Some("backend"), Some(n), None) = (words.next(), words.next(), words.next())
+                {
+                    name = Some(n.to_owned());
+                }
+                continue;
+            }
+            if name.is_some() {
+                lines.push(trimmed.to_owned());
+            }
+        }
+        let name = name?;
+        let model = BackendModel::parse(&name, defaults, &lines);
+        Some((name, model))
+    }
+
     /// Reads a haproxy.cfg (as rendered by synapse: sections at column 0, directives
     /// indented).
     pub fn parse(text: &str) -> Self {
@@ -383,6 +431,27 @@ mod tests {
         assert_eq!(m.backends["hashed"].servers["h_x:1"].addr, None);
         assert!(m.backends["chash"].dynamic && m.backends["chash"].cookie_directive);
         assert!(!m.backends.contains_key("stats"));
+    }
+
+    #[test]
+    fn a_backend_parsed_from_its_part_equals_the_one_parsed_from_the_file() {
+        let whole = ConfigModel::parse(TEXT);
+        let defaults = whole.defaults_lines();
+        assert_eq!(
+            defaults,
+            [
+                "mode http",
+                "default-server inter 2s weight 4 init-addr last,libc,none"
+            ]
+        );
+        for (name, backend) in &whole.backends {
+            let start = TEXT.find(&format!("\nbackend {name}\n")).unwrap();
+            // The part runs to the end: parsing stops at the next section.
+            let (parsed, model) = ConfigModel::parse_backend(&TEXT[start..], &defaults).unwrap();
+            assert_eq!(&parsed, name);
+            assert_eq!(&model, backend, "{name}");
+        }
+        assert!(ConfigModel::parse_backend("frontend f\n    bind :1\n", &defaults).is_none());
     }
 
     #[test]

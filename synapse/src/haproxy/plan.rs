@@ -262,8 +262,35 @@ impl Plan {
     }
 }
 
+/// What HAProxy runs, borrowed: [`RunningState`] without copying the loaded config.
+#[derive(Debug, Clone, Copy)]
+pub struct RunningView<'a> {
+    pub caps: &'a Capabilities,
+    pub loaded: &'a ConfigModel,
+    /// `show backend`.
+    pub backends: &'a BTreeSet<String>,
+    /// `show servers state` (of at least the backends planned).
+    pub servers: &'a LiveServers,
+}
+
+impl RunningState {
+    pub fn view(&self) -> RunningView<'_> {
+        RunningView {
+            caps: &self.caps,
+            loaded: &self.loaded,
+            backends: &self.backends,
+            servers: &self.servers,
+        }
+    }
+}
+
 /// Compares what runs with what should run.
 pub fn plan(running: &RunningState, desired: &Desired) -> Plan {
+    plan_view(&running.view(), desired)
+}
+
+/// [`plan`] on a borrowed running state.
+pub fn plan_view(running: &RunningView<'_>, desired: &Desired) -> Plan {
     let mut plan = Plan::default();
     if running.loaded.base != desired.config.base {
         plan.need_reload(ReloadReason::Structure);
@@ -274,39 +301,64 @@ pub fn plan(running: &RunningState, desired: &Desired) -> Plan {
             plan.need_reload(ReloadReason::BackendRemoved(name.clone()));
         }
     }
-    let no_servers = BTreeMap::new();
-    for (name, want) in &desired.config.backends {
-        let Some(loaded) = running.loaded.backends.get(name) else {
-            plan.need_reload(ReloadReason::BackendAdded(name.clone()));
-            continue;
-        };
-        if loaded.lines != want.lines {
-            plan.need_reload(ReloadReason::BackendChanged(name.clone()));
-            continue;
-        }
-        if !running.backends.contains(name) {
-            plan.need_reload(ReloadReason::BackendNotRunning(name.clone()));
-            continue;
-        }
-        let live = running.servers.get(name).unwrap_or(&no_servers);
-        plan_backend(&mut plan, running, desired, name, want, loaded, live);
+    for name in desired.config.backends.keys() {
+        plan_one(&mut plan, running, desired, name);
     }
     plan
 }
 
+/// [`plan`] for some backends only (a change to some services): the sections outside
+/// them are the caller's to compare. `running.servers` needs only these backends.
+pub fn plan_backends<'a>(
+    running: &RunningView<'_>,
+    desired: &Desired,
+    only: impl IntoIterator<Item = &'a String>,
+) -> Plan {
+    let mut plan = Plan::default();
+    for name in only {
+        if desired.config.backends.contains_key(name) {
+            plan_one(&mut plan, running, desired, name);
+        } else if running.loaded.backends.contains_key(name) {
+            plan.need_reload(ReloadReason::BackendRemoved(name.clone()));
+        }
+    }
+    plan
+}
+
+fn plan_one(plan: &mut Plan, running: &RunningView<'_>, desired: &Desired, name: &String) {
+    let no_servers = BTreeMap::new();
+    let Some(want) = desired.config.backends.get(name) else {
+        return;
+    };
+    let Some(loaded) = running.loaded.backends.get(name) else {
+        plan.need_reload(ReloadReason::BackendAdded(name.clone()));
+        return;
+    };
+    if loaded.lines != want.lines {
+        plan.need_reload(ReloadReason::BackendChanged(name.clone()));
+        return;
+    }
+    if !running.backends.contains(name) {
+        plan.need_reload(ReloadReason::BackendNotRunning(name.clone()));
+        return;
+    }
+    let live = running.servers.get(name).unwrap_or(&no_servers);
+    plan_backend(plan, running.caps, desired, name, want, loaded, live);
+}
+
 fn plan_backend(
     plan: &mut Plan,
-    running: &RunningState,
+    caps: &Capabilities,
     desired: &Desired,
     name: &str,
     want: &BackendModel,
     loaded: &BackendModel,
     live: &BTreeMap<String, LiveServer>,
 ) {
-    let can_add_or_del = desired.dynamic_servers && running.caps.dynamic_servers && want.dynamic;
+    let can_add_or_del = desired.dynamic_servers && caps.dynamic_servers && want.dynamic;
     let add_or_del_why = if !desired.dynamic_servers {
         "dynamic_servers is off, or slots (then the backend grows)"
-    } else if !running.caps.dynamic_servers {
+    } else if !caps.dynamic_servers {
         "HAProxy is older than 2.6"
     } else {
         "the backend's balance algorithm is not dynamic"
@@ -383,7 +435,7 @@ fn plan_backend(
                     if !can_add_or_del {
                         return Err(add_or_del_why);
                     }
-                    add(want, w, &running.caps, b, s)
+                    add(want, w, caps, b, s)
                 });
                 match added {
                     Ok(cmds) => plan.commands.extend(cmds),
@@ -948,6 +1000,28 @@ mod tests {
             let running = running_from(&model, caps26());
             let p = plan(&running, &Desired { config: model, dynamic_servers: true });
             prop_assert!(p.is_empty(), "{:?}", p);
+        }
+
+        #[test]
+        fn planning_each_backend_alone_gives_the_whole_plans_commands(
+            before in proptest::collection::vec((any::<bool>(), srv()), 0..10),
+            after in proptest::collection::vec((any::<bool>(), srv()), 0..10),
+        ) {
+            let mut ids = BTreeMap::new();
+            let old = ConfigModel::parse(&render(&before, &mut ids));
+            let new = ConfigModel::parse(&render(&after, &mut ids));
+            let running = running_from(&old, caps26());
+            let desired = Desired { config: new, dynamic_servers: true };
+            let whole = plan(&running, &desired);
+            let mut apart = Plan::default();
+            for name in ["api".to_owned(), "web".to_owned()] {
+                let p = plan_backends(&running.view(), &desired, [&name]);
+                apart.commands.extend(p.commands);
+                if let Some(why) = p.reload {
+                    apart.need_reload(why);
+                }
+            }
+            prop_assert_eq!(whole, apart);
         }
 
         #[test]

@@ -160,6 +160,18 @@ impl Session {
             answer: format!("{why}: {}", summarize(&answer)),
         })
     }
+
+    /// `show servers state <backend>`, parsed: one backend's servers, for a change that
+    /// touched only some backends (an unknown backend is an error: ask `show backend`
+    /// first).
+    pub async fn servers_of(&mut self, backend: &str) -> Result<LiveServers, SocketError> {
+        let command = format!("show servers state {backend}");
+        let answer = self.command(&command).await?;
+        parse_servers_state(&answer).map_err(|why| SocketError::Unexpected {
+            command,
+            answer: format!("{why}: {}", summarize(&answer)),
+        })
+    }
 }
 
 /// One command on the master CLI (`-S`), which answers only once our side is shut.

@@ -142,6 +142,10 @@ struct Entries {
     claimed_twice: usize,
     /// Server names two entries claim now, so each conflict is counted once.
     conflicts: BTreeSet<String>,
+    /// The published set is exactly the valid entries' backends (no name claimed twice
+    /// when it was published): a watch response then changes it in place, by the keys
+    /// it touched, instead of building and comparing the whole set again.
+    in_step: bool,
     reject_log: RejectLog,
 }
 
@@ -180,6 +184,53 @@ impl Entries {
         self.claimed_twice = 0;
         for (key, (backend, checked)) in valid {
             self.insert_valid(key, backend, checked);
+        }
+    }
+
+    /// Publishes the whole set (after a list, or while names conflict).
+    fn publish_all(&mut self, out: &Publisher, service: &ServiceName, counters: &Counters) {
+        let set = self.set(service, counters);
+        publish(out, set, true, Origin::Etcd);
+        self.in_step = self.claimed_twice == 0 && self.conflicts.is_empty();
+    }
+
+    /// Publishes what a watch response changed: `touched` holds each key it touched
+    /// with the backend the key had before (the published set is in step). O(keys
+    /// touched × log n): churn on a big set costs what changes, not the set's size.
+    fn publish_touched(
+        &mut self,
+        out: &Publisher,
+        touched: BTreeMap<Vec<u8>, Option<Backend>>,
+        service: &ServiceName,
+        counters: &Counters,
+    ) {
+        if !(self.in_step && self.claimed_twice == 0 && self.conflicts.is_empty()) {
+            self.publish_all(out, service, counters);
+            return;
+        }
+        let mut published = false;
+        out.send_if_modified(|cur| {
+            let Some(d) = cur else {
+                return false;
+            };
+            published = true;
+            let mut changed = !d.fresh || d.origin != Origin::Etcd;
+            d.fresh = true;
+            d.origin = Origin::Etcd;
+            // Every old backend is one key's only (no name was claimed twice), so removing
+            // the old ones and then adding the new ones gives exactly the valid entries.
+            for old in touched.values().flatten() {
+                changed |= d.backends.remove(old);
+            }
+            for key in touched.keys() {
+                if let Some((new, _)) = self.valid.get(key) {
+                    changed |= d.backends.insert(new.clone());
+                }
+            }
+            changed
+        });
+        if !published {
+            self.publish_all(out, service, counters);
         }
     }
 
@@ -273,12 +324,7 @@ impl EtcdWatcher {
                 Counters::inc(&self.counters.relists);
                 self.counters.services.etcd_listed(&self.service, revision);
                 *resync_at = Instant::now() + self.config.resync_interval;
-                publish(
-                    out,
-                    entries.set(&self.service, &self.counters),
-                    true,
-                    Origin::Etcd,
-                );
+                entries.publish_all(out, &self.service, &self.counters);
                 Ok(State::Watch { from: revision + 1 })
             }
             State::Watch { from } => {
@@ -499,9 +545,14 @@ impl EtcdWatcher {
                     // Any message (created, progress, events) proves the stream live, so
                     // the set is current again: publish it fresh even without events, or a
                     // `multi` resolver would keep preferring a fallback after a reconnect.
+                    let mut touched: BTreeMap<Vec<u8>, Option<Backend>> = BTreeMap::new();
                     for ev in resp.events() {
                         let Some(kv) = ev.kv() else { continue };
                         revision = revision.max(kv.mod_revision());
+                        if !touched.contains_key(kv.key()) {
+                            let before = entries.valid.get(kv.key()).map(|(b, _)| b.clone());
+                            touched.insert(kv.key().to_vec(), before);
+                        }
                         match ev.event_type() {
                             EventType::Put => self.apply_put(entries, kv),
                             EventType::Delete => {
@@ -520,7 +571,7 @@ impl EtcdWatcher {
                         };
                         return Err((self.over_cap_error(what), State::List));
                     }
-                    publish(out, entries.set(&self.service, &self.counters), true, Origin::Etcd);
+                    entries.publish_touched(out, touched, &self.service, &self.counters);
                     self.counters.services.etcd_watching(&self.service, revision);
                 }
             }
@@ -870,6 +921,46 @@ mod tests {
         // A put replacing a key's value releases its old name.
         entries.insert_valid(b"k1".to_vec(), backend("c", "10.0.0.3", 80), false);
         assert_eq!(entries.names.len(), 2, "{:?}", entries.names);
+    }
+
+    proptest::proptest! {
+        /// A watch response applied in place (by the keys it touched) publishes exactly
+        /// what a whole rebuild would: with puts, deletes, renames, a key that moves
+        /// between two values within one response, and names claimed twice meanwhile.
+        #[test]
+        fn a_response_applied_in_place_equals_the_whole_set(
+            batches in proptest::collection::vec(
+                proptest::collection::vec((0u8..6, proptest::option::of(0u8..5)), 1..6),
+                1..12,
+            )
+        ) {
+            use crate::backends::tests_support::backend;
+            let service = ServiceName::new("web").unwrap();
+            let counters = Counters::default();
+            let mut entries = Entries::default();
+            let (tx, rx) = tokio::sync::watch::channel(None);
+            entries.publish_all(&tx, &service, &counters);
+            for batch in batches {
+                let mut touched: BTreeMap<Vec<u8>, Option<Backend>> = BTreeMap::new();
+                for (key, value) in batch {
+                    let key = vec![b'k', key];
+                    if !touched.contains_key(&key) {
+                        touched.insert(key.clone(), entries.valid.get(&key).map(|(b, _)| b.clone()));
+                    }
+                    match value {
+                        Some(v) => entries.insert_valid(
+                            key,
+                            backend(&format!("s{v}"), "10.0.0.1", 80 + u16::from(v)),
+                            false,
+                        ),
+                        None => entries.remove_valid(&key),
+                    }
+                }
+                entries.publish_touched(&tx, touched, &service, &counters);
+                let published = rx.borrow().as_ref().map(|d| d.backends.clone());
+                proptest::prop_assert_eq!(published, Some(entries.set(&service, &counters)));
+            }
+        }
     }
 
     #[test]
