@@ -123,6 +123,7 @@ impl Nerve {
                 }),
                 ready,
                 detail: None,
+                routes: None,
             };
             common::admin::serve_or_warn(addr, state, cancel.child_token()).await;
         }

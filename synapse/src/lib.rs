@@ -170,6 +170,7 @@ async fn serve_admin(
             let (config, counters) = (config.clone(), detail_counters.clone());
             Box::pin(async move { service_detail::document(&config, &counters, &service).await })
         })),
+        routes: None,
     };
     common::admin::serve_or_warn(addr, state, cancel.child_token())
         .await
