@@ -54,9 +54,18 @@ else
   echo "smoke-test: FAIL: neither 'docker compose' nor 'docker-compose' is installed" >&2
   exit 1
 fi
-# SMOKE_COMPOSE_FILES: more compose files (space-separated) laid over docker-compose.yml,
-# e.g. deploy/compose/grpc-proxy.yml: the same checks, with the synapses behind the proxy.
+# SMOKE_TLS=1: the same checks on the TLS option (deploy/compose/tls.yml: etcd on https://
+# with client-certificate auth), plus a check that etcd refuses clients without a
+# certificate of the stack's CA.
 compose_files=(-f docker-compose.yml)
+scheme=http
+if [ "${SMOKE_TLS:-0}" = 1 ]; then
+  compose_files+=(-f deploy/compose/tls.yml)
+  scheme=https
+  scripts/compose-tls-certs
+fi
+# SMOKE_COMPOSE_FILES: more compose files (space-separated) laid over those, e.g.
+# deploy/compose/grpc-proxy.yml: the same checks, with the synapses behind the proxy.
 for extra in ${SMOKE_COMPOSE_FILES:-}; do compose_files+=(-f "$extra"); done
 compose() { "${compose_cmd[@]}" -p "$project" "${compose_files[@]}" "$@"; }
 
@@ -183,7 +192,7 @@ ALPHA="alpha on host-a:8080"
 
 # etcd: etcdctl inside a running member's container, against the members that are up.
 members_up=(etcd1 etcd2 etcd3)
-endpoints() { local m out=""; for m in "${members_up[@]}"; do out+="${out:+,}http://$m:2379"; done; echo "$out"; }
+endpoints() { local m out=""; for m in "${members_up[@]}"; do out+="${out:+,}$scheme://$m:2379"; done; echo "$out"; }
 etcdctl_() { timeout 20 docker exec "$(cid "${members_up[0]}")" etcdctl --endpoints="$(endpoints)" "$@"; }
 keys() { etcdctl_ get --prefix --keys-only "$1" | grep . || true; }
 key_count_is() { [ "$(keys "$1" | grep -c .)" = "$2" ]; }
@@ -271,6 +280,15 @@ sed 's/^/    /' <<<"$regs"
 grep -qF '{"host":"10.213.57.22","port":8080,"name":"host-b"}' <<<"$regs" || fail "no registration of beta on :8080"
 grep -qF '{"host":"10.213.57.22","port":8081,"name":"host-b"}' <<<"$regs" || fail "no registration of beta on :8081"
 grep -qF '{"host":"10.213.57.21","port":8080,"name":"host-a"}' <<<"$regs" || fail "no registration of alpha"
+if [ "$scheme" = https ]; then
+  # The registrations above went over TLS with client certificates; without a certificate,
+  # or over plain HTTP, etcd answers nothing.
+  anon() { timeout 20 docker exec -e ETCDCTL_CERT= -e ETCDCTL_KEY= "$(cid etcd1)" etcdctl \
+    --endpoints="$1" --dial-timeout=3s --command-timeout=5s get --prefix --keys-only /nerve/ 2>&1; }
+  if out=$(anon https://etcd1:2379); then fail "etcd answered a client without a certificate: $out"; fi
+  if out=$(anon http://etcd1:2379); then fail "etcd answered plain HTTP: $out"; fi
+  log "TLS: etcd refuses a client without a certificate and plain HTTP"
+fi
 
 # --- 3. stop nerve-b: SIGTERM deregisters; start brings beta back ---
 
@@ -343,7 +361,7 @@ leader=""
 if [ "$etcd_stop" = leader ]; then
   has_leader() { etcdctl_ endpoint status | grep -q ', true, '; }
   wait_for 15 "etcd to report a leader" has_leader
-  leader=$(etcdctl_ endpoint status | awk -F', ' '$5 == "true" { sub("http://", "", $1); sub(":2379", "", $1); print $1 }')
+  leader=$(etcdctl_ endpoint status | awk -F', ' '$5 == "true" { sub(/^https?:\/\//, "", $1); sub(":2379", "", $1); print $1 }')
   victim=$leader
 else
   victim=$etcd_stop
@@ -405,7 +423,7 @@ etcdctl_ endpoint health -w table 2>&1 | sed 's/^/    /'
 # was down: beta's second instance and alpha's key under nerve-a's new lease.
 caught_up() {
   local own all
-  own=$(timeout 20 docker exec "$(cid "$victim")" etcdctl --endpoints="http://$victim:2379" \
+  own=$(timeout 20 docker exec "$(cid "$victim")" etcdctl --endpoints="$scheme://$victim:2379" \
     get --prefix --keys-only --consistency=s /nerve/services/ | grep . | sort)
   all=$(keys /nerve/services/ | sort)
   [ -n "$own" ] && [ "$own" = "$all" ] && [ "$(grep -c . <<<"$all")" = 3 ]

@@ -10,6 +10,7 @@ pub mod config;
 pub mod etcd;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod imds;
 pub mod key;
 pub mod names;
 pub mod registration;
@@ -19,6 +20,7 @@ pub mod status_cli;
 pub mod table;
 pub mod telemetry;
 pub mod upstream;
+pub mod zone;
 pub mod zookeeper;
 
 pub use backoff::Backoff;

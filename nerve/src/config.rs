@@ -61,6 +61,13 @@ struct NerveFile {
     maintenance_file: Option<PathBuf>,
     #[serde(default)]
     admin_listen: common::admin::ListenSetting,
+    /// This host's availability zone, registered as the `zone` label (else `NERVE_ZONE`,
+    /// else IMDS with `zone_from_imds`).
+    zone: Option<String>,
+    zone_from_imds: Option<bool>,
+    /// The IMDS to ask (default `http://169.254.169.254`, or
+    /// `AWS_EC2_METADATA_SERVICE_ENDPOINT`).
+    imds_endpoint: Option<String>,
 }
 
 /// One entry of `services` (or one file in `service_conf_dir`).
@@ -166,9 +173,24 @@ pub struct Config {
     pub maintenance_file: Option<PathBuf>,
     /// Where the admin endpoint (`/status`, `/metrics`) listens; `None`: no endpoint.
     pub admin_listen: Option<SocketAddr>,
+    /// Where this host's zone comes from (`zone`; `NERVE_ZONE` is read at start-up).
+    pub zone: common::zone::ZoneSource,
     /// Upstream keys that were ignored, one line each, for `--check-config` and the
     /// start-up log.
     pub warnings: Vec<ConfigError>,
+}
+
+impl Config {
+    /// Adds the `zone` label to every registration that has none of its own (a service's
+    /// `labels.zone` wins).
+    pub fn label_zone(&mut self, zone: &str) {
+        for svc in self.services.values_mut() {
+            svc.registration
+                .labels
+                .entry(common::zone::LABEL.to_owned())
+                .or_insert_with(|| zone.to_owned());
+        }
+    }
 }
 
 /// One service to check and register.
@@ -449,6 +471,26 @@ pub fn parse_in(
             None
         });
 
+    if let Some(zone) = &file.zone {
+        if let Err(e) = common::zone::validate(zone) {
+            errors.push("zone", e);
+        }
+    }
+    let imds_endpoint = file.zone_from_imds.unwrap_or(false).then(|| {
+        file.imds_endpoint
+            .clone()
+            .or_else(|| std::env::var(common::imds::ENDPOINT_ENV).ok())
+            .unwrap_or_else(|| common::imds::DEFAULT_ENDPOINT.to_owned())
+    });
+    if file.imds_endpoint.is_some() && imds_endpoint.is_none() {
+        errors.push("imds_endpoint", "is only used with zone_from_imds: true");
+    }
+    let zone = common::zone::ZoneSource {
+        configured: file.zone.clone(),
+        env: None,
+        imds_endpoint,
+    };
+
     compat.push_unsupported(&mut errors);
     match instance_id {
         Some(instance_id) if errors.is_empty() => Ok(Config {
@@ -461,6 +503,7 @@ pub fn parse_in(
             heartbeat_path: file.heartbeat_path,
             maintenance_file: file.maintenance_file,
             admin_listen,
+            zone,
             warnings: compat.warnings,
         }),
         _ => Err(errors),
@@ -1189,6 +1232,49 @@ mod tests {
 
     fn parse_err(text: &str) -> ConfigErrors {
         parse(text, &Overrides::default()).expect_err("config accepted")
+    }
+
+    #[test]
+    fn the_zone_label_goes_on_every_registration_without_its_own() {
+        let mut c = parse_ok(
+            r#"{"instance_id": "h1", "zone": "za", "services": {
+                "web": {"host": "127.0.0.1", "port": 1, "reporter_type": "etcd", "etcd_path": "/s/web"},
+                "own": {"host": "127.0.0.1", "port": 2, "reporter_type": "etcd", "etcd_path": "/s/own",
+                        "labels": {"zone": "zother"}}}}"#,
+        );
+        assert_eq!(c.zone.configured.as_deref(), Some("za"));
+        assert_eq!(c.zone.imds_endpoint, None);
+        c.label_zone("za");
+        let label = |name: &str| {
+            c.services[&ServiceName::new(name).unwrap()]
+                .registration
+                .labels["zone"]
+                .clone()
+        };
+        assert_eq!(label("web"), "za");
+        assert_eq!(label("own"), "zother");
+        assert!(c.services[&ServiceName::new("web").unwrap()]
+            .registration
+            .encode()
+            .contains(r#""labels":{"zone":"za"}"#));
+
+        let c = parse_ok(
+            r#"{"instance_id": "h1", "zone_from_imds": true, "imds_endpoint": "http://127.0.0.1:9", "services": {}}"#,
+        );
+        assert_eq!(c.zone.imds_endpoint.as_deref(), Some("http://127.0.0.1:9"));
+        for (text, key) in [
+            (
+                r#"{"instance_id": "h1", "zone": "a b", "services": {}}"#,
+                "zone",
+            ),
+            (
+                r#"{"instance_id": "h1", "imds_endpoint": "http://127.0.0.1:9", "services": {}}"#,
+                "imds_endpoint",
+            ),
+        ] {
+            let errs = parse_err(text);
+            assert!(errs.to_string().contains(key), "{key}: {errs}");
+        }
     }
 
     #[test]

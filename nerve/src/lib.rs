@@ -111,6 +111,12 @@ impl Nerve {
             ready,
         } = self;
         drop(reload_tx);
+        let mut config = config;
+        let zone = own_zone(&config).await;
+        if let Some(zone) = &zone {
+            config.label_zone(zone);
+        }
+        let reload_rx = label_reloads(reload_rx, zone);
         info!(instance = %config.instance_id, services = config.services.len(),
             endpoints = ?config.etcd.endpoints, lease_ttl = ?config.lease_ttl, "nerve starting");
 
@@ -123,6 +129,7 @@ impl Nerve {
                 }),
                 ready,
                 detail: None,
+                routes: None,
             };
             common::admin::serve_or_warn(addr, state, cancel.child_token()).await;
         }
@@ -228,6 +235,49 @@ impl Nerve {
             }
         }
     }
+}
+
+/// The environment variable that gives nerve its zone when the config's `zone` does not.
+pub const ZONE_ENV: &str = "NERVE_ZONE";
+
+/// This host's zone (config `zone`, else `NERVE_ZONE`, else IMDS with `zone_from_imds`),
+/// found once at start-up. Not found where the config said to look: an error in the log
+/// and no `zone` label; registering without a zone beats not registering.
+async fn own_zone(config: &Config) -> Option<String> {
+    let mut source = config.zone.clone();
+    source.env = std::env::var(ZONE_ENV).ok();
+    match common::zone::find(&source, ZONE_ENV).await {
+        Ok(Some((zone, origin))) => {
+            info!(zone = %zone, origin = ?origin, "registering with the zone label");
+            Some(zone)
+        }
+        Ok(None) => None,
+        Err(e) => {
+            error!(error = %e, "cannot find this host's zone: registering without a zone label");
+            None
+        }
+    }
+}
+
+/// Reloaded configs, with the zone label found at start-up (the zone of a host does not
+/// change under a running nerve).
+fn label_reloads(
+    mut rx: mpsc::UnboundedReceiver<Config>,
+    zone: Option<String>,
+) -> mpsc::UnboundedReceiver<Config> {
+    let Some(zone) = zone else {
+        return rx;
+    };
+    let (tx, labelled) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(mut config) = rx.recv().await {
+            config.label_zone(&zone);
+            if tx.send(config).is_err() {
+                return;
+            }
+        }
+    });
+    labelled
 }
 
 /// Runs nerve with `config` until `cancel` fires.

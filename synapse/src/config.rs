@@ -52,6 +52,15 @@ pub struct SynapseFile {
     /// `127.0.0.1:9102` if unset, off if `null`/`false`.
     #[serde(default)]
     pub admin_listen: common::admin::ListenSetting,
+    /// This host's availability zone, for `prefer_zone` (else `SYNAPSE_ZONE`, else IMDS
+    /// with `zone_from_imds`).
+    pub zone: Option<String>,
+    /// Read the zone from EC2's instance metadata when neither `zone` nor
+    /// `SYNAPSE_ZONE` says.
+    pub zone_from_imds: Option<bool>,
+    /// The IMDS to ask (default `http://169.254.169.254`, or
+    /// `AWS_EC2_METADATA_SERVICE_ENDPOINT`).
+    pub imds_endpoint: Option<String>,
 }
 
 /// `mass_removal_guard`: hold the last good set when most servers vanish at once.
@@ -88,6 +97,19 @@ pub struct ServiceFile {
     pub mass_removal_guard: Option<MassRemovalGuardFile>,
     pub haproxy: Option<ServiceHaproxyFile>,
     pub file_output: Option<ServiceFileOutputFile>,
+    /// `true`: prefer servers in synapse's own zone; a string: in that zone.
+    pub prefer_zone: Option<PreferZoneFile>,
+    /// While at least this many same-zone servers are registered (a number >= 1), or
+    /// this fraction of all the service's servers (0 < x < 1), other zones are backup.
+    pub min_zone_servers: Option<f64>,
+}
+
+/// `prefer_zone`: `true`/`false`, or a zone name.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum PreferZoneFile {
+    On(bool),
+    Zone(String),
 }
 
 fn default_true() -> bool {
@@ -310,6 +332,8 @@ pub struct Config {
     pub debounce_mode: DebounceMode,
     /// Where the admin endpoint listens; `None`: no endpoint.
     pub admin_listen: Option<std::net::SocketAddr>,
+    /// Where synapse's own zone comes from (`zone`; `SYNAPSE_ZONE` is read at start-up).
+    pub zone: common::zone::ZoneSource,
     /// Upstream keys that were ignored (and services skipped), one line each, for
     /// `--check-config` and the start-up log.
     pub warnings: Vec<ConfigError>,
@@ -344,6 +368,34 @@ pub struct ServiceConfig {
     pub mass_removal_guard: GuardSettings,
     pub haproxy: ServiceHaproxy,
     pub file_output_disabled: bool,
+    /// `prefer_zone`: same-zone servers normal, other zones `backup` (see
+    /// [`crate::backends::prefer_zone`]).
+    pub prefer_zone: Option<ZonePreference>,
+}
+
+/// A service's zone preference.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ZonePreference {
+    /// The preferred zone; `None` until synapse knows its own (`prefer_zone: true`):
+    /// [`Config::set_own_zone`].
+    pub zone: Option<String>,
+    pub min: MinZoneServers,
+}
+
+/// `min_zone_servers`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum MinZoneServers {
+    /// At least this many same-zone servers registered.
+    Count(usize),
+    /// At least this fraction (0 < x < 1) of all the service's servers in the zone,
+    /// rounded up, and at least one.
+    Fraction(f64),
+}
+
+impl Default for MinZoneServers {
+    fn default() -> Self {
+        Self::Count(1)
+    }
 }
 
 /// Where a service's backends come from.
@@ -621,6 +673,27 @@ fn parse_lenient<T: serde::de::DeserializeOwned>(
 }
 
 impl Config {
+    /// Services with `prefer_zone: true` prefer `zone` (synapse's own, found at
+    /// start-up); with `None` (no zone found) they route to every zone alike. Returns the
+    /// names of the services that wanted their own zone.
+    pub fn set_own_zone(&mut self, zone: Option<&str>) -> Vec<ServiceName> {
+        let mut wanting = Vec::new();
+        for svc in self.services.values_mut() {
+            let Some(pref) = &mut svc.prefer_zone else {
+                continue;
+            };
+            if pref.zone.is_some() {
+                continue;
+            }
+            wanting.push(svc.name.clone());
+            match zone {
+                Some(z) => pref.zone = Some(z.to_owned()),
+                None => svc.prefer_zone = None,
+            }
+        }
+        wanting
+    }
+
     /// Reads, parses and validates a config file (and its `service_conf_dir`).
     pub fn load(path: &Path) -> Result<Self, ConfigErrors> {
         let text = read(path)?;
@@ -736,6 +809,28 @@ impl Config {
                 errors.push("admin_listen", e);
                 None
             });
+        if let Some(zone) = &file.zone {
+            if let Err(e) = common::zone::validate(zone) {
+                errors.push("zone", e);
+            }
+        }
+        let imds_endpoint = file.zone_from_imds.unwrap_or(false).then(|| {
+            file.imds_endpoint
+                .clone()
+                .or_else(|| std::env::var(common::imds::ENDPOINT_ENV).ok())
+                .unwrap_or_else(|| common::imds::DEFAULT_ENDPOINT.to_owned())
+        });
+        if file.imds_endpoint.is_some() && imds_endpoint.is_none() {
+            errors.push(
+                "imds_endpoint",
+                "is only used with zone_from_imds: true (EC2 discovery has its own)",
+            );
+        }
+        let zone = common::zone::ZoneSource {
+            configured: file.zone.clone(),
+            env: None,
+            imds_endpoint,
+        };
         errors.finish(Self {
             services,
             haproxy,
@@ -744,6 +839,7 @@ impl Config {
             debounce_max_wait,
             debounce_mode,
             admin_listen,
+            zone,
             warnings: compat.warnings,
         })
     }
@@ -1445,6 +1541,7 @@ fn validate_service(
     let haproxy = h
         .map(|h| validate_service_haproxy(h, &hpath, errors))
         .unwrap_or_default();
+    let prefer_zone = validate_zone_preference(svc, path, errors);
     let discovery = discovery?;
     (errors.len() == before).then(|| ServiceConfig {
         name: name.clone(),
@@ -1460,7 +1557,47 @@ fn validate_service(
         mass_removal_guard: GuardSettings::default(),
         haproxy,
         file_output_disabled: svc.file_output.as_ref().is_some_and(|f| f.disabled),
+        prefer_zone,
     })
+}
+
+/// `prefer_zone` and `min_zone_servers`.
+fn validate_zone_preference(
+    svc: &ServiceFile,
+    path: &str,
+    errors: &mut ConfigErrors,
+) -> Option<ZonePreference> {
+    let min = match svc.min_zone_servers {
+        None => MinZoneServers::default(),
+        Some(x) if x > 0.0 && x < 1.0 => MinZoneServers::Fraction(x),
+        Some(x) if x >= 1.0 && x.fract() == 0.0 && x <= 1e6 => MinZoneServers::Count(x as usize),
+        Some(_) => {
+            errors.push(
+                join_path(path, "min_zone_servers"),
+                "must be a whole number of servers (1 or more) or a fraction between 0 and 1",
+            );
+            MinZoneServers::default()
+        }
+    };
+    let zone = match &svc.prefer_zone {
+        None | Some(PreferZoneFile::On(false)) => {
+            if svc.min_zone_servers.is_some() {
+                errors.push(
+                    join_path(path, "min_zone_servers"),
+                    "needs prefer_zone (true, or a zone name)",
+                );
+            }
+            return None;
+        }
+        Some(PreferZoneFile::On(true)) => None,
+        Some(PreferZoneFile::Zone(z)) => {
+            if let Err(e) = common::zone::validate(z) {
+                errors.push(join_path(path, "prefer_zone"), e);
+            }
+            Some(z.clone())
+        }
+    };
+    Some(ZonePreference { zone, min })
 }
 
 fn validate_server(s: &ServerFile, path: &str, errors: &mut ConfigErrors) -> Option<Backend> {
@@ -2151,6 +2288,114 @@ mod tests {
         assert_eq!(c.debounce_mode, DebounceMode::Trailing);
         let errs = parse(&format!(r#"{{{base}}}, "debounce_mode": "lazy"}}"#)).unwrap_err();
         assert!(errs.mentions("debounce_mode"), "{errs}");
+    }
+
+    #[test]
+    fn zone_keys_are_validated_with_their_paths() {
+        let with = |top: &str, svc: &str| {
+            parse(&format!(
+                r#"{{{top} "services": {{"web": {{"discovery": {{"method": "base"}} {svc}}}}},
+                    "file_output": {{"output_directory": "/tmp/x"}}}}"#
+            ))
+        };
+        let c = with(
+            r#""zone": "za","#,
+            r#", "prefer_zone": true, "min_zone_servers": 0.5"#,
+        )
+        .unwrap();
+        assert_eq!(c.zone.configured.as_deref(), Some("za"));
+        assert_eq!(c.zone.imds_endpoint, None);
+        let pref = c
+            .services
+            .values()
+            .next()
+            .unwrap()
+            .prefer_zone
+            .clone()
+            .unwrap();
+        assert_eq!(
+            pref,
+            ZonePreference {
+                zone: None,
+                min: MinZoneServers::Fraction(0.5)
+            }
+        );
+        let c = with("", r#", "prefer_zone": "zb", "min_zone_servers": 3"#).unwrap();
+        let pref = c
+            .services
+            .values()
+            .next()
+            .unwrap()
+            .prefer_zone
+            .clone()
+            .unwrap();
+        assert_eq!(
+            pref,
+            ZonePreference {
+                zone: Some("zb".into()),
+                min: MinZoneServers::Count(3)
+            }
+        );
+        let c = with(
+            r#""zone_from_imds": true, "imds_endpoint": "http://127.0.0.1:1","#,
+            "",
+        )
+        .unwrap();
+        assert_eq!(c.zone.imds_endpoint.as_deref(), Some("http://127.0.0.1:1"));
+        assert!(c.services.values().next().unwrap().prefer_zone.is_none());
+
+        for (top, svc, key) in [
+            (r#""zone": "a zone","#, "", "zone"),
+            (
+                r#""imds_endpoint": "http://127.0.0.1:1","#,
+                "",
+                "imds_endpoint",
+            ),
+            ("", r#", "prefer_zone": "x/y""#, "services.web.prefer_zone"),
+            (
+                "",
+                r#", "prefer_zone": true, "min_zone_servers": 0"#,
+                "services.web.min_zone_servers",
+            ),
+            (
+                "",
+                r#", "prefer_zone": true, "min_zone_servers": 1.5"#,
+                "services.web.min_zone_servers",
+            ),
+            (
+                "",
+                r#", "min_zone_servers": 2"#,
+                "services.web.min_zone_servers",
+            ),
+        ] {
+            let errs = with(top, svc).unwrap_err();
+            assert!(errs.mentions(key), "{key}: {errs}");
+        }
+    }
+
+    #[test]
+    fn own_zone_fills_prefer_zone_true_or_turns_it_off() {
+        let text = r#"{"services": {
+            "own": {"discovery": {"method": "base"}, "prefer_zone": true},
+            "named": {"discovery": {"method": "base"}, "prefer_zone": "zb"},
+            "off": {"discovery": {"method": "base"}}},
+            "file_output": {"output_directory": "/tmp/x"}}"#;
+        let zone_of = |c: &Config, name: &str| {
+            let svc = &c.services[&ServiceName::new(name).unwrap()];
+            svc.prefer_zone.as_ref().map(|p| p.zone.clone())
+        };
+        let mut c = parse(text).unwrap();
+        assert_eq!(
+            c.set_own_zone(Some("za")),
+            [ServiceName::new("own").unwrap()]
+        );
+        assert_eq!(zone_of(&c, "own"), Some(Some("za".into())));
+        assert_eq!(zone_of(&c, "named"), Some(Some("zb".into())));
+        assert_eq!(zone_of(&c, "off"), None);
+        let mut c = parse(text).unwrap();
+        assert_eq!(c.set_own_zone(None), [ServiceName::new("own").unwrap()]);
+        assert_eq!(zone_of(&c, "own"), None);
+        assert_eq!(zone_of(&c, "named"), Some(Some("zb".into())));
     }
 
     #[test]

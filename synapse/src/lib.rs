@@ -145,6 +145,8 @@ async fn run_inner(
     counters: Arc<Counters>,
     cancel: CancellationToken,
 ) -> Result<(), RunError> {
+    let mut config = config;
+    apply_own_zone(&mut config).await;
     let config = Arc::new(config);
     let shared_config = Arc::new(std::sync::Mutex::new(config.clone()));
     let admin = match config.admin_listen {
@@ -248,9 +250,10 @@ async fn run_inner(
             Some(()) = async { hangups.as_mut()?.recv().await } => {
                 let Some(path) = &reload_from else { continue };
                 tracing::info!(path = %path.display(), "SIGHUP: re-reading the config");
-                let Some(new) = load_for_reload(path, &running, &counters).await else {
+                let Some(mut new) = load_for_reload(path, &running, &counters).await else {
                     continue;
                 };
+                apply_own_zone(&mut new).await;
                 let changes = config_reload::service_changes(&running, &new);
                 for name in changes.removed.iter().chain(&changes.rewatched) {
                     if let Some(w) = watched.remove(name) {
@@ -350,6 +353,45 @@ async fn load_for_reload(path: &Path, running: &Config, counters: &Counters) -> 
     None
 }
 
+/// The environment variable that gives synapse its zone when the config's `zone` does
+/// not.
+pub const ZONE_ENV: &str = "SYNAPSE_ZONE";
+
+/// Finds synapse's own zone (config `zone`, else `SYNAPSE_ZONE`, else IMDS with
+/// `zone_from_imds`) for the services with `prefer_zone: true`. Without one they route to
+/// every zone alike, after a warning: a zone hint is never a reason not to route.
+async fn apply_own_zone(config: &mut Config) {
+    let wants_own = config
+        .services
+        .values()
+        .any(|s| s.prefer_zone.as_ref().is_some_and(|p| p.zone.is_none()));
+    if !wants_own {
+        return;
+    }
+    let mut source = config.zone.clone();
+    source.env = std::env::var(ZONE_ENV).ok();
+    let zone = match common::zone::find(&source, ZONE_ENV).await {
+        Ok(Some((zone, origin))) => {
+            tracing::info!(zone = %zone, origin = ?origin, "own zone found: prefer_zone services prefer it");
+            Some(zone)
+        }
+        Ok(None) => None,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot find this host's zone");
+            None
+        }
+    };
+    let services = config.set_own_zone(zone.as_deref());
+    if zone.is_none() {
+        let names: Vec<String> = services.iter().map(ToString::to_string).collect();
+        tracing::warn!(
+            services = %names.join(","),
+            "prefer_zone: true, but this synapse has no zone (set zone, {ZONE_ENV}, or \
+             zone_from_imds): these services route to every zone alike"
+        );
+    }
+}
+
 /// Starts the admin endpoint: `/metrics` from `counters`, `/status`, `/status/<service>`,
 /// `/healthz`, and `/readyz` (ready once every service's first set is applied). Stops
 /// with `cancel`. `None` (after a warning) when `addr` cannot be bound.
@@ -385,6 +427,7 @@ async fn serve_admin(
             let counters = detail_counters.clone();
             Box::pin(async move { service_detail::document(&config, &counters, &service).await })
         })),
+        routes: None,
     };
     common::admin::serve_or_warn(addr, state, cancel.child_token())
         .await

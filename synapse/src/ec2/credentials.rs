@@ -6,17 +6,14 @@
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
+use common::imds::Imds;
 use common::Secret;
 use tokio::sync::Mutex;
 
 /// The IMDS address on EC2. Tests and non-AWS clouds point `imds_endpoint` elsewhere.
-pub const DEFAULT_IMDS_ENDPOINT: &str = "http://169.254.169.254";
+pub const DEFAULT_IMDS_ENDPOINT: &str = common::imds::DEFAULT_ENDPOINT;
 /// How long before expiry role credentials are refreshed.
 const REFRESH_BEFORE: Duration = Duration::from_secs(300);
-/// IMDS is link-local and fast; anything slower is not there.
-const IMDS_TIMEOUT: Duration = Duration::from_secs(2);
-/// Lifetime of an IMDSv2 session token.
-const IMDS_TOKEN_TTL_SECS: u32 = 21_600;
 
 /// A set of AWS credentials.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,8 +39,7 @@ pub enum CredentialError {
 enum Source {
     Fixed(Credentials),
     Imds {
-        endpoint: String,
-        http: reqwest::Client,
+        imds: Imds,
         cached: Mutex<Option<Credentials>>,
     },
 }
@@ -109,17 +105,13 @@ impl CredentialProvider {
             // through, but say so when the role is missing too.
             tracing::debug!(path = %path.display(), %profile, "profile not in shared credentials file");
         }
-        let endpoint = env("AWS_EC2_METADATA_SERVICE_ENDPOINT")
+        let endpoint = env(common::imds::ENDPOINT_ENV)
             .or(inputs.imds_endpoint)
             .unwrap_or_else(|| DEFAULT_IMDS_ENDPOINT.to_owned());
-        let http = super::client_builder(IMDS_TIMEOUT)
-            .no_proxy()
-            .build()
-            .map_err(|e| CredentialError::Imds(e.to_string()))?;
+        let imds = Imds::new(&endpoint).map_err(|e| CredentialError::Imds(e.to_string()))?;
         Ok(Self {
             source: Source::Imds {
-                endpoint: endpoint.trim_end_matches('/').to_owned(),
-                http,
+                imds,
                 cached: Mutex::new(None),
             },
         })
@@ -129,18 +121,14 @@ impl CredentialProvider {
     pub async fn get(&self) -> Result<Credentials, CredentialError> {
         match &self.source {
             Source::Fixed(c) => Ok(c.clone()),
-            Source::Imds {
-                endpoint,
-                http,
-                cached,
-            } => {
+            Source::Imds { imds, cached } => {
                 let mut cached = cached.lock().await;
                 let fresh = cached.as_ref().is_some_and(|c| {
                     c.expires
                         .is_none_or(|e| e > SystemTime::now() + REFRESH_BEFORE)
                 });
                 if !fresh {
-                    *cached = Some(fetch_role_credentials(http, endpoint).await?);
+                    *cached = Some(fetch_role_credentials(imds).await?);
                 }
                 cached
                     .clone()
@@ -157,32 +145,15 @@ impl CredentialProvider {
     }
 }
 
-/// IMDSv2: a session token by PUT, then the role name, then the role's credentials.
-async fn fetch_role_credentials(
-    http: &reqwest::Client,
-    endpoint: &str,
-) -> Result<Credentials, CredentialError> {
-    let token = imds_body(
-        "token",
-        http.put(format!("{endpoint}/latest/api/token"))
-            .header(
-                "X-aws-ec2-metadata-token-ttl-seconds",
-                IMDS_TOKEN_TTL_SECS.to_string(),
-            )
-            .send()
-            .await,
-    )
-    .await?;
-    let get = |path: String| {
-        http.get(format!("{endpoint}{path}"))
-            .header("X-aws-ec2-metadata-token", token.trim())
-            .send()
-    };
-    let roles = imds_body(
-        "role list",
-        get("/latest/meta-data/iam/security-credentials/".into()).await,
-    )
-    .await?;
+/// IMDSv2 (common's client: no redirects, no proxy, capped bodies): a session token,
+/// then the role name, then the role's credentials.
+async fn fetch_role_credentials(imds: &Imds) -> Result<Credentials, CredentialError> {
+    let err = |e: common::imds::ImdsError| CredentialError::Imds(e.to_string());
+    let token = imds.token().await.map_err(err)?;
+    let roles = imds
+        .get(&token, "/latest/meta-data/iam/security-credentials/")
+        .await
+        .map_err(err)?;
     let role = roles
         .lines()
         .map(str::trim)
@@ -195,34 +166,14 @@ async fn fetch_role_credentials(
     {
         return Err(CredentialError::Imds("malformed role name".into()));
     }
-    let body = imds_body(
-        "credentials",
-        get(format!("/latest/meta-data/iam/security-credentials/{role}")).await,
-    )
-    .await?;
-    parse_role_credentials(&body)
-}
-
-/// IMDS answers are small: a token, a role name, a credentials document.
-const IMDS_MAX_BODY: usize = 64 * 1024;
-
-/// The body of a 2xx IMDS answer, capped; a redirect or any other status is an error.
-async fn imds_body(
-    what: &str,
-    resp: Result<reqwest::Response, reqwest::Error>,
-) -> Result<String, CredentialError> {
-    let err = |e: &dyn std::fmt::Display| CredentialError::Imds(format!("{what}: {e}"));
-    let resp = resp.map_err(|e| err(&e))?;
-    let status = resp.status();
-    if !status.is_success() {
-        return Err(err(&format_args!(
-            "IMDS answered HTTP {} (redirects are not followed)",
-            status.as_u16()
-        )));
-    }
-    super::read_capped(resp, IMDS_MAX_BODY)
+    let body = imds
+        .get(
+            &token,
+            &format!("/latest/meta-data/iam/security-credentials/{role}"),
+        )
         .await
-        .map_err(|e| err(&crate::watcher::etcd::error_chain(&e)))
+        .map_err(err)?;
+    parse_role_credentials(&body)
 }
 
 #[derive(serde::Deserialize)]
