@@ -26,6 +26,7 @@
 //! - [`status_table`]: the tables `synapse status` prints.
 
 pub mod backends;
+pub mod cli;
 pub mod config;
 pub mod counters;
 pub mod ec2;

@@ -3,44 +3,13 @@
 //! Exit codes: 0 after a clean stop, 64 for a bad command line or config, 1 otherwise
 //! (`status`: 1 when the endpoint is unreachable).
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use clap::{CommandFactory, Parser, Subcommand};
-use common::status_cli::{self, StatusArgs};
-use common::telemetry::{self, LogFormat};
-
-/// Watches etcd and keeps a local HAProxy routing to the healthy instances of each service.
-#[derive(Debug, Parser)]
-#[command(name = "synapse", version)]
-struct Cli {
-    /// The config file (airbnb synapse JSON; comments and trailing commas allowed).
-    /// Required to run; `status` reads its `admin_listen`.
-    #[arg(short = 'c', long = "config", env = "SYNAPSE_CONFIG", global = true)]
-    config: Option<PathBuf>,
-    /// Validate the config, print every problem, and exit (0 valid, 64 invalid).
-    #[arg(long)]
-    check_config: bool,
-    /// Log line format: human or json.
-    #[arg(long, env = "SYNAPSE_LOG_FORMAT", default_value = "human")]
-    log_format: LogFormat,
-    #[command(subcommand)]
-    command: Option<Cmd>,
-}
-
-#[derive(Debug, Subcommand)]
-enum Cmd {
-    /// Show what a running synapse believes (its admin endpoint's `/status`): a table per
-    /// service; with a service, its servers in the registry beside HAProxy's runtime
-    /// state. Exit 0 when it answered, 1 when it is unreachable or has no such service.
-    Status {
-        /// One service: its servers, registry and HAProxy side by side.
-        service: Option<String>,
-        #[command(flatten)]
-        view: StatusArgs,
-    },
-}
+use clap::{CommandFactory, Parser};
+use common::status_cli;
+use common::telemetry;
+use synapse::cli::{Cli, Cmd};
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -128,6 +97,10 @@ fn run(config: synapse::Config) -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
         let cancel = common::shutdown::on_signals().context("cannot install signal handlers")?;
-        synapse::run(config, cancel).await.context("synapse failed")
+        let counters = std::sync::Arc::<synapse::Counters>::default();
+        common::systemd::notify_when_ready(counters.services.ready_flag(), cancel.clone());
+        synapse::run_with(config, counters, cancel)
+            .await
+            .context("synapse failed")
     })
 }
