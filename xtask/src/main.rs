@@ -33,7 +33,7 @@ fn dist_assets(mut cmd: Command, dir: &Path) -> anyhow::Result<()> {
         fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
     }
     cmd.build();
-    write_man(&cmd, &name, &man)?;
+    write_man(&cmd, &man)?;
     for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
         let path = clap_complete::generate_to(shell, &mut cmd, &name, &completions)
             .with_context(|| format!("cannot write the {shell} completion for {name}"))?;
@@ -42,9 +42,10 @@ fn dist_assets(mut cmd: Command, dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `cmd`'s page, then one per subcommand (named `<parent>-<sub>`, as `man git-commit`).
-fn write_man(cmd: &Command, page: &str, dir: &Path) -> anyhow::Result<()> {
-    let cmd = cmd.clone().name(page.to_owned());
+/// `cmd`'s page, then one per subcommand: `<parent>-<sub>.1`, as `man git-commit` (the
+/// display name `Command::build` gives a subcommand, which the page's title uses too).
+fn write_man(cmd: &Command, dir: &Path) -> anyhow::Result<()> {
+    let page = cmd.get_display_name().unwrap_or_else(|| cmd.get_name());
     let path = dir.join(format!("{page}.1"));
     let mut out = Vec::new();
     clap_mangen::Man::new(cmd.clone())
@@ -56,7 +57,7 @@ fn write_man(cmd: &Command, page: &str, dir: &Path) -> anyhow::Result<()> {
         if sub.get_name() == "help" {
             continue;
         }
-        write_man(sub, &format!("{page}-{}", sub.get_name()), dir)?;
+        write_man(sub, dir)?;
     }
     Ok(())
 }
