@@ -43,7 +43,7 @@ cleanup() {
   local rc=$?
   if [ "$rc" != 0 ] && docker inspect "$name" >/dev/null 2>&1; then
     echo "--- journal of the failed run (last 80 lines)" >&2
-    docker exec "$name" journalctl --no-pager -n 80 2>/dev/null >&2 || true
+    docker exec "$name" journalctl --no-pager -n 80 >&2 2>/dev/null || true
   fi
   if [ "${KEEP:-0}" = 1 ]; then
     echo "package-test: KEEP=1: container $name left running" >&2
@@ -193,7 +193,9 @@ ctr 'set -e
     check_stat /etc/synapse "root:synapse 750"
     check_stat /etc/synapse/synapse.json "root:synapse 640"
     check_stat /var/lib/synapse/haproxy "synapse:synapse 755"
-    check_stat /var/lib/synapse/haproxy/haproxy.cfg "synapse:synapse 644"
+    # synapse rewrites haproxy.cfg (0640 or 0644 by its writer); HAProxy reads it as root.
+    [ "$(stat -c %U:%G /var/lib/synapse/haproxy/haproxy.cfg)" = synapse:synapse ] || {
+      echo "haproxy.cfg: $(stat -c %U:%G /var/lib/synapse/haproxy/haproxy.cfg)"; exit 1; }
     for f in /etc/nerve/nerve.json /etc/synapse/synapse.json; do
       grep -qx "$f" /var/lib/dpkg/info/$(basename $(dirname $f)).conffiles || { echo "not a conffile: $f"; exit 1; }
     done' || fail "files, users or modes"
