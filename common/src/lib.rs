@@ -17,6 +17,7 @@ pub mod registration;
 pub mod secret;
 pub mod shutdown;
 pub mod status_cli;
+pub mod systemd;
 pub mod table;
 pub mod telemetry;
 pub mod upstream;

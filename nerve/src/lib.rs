@@ -13,6 +13,7 @@
 //! [`Nerve::run`] (or [`run`]) is what the binary and the integration tests call.
 
 pub mod check;
+pub mod cli;
 pub mod config;
 #[doc(hidden)]
 pub mod fuzzing;
@@ -92,6 +93,12 @@ impl Nerve {
     /// A handle to reload the config of the running nerve.
     pub fn reloader(&self) -> Reloader {
         Reloader(self.reload_tx.clone())
+    }
+
+    /// True while nerve holds a live lease and its last etcd request succeeded: what
+    /// `/readyz` answers from (and systemd's `READY=1`, the first time).
+    pub fn ready_flag(&self) -> Arc<AtomicBool> {
+        self.ready.clone()
     }
 
     /// What nerve believes, updated as it changes.

@@ -7,47 +7,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{CommandFactory, Parser, Subcommand};
-use common::status_cli::{self, StatusArgs};
-use common::telemetry::{self, LogFormat};
+use clap::{CommandFactory, Parser};
+use common::status_cli;
+use common::telemetry;
+use nerve::cli::{Cli, Cmd};
 use nerve::config::{self, Overrides};
-
-/// Health-checks local services and keeps leased registrations for the healthy ones in
-/// etcd (SmartStack nerve, etcd v3).
-#[derive(Debug, Parser)]
-#[command(name = "nerve", version)]
-struct Cli {
-    /// The config file (airbnb nerve JSON; comments and trailing commas allowed).
-    /// Required to run; `status` reads its `admin_listen`.
-    #[arg(short = 'c', long = "config", env = "NERVE_CONFIG", global = true)]
-    config: Option<PathBuf>,
-    /// Overrides the config's `instance_id`.
-    #[arg(
-        short = 'i',
-        long = "instance-id",
-        visible_alias = "instance_id",
-        env = "NERVE_INSTANCE_ID"
-    )]
-    instance_id: Option<String>,
-    /// Validate the config, print every problem, and exit (0 valid, 64 invalid).
-    #[arg(short = 'k', long = "check-config")]
-    check_config: bool,
-    /// Log line format: human or json.
-    #[arg(long, env = "NERVE_LOG_FORMAT", default_value = "human")]
-    log_format: LogFormat,
-    #[command(subcommand)]
-    command: Option<Cmd>,
-}
-
-#[derive(Debug, Subcommand)]
-enum Cmd {
-    /// Show what a running nerve believes (its admin endpoint's `/status`): a table per
-    /// service; exit 0 when it answered, 1 when it is unreachable.
-    Status {
-        #[command(flatten)]
-        view: StatusArgs,
-    },
-}
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -126,6 +90,7 @@ fn run(path: PathBuf, overrides: Overrides, config: config::Config) -> anyhow::R
     runtime.block_on(async {
         let cancel = common::shutdown::on_signals().context("cannot install signal handlers")?;
         let nerve = nerve::Nerve::new(config);
+        common::systemd::notify_when_ready(nerve.ready_flag(), cancel.clone());
         nerve::reload_on_sighup(path, overrides, nerve.reloader())
             .context("cannot install the SIGHUP handler")?;
         nerve.run(cancel).await.context("nerve failed")

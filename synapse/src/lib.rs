@@ -29,6 +29,7 @@
 //! - [`status_table`]: the tables `synapse status` prints.
 
 pub mod backends;
+pub mod cli;
 pub mod config;
 pub mod config_reload;
 pub mod counters;

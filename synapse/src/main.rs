@@ -8,52 +8,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use clap::{CommandFactory, Parser, Subcommand};
-use common::status_cli::{self, StatusArgs};
-use common::telemetry::{self, LogFormat};
-
-/// Watches etcd and keeps a local HAProxy routing to the healthy instances of each service.
-#[derive(Debug, Parser)]
-#[command(name = "synapse", version)]
-struct Cli {
-    /// The config file (airbnb synapse JSON; comments and trailing commas allowed).
-    /// Required to run; `status` reads its `admin_listen`.
-    #[arg(short = 'c', long = "config", env = "SYNAPSE_CONFIG", global = true)]
-    config: Option<PathBuf>,
-    /// Validate the config, print every problem, and exit (0 valid, 64 invalid).
-    #[arg(long)]
-    check_config: bool,
-    /// The same as `synapse diff`: print what a run would do, change nothing.
-    #[arg(long)]
-    dry_run: bool,
-    /// Log line format: human or json.
-    #[arg(long, env = "SYNAPSE_LOG_FORMAT", default_value = "human")]
-    log_format: LogFormat,
-    #[command(subcommand)]
-    command: Option<Cmd>,
-}
-
-#[derive(Debug, Subcommand)]
-enum Cmd {
-    /// Show what a running synapse believes (its admin endpoint's `/status`): a table per
-    /// service; with a service, its servers in the registry beside HAProxy's runtime
-    /// state. Exit 0 when it answered, 1 when it is unreachable or has no such service.
-    Status {
-        /// One service: its servers, registry and HAProxy side by side.
-        service: Option<String>,
-        #[command(flatten)]
-        view: StatusArgs,
-    },
-    /// Read the registry once and print what a run would do now: the runtime commands
-    /// it would send, whether it would reload HAProxy and why, and a unified diff of
-    /// haproxy.cfg. Changes nothing. Exit 0 when nothing would change, 2 when something
-    /// would, 64 for a bad config, 1 when the registry does not answer in time.
-    Diff {
-        /// How long to wait for every service's first complete set, in seconds.
-        #[arg(long, default_value_t = 10.0)]
-        timeout: f64,
-    },
-}
+use clap::{CommandFactory, Parser};
+use common::status_cli;
+use common::telemetry;
+use synapse::cli::{Cli, Cmd};
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -182,8 +140,10 @@ fn run(config: synapse::Config, path: PathBuf) -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
         let cancel = common::shutdown::on_signals().context("cannot install signal handlers")?;
+        let counters = std::sync::Arc::<synapse::Counters>::default();
+        common::systemd::notify_when_ready(counters.services.ready_flag(), cancel.clone());
         // SIGHUP re-reads `path` (see `synapse::run_reloading`).
-        synapse::run_reloading(config, path, Default::default(), cancel)
+        synapse::run_reloading(config, path, counters, cancel)
             .await
             .context("synapse failed")
     })
