@@ -104,6 +104,18 @@ pub type DetailFn = Arc<
         + Sync,
 >;
 
+/// Answers a `POST` (an operator action such as nerve's `/drain/<service>`): gets the
+/// request target (path and query), returns the HTTP status and a JSON body; `None`: no
+/// such action (404).
+pub type ActionFn = Arc<
+    dyn Fn(
+            String,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Option<(u16, serde_json::Value)>> + Send>,
+        > + Send
+        + Sync,
+>;
+
 /// What the admin endpoint serves.
 #[derive(Clone)]
 pub struct AdminState {
@@ -113,6 +125,8 @@ pub struct AdminState {
     pub ready: Arc<AtomicBool>,
     /// `/status/<name>`, if the daemon has such documents.
     pub detail: Option<DetailFn>,
+    /// `POST` requests, if the daemon takes any.
+    pub action: Option<ActionFn>,
 }
 
 impl AdminState {
@@ -122,6 +136,7 @@ impl AdminState {
             status,
             ready: Arc::new(AtomicBool::new(false)),
             detail: None,
+            action: None,
         }
     }
 }
@@ -226,20 +241,28 @@ async fn handle(mut stream: TcpStream, state: &AdminState) -> std::io::Result<()
         .strip_prefix("/status/")
         .filter(|name| !name.is_empty())
         .zip(state.detail.as_ref());
-    let (status, content_type, body) = if method != "GET" && method != "HEAD" {
-        (405, "text/plain", "only GET\n".to_owned())
-    } else if let Some((name, detail)) = detail {
-        match detail(name.to_owned()).await {
-            Some(doc) => (200, "application/json", pretty(&doc)),
-            None => (404, "text/plain", format!("no service {name}\n")),
-        }
-    } else {
-        route(path, state)
-    };
+    let (status, content_type, body) =
+        if let Some(action) = state.action.as_ref().filter(|_| method == "POST") {
+            match action(target.to_owned()).await {
+                Some((code, doc)) => (code, "application/json", pretty(&doc)),
+                None => (404, "text/plain", "not found\n".to_owned()),
+            }
+        } else if method != "GET" && method != "HEAD" {
+            (405, "text/plain", "only GET\n".to_owned())
+        } else if let Some((name, detail)) = detail {
+            match detail(name.to_owned()).await {
+                Some(doc) => (200, "application/json", pretty(&doc)),
+                None => (404, "text/plain", format!("no service {name}\n")),
+            }
+        } else {
+            route(path, state)
+        };
     let reason = match status {
         200 => "OK",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        409 => "Conflict",
+        504 => "Gateway Timeout",
         503 => "Service Unavailable",
         _ => "Error",
     };

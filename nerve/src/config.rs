@@ -61,6 +61,7 @@ struct NerveFile {
     maintenance_file: Option<PathBuf>,
     #[serde(default)]
     admin_listen: common::admin::ListenSetting,
+    applied_status_prefix: Option<String>,
 }
 
 /// One entry of `services` (or one file in `service_conf_dir`).
@@ -152,6 +153,8 @@ pub struct Config {
     pub maintenance_file: Option<PathBuf>,
     /// Where the admin endpoint (`/status`, `/metrics`) listens; `None`: no endpoint.
     pub admin_listen: Option<SocketAddr>,
+    /// Where synapses publish the revisions they have applied (the drain barrier).
+    pub applied_status_prefix: String,
     /// Upstream keys that were ignored, one line each, for `--check-config` and the
     /// start-up log.
     pub warnings: Vec<ConfigError>,
@@ -402,6 +405,12 @@ pub fn parse_in(
             errors.push("admin_listen", e);
             None
         });
+    let applied_status_prefix = file
+        .applied_status_prefix
+        .unwrap_or_else(|| common::applied::DEFAULT_PREFIX.to_owned());
+    if let Err(e) = common::applied::validate_prefix(&applied_status_prefix) {
+        errors.push("applied_status_prefix", e);
+    }
 
     compat.push_unsupported(&mut errors);
     match instance_id {
@@ -415,6 +424,7 @@ pub fn parse_in(
             heartbeat_path: file.heartbeat_path,
             maintenance_file: file.maintenance_file,
             admin_listen,
+            applied_status_prefix,
             warnings: compat.warnings,
         }),
         _ => Err(errors),

@@ -14,6 +14,7 @@
 
 pub mod check;
 pub mod config;
+pub mod drain;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod health;
@@ -26,6 +27,7 @@ pub mod status_table;
 pub mod supervisor;
 pub mod upstream;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
@@ -114,6 +116,11 @@ impl Nerve {
         info!(instance = %config.instance_id, services = config.services.len(),
             endpoints = ?config.etcd.endpoints, lease_ttl = ?config.lease_ttl, "nerve starting");
 
+        let drain_handle = drain::DrainHandle::new(
+            status.clone(),
+            config.etcd.clone(),
+            config.applied_status_prefix.clone(),
+        );
         if let Some(addr) = config.admin_listen {
             let snapshot = status.clone();
             let state = AdminState {
@@ -123,6 +130,7 @@ impl Nerve {
                 }),
                 ready,
                 detail: None,
+                action: Some(drain::action(drain_handle.clone())),
             };
             common::admin::serve_or_warn(addr, state, cancel.child_token()).await;
         }
@@ -142,7 +150,9 @@ impl Nerve {
             Duration::from_millis(100),
             (config.lease_ttl / 3).clamp(Duration::from_millis(200), Duration::from_secs(10)),
         );
-        let reporter_cancel = cancel.child_token();
+        // Not a child of `cancel`: at shutdown the reporter revokes the lease only after
+        // the supervisor has stopped, so that what the revoke deletes is known.
+        let reporter_cancel = CancellationToken::new();
         let mut reporter_task = tokio::spawn(reporter::drive(
             reporter,
             desired_rx,
@@ -151,17 +161,50 @@ impl Nerve {
             backoff,
         ));
 
-        let supervisor =
-            supervisor::Supervisor::new(config, desired_tx, status, metrics, cancel.child_token());
+        let shutdown_timeout = config.shutdown_timeout;
+        let paths: BTreeMap<String, String> = config
+            .services
+            .iter()
+            .map(|(name, s)| (name.to_string(), s.path.to_string()))
+            .collect();
+        let supervisor = supervisor::Supervisor::new(
+            config,
+            desired_tx,
+            status.clone(),
+            metrics,
+            cancel.child_token(),
+        )
+        .with_drains(drain_handle.subscribe());
         let result = tokio::select! {
             () = supervisor.run(reload_rx) => Ok(()),
             joined = &mut reporter_task => Err(joined),
         };
         match result {
             Ok(()) => {
+                let stopping = tokio::time::Instant::now();
+                let before = status.snapshot().registry;
                 reporter_cancel.cancel();
                 match reporter_task.await {
                     Ok(()) => {
+                        // What the lease revoke deleted: wait (within shutdown_timeout
+                        // from the signal) until every synapse has applied it.
+                        let after = status.snapshot().registry;
+                        let revoked: BTreeMap<String, (String, i64)> = before
+                            .keys
+                            .values()
+                            .filter_map(|service| {
+                                let revision = *after.deletions.get(service)?;
+                                (before.deletions.get(service) != Some(&revision)).then(|| {
+                                    let path = paths.get(service).cloned().unwrap_or_default();
+                                    (service.clone(), (path, revision))
+                                })
+                            })
+                            .collect();
+                        if !revoked.is_empty() {
+                            drain_handle
+                                .barrier_on_shutdown(&revoked, stopping + shutdown_timeout)
+                                .await;
+                        }
                         info!("nerve stopped");
                         Ok(())
                     }

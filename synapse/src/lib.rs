@@ -8,6 +8,8 @@
 //! - [`watcher`]: one watcher per service (etcd list-then-watch, EC2 tags, static, multi)
 //!   publishing complete backend sets.
 //! - [`ec2`]: the EC2 API client behind the `ec2tag` watcher.
+//! - [`applied`]: publishes the etcd revision the outputs run, per watched path (the
+//!   drain barrier's other half).
 //! - [`backends`]: `Backend`/`BackendSet` and the per-service rules (filters, defaults,
 //!   last-known-good, bounds).
 //! - [`guard`]: the mass-removal guard (holds the last good set when most servers
@@ -25,6 +27,7 @@
 //! - [`service_detail`]: `/status/<service>`, the registry beside HAProxy's runtime state.
 //! - [`status_table`]: the tables `synapse status` prints.
 
+pub mod applied;
 pub mod backends;
 pub mod config;
 pub mod counters;
@@ -131,7 +134,9 @@ pub async fn run_with(
         file_output = config.file_output.is_some(),
         "synapse started"
     );
+    let applied = applied::start(&config, &mut tasks, &cancel);
     Reconciler::new(config, inputs, changed, haproxy, file_output, counters)
+        .with_applied(applied)
         .run(cancel.clone())
         .await;
     watchers.cancel();
@@ -170,6 +175,7 @@ async fn serve_admin(
             let (config, counters) = (config.clone(), detail_counters.clone());
             Box::pin(async move { service_detail::document(&config, &counters, &service).await })
         })),
+        action: None,
     };
     common::admin::serve_or_warn(addr, state, cancel.child_token())
         .await

@@ -20,6 +20,7 @@ use tokio::sync::{watch, Notify};
 use tokio::time::{sleep, sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
+use crate::applied::AppliedRevisions;
 use crate::backends::{resolve, BackendSet, Discovered, Resolution};
 use crate::config::{Config, DebounceMode};
 use crate::counters::Counters;
@@ -61,6 +62,11 @@ pub struct Reconciler {
     /// When the last change arrived, or the apply it caused ended, whichever is later:
     /// a change within `debounce` of it is part of a burst.
     busy_until: Option<Instant>,
+    /// Where the etcd revisions the outputs run are reported (the drain barrier).
+    applied: Option<AppliedRevisions>,
+    /// The etcd revision of each service whose desired set is exactly its discovered
+    /// set as of that revision (nothing held back), from the last [`Self::desired`].
+    revisions: BTreeMap<ServiceName, i64>,
 }
 
 impl Reconciler {
@@ -83,7 +89,16 @@ impl Reconciler {
             guards: Guards::default(),
             counters,
             busy_until: None,
+            applied: None,
+            revisions: BTreeMap::new(),
         }
+    }
+
+    /// Reports the etcd revisions the outputs run to `applied` after each apply that
+    /// left nothing pending.
+    pub fn with_applied(mut self, applied: Option<AppliedRevisions>) -> Self {
+        self.applied = applied;
+        self
     }
 
     /// Runs until cancelled.
@@ -200,13 +215,18 @@ impl Reconciler {
             discovered.insert(name.clone(), rx.borrow().clone()?);
         }
         let mut desired = BTreeMap::new();
+        self.revisions.clear();
         for (name, d) in discovered {
             let Some(svc) = self.config.services.get(&name) else {
                 continue;
             };
             let previous = self.current.get(&name);
             let has_previous = previous.is_some_and(|p| !p.is_empty());
-            let set = match resolve(svc, &d.backends, has_previous) {
+            let resolution = resolve(svc, &d.backends, has_previous);
+            // A set held back (previous backends, `max_servers`, the guard) is not what
+            // discovery found at its revision.
+            let mut held_back = !matches!(resolution, Resolution::Use(_));
+            let set = match resolution {
                 Resolution::Use(set) => {
                     if self.over_limit.remove(&name) {
                         tracing::info!(service = %name, servers = set.len(), "back under max_servers");
@@ -238,6 +258,10 @@ impl Reconciler {
                 }
             };
             let over_limit = self.over_limit.contains(&name);
+            held_back |= self.guards.held_until(&name).is_some();
+            if let (Some(revision), false) = (d.revision, held_back) {
+                self.revisions.insert(name.clone(), revision);
+            }
             self.counters.services.resolved(svc, &d, &set, over_limit);
             self.counters.services.guard(
                 &name,
@@ -295,6 +319,17 @@ impl Reconciler {
             .services
             .applied(&desired, haproxy_applied.as_ref());
         self.current = desired;
+        // The one point where an apply has succeeded. A deferred reload means HAProxy
+        // does not run it yet (the wake-up that reloads applies again and reports); after
+        // an unconfirmed reload the old worker may still route by the old config, so the
+        // revision waits for the next apply that finds HAProxy as it should be (with the
+        // runtime API, its check half a second later).
+        if let Some(applied) = &self.applied {
+            let pending = haproxy_applied.is_some_and(|a| a.reload_pending);
+            if !pending && self.haproxy.as_ref().is_none_or(HaproxyOutput::confirmed) {
+                applied.record(&self.revisions);
+            }
+        }
         Ok(())
     }
 }

@@ -643,6 +643,7 @@ mod tests {
             backends: set.clone(),
             fresh,
             origin: Origin::Etcd,
+            revision: None,
         }
     }
 
@@ -705,6 +706,7 @@ mod tests {
             runtime_commands,
             reloaded,
             reload_pending,
+            ..Applied::default()
         }
     }
 

@@ -29,7 +29,7 @@ use etcd_client::{Client, EventType, GetOptions, KeyValue, WatchOptions, WatchSt
 use tokio::time::{interval, sleep, sleep_until, timeout, Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use super::{mark_stale, publish, Publisher, Watcher};
+use super::{mark_stale, publish_at, Publisher, Watcher};
 use crate::backends::{Backend, BackendSet, Origin};
 use crate::config::EtcdDiscovery;
 use crate::counters::Counters;
@@ -273,11 +273,12 @@ impl EtcdWatcher {
                 Counters::inc(&self.counters.relists);
                 self.counters.services.etcd_listed(&self.service, revision);
                 *resync_at = Instant::now() + self.config.resync_interval;
-                publish(
+                publish_at(
                     out,
                     entries.set(&self.service, &self.counters),
                     true,
                     Origin::Etcd,
+                    Some(revision),
                 );
                 Ok(State::Watch { from: revision + 1 })
             }
@@ -520,7 +521,13 @@ impl EtcdWatcher {
                         };
                         return Err((self.over_cap_error(what), State::List));
                     }
-                    publish(out, entries.set(&self.service, &self.counters), true, Origin::Etcd);
+                    publish_at(
+                        out,
+                        entries.set(&self.service, &self.counters),
+                        true,
+                        Origin::Etcd,
+                        Some(revision),
+                    );
                     self.counters.services.etcd_watching(&self.service, revision);
                 }
             }
@@ -878,7 +885,7 @@ mod tests {
         mark_stale(&tx);
         assert_eq!(*rx.borrow(), None);
         let set: BackendSet = [crate::backends::tests_support::backend("a", "10.0.0.1", 80)].into();
-        publish(&tx, set.clone(), true, Origin::Etcd);
+        publish_at(&tx, set.clone(), true, Origin::Etcd, Some(7));
         mark_stale(&tx);
         assert_eq!(
             *rx.borrow(),
@@ -886,6 +893,7 @@ mod tests {
                 backends: set,
                 fresh: false,
                 origin: Origin::Etcd,
+                revision: Some(7),
             })
         );
     }

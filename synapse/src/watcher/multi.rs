@@ -160,6 +160,7 @@ fn combine(
                     backends: prev.backends.clone(),
                     fresh: false,
                     origin: prev.origin,
+                    revision: None,
                 };
                 return Some((held, Some(Source::Held)));
             }
@@ -188,6 +189,7 @@ mod tests {
             backends: hosts.iter().map(|h| backend("a", h, 80)).collect(),
             fresh,
             origin,
+            revision: None,
         })
     }
 
