@@ -2,8 +2,9 @@
 //! healthchecks: `/metrics` (Prometheus/OpenMetrics text), `/status` (JSON of what the
 //! daemon believes), `/healthz` (liveness) and `/readyz` (readiness).
 //!
-//! It is deliberately tiny: GET only, one request per connection, bounded request size
-//! and time. It is on by default, on loopback ([`NERVE_DEFAULT_LISTEN`],
+//! It is deliberately tiny: GET, plus the `POST` actions a daemon hooks in
+//! ([`AdminState::action`]: nerve's `/drain/<service>`), one request per connection,
+//! bounded request size and time. It is on by default, on loopback ([`NERVE_DEFAULT_LISTEN`],
 //! [`SYNAPSE_DEFAULT_LISTEN`]); it is not a public API. A daemon whose admin address is
 //! taken keeps running without the endpoint ([`serve_or_warn`]): observability must
 //! never be the reason a service-discovery daemon is down.

@@ -363,7 +363,12 @@ pub fn render(outcome: &DrainOutcome) -> String {
             outcome.service
         ));
     }
-    if let Some(b) = &outcome.barrier {
+    if let Some(b) = outcome.barrier.as_ref().filter(|b| b.watching == 0) {
+        out.push_str(&format!(
+            "no live synapse watches {}: nothing to wait for (revision {})\n",
+            outcome.etcd_path, b.revision
+        ));
+    } else if let Some(b) = &outcome.barrier {
         out.push_str(&format!(
             "{} of {} synapses watching {} confirmed in {} ms\n",
             b.confirmed.len(),

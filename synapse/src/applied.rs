@@ -36,6 +36,11 @@ pub struct AppliedRevisions {
 }
 
 impl AppliedRevisions {
+    /// Records into `tx` (what [`start`] does with its publishers' channel).
+    pub fn from_sender(tx: watch::Sender<BTreeMap<ServiceName, i64>>) -> Self {
+        Self { tx }
+    }
+
     /// Records that the outputs run these revisions (services not named keep theirs).
     /// Revisions only go forward, except after etcd went back (a restored cluster): the
     /// watcher re-lists then, and the new revision is taken as it is.

@@ -411,6 +411,58 @@ mod tests {
         );
     }
 
+    /// The revisions an apply reports: only sets that are what discovery found.
+    #[tokio::test]
+    async fn only_sets_as_discovered_report_their_revision() {
+        use crate::backends::tests_support::backend;
+        use crate::backends::Origin;
+        let config = Arc::new(
+            Config::parse(
+                r#"{"services": {"web": {"discovery": {"method": "etcd", "path": "/svc/web"}}},
+                    "file_output": {"output_directory": "/tmp/x"}}"#,
+                None,
+            )
+            .unwrap(),
+        );
+        let web = ServiceName::new("web").unwrap();
+        let (tx, rx) = watch::channel(None);
+        let (applied_tx, applied_rx) = watch::channel(BTreeMap::new());
+        let mut r = Reconciler::new(
+            config,
+            vec![(web.clone(), rx)],
+            Arc::new(Notify::new()),
+            None,
+            None,
+            Arc::default(),
+        )
+        .with_applied(Some(AppliedRevisions::from_sender(applied_tx)));
+        let found = |hosts: &[&str], revision| Discovered {
+            backends: hosts.iter().map(|h| backend("a", h, 80)).collect(),
+            fresh: true,
+            origin: Origin::Etcd,
+            revision: Some(revision),
+        };
+        // (found, its revision, the revision reported after the apply). At 9 discovery
+        // is empty: `use_previous_backends` keeps 10.0.0.1, so the deletion at 9 is not
+        // what the outputs run.
+        let steps: [(&[&str], i64, i64); 4] = [
+            (&["10.0.0.1", "10.0.0.2"], 5, 5),
+            (&["10.0.0.1"], 7, 7),
+            (&[], 9, 7),
+            (&["10.0.0.3"], 11, 11),
+        ];
+        for (hosts, revision, reported) in steps {
+            tx.send_replace(Some(found(hosts, revision)));
+            let desired = r.desired().unwrap();
+            r.apply(desired).await.unwrap();
+            assert_eq!(
+                applied_rx.borrow().get(&web),
+                Some(&reported),
+                "after revision {revision}"
+            );
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn trailing_mode_always_waits_for_quiet() {
         let (mut r, changed) = reconciler(r#", "debounce_mode": "trailing", "debounce": 0.2"#);

@@ -706,7 +706,6 @@ mod tests {
             runtime_commands,
             reloaded,
             reload_pending,
-            ..Applied::default()
         }
     }
 
