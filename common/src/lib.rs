@@ -4,6 +4,7 @@
 //! subcommands' tables.
 
 pub mod admin;
+pub mod applied;
 pub mod backoff;
 pub mod child_env;
 pub mod config;

@@ -43,4 +43,31 @@ pub enum Cmd {
         #[command(flatten)]
         view: StatusArgs,
     },
+    /// Deregister a service and keep it deregistered (until `undrain` or a restart of
+    /// nerve); with --wait, wait until every live synapse watching its etcd path has
+    /// applied the deletion. Exit 0: done (and confirmed by all); 2: not confirmed by
+    /// the timeout; 1: the admin endpoint is unreachable; 64: bad usage or no such
+    /// service.
+    Drain {
+        /// The service (a key of the config's `services`).
+        service: String,
+        /// Wait for every live synapse to confirm.
+        #[arg(long)]
+        wait: bool,
+        /// Seconds to wait in all (deregistration and confirmations).
+        #[arg(long, default_value = "30", value_name = "SECONDS")]
+        timeout: f64,
+        /// The admin endpoint, `address:port` (default: the config's `admin_listen`).
+        #[arg(long, value_name = "ADDR")]
+        admin: Option<std::net::SocketAddr>,
+        /// Print the outcome as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// End an operator drain: the service registers again once it is healthy.
+    Undrain {
+        service: String,
+        #[arg(long, value_name = "ADDR")]
+        admin: Option<std::net::SocketAddr>,
+    },
 }

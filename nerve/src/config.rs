@@ -68,6 +68,7 @@ struct NerveFile {
     /// The IMDS to ask (default `http://169.254.169.254`, or
     /// `AWS_EC2_METADATA_SERVICE_ENDPOINT`).
     imds_endpoint: Option<String>,
+    applied_status_prefix: Option<String>,
 }
 
 /// One entry of `services` (or one file in `service_conf_dir`).
@@ -175,6 +176,8 @@ pub struct Config {
     pub admin_listen: Option<SocketAddr>,
     /// Where this host's zone comes from (`zone`; `NERVE_ZONE` is read at start-up).
     pub zone: common::zone::ZoneSource,
+    /// Where synapses publish the revisions they have applied (the drain barrier).
+    pub applied_status_prefix: String,
     /// Upstream keys that were ignored, one line each, for `--check-config` and the
     /// start-up log.
     pub warnings: Vec<ConfigError>,
@@ -470,6 +473,12 @@ pub fn parse_in(
             errors.push("admin_listen", e);
             None
         });
+    let applied_status_prefix = file
+        .applied_status_prefix
+        .unwrap_or_else(|| common::applied::DEFAULT_PREFIX.to_owned());
+    if let Err(e) = common::applied::validate_prefix(&applied_status_prefix) {
+        errors.push("applied_status_prefix", e);
+    }
 
     if let Some(zone) = &file.zone {
         if let Err(e) = common::zone::validate(zone) {
@@ -504,6 +513,7 @@ pub fn parse_in(
             maintenance_file: file.maintenance_file,
             admin_listen,
             zone,
+            applied_status_prefix,
             warnings: compat.warnings,
         }),
         _ => Err(errors),

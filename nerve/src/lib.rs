@@ -15,6 +15,7 @@
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod drain;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod health;
@@ -27,6 +28,7 @@ pub mod status_table;
 pub mod supervisor;
 pub mod upstream;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
@@ -127,6 +129,11 @@ impl Nerve {
         info!(instance = %config.instance_id, services = config.services.len(),
             endpoints = ?config.etcd.endpoints, lease_ttl = ?config.lease_ttl, "nerve starting");
 
+        let drain_handle = drain::DrainHandle::new(
+            status.clone(),
+            config.etcd.clone(),
+            config.applied_status_prefix.clone(),
+        );
         if let Some(addr) = config.admin_listen {
             let snapshot = status.clone();
             let state = AdminState {
@@ -136,7 +143,7 @@ impl Nerve {
                 }),
                 ready,
                 detail: None,
-                routes: None,
+                routes: Some(drain::routes(drain_handle.clone())),
             };
             common::admin::serve_or_warn(addr, state, cancel.child_token()).await;
         }
@@ -146,7 +153,9 @@ impl Nerve {
             Duration::from_millis(100),
             (config.lease_ttl / 3).clamp(Duration::from_millis(200), Duration::from_secs(10)),
         );
-        let reporter_cancel = cancel.child_token();
+        // Not a child of `cancel`: at shutdown the reporters deregister only after the
+        // supervisor has stopped, so that what they delete is known (the drain barrier).
+        let reporter_cancel = CancellationToken::new();
         let mut reporters = tokio::task::JoinSet::new();
         // etcd: one lease for every service that reports there.
         let etcd_in_use = config.services.values().any(|s| s.targets.etcd);
@@ -210,12 +219,31 @@ impl Nerve {
         }
         drop(desired_rx);
 
-        let supervisor =
-            supervisor::Supervisor::new(config, desired_tx, status, metrics, cancel.child_token());
+        let shutdown_timeout = config.shutdown_timeout;
+        let paths: BTreeMap<String, String> = config
+            .services
+            .iter()
+            .map(|(name, s)| (name.to_string(), s.path.to_string()))
+            .collect();
+        let supervisor = supervisor::Supervisor::new(
+            config,
+            desired_tx,
+            status.clone(),
+            metrics,
+            cancel.child_token(),
+        )
+        .with_drains(drain_handle.subscribe());
         let supervised = supervisor.run(reload_rx);
         tokio::pin!(supervised);
+        // When the shutdown began, and what the registry held then: the deregistrations
+        // the shutdown makes are the deletions after it (the drain barrier waits for them).
+        let mut shutdown_began = None;
         let result = loop {
             tokio::select! {
+                biased;
+                () = cancel.cancelled(), if shutdown_began.is_none() => {
+                    shutdown_began = Some((tokio::time::Instant::now(), status.snapshot().registry));
+                }
                 () = &mut supervised => break Ok(()),
                 Some(joined) = reporters.join_next() => match joined {
                     // A reporter only returns once cancelled or once its share closed.
@@ -226,17 +254,39 @@ impl Nerve {
         };
         match result {
             Ok(()) => {
+                let (stopping, before) = shutdown_began
+                    .unwrap_or_else(|| (tokio::time::Instant::now(), status.snapshot().registry));
                 reporter_cancel.cancel();
                 while let Some(joined) = reporters.join_next().await {
                     if let Err(e) = joined {
                         return Err(RunError::ReporterStopped(e));
                     }
                 }
+                // What the lease revoke deleted: wait (within shutdown_timeout from the
+                // signal) until every synapse has applied it.
+                let after = status.snapshot().registry;
+                let revoked: BTreeMap<String, (String, i64)> = before
+                    .keys
+                    .values()
+                    .filter_map(|service| {
+                        let revision = *after.deletions.get(service)?;
+                        (before.deletions.get(service) != Some(&revision)).then(|| {
+                            let path = paths.get(service).cloned().unwrap_or_default();
+                            (service.clone(), (path, revision))
+                        })
+                    })
+                    .collect();
+                if !revoked.is_empty() {
+                    drain_handle
+                        .barrier_on_shutdown(&revoked, stopping + shutdown_timeout)
+                        .await;
+                }
                 info!("nerve stopped");
                 Ok(())
             }
             Err(e) => {
                 cancel.cancel();
+                reporter_cancel.cancel();
                 error!(error = %e, "reporter task failed");
                 Err(RunError::ReporterStopped(e))
             }

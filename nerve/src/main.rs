@@ -25,13 +25,45 @@ fn main() -> ExitCode {
             };
         }
     };
-    if let Some(Cmd::Status { view }) = cli.command {
-        return ExitCode::from(status_cli::run(view.request(
-            cli.config.as_deref(),
-            common::admin::NERVE_DEFAULT_LISTEN,
-            "/status".into(),
-            nerve::status_table::render,
-        )));
+    match cli.command {
+        Some(Cmd::Status { view }) => {
+            return ExitCode::from(status_cli::run(view.request(
+                cli.config.as_deref(),
+                common::admin::NERVE_DEFAULT_LISTEN,
+                "/status".into(),
+                nerve::status_table::render,
+            )));
+        }
+        Some(Cmd::Drain {
+            service,
+            wait,
+            timeout,
+            admin,
+            json,
+        }) => {
+            if !(timeout > 0.0 && timeout <= 3600.0) {
+                eprintln!("error: --timeout must be seconds, more than 0 and at most 3600");
+                return ExitCode::from(exit_config());
+            }
+            let target = format!("/drain/{service}?wait={wait}&timeout={timeout}");
+            return ExitCode::from(admin_post(
+                cli.config.as_deref(),
+                admin,
+                &target,
+                timeout,
+                json,
+            ));
+        }
+        Some(Cmd::Undrain { service, admin }) => {
+            return ExitCode::from(admin_post(
+                cli.config.as_deref(),
+                admin,
+                &format!("/undrain/{service}"),
+                5.0,
+                false,
+            ));
+        }
+        None => {}
     }
     let Some(path) = cli.config.clone() else {
         let _ = Cli::command()
@@ -95,6 +127,81 @@ fn run(path: PathBuf, overrides: Overrides, config: config::Config) -> anyhow::R
             .context("cannot install the SIGHUP handler")?;
         nerve.run(cancel).await.context("nerve failed")
     })
+}
+
+/// `POST`s `target` to the admin endpoint and prints the answer; the exit code of
+/// `nerve drain` / `nerve undrain`.
+fn admin_post(
+    config: Option<&std::path::Path>,
+    admin: Option<std::net::SocketAddr>,
+    target: &str,
+    timeout: f64,
+    json: bool,
+) -> u8 {
+    let addr =
+        match common::admin::status_address(admin, config, common::admin::NERVE_DEFAULT_LISTEN) {
+            Ok(addr) => addr,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return exit_config();
+            }
+        };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return 1;
+        }
+    };
+    // The endpoint answers within `timeout`; allow for the round trip.
+    let wait = std::time::Duration::from_secs_f64(timeout) + std::time::Duration::from_secs(5);
+    let (code, body) = match runtime.block_on(nerve::drain::post(addr, target, wait)) {
+        Ok(answer) => answer,
+        Err(e) => {
+            eprintln!("error: the admin endpoint at {addr} is unreachable: {e}");
+            return 1;
+        }
+    };
+    match code {
+        200 | 504 => {}
+        400 | 404 => {
+            let doc: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            eprintln!("error: {}", doc["error"].as_str().unwrap_or(body.trim()));
+            return exit_config();
+        }
+        _ => {
+            eprintln!(
+                "error: the admin endpoint at {addr} answered HTTP {code}: {}",
+                body.trim()
+            );
+            return 1;
+        }
+    }
+    if target.starts_with("/undrain/") {
+        print!("{body}");
+        return 0;
+    }
+    match serde_json::from_str::<nerve::drain::DrainOutcome>(&body) {
+        Ok(outcome) => {
+            if json {
+                print!("{body}");
+            } else {
+                print!("{}", nerve::drain::render(&outcome));
+            }
+            if outcome.complete() {
+                0
+            } else {
+                2
+            }
+        }
+        Err(e) => {
+            eprintln!("error: unexpected answer from {addr}: {e}");
+            1
+        }
+    }
 }
 
 fn exit_config() -> u8 {

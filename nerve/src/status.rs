@@ -47,8 +47,11 @@ pub struct ZkSessionStatus {
 pub struct ServiceStatus {
     /// All checks up.
     pub healthy: bool,
-    /// A maintenance file exists.
+    /// A maintenance file exists, or an operator drained it.
     pub drained: bool,
+    /// `nerve drain` (or `POST /drain/<service>`) took it out until `nerve undrain` or a
+    /// restart.
+    pub drained_by_operator: bool,
     /// nerve wants the service registered (healthy, not drained, report not throttled).
     pub reported: bool,
     /// The service's directory in etcd.
@@ -71,6 +74,10 @@ pub struct RegistryStatus {
     pub lease_ttl_left_secs: Option<u64>,
     /// Keys nerve believes it holds, with the service each belongs to.
     pub keys: BTreeMap<String, String>,
+    /// The etcd revision at which this nerve last deleted each service's registration
+    /// (a deregistration, a drain, the lease revoked at shutdown): what a drain barrier
+    /// waits for.
+    pub deletions: BTreeMap<String, i64>,
     /// When the lease was last granted or renewed, and the TTL from then.
     #[serde(skip)]
     pub lease_renewed: Option<(Instant, Duration)>,

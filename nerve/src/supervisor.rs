@@ -11,7 +11,7 @@
 //!   down after `fall` failures) or [`REPLACE_TIMEOUT`] passes; then it takes over in a
 //!   single registry update (SmartStack nerve waits the same 30 s).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -63,6 +63,8 @@ pub struct Supervisor {
     metrics: Metrics,
     /// Parent of every service task's token.
     cancel: CancellationToken,
+    /// Services an operator drained (`nerve drain`): never registered while listed.
+    drained: watch::Receiver<BTreeSet<ServiceName>>,
 }
 
 impl Supervisor {
@@ -89,7 +91,14 @@ impl Supervisor {
             status,
             metrics,
             cancel,
+            drained: watch::channel(BTreeSet::new()).1,
         }
+    }
+
+    /// Keeps the services in `drained` deregistered while they are listed there.
+    pub fn with_drains(mut self, drained: watch::Receiver<BTreeSet<ServiceName>>) -> Self {
+        self.drained = drained;
+        self
     }
 
     /// Runs until `cancel` fires, applying configs from `reloads`; then stops every
@@ -117,6 +126,7 @@ impl Supervisor {
                 Some(update) = self.updates_rx.recv() => self.on_update(update),
                 Some(config) = reloads.recv() => self.reload(config),
                 Some(joined) = self.tasks.join_next_with_id() => self.on_task_exit(joined),
+                Ok(()) = self.drained.changed() => self.publish(),
                 _ = tick.tick() => self.on_tick().await,
             }
         }
@@ -369,9 +379,11 @@ impl Supervisor {
 
     /// Sends the desired set (if it changed) and the services' status.
     fn publish(&self) {
+        let drained = self.drained.borrow().clone();
         let desired: Desired = self
             .slots
             .iter()
+            .filter(|(name, _)| !drained.contains(*name))
             .filter(|(_, slot)| slot.active.state.as_ref().is_some_and(|s| s.reported))
             .map(|(name, slot)| {
                 (
@@ -389,12 +401,14 @@ impl Supervisor {
             .iter()
             .map(|(name, slot)| {
                 let state = slot.active.state.clone();
+                let by_operator = drained.contains(name);
                 (
                     name.to_string(),
                     ServiceStatus {
                         healthy: state.as_ref().is_some_and(|s| s.healthy),
-                        drained: state.as_ref().is_some_and(|s| s.drained),
-                        reported: state.as_ref().is_some_and(|s| s.reported),
+                        drained: by_operator || state.as_ref().is_some_and(|s| s.drained),
+                        drained_by_operator: by_operator,
+                        reported: !by_operator && state.as_ref().is_some_and(|s| s.reported),
                         etcd_path: slot.active.config.path.to_string(),
                         replacing: slot.pending.is_some(),
                         last_check: state.as_ref().and_then(|s| s.last_check.clone()),

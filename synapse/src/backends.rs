@@ -66,6 +66,9 @@ pub struct Discovered {
     pub backends: BackendSet,
     pub fresh: bool,
     pub origin: Origin,
+    /// The etcd revision this set is complete as of (every change under the prefix up to
+    /// it is in the set), for the drain barrier; `None` from other sources.
+    pub revision: Option<i64>,
 }
 
 /// The kind of source a discovered set came from.

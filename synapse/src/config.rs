@@ -61,6 +61,23 @@ pub struct SynapseFile {
     /// The IMDS to ask (default `http://169.254.169.254`, or
     /// `AWS_EC2_METADATA_SERVICE_ENDPOINT`).
     pub imds_endpoint: Option<String>,
+    /// This synapse's name in what it publishes (the drain barrier); the host name if
+    /// unset.
+    pub instance_id: Option<String>,
+    /// What synapse publishes about the registry revision it has applied (the drain
+    /// barrier).
+    pub applied_status: Option<AppliedStatusFile>,
+}
+
+/// `applied_status`: the key each synapse keeps in etcd saying which revision of each
+/// watched service path its outputs run.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppliedStatusFile {
+    pub enabled: Option<bool>,
+    pub prefix: Option<String>,
+    /// Seconds: the lease under which the key lives (a dead synapse drops out after it).
+    pub lease_ttl: Option<Seconds>,
 }
 
 /// `mass_removal_guard`: hold the last good set when most servers vanish at once.
@@ -334,9 +351,31 @@ pub struct Config {
     pub admin_listen: Option<std::net::SocketAddr>,
     /// Where synapse's own zone comes from (`zone`; `SYNAPSE_ZONE` is read at start-up).
     pub zone: common::zone::ZoneSource,
+    /// This synapse's name in `applied_status`.
+    pub instance_id: InstanceId,
+    /// Where to publish the applied revisions; `None`: not published.
+    pub applied_status: Option<AppliedStatusConfig>,
     /// Upstream keys that were ignored (and services skipped), one line each, for
     /// `--check-config` and the start-up log.
     pub warnings: Vec<ConfigError>,
+}
+
+/// `applied_status`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppliedStatusConfig {
+    pub prefix: String,
+    pub lease_ttl: Duration,
+}
+
+/// Shortest `applied_status.lease_ttl` (etcd refuses shorter leases, or lengthens them).
+pub const MIN_APPLIED_STATUS_TTL: Duration = Duration::from_secs(2);
+/// Default `applied_status.lease_ttl`.
+pub const DEFAULT_APPLIED_STATUS_TTL: Duration = Duration::from_secs(10);
+
+/// The host name, as an instance id, if it is one.
+fn host_instance_id() -> Option<InstanceId> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
+    InstanceId::new(name.trim()).ok()
 }
 
 /// `debounce_mode`: when a change after a quiet period is applied.
@@ -831,6 +870,31 @@ impl Config {
             env: None,
             imds_endpoint,
         };
+        let instance_id = match file.instance_id.as_deref() {
+            Some(id) => InstanceId::new(id).unwrap_or_else(|e| {
+                errors.push("instance_id", e.to_string());
+                InstanceId::new("synapse").expect("a valid literal")
+            }),
+            None => host_instance_id()
+                .unwrap_or_else(|| InstanceId::new("synapse").expect("a valid literal")),
+        };
+        let status = file.applied_status.unwrap_or_default();
+        let prefix = status
+            .prefix
+            .unwrap_or_else(|| common::applied::DEFAULT_PREFIX.to_owned());
+        if let Err(e) = common::applied::validate_prefix(&prefix) {
+            errors.push("applied_status.prefix", e);
+        }
+        let lease_ttl = status
+            .lease_ttl
+            .map_or(DEFAULT_APPLIED_STATUS_TTL, Duration::from);
+        if lease_ttl < MIN_APPLIED_STATUS_TTL {
+            errors.push("applied_status.lease_ttl", "must be at least 2 seconds");
+        }
+        let applied_status = status
+            .enabled
+            .unwrap_or(true)
+            .then_some(AppliedStatusConfig { prefix, lease_ttl });
         errors.finish(Self {
             services,
             haproxy,
@@ -840,6 +904,8 @@ impl Config {
             debounce_mode,
             admin_listen,
             zone,
+            instance_id,
+            applied_status,
             warnings: compat.warnings,
         })
     }

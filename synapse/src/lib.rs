@@ -9,6 +9,8 @@
 //! - [`watcher`]: one watcher per service (etcd list-then-watch, EC2 tags, static, multi)
 //!   publishing complete backend sets.
 //! - [`ec2`]: the EC2 API client behind the `ec2tag` watcher.
+//! - [`applied`]: publishes the etcd revision the outputs run, per watched path (the
+//!   drain barrier's other half).
 //! - [`backends`]: `Backend`/`BackendSet` and the per-service rules (filters, defaults,
 //!   last-known-good, bounds).
 //! - [`guard`]: the mass-removal guard (holds the last good set when most servers
@@ -28,6 +30,7 @@
 //! - [`service_detail`]: `/status/<service>`, the registry beside HAProxy's runtime state.
 //! - [`status_table`]: the tables `synapse status` prints.
 
+pub mod applied;
 pub mod backends;
 pub mod cli;
 pub mod config;
@@ -226,7 +229,8 @@ async fn run_inner(
         file_output,
         counters.clone(),
     )
-    .with_updates(updates_rx);
+    .with_updates(updates_rx)
+    .with_applied(applied::start(&config, &mut tasks, &cancel));
     let reconciler = match config
         .haproxy
         .as_ref()

@@ -377,6 +377,7 @@ mod tests {
             backends: set.clone(),
             fresh: true,
             origin: Origin::Etcd,
+            revision: None,
         };
         let config = crate::config::Config::parse(
             r#"{"services": {"web": {"discovery": {"method": "etcd"}}},

@@ -25,6 +25,7 @@ use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::{sleep, sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
+use crate::applied::AppliedRevisions;
 use crate::backends::{resolve, BackendSet, Discovered, Resolution};
 use crate::config::{Config, DebounceMode};
 use crate::counters::Counters;
@@ -108,6 +109,11 @@ pub struct Reconciler {
     /// Something was applied: from then on a service added on SIGHUP that has not
     /// published yet is left out instead of holding back every other service.
     applied_once: bool,
+    /// Where the etcd revisions the outputs run are reported (the drain barrier).
+    applied: Option<AppliedRevisions>,
+    /// The etcd revision of each service whose desired set is exactly its discovered
+    /// set as of that revision (nothing held back), from the last [`Self::desired`].
+    revisions: BTreeMap<ServiceName, i64>,
 }
 
 impl Reconciler {
@@ -136,6 +142,8 @@ impl Reconciler {
             state_file: None,
             last_discovered: BTreeMap::new(),
             applied_once: false,
+            applied: None,
+            revisions: BTreeMap::new(),
         }
     }
 
@@ -236,6 +244,7 @@ impl Reconciler {
             self.current.remove(&name);
             self.desired.remove(&name);
             self.dirty.remove(&name);
+            self.revisions.remove(&name);
             self.over_limit.remove(&name);
             self.last_discovered.remove(&name);
         }
@@ -256,6 +265,13 @@ impl Reconciler {
         self.desired.clear();
         self.config = update.config;
         self.inputs = update.inputs;
+    }
+
+    /// Reports the etcd revisions the outputs run to `applied` after each apply that
+    /// left nothing pending.
+    pub fn with_applied(mut self, applied: Option<AppliedRevisions>) -> Self {
+        self.applied = applied;
+        self
     }
 
     /// Runs until cancelled.
@@ -437,6 +453,7 @@ impl Reconciler {
                                 backends: cached.backends.clone(),
                                 fresh: false,
                                 origin: Default::default(),
+                                revision: None,
                             };
                             &fallback
                         }
@@ -447,7 +464,11 @@ impl Reconciler {
             };
             let previous = self.current.get(name);
             let has_previous = previous.is_some_and(|p| !p.is_empty());
-            let set = match resolve(svc, &d.backends, has_previous) {
+            let resolution = resolve(svc, &d.backends, has_previous);
+            // A set held back (previous backends, `max_servers`, the guard) is not what
+            // discovery found at its revision.
+            let mut held_back = !matches!(resolution, Resolution::Use(_));
+            let set = match resolution {
                 Resolution::Use(set) => {
                     if self.over_limit.remove(name) {
                         tracing::info!(service = %name, servers = set.len(), "back under max_servers");
@@ -474,6 +495,17 @@ impl Reconciler {
                 }
             };
             let over_limit = self.over_limit.contains(name);
+            held_back |= self.guards.held_until(name).is_some();
+            // A stand-in set (a replaced watcher's last, the state file's) is not what
+            // this service's discovery found at any revision.
+            match (d.revision, held_back || published.is_none()) {
+                (Some(revision), false) => {
+                    self.revisions.insert(name.clone(), revision);
+                }
+                _ => {
+                    self.revisions.remove(name);
+                }
+            }
             self.counters.services.resolved(svc, d, &set, over_limit);
             self.counters.services.guard(
                 name,
@@ -541,6 +573,17 @@ impl Reconciler {
         }
         self.applied_once = true;
         self.save_state_file().await;
+        // The one point where an apply has succeeded. A deferred reload means HAProxy
+        // does not run it yet (the wake-up that reloads applies again and reports); after
+        // an unconfirmed reload the old worker may still route by the old config, so the
+        // revision waits for the next apply that finds HAProxy as it should be (with the
+        // runtime API, its check half a second later).
+        if let Some(applied) = &self.applied {
+            let pending = haproxy_applied.is_some_and(|a| a.reload_pending);
+            if !pending && self.haproxy.as_ref().is_none_or(HaproxyOutput::confirmed) {
+                applied.record(&self.revisions);
+            }
+        }
         Ok(())
     }
 }
@@ -620,6 +663,58 @@ mod tests {
             debounce_with(&mut r, &changed, ms(50), Duration::from_secs(5)).await,
             Duration::from_secs(1)
         );
+    }
+
+    /// The revisions an apply reports: only sets that are what discovery found.
+    #[tokio::test]
+    async fn only_sets_as_discovered_report_their_revision() {
+        use crate::backends::tests_support::backend;
+        use crate::backends::Origin;
+        let config = Arc::new(
+            Config::parse(
+                r#"{"services": {"web": {"discovery": {"method": "etcd", "path": "/svc/web"}}},
+                    "file_output": {"output_directory": "/tmp/x"}}"#,
+                None,
+            )
+            .unwrap(),
+        );
+        let web = ServiceName::new("web").unwrap();
+        let (tx, rx) = watch::channel(None);
+        let (applied_tx, applied_rx) = watch::channel(BTreeMap::new());
+        let mut r = Reconciler::new(
+            config,
+            vec![(web.clone(), rx)],
+            Arc::new(Notify::new()),
+            None,
+            None,
+            Arc::default(),
+        )
+        .with_applied(Some(AppliedRevisions::from_sender(applied_tx)));
+        let found = |hosts: &[&str], revision| Discovered {
+            backends: hosts.iter().map(|h| backend("a", h, 80)).collect(),
+            fresh: true,
+            origin: Origin::Etcd,
+            revision: Some(revision),
+        };
+        // (found, its revision, the revision reported after the apply). At 9 discovery
+        // is empty: `use_previous_backends` keeps 10.0.0.1, so the deletion at 9 is not
+        // what the outputs run.
+        let steps: [(&[&str], i64, i64); 4] = [
+            (&["10.0.0.1", "10.0.0.2"], 5, 5),
+            (&["10.0.0.1"], 7, 7),
+            (&[], 9, 7),
+            (&["10.0.0.3"], 11, 11),
+        ];
+        for (hosts, revision, reported) in steps {
+            tx.send_replace(Some(found(hosts, revision)));
+            assert!(r.resolve_changed());
+            r.apply().await.unwrap();
+            assert_eq!(
+                applied_rx.borrow().get(&web),
+                Some(&reported),
+                "after revision {revision}"
+            );
+        }
     }
 
     #[tokio::test(start_paused = true)]

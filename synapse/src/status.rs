@@ -706,6 +706,7 @@ mod tests {
             backends: set.clone(),
             fresh,
             origin: Origin::Etcd,
+            revision: None,
         }
     }
 

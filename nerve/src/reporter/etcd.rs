@@ -120,6 +120,8 @@ pub struct EtcdReporter {
     endpoint: usize,
     lease: Option<Lease>,
     written: BTreeMap<String, Written>,
+    /// Service → the etcd revision of the last deletion of its registration.
+    deletions: BTreeMap<String, i64>,
     next_keepalive: Instant,
     next_reconcile: Instant,
     keepalive_backoff: Backoff,
@@ -140,6 +142,7 @@ impl EtcdReporter {
             endpoint: 0,
             lease: None,
             written: BTreeMap::new(),
+            deletions: BTreeMap::new(),
             status,
             metrics,
         }
@@ -466,6 +469,7 @@ impl EtcdReporter {
             r.lease_ttl_secs = lease.map(|l| l.ttl.as_secs());
             r.lease_renewed = lease.map(|l| (l.renewed, l.ttl));
             r.keys = keys;
+            r.deletions.clone_from(&self.deletions);
         });
     }
 }
@@ -520,9 +524,16 @@ impl Reporter for EtcdReporter {
             .collect();
         for (key, was) in stale {
             self.metrics.etcd_request("delete");
-            if let Err(e) = client.delete(key.as_str(), None).await {
-                self.failed("delete", &e);
-                return Err(ReportError::Delete { key, source: e });
+            match client.delete(key.as_str(), None).await {
+                Ok(resp) => {
+                    if let Some(h) = resp.header() {
+                        self.deletions.insert(was.service.to_string(), h.revision());
+                    }
+                }
+                Err(e) => {
+                    self.failed("delete", &e);
+                    return Err(ReportError::Delete { key, source: e });
+                }
             }
             self.metrics
                 .registration_write(was.service.as_str(), "delete");
@@ -588,7 +599,12 @@ impl Reporter for EtcdReporter {
             };
             self.metrics.etcd_request("revoke");
             match client.lease_revoke(lease.id).await {
-                Ok(_) => {
+                Ok(resp) => {
+                    if let Some(h) = resp.header() {
+                        for was in self.written.values() {
+                            self.deletions.insert(was.service.to_string(), h.revision());
+                        }
+                    }
                     last = None;
                     break;
                 }

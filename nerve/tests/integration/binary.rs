@@ -361,3 +361,74 @@ async fn sighup_adds_removes_and_replaces_services() {
         Some(0)
     );
 }
+
+/// `nerve drain` / `nerve undrain` against the running binary: what it prints and its
+/// exit codes (0 done, 2 not confirmed by the timeout, 1 unreachable, 64 bad usage). The
+/// lagging consumer is a status document the test writes (real synapses are in
+/// `tests/tests/drain_barrier.rs`).
+#[tokio::test]
+async fn drain_subcommand_prints_the_outcome_and_sets_the_exit_code() {
+    init_tracing();
+    let etcd = Etcd::start().await;
+    let mut client = etcd.client().await;
+    let dir = Workdir::new();
+    let a = Backend::start("a").await;
+    let cfg = config(
+        &etcd.endpoints(),
+        "host-1",
+        json!({"a": http_service(a.port(), "/svc/a", 1, 1)}),
+    );
+    let _nerve = NerveProcess::start(&dir, "nerve", &cfg);
+    let cfg_path = dir.join("nerve.json");
+    wait_keys(&client, "/svc/a/", 1, SLACK).await;
+    let run = |args: &[&str]| {
+        let out = nerve_command()
+            .arg("-c")
+            .arg(&cfg_path)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+
+    let (code, out, err) = run(&["drain", "a", "--wait", "--timeout", "10"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("a: deregistered from /svc/a"), "{out}");
+    assert!(out.contains("no live synapse watches /svc/a"), "{out}");
+    wait_keys(&client, "/svc/a/", 0, SLACK).await;
+
+    let (code, _, err) = run(&["drain", "nope"]);
+    assert_eq!(code, Some(64), "{err}");
+    assert!(err.contains("no service nope"), "{err}");
+
+    // A consumer that has applied only revision 1 of /svc/a.
+    client
+        .put(
+            "/synapse/applied/lb-x/0000000000000001",
+            r#"{"instance_id":"lb-x","applied":{"/svc/a":1}}"#,
+            None,
+        )
+        .await
+        .unwrap();
+    let (code, out, err) = run(&["undrain", "a"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    wait_keys(&client, "/svc/a/", 1, SLACK).await;
+    let (code, out, err) = run(&["drain", "a", "--wait", "--timeout", "1"]);
+    assert_eq!(code, Some(2), "{out}{err}");
+    assert!(
+        out.contains("0 of 1 synapses watching /svc/a confirmed"),
+        "{out}"
+    );
+    assert!(
+        out.contains("not confirmed: lb-x (applied revision 1)"),
+        "{out}"
+    );
+
+    let (code, _, err) = run(&["drain", "a", "--admin", "127.0.0.1:1"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("unreachable"), "{err}");
+}

@@ -172,6 +172,11 @@ pub struct HaproxyOutput {
     seen_generation: u64,
     /// False while a managed HAProxy is down (being restarted).
     running: bool,
+    /// The last runtime pass could not read some socket.
+    runtime_failed: bool,
+    /// The last reload could not be confirmed, and no runtime pass has read HAProxy
+    /// since: the old worker may still route by the old config.
+    unconfirmed_reload: bool,
     /// Servers HAProxy refuses, left out of every render.
     quarantine: Quarantine,
     /// The backend sets of the last file written (a failed check is blamed only on
@@ -249,6 +254,8 @@ impl HaproxyOutput {
             managed,
             seen_generation: 0,
             running: true,
+            runtime_failed: false,
+            unconfirmed_reload: false,
             quarantine: Quarantine::default(),
             good_sets: None,
             modelled: None,
@@ -735,6 +742,7 @@ impl HaproxyOutput {
         self.loaded = self.deployed.as_deref().map(ConfigModel::parse);
         self.good_text.clone_from(&self.deployed);
         applied.reloaded = true;
+        self.unconfirmed_reload = !reloaded.confirmed;
         if !self.runtime_enabled() {
             return Ok(());
         }
@@ -793,8 +801,10 @@ impl HaproxyOutput {
     /// for every backend (and the rest of the config), or `only` some backends.
     async fn runtime_pass(&mut self, desired: &Desired, only: Option<&[String]>) -> RuntimePass {
         let mut pass = RuntimePass::default();
+        let mut failed = false;
         for path in self.config.socket_file_paths.clone() {
             if let Err(e) = self.runtime_pass_on(&path, desired, only, &mut pass).await {
+                failed = true;
                 Counters::inc(&self.counters.runtime_failures);
                 let in_sync = self.loaded.as_ref() == Some(&desired.config);
                 tracing::warn!(socket = %path.display(), error = %crate::watcher::etcd::error_chain(&e), in_sync, "the HAProxy runtime API failed");
@@ -803,6 +813,10 @@ impl HaproxyOutput {
                 }
             }
         }
+        self.runtime_failed = failed;
+        // Every socket answered with what HAProxy runs: whatever reload came before is
+        // in force.
+        self.unconfirmed_reload &= failed;
         let now = Instant::now();
         if only.is_none() {
             self.next_verify_at = Some(now + VERIFY_INTERVAL);
@@ -931,6 +945,8 @@ impl HaproxyOutput {
             counters: Arc::default(),
             modelled: None,
             write_due_at: None,
+            runtime_failed: false,
+            unconfirmed_reload: false,
             config,
         }
     }
@@ -1048,6 +1064,13 @@ impl HaproxyOutput {
 
     /// When the loop should call `apply` again without a change: a deferred reload, a
     /// deletion to retry, or the periodic runtime check.
+    /// Whether synapse knows that HAProxy runs what it last applied (the drain barrier
+    /// publishes a revision only then): not while a managed HAProxy is down, a stats
+    /// socket did not answer, or a reload is unconfirmed and unverified.
+    pub fn confirmed(&self) -> bool {
+        self.running && !self.runtime_failed && !self.unconfirmed_reload
+    }
+
     pub fn next_wakeup(&self) -> Option<Instant> {
         let reload = self.reload_pending.as_ref().filter(|_| self.running);
         [

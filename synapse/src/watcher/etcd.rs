@@ -29,7 +29,7 @@ use etcd_client::{Client, EventType, GetOptions, KeyValue, WatchOptions, WatchSt
 use tokio::time::{interval, sleep, sleep_until, timeout, Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use super::{mark_stale, publish, Publisher, Watcher};
+use super::{mark_stale, publish_at, Publisher, Watcher};
 use crate::backends::{Backend, BackendSet, Origin};
 use crate::config::EtcdDiscovery;
 use crate::counters::Counters;
@@ -188,9 +188,15 @@ impl Entries {
     }
 
     /// Publishes the whole set (after a list, or while names conflict).
-    fn publish_all(&mut self, out: &Publisher, service: &ServiceName, counters: &Counters) {
+    fn publish_all(
+        &mut self,
+        out: &Publisher,
+        service: &ServiceName,
+        counters: &Counters,
+        revision: i64,
+    ) {
         let set = self.set(service, counters);
-        publish(out, set, true, Origin::Etcd);
+        publish_at(out, set, true, Origin::Etcd, Some(revision));
         self.in_step = self.claimed_twice == 0 && self.conflicts.is_empty();
     }
 
@@ -203,9 +209,10 @@ impl Entries {
         touched: BTreeMap<Vec<u8>, Option<Backend>>,
         service: &ServiceName,
         counters: &Counters,
+        revision: i64,
     ) {
         if !(self.in_step && self.claimed_twice == 0 && self.conflicts.is_empty()) {
-            self.publish_all(out, service, counters);
+            self.publish_all(out, service, counters, revision);
             return;
         }
         let mut published = false;
@@ -214,9 +221,12 @@ impl Entries {
                 return false;
             };
             published = true;
-            let mut changed = !d.fresh || d.origin != Origin::Etcd;
+            // A newer revision wakes the reconciler even when the set is the same, so
+            // that it can say it has applied it (the drain barrier).
+            let mut changed = !d.fresh || d.origin != Origin::Etcd || d.revision != Some(revision);
             d.fresh = true;
             d.origin = Origin::Etcd;
+            d.revision = Some(revision);
             // Every old backend is one key's only (no name was claimed twice), so removing
             // the old ones and then adding the new ones gives exactly the valid entries.
             for old in touched.values().flatten() {
@@ -230,7 +240,7 @@ impl Entries {
             changed
         });
         if !published {
-            self.publish_all(out, service, counters);
+            self.publish_all(out, service, counters, revision);
         }
     }
 
@@ -324,7 +334,7 @@ impl EtcdWatcher {
                 Counters::inc(&self.counters.relists);
                 self.counters.services.etcd_listed(&self.service, revision);
                 *resync_at = Instant::now() + self.config.resync_interval;
-                entries.publish_all(out, &self.service, &self.counters);
+                entries.publish_all(out, &self.service, &self.counters, revision);
                 Ok(State::Watch { from: revision + 1 })
             }
             State::Watch { from } => {
@@ -571,7 +581,7 @@ impl EtcdWatcher {
                         };
                         return Err((self.over_cap_error(what), State::List));
                     }
-                    entries.publish_touched(out, touched, &self.service, &self.counters);
+                    entries.publish_touched(out, touched, &self.service, &self.counters, revision);
                     self.counters.services.etcd_watching(&self.service, revision);
                 }
             }
@@ -939,7 +949,7 @@ mod tests {
             let counters = Counters::default();
             let mut entries = Entries::default();
             let (tx, rx) = tokio::sync::watch::channel(None);
-            entries.publish_all(&tx, &service, &counters);
+            entries.publish_all(&tx, &service, &counters, 1);
             for batch in batches {
                 let mut touched: BTreeMap<Vec<u8>, Option<Backend>> = BTreeMap::new();
                 for (key, value) in batch {
@@ -956,7 +966,7 @@ mod tests {
                         None => entries.remove_valid(&key),
                     }
                 }
-                entries.publish_touched(&tx, touched, &service, &counters);
+                entries.publish_touched(&tx, touched, &service, &counters, 1);
                 let published = rx.borrow().as_ref().map(|d| d.backends.clone());
                 proptest::prop_assert_eq!(published, Some(entries.set(&service, &counters)));
             }
@@ -969,7 +979,7 @@ mod tests {
         mark_stale(&tx);
         assert_eq!(*rx.borrow(), None);
         let set: BackendSet = [crate::backends::tests_support::backend("a", "10.0.0.1", 80)].into();
-        publish(&tx, set.clone(), true, Origin::Etcd);
+        publish_at(&tx, set.clone(), true, Origin::Etcd, Some(7));
         mark_stale(&tx);
         assert_eq!(
             *rx.borrow(),
@@ -977,6 +987,7 @@ mod tests {
                 backends: set,
                 fresh: false,
                 origin: Origin::Etcd,
+                revision: Some(7),
             })
         );
     }

@@ -38,11 +38,24 @@ pub type Publisher = watch::Sender<Option<Discovered>>;
 /// Publishes a complete set from a source of kind `origin`, waking the reconciler only
 /// if it changed. Returns whether it did.
 pub(crate) fn publish(out: &Publisher, backends: BackendSet, fresh: bool, origin: Origin) -> bool {
+    publish_at(out, backends, fresh, origin, None)
+}
+
+/// [`publish`], with the etcd revision the set is complete as of: a newer revision wakes
+/// the reconciler even when the set is the same, so that it can say it has applied it.
+pub(crate) fn publish_at(
+    out: &Publisher,
+    backends: BackendSet,
+    fresh: bool,
+    origin: Origin,
+    revision: Option<i64>,
+) -> bool {
     out.send_if_modified(|cur| {
         let new = Discovered {
             backends,
             fresh,
             origin,
+            revision,
         };
         let changed = cur.as_ref() != Some(&new);
         *cur = Some(new);

@@ -167,6 +167,7 @@ fn combine(
                     backends: prev.backends.clone(),
                     fresh: false,
                     origin: prev.origin,
+                    revision: None,
                 };
                 return Some((held, Some(Source::Held)));
             }
@@ -195,6 +196,7 @@ mod tests {
             backends: hosts.iter().map(|h| backend("a", h, 80)).collect(),
             fresh,
             origin,
+            revision: None,
         })
     }
 
@@ -290,6 +292,7 @@ mod tests {
             .collect(),
             fresh: true,
             origin: Origin::Zookeeper,
+            revision: None,
         });
         let etcd = Some(Discovered {
             backends: [backend("a", "10.0.0.1", 80), backend("a", "10.0.0.1", 81)]
@@ -297,6 +300,7 @@ mod tests {
                 .collect(),
             fresh: true,
             origin: Origin::Etcd,
+            revision: None,
         });
         let (all, _) = combine(&Resolver::Union, &[zk, etcd], None).unwrap();
         let got: Vec<(String, String, u16)> = all

@@ -22,6 +22,7 @@ impl Watcher for StaticWatcher {
             backends: Default::default(),
             fresh: true,
             origin: Origin::Static,
+            revision: None,
         }));
         cancel.cancelled().await;
     }
