@@ -13,6 +13,7 @@
 //! routes to anything deleted at or before it.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::applied::Applied;
@@ -25,6 +26,7 @@ use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{AppliedStatusConfig, Config, DiscoveryConfig};
+use crate::watcher::EtcdClients;
 
 /// At most this many writes a second per synapse and cluster ("a few").
 pub const MIN_WRITE_INTERVAL: Duration = Duration::from_millis(250);
@@ -66,6 +68,7 @@ type Group = Vec<(ServiceName, String)>;
 /// service uses etcd.
 pub fn start(
     config: &Config,
+    clients: &Arc<EtcdClients>,
     tasks: &mut JoinSet<()>,
     cancel: &CancellationToken,
 ) -> Option<AppliedRevisions> {
@@ -92,6 +95,7 @@ pub fn start(
             status: status.clone(),
             instance_id: config.instance_id.clone(),
             lease: None,
+            clients: clients.clone(),
         };
         tasks.spawn(publisher.run(rx.clone(), cancel.clone()));
     }
@@ -132,6 +136,8 @@ struct Publisher {
     status: AppliedStatusConfig,
     instance_id: InstanceId,
     lease: Option<Lease>,
+    /// The watchers' clients: one connection per etcd cluster for the whole synapse.
+    clients: Arc<EtcdClients>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -168,7 +174,7 @@ impl Publisher {
                 let c = match &client {
                     Some(c) => c.clone(),
                     None => {
-                        let c = common::etcd::connect(&self.settings).await?;
+                        let c = self.clients.get(&self.settings).await?;
                         client = Some(c.clone());
                         c
                     }

@@ -230,7 +230,7 @@ async fn run_inner(
         counters.clone(),
     )
     .with_updates(updates_rx)
-    .with_applied(applied::start(&config, &mut tasks, &cancel));
+    .with_applied(applied::start(&config, &clients, &mut tasks, &cancel));
     let reconciler = match config
         .haproxy
         .as_ref()
