@@ -123,8 +123,10 @@ async fn metrics_follow_registration_health_drain_and_lease_loss() {
     // Drain with the maintenance file, and back.
     std::fs::write(&drain, "").expect("touch the maintenance file");
     wait_keys(&client, "/svc/web/", 0, SLACK).await;
+    // The delete counter moves once etcd has answered, a moment after the gauge: wait
+    // for both.
     let s = scrape_until(admin, "the drain", |s| {
-        web(s, "nerve_service_drained") == 1.0
+        web(s, "nerve_service_drained") == 1.0 && deletes(s) >= 2.0
     })
     .await;
     assert_eq!(
