@@ -256,10 +256,12 @@ log "host-b -> :30001 -> $(get b 30001)  ($first_ba ms after up began)"
 # With deploy/compose/grpc-proxy.yml: each host's synapse watches through the proxy (an
 # established connection from the host to port 23790; 5CEE in /proc/net/tcp's hex), so
 # the routing above went through it.
-if compose config --services 2>/dev/null | grep -qx etcd-proxy; then
+# (No `| grep -q` here: with pipefail, the writer's SIGPIPE would make a match look false.)
+services=$(compose config --services 2>/dev/null || true)
+if grep -qx etcd-proxy <<<"$services"; then
   for h in a b; do
     docker exec "$(cid "demo-$h")" cat /proc/net/tcp /proc/net/tcp6 |
-      awk '$3 ~ /:5CEE$/ && $4 == "01"' | grep -q . ||
+      awk '$3 ~ /:5CEE$/ && $4 == "01" { found = 1 } END { exit !found }' ||
       fail "host-$h has no connection to the etcd gRPC proxy (etcd-proxy:23790)"
   done
   log "both hosts' synapses watch through the etcd gRPC proxy (etcd-proxy:23790)"
