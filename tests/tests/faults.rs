@@ -1004,6 +1004,18 @@ fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// Failed requests apart from those within 2 s of `died` (a backend killed on purpose:
+/// the request it was answering was sent and cannot be retried).
+fn failed_apart_from(report: &LoadReport, died: Duration) -> usize {
+    report
+        .failures
+        .iter()
+        .filter(|f| {
+            f.at + Duration::from_millis(100) < died || f.at > died + Duration::from_secs(2)
+        })
+        .count()
+}
+
 fn failures(report: &LoadReport) -> Vec<String> {
     report
         .failures
@@ -1271,13 +1283,7 @@ async fn s04_full_outage() {
     // A request c's backend was answering when it was killed fails (it was sent: HAProxy
     // cannot retry it); every other request must succeed, the ones routed to c after its
     // death included (HAProxy retries them elsewhere, then its checks take c out).
-    let failed_apart_from_c = report
-        .failures
-        .iter()
-        .filter(|f| {
-            f.at + Duration::from_millis(100) < c_died || f.at > c_died + Duration::from_secs(2)
-        })
-        .count();
+    let failed_apart_from_c = failed_apart_from(&report, c_died);
     record(
         "S04",
         "full outage",
@@ -3484,13 +3490,7 @@ async fn s30_grpc_proxy_restart_and_leader_change() {
     cluster.restart(leader).await;
     cluster.wait_ready().await;
     let report = load.stop().await;
-    let failed_apart_from_c = report
-        .failures
-        .iter()
-        .filter(|f| {
-            f.at + Duration::from_millis(100) < c_died || f.at > c_died + Duration::from_secs(2)
-        })
-        .count();
+    let failed_apart_from_c = failed_apart_from(&report, c_died);
     record(
         "S30",
         "synapse behind an etcd gRPC proxy: proxy restart, then leader change",
