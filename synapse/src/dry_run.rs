@@ -19,10 +19,11 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::backends::{resolve, BackendSet, Resolution};
+use crate::backends::BackendSet;
 use crate::config::Config;
 use crate::counters::Counters;
 use crate::haproxy::{HaproxyOutput, Preview};
+use crate::resolution::{resolve, Resolution};
 use crate::watcher::{AnyWatcher, EtcdClients, Watcher, ZkClients};
 
 /// Why a dry run could not say what would change.

@@ -6,9 +6,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use common::{AddressPolicy, Registration};
 
-use crate::backends::{resolve, Backend, BackendSet, Resolution};
+use crate::backends::{Backend, BackendSet};
 use crate::config::Config;
 use crate::haproxy::config::{check_grammar, render, wanted_servers, ServerIds};
+use crate::resolution::{resolve, Resolution};
 
 /// Arbitrary bytes as a synapse config file: never panics; an accepted config keeps its
 /// invariants (at least one service, `max_servers` ≥ 1, a guard fraction in (0, 1)).

@@ -32,39 +32,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use common::ServiceName;
 use tokio::time::Instant;
 
 use crate::backends::BackendSet;
+use crate::config::GuardSettings;
 use crate::counters::Counters;
-
-/// The guard's settings (config keys `mass_removal_guard.*`).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct GuardSettings {
-    pub enabled: bool,
-    /// Trip only when more than this fraction of the stable set is lost (0 < f < 1).
-    pub max_removed_fraction: f64,
-    /// ... and at least this many servers (>= 1).
-    pub min_removed_servers: usize,
-    /// How long removals count together, from the first one.
-    pub window: Duration,
-    /// How long the last good set is kept after a trip.
-    pub hold: Duration,
-}
-
-impl Default for GuardSettings {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            max_removed_fraction: 0.5,
-            min_removed_servers: 3,
-            window: Duration::from_secs(10),
-            hold: Duration::from_secs(30),
-        }
-    }
-}
 
 impl GuardSettings {
     /// Whether losing `lost` of a stable set of `of` servers trips the guard.
@@ -276,6 +250,8 @@ impl Guards {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::backends::tests_support::backend;
     use proptest::prelude::*;

@@ -44,13 +44,14 @@ pub mod file_output;
 pub mod fuzzing;
 pub mod guard;
 pub mod haproxy;
+pub mod hash;
 pub mod metrics;
 pub mod reconcile;
+pub mod resolution;
 pub mod service_detail;
 pub mod state_file;
 pub mod status;
 pub mod status_table;
-pub mod upstream;
 pub mod watcher;
 
 use std::collections::BTreeMap;

@@ -26,12 +26,13 @@ use tokio::time::{sleep, sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::applied::AppliedRevisions;
-use crate::backends::{resolve, BackendSet, Discovered, Resolution};
+use crate::backends::{BackendSet, Discovered};
 use crate::config::{Config, DebounceMode};
 use crate::counters::Counters;
 use crate::file_output::FileOutput;
 use crate::guard::Guards;
 use crate::haproxy::HaproxyOutput;
+use crate::resolution::{resolve, Resolution};
 use crate::watcher::etcd::error_chain;
 
 /// Why an apply failed; the loop retries with backoff and keeps the previous state.

@@ -8,8 +8,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use common::{AddressPolicy, Registration};
-use synapse::backends::{resolve, Backend, BackendSet, Resolution};
+use synapse::backends::{Backend, BackendSet};
 use synapse::haproxy::config::{render, wanted_servers, ServerIds};
+use synapse::resolution::{resolve, Resolution};
 use synapse::watcher::ec2::to_backend;
 use synapse::Config;
 

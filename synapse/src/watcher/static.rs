@@ -1,5 +1,5 @@
 //! The `base`/`static` watcher: discovers nothing, so the service routes to its
-//! `default_servers` (applied by [`crate::backends::resolve`]).
+//! `default_servers` (applied by [`crate::resolution::resolve`]).
 
 use tokio_util::sync::CancellationToken;
 

@@ -12,6 +12,8 @@
 //!   build lacks is taken out, and the file is refused with one line naming the method.
 //! - A service that produces no output here (HAProxy and file output both disabled for
 //!   it: Yelp's nginx-only listeners) is skipped with a warning.
+//! - HAProxy 1.x-era lines in the `haproxy` section that HAProxy 2.x refuses are
+//!   rewritten during validation ([`modernize_line`], [`split_section_address`]).
 
 use common::config::join_path;
 use common::upstream::{list_to_string, object_mut, string_to_list, Compat, IgnoredKey};
@@ -396,6 +398,46 @@ fn normalize_top_haproxy(h: &mut Map<String, Value>) {
                 h.insert("server_order_seed".to_owned(), Value::from(folded));
             }
         }
+    }
+}
+
+// === HAProxy 1.x-era lines in `haproxy` sections ===
+
+/// syslog facility names, for recognising HAProxy 1.x-era `log <facility>` lines.
+const SYSLOG_FACILITIES: &[&str] = &[
+    "kern", "user", "mail", "daemon", "auth", "syslog", "lpr", "news", "uucp", "cron", "auth2",
+    "ftp", "ntp", "audit", "alert", "cron2", "local0", "local1", "local2", "local3", "local4",
+    "local5", "local6", "local7",
+];
+
+/// Rewrites the two legacy forms in SmartStack-era configs (the seed's among them) that
+/// HAProxy 2.x refuses: `log <facility> [level]` without an address becomes
+/// `log /dev/log <facility> [level]`. Other lines are returned as they are.
+pub(super) fn modernize_line(line: String) -> String {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    match words.as_slice() {
+        ["log", facility, rest @ ..] if SYSLOG_FACILITIES.contains(facility) => {
+            let mut out = format!("log /dev/log {facility}");
+            for w in rest {
+                out.push(' ');
+                out.push_str(w);
+            }
+            out
+        }
+        _ => line,
+    }
+}
+
+/// `listen stats :1937` (an address on the section line, HAProxy 1.x) becomes the
+/// header `listen stats` plus a `bind :1937` line.
+pub(super) fn split_section_address(header: &str) -> (String, Option<String>) {
+    let words: Vec<&str> = header.split_whitespace().collect();
+    match words.as_slice() {
+        [kw @ ("listen" | "frontend"), name, addrs @ ..] if !addrs.is_empty() => (
+            format!("{kw} {name}"),
+            Some(format!("bind {}", addrs.join(" "))),
+        ),
+        _ => (words.join(" "), None),
     }
 }
 
