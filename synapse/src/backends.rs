@@ -1,7 +1,7 @@
 //! Backends: what a watcher discovers and what synapse routes to, as plain data (the
 //! config layer builds `default_servers` and `label_filters` from these types). The
 //! per-service rules that turn a discovered set into the set to route to are in
-//! [`crate::resolution`].
+//! the `resolution` module, above the config layer.
 //!
 //! Everything here is ordered (`BTreeSet`), so that rendering is deterministic.
 

@@ -9,7 +9,10 @@ use common::etcd::normalize_endpoint;
 use common::{AddressPolicy, Host, InstanceId, Port, ServiceName, ServicePath};
 
 use super::check::at_least_one;
-use super::*;
+use super::{
+    defaults, DiscoveryConfig, DiscoveryFile, DnsDiscovery, DnsServer, DnsServerFile, Ec2TagDiscovery,
+    EtcdDiscovery, MultiDiscovery, Resolver, ZkDiscovery,
+};
 
 /// True if the discovery (or one of its `multi` children) polls EC2.
 pub(super) fn uses_ec2(d: &DiscoveryConfig) -> bool {

@@ -75,7 +75,7 @@ pub struct ServiceConfig {
     pub haproxy: ServiceHaproxy,
     pub file_output_disabled: bool,
     /// `prefer_zone`: same-zone servers normal, other zones `backup` (see
-    /// `prefer_zone` in [`crate::resolution`]).
+    /// `prefer_zone` in the `resolution` module).
     pub prefer_zone: Option<ZonePreference>,
 }
 
@@ -317,7 +317,7 @@ pub struct FileOutputConfig {
 }
 
 /// The mass-removal guard's settings (config keys `mass_removal_guard.*`); the guard
-/// itself is [`crate::guard`].
+/// itself is the `guard` module, above the config layer.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct GuardSettings {
     pub enabled: bool,

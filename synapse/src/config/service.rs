@@ -8,7 +8,11 @@ use common::{Host, InstanceId, Port, ServiceName};
 
 use super::check::{check_line, check_lines, check_word};
 use super::discovery::{uses_ec2, validate_discovery};
-use super::*;
+use super::{
+    BackendOrder, CookieValueMethod, HaproxyConfig, MinZoneServers, PreferZoneFile, ServerFile,
+    ServiceConfig, ServiceFile, ServiceHaproxy, ServiceHaproxyFile, ZonePreference,
+    DEFAULT_MAX_SERVERS, GuardSettings,
+};
 use crate::backends::{Backend, LabelCondition, LabelFilter};
 
 pub(super) fn validate_service(
