@@ -10,8 +10,8 @@ use common::{AddressPolicy, Host, InstanceId, Port, ServiceName, ServicePath};
 
 use super::check::at_least_one;
 use super::{
-    defaults, DiscoveryConfig, DiscoveryFile, DnsDiscovery, DnsServer, DnsServerFile, Ec2TagDiscovery,
-    EtcdDiscovery, MultiDiscovery, Resolver, ZkDiscovery,
+    defaults, DiscoveryConfig, DiscoveryFile, DnsDiscovery, DnsServer, DnsServerFile,
+    Ec2TagDiscovery, EtcdDiscovery, MultiDiscovery, Resolver, ZkDiscovery,
 };
 
 /// True if the discovery (or one of its `multi` children) polls EC2.

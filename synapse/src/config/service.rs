@@ -9,9 +9,9 @@ use common::{Host, InstanceId, Port, ServiceName};
 use super::check::{check_line, check_lines, check_word};
 use super::discovery::{uses_ec2, validate_discovery};
 use super::{
-    BackendOrder, CookieValueMethod, HaproxyConfig, MinZoneServers, PreferZoneFile, ServerFile,
-    ServiceConfig, ServiceFile, ServiceHaproxy, ServiceHaproxyFile, ZonePreference,
-    DEFAULT_MAX_SERVERS, GuardSettings,
+    BackendOrder, CookieValueMethod, GuardSettings, HaproxyConfig, MinZoneServers, PreferZoneFile,
+    ServerFile, ServiceConfig, ServiceFile, ServiceHaproxy, ServiceHaproxyFile, ZonePreference,
+    DEFAULT_MAX_SERVERS,
 };
 use crate::backends::{Backend, LabelCondition, LabelFilter};
 
