@@ -16,6 +16,7 @@ pub mod check;
 pub mod cli;
 pub mod config;
 pub mod drain;
+mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod health;
@@ -42,6 +43,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 pub use config::Config;
+pub(crate) use error::error_chain;
 pub use status::Status;
 
 /// Why nerve stopped other than by being asked to. Registry trouble is never among them
@@ -373,16 +375,4 @@ pub fn reload_on_sighup(
             }
         }
     }))
-}
-
-/// `a: b: c` from an error and its sources, for one-line logs.
-pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
