@@ -280,8 +280,21 @@ pub fn check_crate(krate: &str, files: &[SourceFile], map: &[Row]) -> Vec<String
             }
         }
     }
-    for cycle in cycles(files.len(), &edges) {
-        let mut msg = format!("{krate}: import cycle between {} files:", cycle.len());
+    for (component, cycle) in cycles(files.len(), &edges) {
+        let mut msg = if component.len() == cycle.len() {
+            format!("{krate}: import cycle between {} files:", cycle.len())
+        } else {
+            let mut names: Vec<&str> = component
+                .iter()
+                .map(|&f| files[f].display.as_str())
+                .collect();
+            names.sort_unstable();
+            format!(
+                "{krate}: {} files import each other round cycles ({}); the shortest through the first:",
+                component.len(),
+                names.join(", ")
+            )
+        };
         for (i, &from) in cycle.iter().enumerate() {
             let to = cycle[(i + 1) % cycle.len()];
             let edge = &edges[&from][&to];
@@ -309,9 +322,12 @@ fn row_for<'m>(krate: &str, file: &SourceFile, map: &'m [Row]) -> Option<&'m Row
     .max_by_key(|r| r.module.split("::").count())
 }
 
-/// One cycle per strongly connected component of more than one file (Tarjan), as the
-/// files in import order.
-fn cycles(n: usize, edges: &BTreeMap<usize, BTreeMap<usize, Edge>>) -> Vec<Vec<usize>> {
+/// Each strongly connected component of more than one file (Tarjan), with a shortest
+/// cycle through its first file, in import order.
+fn cycles(
+    n: usize,
+    edges: &BTreeMap<usize, BTreeMap<usize, Edge>>,
+) -> Vec<(BTreeSet<usize>, Vec<usize>)> {
     struct Tarjan<'e> {
         edges: &'e BTreeMap<usize, BTreeMap<usize, Edge>>,
         index: Vec<Option<usize>>,
@@ -374,7 +390,11 @@ fn cycles(n: usize, edges: &BTreeMap<usize, BTreeMap<usize, Edge>>) -> Vec<Vec<u
     }
     t.components
         .into_iter()
-        .map(|c| shortest_cycle(&c.into_iter().collect(), edges))
+        .map(|c| {
+            let component: BTreeSet<usize> = c.into_iter().collect();
+            let cycle = shortest_cycle(&component, edges);
+            (component, cycle)
+        })
         .collect()
 }
 

@@ -275,3 +275,30 @@ fn synapse_is_layered() {
     let problems = workspace_problems("synapse");
     assert!(problems.is_empty(), "\n{}", problems.join("\n"));
 }
+
+#[test]
+fn a_tangle_of_cycles_names_every_file_in_it() {
+    // config ↔ plan, and plan → io → config: one tangle of three files.
+    let files = [
+        lib(),
+        file("config.rs", "fn f() -> crate::plan::P {}\n"),
+        file("plan.rs", "use crate::{config::C, io::X};\n"),
+        file("io.rs", "use crate::config::Y;\n"),
+    ];
+    let problems = check(&files);
+    let cycles: Vec<&String> = problems
+        .iter()
+        .filter(|p| p.contains("round cycles"))
+        .collect();
+    assert_eq!(cycles.len(), 1, "{problems:?}");
+    assert!(
+        cycles[0].contains("3 files import each other round cycles (demo/src/config.rs, demo/src/io.rs, demo/src/plan.rs)"),
+        "{}",
+        cycles[0]
+    );
+    assert!(
+        cycles[0].contains("demo/src/config.rs:1: `crate::plan::P` → demo/src/plan.rs"),
+        "{}",
+        cycles[0]
+    );
+}
