@@ -27,7 +27,6 @@ pub mod service;
 pub mod status;
 pub mod status_table;
 pub mod supervisor;
-pub mod upstream;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

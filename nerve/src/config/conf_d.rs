@@ -89,7 +89,7 @@ pub(super) fn read_service_conf_dir(
                 continue;
             }
         };
-        if !crate::upstream::normalize_service(&mut value, &path, compat) {
+        if !super::upstream::normalize_service(&mut value, &path, compat) {
             continue;
         }
         let (svc, structural) = cfg::from_value_lenient::<ServiceFile>(value);

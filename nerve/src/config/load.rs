@@ -43,7 +43,7 @@ pub fn parse_in(
     let mut errors = cfg::duplicate_keys(text);
     let mut value = cfg::parse_jsonc(text)?;
     let mut compat = Compat::default();
-    crate::upstream::normalize_file(&mut value, &mut compat);
+    super::upstream::normalize_file(&mut value, &mut compat);
     let (file, structural) = cfg::from_value_lenient::<NerveFile>(value);
     errors.extend(structural);
     let file = file.unwrap_or_default();

@@ -10,8 +10,8 @@
 //! This module holds the validated types; the reading and the validation, section by
 //! section, live in its sub-modules: `file` (the file as written), `load` (the top
 //! level, [`load`]/[`parse`]), `conf_d` (`service_conf_dir`), `service` (a service, its
-//! reporters and its rate limit) and `check` (one check). The rewrite of upstream
-//! (airbnb/Yelp) configs into our shape is [`crate::upstream`].
+//! reporters and its rate limit), `check` (one check) and `upstream` (the rewrite of
+//! airbnb/Yelp configs into our shape, before serde reads them).
 
 mod check;
 mod conf_d;
@@ -20,6 +20,7 @@ mod load;
 mod service;
 #[cfg(test)]
 mod tests;
+mod upstream;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
