@@ -156,9 +156,11 @@ pub fn read_crate(root: &Path, krate: &str) -> anyhow::Result<Vec<SourceFile>> {
             .map(|s| s.to_string_lossy().into_owned())
             .collect();
         let last = module.pop().expect("a file name");
-        match last.as_str() {
-            "lib.rs" | "mod.rs" if !module.is_empty() || last == "lib.rs" => {}
-            _ => module.push(last.trim_end_matches(".rs").to_string()),
+        // `lib.rs` is the root and `x/mod.rs` is `x`; any other file is a module of its own.
+        let facade =
+            (last == "lib.rs" && module.is_empty()) || (last == "mod.rs" && !module.is_empty());
+        if !facade {
+            module.push(last.trim_end_matches(".rs").to_string());
         }
         let text =
             fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
