@@ -16,6 +16,7 @@ pub mod check;
 pub mod cli;
 pub mod config;
 pub mod drain;
+mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod health;
@@ -26,7 +27,6 @@ pub mod service;
 pub mod status;
 pub mod status_table;
 pub mod supervisor;
-pub mod upstream;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -42,6 +42,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
 pub use config::Config;
+pub(crate) use error::error_chain;
 pub use status::Status;
 
 /// Why nerve stopped other than by being asked to. Registry trouble is never among them
@@ -373,16 +374,4 @@ pub fn reload_on_sighup(
             }
         }
     }))
-}
-
-/// `a: b: c` from an error and its sources, for one-line logs.
-pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }

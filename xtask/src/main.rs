@@ -2,6 +2,10 @@
 //! renders, from the clap definitions the binaries parse (`nerve::cli`, `synapse::cli`),
 //! a man page per command and subcommand and the bash, zsh and fish completions, into
 //! `DIR/<binary>/{man,completions}`. Nothing generated is committed.
+//!
+//! `cargo run -p xtask -- layers [ROOT]`: the layering check (issue 24, `layers.rs`), in
+//! CI after clippy: every import cycle and upward import against the module map in
+//! `docs/architecture.md`, all at once.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -9,6 +13,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use clap::{Command, CommandFactory};
 use clap_complete::Shell;
+
+mod layers;
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -20,7 +26,29 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        _ => bail!("usage: xtask dist-assets <DIR>"),
+        [task, rest @ ..] if task == "layers" && rest.len() <= 1 => {
+            let root = match rest {
+                [root] => PathBuf::from(root),
+                _ => Path::new(env!("CARGO_MANIFEST_DIR")).join(".."),
+            };
+            let problems = layers::check_workspace(&root, &layers::CRATES)?;
+            if problems.is_empty() {
+                println!(
+                    "layers: {} crates, no upward import, no cycle",
+                    layers::CRATES.len()
+                );
+                return Ok(());
+            }
+            for p in &problems {
+                eprintln!("{p}");
+            }
+            eprintln!(
+                "layers: {} problems (the map: docs/architecture.md, \"Module map\")",
+                problems.len()
+            );
+            std::process::exit(1)
+        }
+        _ => bail!("usage: xtask dist-assets <DIR> | xtask layers [ROOT]"),
     }
 }
 

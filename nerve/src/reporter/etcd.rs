@@ -15,6 +15,11 @@
 //!   key, and the lease's key list) and repairs what changed behind its back: a deleted
 //!   or overwritten key is put again, a stray key on its lease is deleted.
 //! - **Shutdown.** Revoking the lease deletes all its keys in one etcd revision.
+//!
+//! Over 600 lines on purpose: one type whose lease, keys, read-back and shutdown share
+//! its state (the client, the lease, what it wrote); split across files, each part would
+//! reach into the others' fields. Its behaviour is tested against a real etcd
+//! (`nerve/tests/integration/`, `tests/tests/`), not here.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
