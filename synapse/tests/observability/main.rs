@@ -106,8 +106,11 @@ async fn metrics_follow_registrations_reloads_and_rejections() {
         .scrape_until("a reload", |s| reloads(s, "ok") == 1.0)
         .await;
     assert_eq!(reloads(&s, "failed"), 0.0);
-    let status = w.status().await;
-    assert_eq!(status["services"]["web"]["last_change"]["method"], "reload");
+    let status = w
+        .status_until("the reload in /status", |s| {
+            s["services"]["web"]["last_change"]["method"] == "reload"
+        })
+        .await;
     assert_eq!(status["outputs"]["last_reload"]["method"], "reload");
     // And another one at once: it waits for restart_interval, then happens.
     w.register("host-b", &b, Some("maxconn 60")).await;

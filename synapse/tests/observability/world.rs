@@ -242,6 +242,20 @@ impl World {
         .await
     }
 
+    /// `/status` once `ok` holds of it. The counters move inside the apply and `/status` a
+    /// moment after it returns, so a status read right after a scrape can be a step behind.
+    pub(crate) async fn status_until(&self, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+        eventually(TIMEOUT, || async {
+            let status = self.status().await;
+            if ok(&status) {
+                Ok(status)
+            } else {
+                Err(format!("waiting for {what}; /status:\n{status:#}"))
+            }
+        })
+        .await
+    }
+
     pub(crate) async fn status(&self) -> Value {
         let (code, body) = common::admin::fetch(self.admin, "/status")
             .await
