@@ -8,6 +8,7 @@ pub mod applied;
 pub mod backoff;
 pub mod child_env;
 pub mod config;
+pub mod error;
 pub mod etcd;
 #[doc(hidden)]
 pub mod fuzzing;

@@ -214,7 +214,7 @@ impl Publisher {
                 }
                 Err(e) => {
                     if !failing {
-                        tracing::warn!(error = %crate::watcher::etcd::error_chain(&e),
+                        tracing::warn!(error = %common::error::error_chain(&e),
                             prefix = %self.status.prefix,
                             "cannot publish the applied status (drain barrier); retrying");
                     }

@@ -33,7 +33,7 @@ use crate::file_output::FileOutput;
 use crate::guard::Guards;
 use crate::haproxy::HaproxyOutput;
 use crate::resolution::{resolve, Resolution};
-use crate::watcher::etcd::error_chain;
+use common::error::error_chain;
 
 /// Why an apply failed; the loop retries with backoff and keeps the previous state.
 #[derive(Debug, thiserror::Error)]

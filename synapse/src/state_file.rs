@@ -134,7 +134,7 @@ pub async fn save(path: &Path, state: &State) -> Result<(), String> {
     })
     .await
     .map_err(|e| e.to_string())?
-    .map_err(|e| crate::watcher::etcd::error_chain(&e))
+    .map_err(|e| common::error::error_chain(&e))
 }
 
 #[cfg(test)]

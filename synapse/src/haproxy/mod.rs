@@ -791,7 +791,7 @@ impl HaproxyOutput {
                 self.reload_pending = None;
             }
             Ok(Err(e)) => {
-                tracing::error!(error = %crate::watcher::etcd::error_chain(&e), "cannot put the last good file back")
+                tracing::error!(error = %common::error::error_chain(&e), "cannot put the last good file back")
             }
             Err(e) => tracing::error!(error = %e, "cannot put the last good file back"),
         }
@@ -807,7 +807,7 @@ impl HaproxyOutput {
                 failed = true;
                 Counters::inc(&self.counters.runtime_failures);
                 let in_sync = self.loaded.as_ref() == Some(&desired.config);
-                tracing::warn!(socket = %path.display(), error = %crate::watcher::etcd::error_chain(&e), in_sync, "the HAProxy runtime API failed");
+                tracing::warn!(socket = %path.display(), error = %common::error::error_chain(&e), in_sync, "the HAProxy runtime API failed");
                 if !in_sync {
                     pass.reload.get_or_insert(ReloadReason::NoRuntimeApi);
                 }
@@ -990,7 +990,7 @@ impl HaproxyOutput {
                         preview.runtime_errors.push(format!(
                             "{}: {}",
                             path.display(),
-                            crate::watcher::etcd::error_chain(&e)
+                            common::error::error_chain(&e)
                         ));
                         if self.loaded.as_ref() != Some(&model.config) {
                             preview.reload.get_or_insert(ReloadReason::NoRuntimeApi);
@@ -1053,9 +1053,9 @@ impl HaproxyOutput {
                 tokio::task::spawn_blocking(move || write_atomically(&dir, &file, &text))
                     .await
                     .map_err(|e| e.to_string())
-                    .and_then(|r| r.map_err(|e| crate::watcher::etcd::error_chain(&e)))
+                    .and_then(|r| r.map_err(|e| common::error::error_chain(&e)))
             }
-            Err(e) => Err(crate::watcher::etcd::error_chain(&e)),
+            Err(e) => Err(common::error::error_chain(&e)),
         };
         if let Err(e) = written {
             tracing::warn!(error = %e, "cannot save the server state before the reload");

@@ -732,7 +732,7 @@ mod tests {
         ] {
             std::fs::write(&file, pid).unwrap();
             let err = read_pid(&file).unwrap_err();
-            let text = crate::watcher::etcd::error_chain(&err);
+            let text = common::error::error_chain(&err);
             assert!(text.contains(says), "{pid}: {text}");
         }
     }

@@ -166,7 +166,7 @@ impl super::poll::PolledSource for Ec2Watcher {
     }
 
     fn log_failure(&self, e: &Ec2Error, retry_in: Duration, attempts: u32) {
-        let chain = super::etcd::error_chain(e);
+        let chain = common::error::error_chain(e);
         if super::poll::loud(attempts) {
             tracing::warn!(service = %self.service, error = %chain, ?retry_in, "EC2 listing failed; keeping the last known instances");
         } else {

@@ -23,6 +23,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::error::error_chain;
 use common::etcd::{ConnectError, EtcdSettings};
 use common::{Backoff, ParsedKey, Registration, RegistrationError, ServiceName};
 use etcd_client::{Client, EventType, GetOptions, KeyValue, WatchOptions, WatchStream};
@@ -753,18 +754,6 @@ impl Watcher for EtcdWatcher {
             }
         }
     }
-}
-
-/// `error: cause: cause`, on one line.
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 #[cfg(test)]

@@ -459,7 +459,7 @@ impl Watcher for ZkWatcher {
                         }
                     });
                     let delay = backoff.next_delay();
-                    let chain = super::etcd::error_chain(&e);
+                    let chain = common::error::error_chain(&e);
                     if backoff.attempts() <= 1 || backoff.attempts() % 10 == 0 {
                         tracing::warn!(service = %self.service, error = %chain, retry_in = ?delay,
                             "ZooKeeper watch interrupted; keeping the last known backends");
