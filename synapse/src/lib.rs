@@ -22,11 +22,12 @@
 //! - [`file_output`]: one JSON file per service.
 //! - [`state_file`]: the last good backends on disk, for a cold start without the registry.
 //! - [`dry_run`]: `synapse diff`: what a run would do, doing none of it.
-//! - [`counters`]: what synapse has done, for operators and tests.
-//! - [`status`]: what synapse believes per service (servers, source, staleness, last
-//!   apply, etcd watch) and the propagation delay; `/status` and `/readyz`.
-//! - [`metrics`]: the Prometheus registry over [`Counters`] and [`status`], served on
-//!   `admin_listen`'s `/metrics`.
+//! - [`counters`]: what synapse has done, for operators and tests; and what it believes
+//!   per service (servers, source, staleness, last apply, etcd watch) and the
+//!   propagation delay ([`counters::services`]).
+//! - [`status`]: the `/status` document built from that; `/readyz`.
+//! - [`metrics`]: the Prometheus registry over [`Counters`], served on `admin_listen`'s
+//!   `/metrics`.
 //! - [`service_detail`]: `/status/<service>`, the registry beside HAProxy's runtime state.
 //! - [`status_table`]: the tables `synapse status` prints.
 

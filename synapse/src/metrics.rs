@@ -2,7 +2,7 @@
 //!
 //! [`Counters`] stays the recording API (plain atomics the watchers, the reconciler and
 //! the HAProxy output count into); a collector reads them, and the per-service state in
-//! [`ServiceStates`](crate::status::ServiceStates), at each scrape. Names follow the
+//! [`ServiceStates`](crate::counters::services::ServiceStates), at each scrape. Names follow the
 //! Prometheus conventions: the `synapse_` prefix, base units (`_seconds`), `_total` on
 //! counters (added by the encoder); state gauges list every state with 0 or 1, so an
 //! alert on a state that is absent still has a series. `docs/operations.md` says what
@@ -19,8 +19,8 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
+use crate::counters::services::{Source, WatchState};
 use crate::counters::Counters;
-use crate::status::{Source, WatchState};
 
 /// A registry with every synapse metric, reading `counters` at each scrape.
 pub fn registry(counters: Arc<Counters>) -> Registry {
@@ -363,6 +363,7 @@ impl Collector for CountersCollector {
 mod tests {
     use super::*;
     use crate::backends::{BackendSet, Discovered, Origin};
+    use crate::counters::services::ApplyMethod;
     use common::ServiceName;
 
     #[test]
@@ -391,7 +392,9 @@ mod tests {
         counters
             .services
             .resolved(&config.services[&web], &d, &set, false);
-        counters.services.applied([(&web, &set)], None);
+        counters
+            .services
+            .applied_by([(&web, &set)], ApplyMethod::Written, false);
 
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry(counters)).unwrap();

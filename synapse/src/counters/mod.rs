@@ -1,9 +1,14 @@
 //! Counters an operator (and the tests) can read: rejected registrations by reason,
-//! reloads, re-lists, config writes. Plain atomics, exported by `crate::metrics`.
+//! reloads, re-lists, config writes. Plain atomics, exported by `crate::metrics`; and the
+//! live per-service state ([`services`]).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
+
+pub mod services;
+
+use services::ServiceStates;
 
 /// What synapse has done since it started. Shared as `Arc<Counters>`.
 #[derive(Debug, Default)]
@@ -53,7 +58,7 @@ pub struct Counters {
     pub(crate) sighup: AtomicBool,
     /// Per service: servers, source, staleness, etcd watch, last apply (for `/status`
     /// and the per-service metrics).
-    pub services: crate::status::ServiceStates,
+    pub services: ServiceStates,
     /// ZooKeeper sessions by ensemble connect string (issue 20).
     zk_sessions: Mutex<BTreeMap<String, ZkSessionInfo>>,
 }
