@@ -397,7 +397,7 @@ mod tests {
 
     #[tokio::test]
     async fn imds_redirects_are_not_followed_and_bodies_are_capped() {
-        use crate::ec2::api::tests::server;
+        use crate::ec2::test_server::server;
         use std::sync::atomic::Ordering;
         let (elsewhere, hits) =
             server("HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\ntok".into(), 0).await;

@@ -7,6 +7,8 @@
 
 pub mod api;
 pub mod credentials;
+#[cfg(test)]
+mod test_server;
 mod xml;
 
 pub use api::{Ec2Api, Ec2Error, Instance};

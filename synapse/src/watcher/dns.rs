@@ -29,7 +29,7 @@ use hickory_resolver::proto::xfer::Protocol;
 use hickory_resolver::{ResolveError, TokioResolver};
 use tokio_util::sync::CancellationToken;
 
-use super::{Publisher, Watcher};
+use super::publisher::{Publisher, Watcher};
 use crate::backends::{Backend, BackendSet, Origin};
 use crate::config::{DnsDiscovery, DnsServer};
 use crate::counters::Counters;

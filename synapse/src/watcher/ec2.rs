@@ -15,7 +15,7 @@ use std::time::Duration;
 use common::{AddressPolicy, Host, InstanceId, Port, RegistrationError, ServiceName};
 use tokio_util::sync::CancellationToken;
 
-use super::{Publisher, Watcher};
+use super::publisher::{Publisher, Watcher};
 use crate::backends::{Backend, BackendSet, Origin};
 use crate::config::Ec2TagDiscovery;
 use crate::counters::Counters;

@@ -8,21 +8,21 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::{AnyWatcher, Publisher, Watcher};
+use super::publisher::{Publisher, Watcher};
 use crate::backends::{Discovered, Origin};
 use crate::config::Resolver;
 use crate::counters::Counters;
 
-/// Children plus a resolver.
-pub struct MultiWatcher {
-    children: Vec<(String, AnyWatcher)>,
+/// Children (any watchers: `AnyWatcher`s in a run) plus a resolver.
+pub struct MultiWatcher<W> {
+    children: Vec<(String, W)>,
     resolver: Resolver,
     counters: Option<Arc<Counters>>,
 }
 
-impl MultiWatcher {
+impl<W> MultiWatcher<W> {
     pub fn new(
-        children: Vec<(String, AnyWatcher)>,
+        children: Vec<(String, W)>,
         resolver: Resolver,
         counters: Option<Arc<Counters>>,
     ) -> Self {
@@ -34,7 +34,7 @@ impl MultiWatcher {
     }
 }
 
-impl Watcher for MultiWatcher {
+impl<W: Watcher> Watcher for MultiWatcher<W> {
     async fn run(self, out: Publisher, cancel: CancellationToken) {
         let changed = Arc::new(Notify::new());
         let mut tasks = JoinSet::new();

@@ -10,7 +10,7 @@ use common::{Backoff, ServiceName};
 use tokio::time::sleep;
 use tokio_util::sync::CancellationToken;
 
-use super::{mark_stale, publish, Publisher};
+use super::publisher::{mark_stale, publish, Publisher};
 use crate::backends::{BackendSet, Origin};
 
 /// A polled source of backends.

@@ -3,7 +3,7 @@
 
 use tokio_util::sync::CancellationToken;
 
-use super::{Publisher, Watcher};
+use super::publisher::{Publisher, Watcher};
 use crate::backends::{Discovered, Origin};
 
 /// Publishes one empty, fresh set and waits for cancellation.

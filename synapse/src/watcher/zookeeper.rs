@@ -37,7 +37,7 @@ use tokio::time::{sleep, sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 use zookeeper_client::{Client, EventType, SessionState};
 
-use super::{mark_stale, publish, Publisher, Watcher};
+use super::publisher::{mark_stale, publish, Publisher, Watcher};
 use crate::backends::{Backend, BackendSet, Origin};
 use crate::config::ZkDiscovery;
 use crate::counters::{Counters, ZkSessionInfo};
