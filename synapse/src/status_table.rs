@@ -3,7 +3,7 @@
 //! quarantined, the last change, the mass-removal guard, the etcd watch), from the
 //! `/status` document; `-o wide` adds one line per server. [`render_service`]: one
 //! service's servers as the registry has them beside what HAProxy runs, from
-//! `/status/<service>` ([`crate::service_detail`]), with every disagreement flagged.
+//! `/status/<service>` (the `service_detail` module), with every disagreement flagged.
 //!
 //! Both read the JSON rather than the Rust types, so a newer `synapse status` can read an
 //! older synapse, and fields added later (per-server quarantine) show when present.

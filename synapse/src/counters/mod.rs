@@ -1,5 +1,5 @@
 //! Counters an operator (and the tests) can read: rejected registrations by reason,
-//! reloads, re-lists, config writes. Plain atomics, exported by `crate::metrics`; and the
+//! reloads, re-lists, config writes. Plain atomics, exported by the `metrics` module; and the
 //! live per-service state ([`services`]).
 
 use std::collections::BTreeMap;

@@ -257,7 +257,7 @@ impl ServiceStates {
         self.ready.load(Ordering::Relaxed)
     }
 
-    /// The propagation delay histogram (registered by `crate::metrics`).
+    /// The propagation delay histogram (registered by the `metrics` module).
     pub fn propagation(&self) -> &Histogram {
         &self.propagation
     }
