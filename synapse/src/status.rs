@@ -4,15 +4,14 @@
 //! [`ServiceStates::snapshot`] from the live state the watchers, the per-service
 //! forwarding task and the reconciler record (`crate::counters::services`, where the
 //! propagation delay is measured); also where the HAProxy output's report of an apply
-//! becomes a [`ApplyMethod`] ([`ServiceStates::applied`]).
+//! becomes an [`ApplyMethod`] ([`ServiceStates::applied`]).
 
 use std::collections::BTreeMap;
 use std::time::UNIX_EPOCH;
 
+use common::ServiceName;
 use serde::Serialize;
 use tokio::time::Instant;
-
-use common::ServiceName;
 
 use crate::backends::BackendSet;
 pub use crate::counters::services::{ApplyMethod, ConfigStatus, ServiceStates, Source, WatchState};

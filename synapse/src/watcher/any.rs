@@ -24,7 +24,7 @@ pub enum AnyWatcher {
     Ec2(Box<Ec2Watcher>),
     Dns(Box<DnsWatcher>),
     Static(StaticWatcher),
-    Multi(MultiWatcher<AnyWatcher>),
+    Multi(MultiWatcher<Self>),
 }
 
 impl AnyWatcher {
