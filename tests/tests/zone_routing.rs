@@ -192,17 +192,22 @@ async fn traffic_stays_in_zone_and_fails_over_when_the_zone_dies() {
     // zone-b as backup: traffic stays in zone-a.
     w.wait_answering(&["a1", "a2"]).await;
     let all = [&a1, &a2, &b1, &b2];
-    assert_eq!(
-        backup_flags(&w, &all),
-        [
-            ("a1".to_owned(), false),
-            ("a2".to_owned(), false),
-            ("b1".to_owned(), true),
-            ("b2".to_owned(), true)
-        ],
-        "{}",
-        w.haproxy_cfg()
-    );
+    // The file follows the runtime API within a second (a deferred write), so it is
+    // waited for, not read at once.
+    eventually(ROUTE_TIMEOUT, || async {
+        let flags = backup_flags(&w, &all);
+        let want = [("a1", false), ("a2", false), ("b1", true), ("b2", true)]
+            .map(|(id, backup)| (id.to_owned(), backup));
+        if flags == want {
+            Ok(())
+        } else {
+            Err(format!(
+                "backup flags {flags:?}, want {want:?}:\n{}",
+                w.haproxy_cfg()
+            ))
+        }
+    })
+    .await;
 
     // One more server in zone-b is added by the runtime API (`add server … backup`), not
     // by a reload, and traffic stays in zone-a.
@@ -252,15 +257,18 @@ async fn traffic_stays_in_zone_and_fails_over_when_the_zone_dies() {
     a1.set_healthy(true);
     a2.set_healthy(true);
     w.wait_answering(&["a1", "a2"]).await;
-    assert_eq!(
-        backup_flags(&w, &all)
-            .iter()
-            .filter(|(_, backup)| *backup)
-            .count(),
-        2,
-        "{}",
-        w.haproxy_cfg()
-    );
+    eventually(ROUTE_TIMEOUT, || async {
+        let backups = backup_flags(&w, &all).iter().filter(|(_, b)| *b).count();
+        if backups == 2 {
+            Ok(())
+        } else {
+            Err(format!(
+                "{backups} backup servers, want 2:\n{}",
+                w.haproxy_cfg()
+            ))
+        }
+    })
+    .await;
 
     synapse.stop().await;
     imds_task.abort();
