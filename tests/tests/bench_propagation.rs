@@ -478,6 +478,7 @@ async fn change_at_scale(total: usize, trials: usize) -> serde_json::Value {
         cpu_per_change_ms,
         reloads
     );
+    synapse.keep_log(&format!("change_at_scale_synapse_{total}"));
     synapse.stop().await;
     drop(haproxy);
     serde_json::json!({

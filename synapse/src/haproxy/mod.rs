@@ -413,6 +413,7 @@ impl HaproxyOutput {
         desired: &BTreeMap<ServiceName, BackendSet>,
     ) -> Result<bool, ReloadError> {
         self.write_due_at = None;
+        let started = Instant::now();
         let text = m.parts.text();
         if self.deployed.as_deref() == Some(text.as_str()) {
             m.unwritten.clear();
@@ -437,6 +438,7 @@ impl HaproxyOutput {
             }
         }
         m.unwritten.clear();
+        tracing::debug!(bytes = text.len(), took = ?started.elapsed(), "deferred write of haproxy.cfg");
         // HAProxy runs what the file holds (the runtime pass left nothing to reload).
         self.good_text = Some(text.clone());
         self.deployed = Some(text);
@@ -800,6 +802,7 @@ impl HaproxyOutput {
     /// Reads what every stats socket's HAProxy runs, and applies the plan's commands:
     /// for every backend (and the rest of the config), or `only` some backends.
     async fn runtime_pass(&mut self, desired: &Desired, only: Option<&[String]>) -> RuntimePass {
+        let started = Instant::now();
         let mut pass = RuntimePass::default();
         let mut failed = false;
         for path in self.config.socket_file_paths.clone() {
@@ -814,6 +817,7 @@ impl HaproxyOutput {
             }
         }
         self.runtime_failed = failed;
+        tracing::debug!(backends = only.map(<[String]>::len), took = ?started.elapsed(), commands = pass.commands, "runtime pass");
         // Every socket answered with what HAProxy runs: whatever reload came before is
         // in force.
         self.unconfirmed_reload &= failed;
