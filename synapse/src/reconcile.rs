@@ -339,7 +339,8 @@ impl Reconciler {
             .flatten()
             .min();
             woke_by_change = false;
-            let updates = &mut self.updates;
+            let writing = self.haproxy.as_ref().is_some_and(HaproxyOutput::writing);
+            let (updates, haproxy) = (&mut self.updates, &mut self.haproxy);
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => return,
@@ -361,6 +362,13 @@ impl Reconciler {
                     }
                 }
                 _ = sleep_until(wake.unwrap_or_else(far_future)), if wake.is_some() => {}
+                // haproxy.cfg, written beside the loop, is in place (or refused): the
+                // next apply takes the result.
+                _ = async {
+                    if let Some(h) = haproxy.as_mut() {
+                        h.write_ended().await;
+                    }
+                }, if writing => {}
             }
         }
     }

@@ -52,7 +52,9 @@ use config::{
 };
 use managed::{ManagedHandle, Supervisor};
 use model::{ConfigModel, Structure};
-use plan::{plan_backends, plan_view, Desired, ReloadReason, RunningView, RuntimeCommand};
+use plan::{
+    next_chunk, plan_backends, plan_view, Desired, ReloadReason, RunningView, RuntimeCommand,
+};
 use quarantine::{error_line, find_refused, suspects, without, Quarantine};
 use reload::{write_atomically, ReloadError, Reloader, Writer};
 use runtime::{LiveServers, Session, SocketError};
@@ -65,8 +67,13 @@ const DELETE_RETRY: Duration = Duration::from_secs(1);
 /// After an unconfirmed reload the new worker may not answer yet: look again soon.
 const UNCONFIRMED_VERIFY: Duration = Duration::from_millis(500);
 /// A change that went out by the runtime API reaches haproxy.cfg at most this much
-/// later; the changes meanwhile share one write (and one `haproxy -c`).
+/// later (plus the write and its check, which run beside the loop); the changes
+/// meanwhile share one write (and one `haproxy -c`).
 pub const FILE_WRITE_DELAY: Duration = Duration::from_secs(1);
+/// The periodic check reads and plans whole backends, about this many servers at a
+/// time, then lets the loop apply what arrived meanwhile: at 100,000 servers one `show
+/// servers state` of everything (~15 MB) would hold a change up for a long while.
+const VERIFY_CHUNK_SERVERS: usize = 2_000;
 
 /// Errors of one apply. All are retried with backoff.
 #[derive(Debug, thiserror::Error)]
@@ -126,7 +133,18 @@ pub struct Preview {
 struct RuntimePass {
     commands: usize,
     reload: Option<ReloadReason>,
-    retry_deletes: bool,
+    /// Backends with a server whose `del server` waits for its connections to end.
+    retry_deletes: BTreeSet<String>,
+}
+
+/// haproxy.cfg being written beside the loop (see [`HaproxyOutput::start_write`]).
+struct PendingWrite {
+    /// The text it puts in place (once checked), or why it did not.
+    task: tokio::task::JoinHandle<Result<String, ReloadError>>,
+    /// The task's result, once the loop saw it end.
+    done: Option<Result<String, ReloadError>>,
+    /// The services whose parts it brings to the file, with their sets then.
+    sets: BTreeMap<ServiceName, Option<BackendSet>>,
 }
 
 /// The desired state as a model, kept while HAProxy runs it (see the module's doc).
@@ -167,7 +185,11 @@ pub struct HaproxyOutput {
     reload_pending: Option<ReloadReason>,
     next_reload_at: Instant,
     next_verify_at: Option<Instant>,
+    /// Where the periodic check goes on: after this backend (`None`: from the first).
+    verify_after: Option<String>,
     retry_deletes_at: Option<Instant>,
+    /// The backends whose deletions are retried at `retry_deletes_at`.
+    retry_deletes: BTreeSet<String>,
     managed: Option<ManagedHandle>,
     seen_generation: u64,
     /// False while a managed HAProxy is down (being restarted).
@@ -188,6 +210,8 @@ pub struct HaproxyOutput {
     modelled: Option<Modelled>,
     /// When haproxy.cfg is due to follow what went out by the runtime API.
     write_due_at: Option<Instant>,
+    /// The write of haproxy.cfg beside the loop, at most one.
+    pending_write: Option<PendingWrite>,
     counters: Arc<Counters>,
 }
 
@@ -250,7 +274,9 @@ impl HaproxyOutput {
             reload_pending: None,
             next_reload_at: Instant::now(),
             next_verify_at: None,
+            verify_after: None,
             retry_deletes_at: None,
+            retry_deletes: BTreeSet::new(),
             managed,
             seen_generation: 0,
             running: true,
@@ -260,6 +286,7 @@ impl HaproxyOutput {
             good_sets: None,
             modelled: None,
             write_due_at: None,
+            pending_write: None,
             counters,
             config,
         };
@@ -324,12 +351,21 @@ impl HaproxyOutput {
         {
             return Ok(full);
         }
-        let generation = self.seen_generation;
-        if !self.observe_managed()
-            || self.seen_generation != generation
-            || self.managed.as_ref().is_some_and(|m| !m.requested())
-        {
+        // A (re)started or stopped managed HAProxy: the full path, which first lets the
+        // write beside the loop end (the restarted HAProxy runs the file on disk).
+        if self.managed.as_ref().is_some_and(|h| {
+            let state = h.state();
+            state.generation != self.seen_generation || state.master_pid.is_none() || !h.requested()
+        }) {
             return Ok(full);
+        }
+        let mut applied = Applied::default();
+        match self.finish_write(false).await {
+            None => {}
+            Some(Ok(())) => applied.written = true,
+            // The full path finds the servers the check refuses.
+            Some(Err(ReloadError::CheckFailed { .. })) => return Ok(full),
+            Some(Err(e)) => return Err(e.into()),
         }
         let Some(mut m) = self.modelled.take() else {
             return Ok(full);
@@ -365,84 +401,152 @@ impl HaproxyOutput {
             m.unwritten.insert(name.clone());
             touched.push(backend);
         }
-        let verify = [self.next_verify_at, self.retry_deletes_at]
-            .into_iter()
-            .flatten()
-            .min()
-            .is_none_or(|t| now >= t);
-        let mut applied = Applied::default();
-        if verify || !touched.is_empty() {
-            let only = (!verify).then_some(touched.as_slice());
-            let pass = self.runtime_pass(&m.desired, only).await;
-            applied.runtime_commands = pass.commands;
-            if pass.reload.is_some() {
-                // What the runtime API cannot do: the full path writes and reloads.
-                return Ok(RuntimeOnly::Full {
-                    runtime_commands: pass.commands,
-                });
-            }
-        }
+        // The changes first, then the periodic check's next chunk: a change waits for at
+        // most one chunk, never for the whole fleet.
         if !touched.is_empty() {
             self.write_due_at.get_or_insert(now + FILE_WRITE_DELAY);
         }
-        if self.write_due_at.is_some_and(|t| now >= t) {
-            match self.write_parts(&mut m, desired).await {
-                Ok(written) => applied.written = written,
-                Err(ReloadError::CheckFailed { .. }) => {
-                    // The full path finds the servers the check refuses.
-                    return Ok(RuntimeOnly::Full {
-                        runtime_commands: applied.runtime_commands,
-                    });
-                }
-                Err(e) => {
-                    self.modelled = Some(m);
-                    return Err(e.into());
-                }
+        let mut only: BTreeSet<String> = touched.into_iter().collect();
+        if self.retry_deletes_at.is_some_and(|t| now >= t) {
+            self.retry_deletes_at = None;
+            only.append(&mut self.retry_deletes);
+        }
+        let chunk = if self.next_verify_at.is_none_or(|t| now >= t) {
+            self.verify_chunk(&m.desired)
+        } else {
+            Vec::new()
+        };
+        for backends in [only.into_iter().collect(), chunk] {
+            if backends.is_empty() {
+                continue;
             }
+            let pass = self.runtime_pass(&m.desired, Some(&backends)).await;
+            applied.runtime_commands += pass.commands;
+            if pass.reload.is_some() {
+                // What the runtime API cannot do: the full path writes and reloads.
+                return Ok(RuntimeOnly::Full {
+                    runtime_commands: applied.runtime_commands,
+                });
+            }
+        }
+        if self.write_due_at.is_some_and(|t| now >= t) && self.pending_write.is_none() {
+            self.start_write(&mut m, desired);
         }
         self.modelled = Some(m);
         Ok(RuntimeOnly::Done(applied))
     }
 
-    /// Writes the file from `m`'s parts (checked when `do_checks`; the structure is the
-    /// one HAProxy runs, and the servers went out by the runtime API). True when the
-    /// text changed. Retried at the next apply when it fails.
-    async fn write_parts(
-        &mut self,
-        m: &mut Modelled,
-        desired: &BTreeMap<ServiceName, BackendSet>,
-    ) -> Result<bool, ReloadError> {
+    /// The periodic check's next backends: whole backends from where the last chunk
+    /// ended, about [`VERIFY_CHUNK_SERVERS`] servers in all. Until the last backend is
+    /// checked, the next chunk is due at once (the loop applies the changes waiting
+    /// first); then the next round is due [`VERIFY_INTERVAL`] later.
+    fn verify_chunk(&mut self, desired: &Desired) -> Vec<String> {
+        let (chunk, more) = next_chunk(desired, self.verify_after.as_deref(), VERIFY_CHUNK_SERVERS);
+        let now = Instant::now();
+        match chunk.last().filter(|_| more) {
+            Some(last) => {
+                self.verify_after = Some(last.clone());
+                self.next_verify_at = Some(now);
+            }
+            None => {
+                self.verify_after = None;
+                self.next_verify_at = Some(now + VERIFY_INTERVAL);
+            }
+        }
+        chunk
+    }
+
+    /// Starts writing haproxy.cfg from `m`'s parts beside the loop: the runtime API has
+    /// applied them already, so no change waits for the file. Checked when `do_checks`
+    /// (the check at a lower CPU priority); one write at a time, its result taken by
+    /// [`Self::finish_write`]. A refused file is not put in place.
+    fn start_write(&mut self, m: &mut Modelled, desired: &BTreeMap<ServiceName, BackendSet>) {
         self.write_due_at = None;
-        let started = Instant::now();
         let text = m.parts.text();
         if self.deployed.as_deref() == Some(text.as_str()) {
             m.unwritten.clear();
-            return Ok(false);
+            return;
         }
-        if let Err(e) = self.writer.write(&text, self.config.do_checks).await {
-            if !matches!(e, ReloadError::CheckFailed { .. }) {
-                Counters::inc(&self.counters.write_failures);
-                self.write_due_at = Some(Instant::now());
+        let sets = std::mem::take(&mut m.unwritten)
+            .into_iter()
+            .map(|name| {
+                let set = desired.get(&name).cloned();
+                (name, set)
+            })
+            .collect();
+        let (writer, check) = (self.writer.deferred(), self.config.do_checks);
+        let task = tokio::spawn(async move {
+            let started = Instant::now();
+            let written = writer.write(&text, check).await;
+            tracing::debug!(bytes = text.len(), took = ?started.elapsed(), ok = written.is_ok(), "deferred write of haproxy.cfg");
+            written.map(|()| text)
+        });
+        self.pending_write = Some(PendingWrite {
+            task,
+            done: None,
+            sets,
+        });
+    }
+
+    /// Whether haproxy.cfg is being written beside the loop (see [`Self::write_ended`]).
+    pub fn writing(&self) -> bool {
+        self.pending_write
+            .as_ref()
+            .is_some_and(|p| p.done.is_none())
+    }
+
+    /// Resolves when the write beside the loop ends (never while none runs); the next
+    /// apply takes its result. Cancel-safe.
+    pub async fn write_ended(&mut self) {
+        match &mut self.pending_write {
+            Some(p) if p.done.is_none() => {
+                let ended = (&mut p.task).await;
+                p.done = Some(ended.unwrap_or_else(|e| Err(e.into())));
             }
-            return Err(e);
+            _ => std::future::pending().await,
         }
+    }
+
+    /// Takes the result of the write beside the loop once it ended (`wait`: waits for
+    /// it); `None` while none ended. A written file becomes the deployed and last good
+    /// one; a failed write is due again (and retried with the loop's backoff).
+    async fn finish_write(&mut self, wait: bool) -> Option<Result<(), ReloadError>> {
+        let p = self.pending_write.as_ref()?;
+        if p.done.is_none() {
+            if !wait && !p.task.is_finished() {
+                return None;
+            }
+            self.write_ended().await;
+        }
+        let p = self.pending_write.take()?;
+        let text = match p.done? {
+            Ok(text) => text,
+            Err(e) => {
+                if !matches!(e, ReloadError::CheckFailed { .. }) {
+                    Counters::inc(&self.counters.write_failures);
+                    self.write_due_at = Some(Instant::now());
+                    if let Some(m) = &mut self.modelled {
+                        m.unwritten.extend(p.sets.into_keys());
+                    }
+                }
+                return Some(Err(e));
+            }
+        };
         if self.writer.config_path().is_some() {
             Counters::inc(&self.counters.config_writes);
         }
         if let Some(good) = &mut self.good_sets {
-            for name in std::mem::take(&mut m.unwritten) {
-                match desired.get(&name) {
-                    Some(set) => good.insert(name, set.clone()),
+            for (name, set) in p.sets {
+                match set {
+                    Some(set) => good.insert(name, set),
                     None => good.remove(&name),
                 };
             }
         }
-        m.unwritten.clear();
-        tracing::debug!(bytes = text.len(), took = ?started.elapsed(), "deferred write of haproxy.cfg");
-        // HAProxy runs what the file holds (the runtime pass left nothing to reload).
+        // HAProxy runs what the file holds (the runtime passes left nothing to reload).
         self.good_text = Some(text.clone());
         self.deployed = Some(text);
-        Ok(true)
+        Some(Ok(()))
     }
 
     /// The full path: renders everything, plans every backend, writes, reloads.
@@ -451,6 +555,9 @@ impl HaproxyOutput {
         services: &BTreeMap<ServiceName, ServiceConfig>,
         desired: &BTreeMap<ServiceName, BackendSet>,
     ) -> Result<Applied, ApplyError> {
+        // The file on disk is one to compare with and write over: no write beside the
+        // loop may land after this one. Its failure does not matter (this one follows).
+        let _ = self.finish_write(true).await;
         self.modelled = None;
         self.write_due_at = None;
         let mut applied = Applied::default();
@@ -824,8 +931,13 @@ impl HaproxyOutput {
         let now = Instant::now();
         if only.is_none() {
             self.next_verify_at = Some(now + VERIFY_INTERVAL);
-            self.retry_deletes_at = pass.retry_deletes.then_some(now + DELETE_RETRY);
-        } else if pass.retry_deletes {
+            self.verify_after = None;
+            self.retry_deletes.clear();
+            self.retry_deletes_at = None;
+        }
+        if !pass.retry_deletes.is_empty() {
+            self.retry_deletes
+                .extend(pass.retry_deletes.iter().cloned());
             self.retry_deletes_at.get_or_insert(now + DELETE_RETRY);
         }
         pass
@@ -861,7 +973,7 @@ impl HaproxyOutput {
             if matches!(cmd, RuntimeCommand::Del { .. }) && answer.contains("connections") {
                 // In maintenance already; deleted once its connections are gone.
                 tracing::debug!(command = %text, answer = %answer.trim(), "server still has connections; deleting it later");
-                pass.retry_deletes = true;
+                pass.retry_deletes.insert(cmd.backend().as_str().to_owned());
                 continue;
             }
             // The other servers' commands still go out; the file (checked, with the
@@ -940,7 +1052,9 @@ impl HaproxyOutput {
             reload_pending: None,
             next_reload_at: Instant::now(),
             next_verify_at: None,
+            verify_after: None,
             retry_deletes_at: None,
+            retry_deletes: BTreeSet::new(),
             managed: None,
             seen_generation: 0,
             running: true,
@@ -949,6 +1063,7 @@ impl HaproxyOutput {
             counters: Arc::default(),
             modelled: None,
             write_due_at: None,
+            pending_write: None,
             runtime_failed: false,
             unconfirmed_reload: false,
             config,
@@ -1081,7 +1196,8 @@ impl HaproxyOutput {
             reload.map(|_| self.next_reload_at),
             self.retry_deletes_at,
             self.next_verify_at,
-            self.write_due_at,
+            // While a write runs, its end wakes the loop (`write_ended`).
+            self.write_due_at.filter(|_| self.pending_write.is_none()),
         ]
         .into_iter()
         .flatten()

@@ -325,6 +325,24 @@ pub fn plan_backends<'a>(
     plan
 }
 
+/// A slice of the periodic check: whole backends of `desired` after `after` (from the
+/// first with `None`), in order, until they hold `servers` servers (an empty backend
+/// counts as one). True when backends are left after it.
+pub fn next_chunk(desired: &Desired, after: Option<&str>, servers: usize) -> (Vec<String>, bool) {
+    use std::ops::Bound::{Excluded, Unbounded};
+    let from = after.map_or(Unbounded, Excluded);
+    let mut rest = desired.config.backends.range::<str, _>((from, Unbounded));
+    let (mut chunk, mut count) = (Vec::new(), 0);
+    for (name, backend) in rest.by_ref() {
+        chunk.push(name.clone());
+        count += backend.servers.len().max(1);
+        if count >= servers {
+            break;
+        }
+    }
+    (chunk, rest.next().is_some())
+}
+
 fn plan_one(plan: &mut Plan, running: &RunningView<'_>, desired: &Desired, name: &String) {
     let no_servers = BTreeMap::new();
     let Some(want) = desired.config.backends.get(name) else {
@@ -652,6 +670,37 @@ mod tests {
 
     fn texts(plan: &Plan) -> Vec<String> {
         plan.commands.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn the_periodic_check_goes_through_every_backend_in_bounded_chunks() {
+        let mut text = HEAD.to_owned();
+        for (b, n) in [("a", 3), ("b", 0), ("c", 1), ("d", 4), ("e", 2)] {
+            text.push_str(&format!("backend {b}\n    balance roundrobin\n"));
+            for s in 0..n {
+                text.push_str(&format!("    server s{s} 10.0.0.{s}:80\n"));
+            }
+        }
+        let desired = desired(&text);
+        let mut after: Option<String> = None;
+        let mut chunks = Vec::new();
+        loop {
+            let (chunk, more) = next_chunk(&desired, after.as_deref(), 4);
+            after = chunk.last().cloned();
+            chunks.push(chunk);
+            if !more {
+                break;
+            }
+        }
+        // Whole backends, each once, a chunk ending once it holds 4 servers.
+        assert_eq!(chunks, [vec!["a", "b"], vec!["c", "d"], vec!["e"]]);
+        assert_eq!(
+            next_chunk(&desired, None, 1_000),
+            (
+                vec!["a".into(), "b".into(), "c".into(), "d".into(), "e".into()],
+                false
+            )
+        );
     }
 
     #[test]

@@ -86,6 +86,9 @@ pub struct Writer {
     /// Always set: `do_checks: false` does not switch it off (issue 17).
     check: Check,
     timeout: Duration,
+    /// The check runs at a lower CPU priority (`nice -n 10`): the deferred write's,
+    /// which shares the cores with HAProxy and the runtime path (see [`Self::deferred`]).
+    lowered: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -118,7 +121,32 @@ impl Writer {
             },
             check,
             timeout: h.command_timeout,
+            lowered: false,
         }
+    }
+
+    /// This writer for a write nothing waits for (haproxy.cfg following the runtime
+    /// API): its check runs at a lower CPU priority, so that a 100,000-server `haproxy
+    /// -c` yields the cores to HAProxy and to the changes being applied meanwhile.
+    pub fn deferred(&self) -> Self {
+        Self {
+            lowered: true,
+            ..self.clone()
+        }
+    }
+
+    /// `program`, under `nice -n 10` when `lowered`, without synapse's secrets
+    /// in its environment (`common::child_env`).
+    fn command(&self, program: &str) -> Command {
+        let mut cmd = if self.lowered {
+            let mut nice = Command::new("nice");
+            nice.args(["-n", "10", program]);
+            nice
+        } else {
+            Command::new(program)
+        };
+        common::child_env::restrict(&mut cmd);
+        cmd
     }
 
     pub fn config_path(&self) -> Option<&Path> {
@@ -251,8 +279,7 @@ impl Writer {
         .await??;
         let checked = match &self.check {
             Check::Haproxy => {
-                let mut cmd = Command::new("haproxy");
-                common::child_env::restrict(&mut cmd);
+                let mut cmd = self.command("haproxy");
                 // Not `-q`: its `[ALERT]` lines name the refused server.
                 cmd.arg("-c").arg("-f").arg(&candidate);
                 // Exit 2: "no error but will not start (no listener)", e.g. while every
@@ -263,8 +290,8 @@ impl Writer {
                 })
             }
             Check::Shell(c) => {
-                let mut cmd = shell(c);
-                cmd.env(CANDIDATE_ENV, &candidate);
+                let mut cmd = self.command("sh");
+                cmd.arg("-c").arg(c).env(CANDIDATE_ENV, &candidate);
                 run(cmd, c, self.timeout).await
             }
         };
