@@ -478,6 +478,7 @@ async fn change_at_scale(total: usize, trials: usize) -> serde_json::Value {
         cpu_per_change_ms,
         reloads
     );
+    synapse.keep_log(&format!("change_at_scale_synapse_{total}"));
     synapse.stop().await;
     drop(haproxy);
     serde_json::json!({
@@ -500,8 +501,13 @@ async fn bench_change_at_scale() {
         "{:>8} {:>9} {:>9} {:>9} {:>9} {:>12} {:>8}",
         "servers", "put p50", "put p99", "del p50", "del p99", "CPU/change", "reloads"
     );
+    // `BENCH_SCALE_SIZES=100,100000`: only these sizes, back to back (same load).
+    let sizes: Vec<usize> = std::env::var("BENCH_SCALE_SIZES").map_or_else(
+        |_| vec![100, 1_000, 10_000, 100_000],
+        |v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect(),
+    );
     let mut runs = Vec::new();
-    for total in [100usize, 1_000, 10_000, 100_000] {
+    for total in sizes {
         if total <= max {
             runs.push(change_at_scale(total, trials).await);
         }
