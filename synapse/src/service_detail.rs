@@ -13,7 +13,8 @@ use serde_json::{json, Value};
 
 use crate::config::Config;
 use crate::counters::Counters;
-use crate::haproxy::runtime::{parse_servers_state, Admin, LiveServer, Session};
+use crate::haproxy::answers::{parse_servers_state, Admin, LiveServer};
+use crate::haproxy::runtime::Session;
 
 /// The document for `service`; `None` if synapse has no such service.
 pub async fn document(config: &Config, counters: &Counters, service: &str) -> Option<Value> {

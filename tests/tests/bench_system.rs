@@ -37,10 +37,10 @@ use integration_tests::{
 };
 use serde_json::json;
 use synapse::backends::{Backend as Server, BackendSet};
+use synapse::haproxy::answers::Capabilities;
 use synapse::haproxy::config::{render, wanted_servers, ServerIds};
 use synapse::haproxy::model::ConfigModel;
 use synapse::haproxy::plan::{plan, running_from, Desired};
-use synapse::haproxy::runtime::Capabilities;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 

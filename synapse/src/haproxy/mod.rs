@@ -29,6 +29,7 @@
 //! (a reload, a refused check, a quarantined server, slots, a restarted HAProxy) goes the
 //! full way: render everything, model it, plan every backend.
 
+pub mod answers;
 pub mod config;
 pub mod managed;
 pub mod model;

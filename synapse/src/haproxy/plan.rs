@@ -23,8 +23,8 @@ use std::net::IpAddr;
 
 use common::{Port, Weight};
 
+use super::answers::{Admin, Capabilities, LiveServer, LiveServers};
 use super::model::{BackendModel, ConfigModel, Name, ServerModel, Word};
-use super::runtime::{Admin, Capabilities, LiveServer, LiveServers};
 
 /// What HAProxy runs now.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

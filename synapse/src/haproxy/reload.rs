@@ -21,7 +21,8 @@ use std::time::Duration;
 use tokio::process::Command;
 use tokio::time::{sleep, Instant};
 
-use super::runtime::{self, ProcessList, SocketError};
+use super::answers::{self, ProcessList};
+use super::runtime::{self, SocketError};
 use crate::config::{HaproxyConfig, ReloadMethod};
 use crate::failpoint;
 
@@ -467,7 +468,7 @@ impl Reloader {
                 // 2.7+: `Success=0` and the startup log when the new config failed.
                 if answer.contains("Success=0") {
                     return Err(ReloadError::Refused {
-                        procs: runtime::summarize(&answer),
+                        procs: answers::summarize(&answer),
                     });
                 }
                 Ok(())

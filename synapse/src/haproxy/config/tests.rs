@@ -145,9 +145,9 @@ fn slots_keep_servers_in_place_and_grow_in_steps() {
 
 #[test]
 fn filling_and_emptying_a_slot_is_a_runtime_change() {
+    use crate::haproxy::answers::Capabilities;
     use crate::haproxy::model::ConfigModel;
     use crate::haproxy::plan::{plan, running_from, Desired};
-    use crate::haproxy::runtime::Capabilities;
     let c = slots_config();
     let h = c.haproxy.as_ref().unwrap();
     let web = ServiceName::new("web").unwrap();

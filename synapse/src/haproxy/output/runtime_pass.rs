@@ -10,11 +10,12 @@ use tokio::time::Instant;
 use crate::counters::Counters;
 
 use super::{HaproxyOutput, RuntimePass, DELETE_RETRY, VERIFY_INTERVAL};
+use crate::haproxy::answers::{summarize, LiveServers};
 use crate::haproxy::plan::{
     self, plan_backends, plan_view, Desired, ReloadReason, RunningView, RuntimeCommand,
 };
 use crate::haproxy::reload::write_atomically;
-use crate::haproxy::runtime::{self, LiveServers, Session, SocketError};
+use crate::haproxy::runtime::{Session, SocketError};
 
 impl HaproxyOutput {
     /// Reads what every stats socket's HAProxy runs, and applies the plan's commands:
@@ -94,11 +95,11 @@ impl HaproxyOutput {
             // The other servers' commands still go out; the file (checked, with the
             // refused servers found and left out) and a reload settle this one.
             Counters::inc(&self.counters.runtime_failures);
-            tracing::warn!(command = %text, answer = %runtime::summarize(&answer), "HAProxy refused a runtime command; the checked file and a reload settle it");
+            tracing::warn!(command = %text, answer = %summarize(&answer), "HAProxy refused a runtime command; the checked file and a reload settle it");
             refused.insert((cmd.backend().clone(), cmd.server().clone()));
             pass.reload.get_or_insert(ReloadReason::CommandFailed {
                 command: text,
-                answer: runtime::summarize(&answer),
+                answer: summarize(&answer),
             });
         }
         if let Some(why) = plan.reload {

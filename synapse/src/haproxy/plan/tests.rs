@@ -3,7 +3,7 @@
 use super::*;
 use proptest::prelude::*;
 
-use crate::haproxy::runtime::is_safe_command;
+use crate::haproxy::answers::is_safe_command;
 
 fn caps26() -> Capabilities {
     Capabilities::for_version(2, 6)
