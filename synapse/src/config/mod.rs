@@ -14,7 +14,7 @@
 //! The config layer is plain data at the bottom of synapse: it imports only `common`,
 //! the backend data types ([`crate::backends`]) and [`crate::hash`]. Where to look:
 //!
-//! - [`file`]: the file format (serde structs); [`model`]: the validated types;
+//! - [`file`](mod@file): the file format (serde structs); [`model`]: the validated types;
 //!   [`defaults`]: the named defaults.
 //! - `load`: `Config::load`/`parse`/`from_file` and the top-level keys; `read`: JSON with
 //!   comments; `conf_d`: `service_conf_dir`.
