@@ -369,7 +369,6 @@ pub struct Reloaded {
     pub confirmed: bool,
 }
 
-
 /// A command that exited non-zero.
 struct Failure {
     code: Option<i32>,
