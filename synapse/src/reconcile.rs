@@ -35,6 +35,11 @@ use crate::haproxy::HaproxyOutput;
 use crate::resolution::{resolve, Resolution};
 use common::error::error_chain;
 
+mod state_file;
+
+use state_file::StateFile;
+pub use state_file::STATE_FILE_GRACE;
+
 /// Why an apply failed; the loop retries with backoff and keeps the previous state.
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
@@ -52,24 +57,6 @@ const RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// How long to wait for the first complete set of every service before saying so.
 const STARTUP_NOTICE: Duration = Duration::from_secs(5);
-
-/// How long after start a service still without its first set is routed from the
-/// state file instead: long enough for a reachable registry to answer first.
-pub const STATE_FILE_GRACE: Duration = Duration::from_secs(3);
-
-/// The state file and what it holds.
-struct StateFile {
-    path: std::path::PathBuf,
-    ttl: Duration,
-    /// Read at start; a service leaves it once its watcher publishes.
-    cached: crate::state_file::State,
-    /// When `cached` may stand in for services without a first set.
-    use_after: Instant,
-    /// What the file holds now (as last written or read).
-    saved: crate::state_file::State,
-    /// Sets read from the registry (fresh), per service, since the last write.
-    registry: BTreeMap<ServiceName, BackendSet>,
-}
 
 /// A service's discovered sets, as its watcher publishes them.
 pub type Input = (ServiceName, watch::Receiver<Option<Discovered>>);
@@ -157,71 +144,8 @@ impl Reconciler {
         ttl: Duration,
         cached: crate::state_file::State,
     ) -> Self {
-        self.state_file = Some(StateFile {
-            path,
-            ttl,
-            saved: cached.clone(),
-            cached,
-            use_after: Instant::now() + STATE_FILE_GRACE,
-            registry: BTreeMap::new(),
-        });
+        self.state_file = Some(StateFile::new(path, ttl, cached));
         self
-    }
-
-    /// When the state file may stand in for services still without a first set.
-    fn state_file_wakeup(&self) -> Option<Instant> {
-        let f = self.state_file.as_ref()?;
-        let waiting = self
-            .inputs
-            .iter()
-            .any(|(name, rx)| rx.borrow().is_none() && f.cached.contains_key(name));
-        (waiting && Instant::now() < f.use_after).then_some(f.use_after)
-    }
-
-    /// Writes the state file when the registry's sets differ from what it holds, or
-    /// its timestamps are a quarter of the TTL old (so a set that never changes does
-    /// not expire). Services routed from the file keep their entries and timestamps.
-    async fn save_state_file(&mut self) {
-        let Some(f) = &mut self.state_file else {
-            return;
-        };
-        let now = crate::state_file::unix_now();
-        let refresh = (f.ttl / 4).as_secs().max(1);
-        let mut next = crate::state_file::State::new();
-        let mut changed = false;
-        for name in self.config.services.keys() {
-            if let Some(set) = f.registry.get(name).filter(|s| !s.is_empty()) {
-                let old = f.saved.get(name);
-                let stale = old
-                    .is_none_or(|o| &o.backends != set || now.saturating_sub(o.seen_at) >= refresh);
-                changed |= stale;
-                let seen_at = if stale {
-                    now
-                } else {
-                    old.map_or(now, |o| o.seen_at)
-                };
-                next.insert(
-                    name.clone(),
-                    crate::state_file::Cached {
-                        backends: set.clone(),
-                        seen_at,
-                    },
-                );
-            } else if let Some(old) = f.saved.get(name) {
-                next.insert(name.clone(), old.clone());
-            }
-        }
-        changed |= next.len() != f.saved.len();
-        if !changed {
-            return;
-        }
-        match crate::state_file::save(&f.path, &next).await {
-            Ok(()) => f.saved = next,
-            Err(e) => {
-                Counters::inc(&self.counters.write_failures);
-                tracing::warn!(path = %f.path.display(), error = %e, "cannot write the state file");
-            }
-        }
     }
 
     /// Takes new configs from `updates` while it runs.
@@ -334,7 +258,9 @@ impl Reconciler {
                 haproxy_wake,
                 self.guards.next_release(),
                 (!waiting_noted).then_some(started + STARTUP_NOTICE),
-                self.state_file_wakeup(),
+                self.state_file
+                    .as_ref()
+                    .and_then(|f| f.wakeup(&self.inputs)),
             ]
             .into_iter()
             .flatten()
@@ -581,7 +507,9 @@ impl Reconciler {
             }
         }
         self.applied_once = true;
-        self.save_state_file().await;
+        if let Some(f) = &mut self.state_file {
+            f.save(self.config.services.keys(), &self.counters).await;
+        }
         // The one point where an apply has succeeded. A deferred reload means HAProxy
         // does not run it yet (the wake-up that reloads applies again and reports); after
         // an unconfirmed reload the old worker may still route by the old config, so the

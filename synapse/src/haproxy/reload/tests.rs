@@ -1,5 +1,6 @@
 //! Unit tests of `reload.rs`, kept apart so that the module reads in one go.
 
+use super::reloader::{read_pid, shell};
 use super::*;
 use crate::config::Config;
 
