@@ -1,7 +1,7 @@
 //! What nerve believes, as a snapshot: each service's health, last check and drain state,
 //! and what is registered in etcd under which lease. Served as JSON on the admin
 //! endpoint's `/status` ([`StatusHandle::snapshot`]), and available to library users
-//! through [`crate::Nerve::status`]. The table `nerve status` prints is [`render`].
+//! through [`crate::Nerve::status`]. The table `nerve status` prints is [`crate::status_table::render`].
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
