@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use crate::error::error_chain;
+
 /// The IMDS address on EC2. Tests and non-AWS clouds point the endpoint elsewhere.
 pub const DEFAULT_ENDPOINT: &str = "http://169.254.169.254";
 /// What the AWS SDKs read to point at another IMDS; honoured the same way here.
@@ -107,17 +109,4 @@ impl Imds {
         }
         Ok(String::from_utf8_lossy(&body).into_owned())
     }
-}
-
-/// `e` and its sources, `: `-separated (reqwest's own message is only "error sending
-/// request").
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
+use common::error::error_chain;
 use common::{Host, InstanceId, Port, Registration, ServiceName, ServicePath};
 use etcd_client::{GetOptions, PutOptions};
 use integration_tests::{
@@ -263,15 +264,4 @@ async fn nerve_certificate_failures_name_the_endpoint_without_hanging() {
             "{what}: names the endpoint: {chain}"
         );
     }
-}
-
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
