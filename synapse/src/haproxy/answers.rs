@@ -209,11 +209,15 @@ impl ProcessList {
     }
 }
 
-/// An answer for an error message: bounded.
+/// An answer for an error message: one line, at most 500 characters.
 pub fn summarize(text: &str) -> String {
-    const MAX: usize = 500;
+    summarize_to(text, 500)
+}
+
+/// `text` on one line, cut after `max` characters (with `...`).
+pub fn summarize_to(text: &str, max: usize) -> String {
     let one_line = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    match one_line.char_indices().nth(MAX) {
+    match one_line.char_indices().nth(max) {
         Some((i, _)) => format!("{}...", &one_line[..i]),
         None => one_line,
     }

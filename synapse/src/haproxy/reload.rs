@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use tokio::process::Command;
 
+use super::answers::summarize_to;
 use super::runtime::SocketError;
 use crate::config::{HaproxyConfig, ReloadMethod};
 use crate::failpoint;
@@ -348,7 +349,8 @@ async fn run(
     Ok(Err(Failure {
         code: out.status.code(),
         status: out.status.to_string(),
-        output: summarize(&text),
+        // Command output for an error message: one line, bounded.
+        output: summarize_to(&text, 2000),
     }))
 }
 
@@ -374,16 +376,6 @@ struct Failure {
     code: Option<i32>,
     status: String,
     output: String,
-}
-
-/// Command output for an error message: one line, bounded.
-fn summarize(text: &str) -> String {
-    const MAX: usize = 2000;
-    let one_line = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    match one_line.char_indices().nth(MAX) {
-        Some((i, _)) => format!("{}...", &one_line[..i]),
-        None => one_line,
-    }
 }
 
 fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
