@@ -266,7 +266,7 @@ impl Reconciler {
             .flatten()
             .min();
             woke_by_change = false;
-            let writing = self.haproxy.as_ref().is_some_and(HaproxyOutput::writing);
+            let busy = self.haproxy.as_ref().is_some_and(HaproxyOutput::busy);
             let (updates, haproxy) = (&mut self.updates, &mut self.haproxy);
             tokio::select! {
                 biased;
@@ -289,13 +289,13 @@ impl Reconciler {
                     }
                 }
                 _ = sleep_until(wake.unwrap_or_else(far_future)), if wake.is_some() => {}
-                // haproxy.cfg, written beside the loop, is in place (or refused): the
-                // next apply takes the result.
+                // haproxy.cfg, written beside the loop, is in place (or refused), or a
+                // slice of the periodic check is read: the next apply takes the result.
                 _ = async {
                     if let Some(h) = haproxy.as_mut() {
-                        h.write_ended().await;
+                        h.background_ended().await;
                     }
-                }, if writing => {}
+                }, if busy => {}
             }
         }
     }

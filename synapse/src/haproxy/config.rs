@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 use common::{Host, ServerOption, ServiceName};
 
@@ -65,13 +66,14 @@ pub fn render(
 
 /// haproxy.cfg in parts: what comes before the services, each service's sections, and
 /// what comes after. A change to some services' servers re-renders only their parts;
-/// the file is their concatenation ([`RenderedParts::text`]).
+/// the file is their concatenation ([`RenderedParts::text`]). The parts are shared, so
+/// a copy of the whole (for the write beside the loop) costs a pointer per service.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RenderedParts {
     /// The header, `global`, `defaults` and the extra sections.
     pub head: String,
     /// Per service (not `disabled`): its frontend, if any, and its backend.
-    pub services: BTreeMap<ServiceName, String>,
+    pub services: BTreeMap<ServiceName, Arc<str>>,
     /// The shared frontend, if any.
     pub tail: String,
 }
@@ -97,7 +99,7 @@ impl RenderedParts {
             .filter(|(_, svc)| !svc.haproxy.disabled)
             .map(|(name, svc)| {
                 let set = backends.get(name).unwrap_or(&empty);
-                (name.clone(), render_service(h, svc, set, ids))
+                (name.clone(), Arc::from(render_service(h, svc, set, ids)))
             })
             .collect();
         let mut tail = String::new();
@@ -122,7 +124,7 @@ impl RenderedParts {
     pub fn text(&self) -> String {
         let len = self.head.len()
             + self.tail.len()
-            + self.services.values().map(String::len).sum::<usize>();
+            + self.services.values().map(|p| p.len()).sum::<usize>();
         let mut out = String::with_capacity(len);
         out.push_str(&self.head);
         for part in self.services.values() {
@@ -130,6 +132,32 @@ impl RenderedParts {
         }
         out.push_str(&self.tail);
         out
+    }
+
+    /// The file with the `server` lines of every service but `keep` left out: what
+    /// `haproxy -c` needs to read when only `keep`'s servers differ from a file it
+    /// accepted (see `Writer::write_checking`). Every section stays, so the frontends
+    /// find their backends. `None` when a line left out has `track` (it may name a
+    /// server of `keep`'s: only the whole file shows whether it is still there).
+    pub fn text_checking_only(&self, keep: &BTreeSet<ServiceName>) -> Option<String> {
+        let mut out = String::with_capacity(self.head.len() + self.tail.len());
+        out.push_str(&self.head);
+        for (name, part) in &self.services {
+            if keep.contains(name) {
+                out.push_str(part);
+                continue;
+            }
+            for line in part.split_inclusive('\n') {
+                let mut words = line.split_whitespace();
+                if words.next() != Some("server") {
+                    out.push_str(line);
+                } else if words.any(|w| w == "track") {
+                    return None;
+                }
+            }
+        }
+        out.push_str(&self.tail);
+        Some(out)
     }
 }
 

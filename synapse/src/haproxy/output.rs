@@ -4,6 +4,7 @@
 //! path (`full`), the runtime passes (`runtime_pass`) and the preview (`preview`) are
 //! further `impl` blocks in the child modules.
 
+mod check;
 mod full;
 mod preview;
 mod runtime_pass;
@@ -20,9 +21,10 @@ use tokio::time::Instant;
 use super::config::{check_grammar, render_service, RenderError, RenderedParts, ServerIds};
 use super::managed::{ManagedHandle, Supervisor};
 use super::model::{ConfigModel, Structure};
-use super::plan::{next_chunk, Desired, ReloadReason};
+use super::plan::{chunk_share, next_chunk, Desired, ReloadReason};
 use super::quarantine::Quarantine;
-use super::reload::{write_atomically, ReloadError, Reloader, Writer};
+use super::reload::{lowered, write_atomically, ReloadError, Reloader, Writer};
+use super::runtime::{Running, SocketError};
 use crate::backends::BackendSet;
 use crate::config::{HaproxyConfig, ServiceConfig};
 use crate::counters::Counters;
@@ -38,10 +40,16 @@ const UNCONFIRMED_VERIFY: Duration = Duration::from_millis(500);
 /// later (plus the write and its check, which run beside the loop); the changes
 /// meanwhile share one write (and one `haproxy -c`).
 pub const FILE_WRITE_DELAY: Duration = Duration::from_secs(1);
+/// ... and, for a big file, at most this many bytes a second on average: at 100,000
+/// servers (8.5 MB) a write every ~4 s rather than every second, so that a steady flow
+/// of changes does not keep the disk (and the page cache, and the fsync's writeback)
+/// busy with the same file. Below ~2 MB (~25,000 servers) the delay above rules.
+const FILE_WRITE_BYTES_PER_SEC: f64 = 2_000_000.0;
 /// The periodic check reads and plans whole backends, about this many servers at a
-/// time, then lets the loop apply what arrived meanwhile: at 100,000 servers one `show
-/// servers state` of everything (~15 MB) would hold a change up for a long while.
-const VERIFY_CHUNK_SERVERS: usize = 2_000;
+/// time (at least one backend), then lets the loop apply what arrived meanwhile: at
+/// 100,000 servers one `show servers state` of everything (~15 MB) would hold a change
+/// up for a long while, and a slice of 2,000 servers for 4 ms (15 ms at worst).
+const VERIFY_CHUNK_SERVERS: usize = 500;
 
 /// Errors of one apply. All are retried with backoff.
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +89,17 @@ async fn seed_server_state_file(file: &std::path::Path) {
     }
 }
 
+/// Resolves when the write beside the loop ends (never while none runs). Cancel-safe.
+async fn write_ended(pending: &mut Option<PendingWrite>) {
+    match pending {
+        Some(p) if p.done.is_none() => {
+            let ended = (&mut p.task).await;
+            p.done = Some(ended.unwrap_or_else(|e| Err(e.into())));
+        }
+        _ => std::future::pending().await,
+    }
+}
+
 /// What an apply would do: see [`HaproxyOutput::preview`].
 #[derive(Debug, Clone)]
 pub struct Preview {
@@ -107,12 +126,26 @@ struct RuntimePass {
 
 /// haproxy.cfg being written beside the loop (see [`HaproxyOutput::start_write`]).
 struct PendingWrite {
-    /// The text it puts in place (once checked), or why it did not.
-    task: tokio::task::JoinHandle<Result<String, ReloadError>>,
+    /// The text it put in place (once checked; `None`: the file held it already), or
+    /// why it did not.
+    task: tokio::task::JoinHandle<Result<Option<Arc<str>>, ReloadError>>,
     /// The task's result, once the loop saw it end.
-    done: Option<Result<String, ReloadError>>,
+    done: Option<Result<Option<Arc<str>>, ReloadError>>,
     /// The services whose parts it brings to the file, with their sets then.
     sets: BTreeMap<ServiceName, Option<BackendSet>>,
+}
+
+/// What each stats socket answered for a slice of the periodic check.
+type CheckRead = Vec<(PathBuf, Result<Running, SocketError>)>;
+
+/// A slice of the periodic check being read beside the loop (see `check`).
+struct PendingCheck {
+    backends: Vec<String>,
+    /// `pass_seq` when the read began.
+    seq: u64,
+    task: tokio::task::JoinHandle<CheckRead>,
+    /// The task's result, once the loop saw it end.
+    done: Option<CheckRead>,
 }
 
 /// The desired state as a model, kept while HAProxy runs it (see the module's doc).
@@ -142,8 +175,12 @@ pub struct HaproxyOutput {
     writer: Writer,
     reloader: Reloader,
     ids: ServerIds,
-    /// The text HAProxy's config file holds (as far as we know).
-    deployed: Option<String>,
+    /// The text HAProxy's config file holds (as far as we know). Shared: at 100,000
+    /// servers it is 8.5 MB, and the write beside the loop compares with it.
+    deployed: Option<Arc<str>>,
+    /// `deployed` passed the check (then a write that changes only some services'
+    /// servers need not check the rest again: [`Writer::write_checking`]).
+    deployed_checked: bool,
     /// `deployed` without its server lines, kept so that a runtime-only change is told
     /// from a structural one without parsing the file again on every apply.
     deployed_structure: Option<Structure>,
@@ -173,13 +210,21 @@ pub struct HaproxyOutput {
     /// servers that are new since); `None` until the first write.
     good_sets: Option<BTreeMap<ServiceName, BackendSet>>,
     /// The file HAProxy runs (as far as we know): put back when a reload is refused.
-    good_text: Option<String>,
+    good_text: Option<Arc<str>>,
     /// The runtime-only path's model; `None` until a full apply left HAProxy in sync.
     modelled: Option<Modelled>,
     /// When haproxy.cfg is due to follow what went out by the runtime API.
     write_due_at: Option<Instant>,
+    /// The next write is not due before this (see [`FILE_WRITE_BYTES_PER_SEC`]).
+    write_paced_until: Option<Instant>,
     /// The write of haproxy.cfg beside the loop, at most one.
     pending_write: Option<PendingWrite>,
+    /// The periodic check's slice being read beside the loop, at most one.
+    pending_check: Option<PendingCheck>,
+    /// Runtime passes of some backends so far, and the last one that touched each
+    /// backend: a slice read before it does not plan that backend.
+    pass_seq: u64,
+    touched: BTreeMap<String, u64>,
     counters: Arc<Counters>,
 }
 
@@ -202,8 +247,8 @@ impl HaproxyOutput {
         if let Some(file) = &config.server_state_file {
             seed_server_state_file(file).await;
         }
-        let deployed = match writer.config_path() {
-            Some(p) => tokio::fs::read_to_string(p).await.ok(),
+        let deployed: Option<Arc<str>> = match writer.config_path() {
+            Some(p) => tokio::fs::read_to_string(p).await.ok().map(Arc::from),
             None => None,
         };
         let ids = deployed
@@ -239,6 +284,7 @@ impl HaproxyOutput {
             // A managed HAProxy has not loaded anything yet.
             loaded: deployed_model.filter(|_| managed.is_none()),
             deployed,
+            deployed_checked: false,
             reload_pending: None,
             next_reload_at: Instant::now(),
             next_verify_at: None,
@@ -254,7 +300,11 @@ impl HaproxyOutput {
             good_sets: None,
             modelled: None,
             write_due_at: None,
+            write_paced_until: None,
             pending_write: None,
+            pending_check: None,
+            pass_seq: 0,
+            touched: BTreeMap::new(),
             counters,
             config,
         };
@@ -330,7 +380,7 @@ impl HaproxyOutput {
         let mut applied = Applied::default();
         match self.finish_write(false).await {
             None => {}
-            Some(Ok(())) => applied.written = true,
+            Some(Ok(written)) => applied.written = written,
             // The full path finds the servers the check refuses.
             Some(Err(ReloadError::CheckFailed { .. })) => return Ok(full),
             Some(Err(e)) => return Err(e.into()),
@@ -355,7 +405,7 @@ impl HaproxyOutput {
                 .assign_backend(&backend, &wanted, self.config.max_server_id, &reserved);
             let part = render_service(&self.config, svc, set, &self.ids);
             check_grammar(&part, &self.config)?;
-            if m.parts.services.get(name) == Some(&part) {
+            if m.parts.services.get(name).map(|p| &**p) == Some(part.as_str()) {
                 continue;
             }
             let Some((backend, model)) = ConfigModel::parse_backend(&part, &m.defaults) else {
@@ -365,30 +415,30 @@ impl HaproxyOutput {
                 return Ok(full);
             }
             m.desired.config.backends.insert(backend.clone(), model);
-            m.parts.services.insert(name.clone(), part);
+            m.parts.services.insert(name.clone(), Arc::from(part));
             m.unwritten.insert(name.clone());
             touched.push(backend);
         }
         // The changes first, then the periodic check's next chunk: a change waits for at
         // most one chunk, never for the whole fleet.
         if !touched.is_empty() {
-            self.write_due_at.get_or_insert(now + FILE_WRITE_DELAY);
+            let paced = self.write_paced_until.unwrap_or(now);
+            self.write_due_at
+                .get_or_insert((now + FILE_WRITE_DELAY).max(paced));
         }
         let mut only: BTreeSet<String> = touched.into_iter().collect();
         if self.retry_deletes_at.is_some_and(|t| now >= t) {
             self.retry_deletes_at = None;
             only.append(&mut self.retry_deletes);
         }
-        let chunk = if self.next_verify_at.is_none_or(|t| now >= t) {
-            self.verify_chunk(&m.desired)
-        } else {
-            Vec::new()
+        let only: Vec<String> = only.into_iter().collect();
+        let pass = match only.is_empty() {
+            false => Some(self.runtime_pass(&m.desired, Some(&only)).await),
+            true => None,
         };
-        for backends in [only.into_iter().collect(), chunk] {
-            if backends.is_empty() {
-                continue;
-            }
-            let pass = self.runtime_pass(&m.desired, Some(&backends)).await;
+        // Then the slice of the periodic check read beside the loop meanwhile, if read.
+        let check = self.finish_check(&m.desired).await;
+        for pass in [pass, check].into_iter().flatten() {
             applied.runtime_commands += pass.commands;
             if pass.reload.is_some() {
                 // What the runtime API cannot do: the full path writes and reloads.
@@ -397,6 +447,7 @@ impl HaproxyOutput {
                 });
             }
         }
+        self.start_check(&m.desired);
         if self.write_due_at.is_some_and(|t| now >= t) && self.pending_write.is_none() {
             self.start_write(&mut m, desired);
         }
@@ -405,37 +456,32 @@ impl HaproxyOutput {
     }
 
     /// The periodic check's next backends: whole backends from where the last chunk
-    /// ended, about [`VERIFY_CHUNK_SERVERS`] servers in all. Until the last backend is
-    /// checked, the next chunk is due at once (the loop applies the changes waiting
-    /// first); then the next round is due [`VERIFY_INTERVAL`] later.
+    /// ended, about [`VERIFY_CHUNK_SERVERS`] servers in all. The slices of a round are
+    /// spread over [`VERIFY_INTERVAL`]: the next one is due after the interval's share
+    /// of this one's servers (at 100,000 servers a 1,000-server slice every 20 ms,
+    /// rather than a train of them that keeps HAProxy and synapse busy for a quarter
+    /// of a second); with one slice, the next round is due an interval later.
     fn verify_chunk(&mut self, desired: &Desired) -> Vec<String> {
         let (chunk, more) = next_chunk(desired, self.verify_after.as_deref(), VERIFY_CHUNK_SERVERS);
-        let now = Instant::now();
-        match chunk.last().filter(|_| more) {
-            Some(last) => {
-                self.verify_after = Some(last.clone());
-                self.next_verify_at = Some(now);
-            }
-            None => {
-                self.verify_after = None;
-                self.next_verify_at = Some(now + VERIFY_INTERVAL);
-            }
-        }
+        let share = chunk_share(desired, &chunk);
+        self.next_verify_at = Some(Instant::now() + VERIFY_INTERVAL.mul_f64(share));
+        self.verify_after = chunk.last().filter(|_| more).cloned();
         chunk
     }
 
     /// Starts writing haproxy.cfg from `m`'s parts beside the loop: the runtime API has
     /// applied them already, so no change waits for the file. Checked when `do_checks`
-    /// (the check at a lower CPU priority); one write at a time, its result taken by
-    /// [`Self::finish_write`]. A refused file is not put in place.
+    /// (the check at the lowest CPU priority); one write at a time, its result taken by
+    /// [`Self::finish_write`]. A refused file is not put in place. The loop only copies
+    /// the parts' pointers: the task joins them (8.5 MB at 100,000 servers) and compares
+    /// the text with the file's.
     fn start_write(&mut self, m: &mut Modelled, desired: &BTreeMap<ServiceName, BackendSet>) {
         self.write_due_at = None;
-        let text = m.parts.text();
-        if self.deployed.as_deref() == Some(text.as_str()) {
-            m.unwritten.clear();
-            return;
-        }
-        let sets = std::mem::take(&mut m.unwritten)
+        let unwritten = std::mem::take(&mut m.unwritten);
+        // Only these services' servers differ from the file on disk: when that one
+        // passed the check, the check reads the others' sections without their servers.
+        let reduce = (self.deployed_checked && self.config.do_checks).then(|| unwritten.clone());
+        let sets = unwritten
             .into_iter()
             .map(|name| {
                 let set = desired.get(&name).cloned();
@@ -443,11 +489,26 @@ impl HaproxyOutput {
             })
             .collect();
         let (writer, check) = (self.writer.deferred(), self.config.do_checks);
+        let (parts, deployed) = (m.parts.clone(), self.deployed.clone());
         let task = tokio::spawn(async move {
             let started = Instant::now();
-            let written = writer.write(&text, check).await;
-            tracing::debug!(bytes = text.len(), took = ?started.elapsed(), ok = written.is_ok(), "deferred write of haproxy.cfg");
-            written.map(|()| text)
+            let prepared = lowered(move || {
+                let text: Arc<str> = Arc::from(parts.text());
+                if deployed.as_deref() == Some(&*text) {
+                    return None;
+                }
+                let reduced = reduce.and_then(|keep| parts.text_checking_only(&keep));
+                Some((text, reduced))
+            });
+            let Some((text, reduced)) = prepared.await? else {
+                return Ok(None);
+            };
+            let prepared = started.elapsed();
+            let written = writer
+                .write_checking(&text, check, reduced.as_deref())
+                .await;
+            tracing::debug!(bytes = text.len(), checked = reduced.as_ref().map_or(text.len(), String::len), prepared = ?prepared, took = ?started.elapsed(), ok = written.is_ok(), "deferred write of haproxy.cfg");
+            written.map(|()| Some(text))
         });
         self.pending_write = Some(PendingWrite {
             task,
@@ -456,39 +517,50 @@ impl HaproxyOutput {
         });
     }
 
-    /// Whether haproxy.cfg is being written beside the loop (see [`Self::write_ended`]).
-    pub fn writing(&self) -> bool {
+    /// Whether haproxy.cfg is being written, or a check slice read, beside the loop
+    /// (see [`Self::background_ended`]).
+    pub fn busy(&self) -> bool {
         self.pending_write
             .as_ref()
             .is_some_and(|p| p.done.is_none())
+            || self
+                .pending_check
+                .as_ref()
+                .is_some_and(PendingCheck::reading)
     }
 
-    /// Resolves when the write beside the loop ends (never while none runs); the next
-    /// apply takes its result. Cancel-safe.
-    pub async fn write_ended(&mut self) {
-        match &mut self.pending_write {
-            Some(p) if p.done.is_none() => {
-                let ended = (&mut p.task).await;
-                p.done = Some(ended.unwrap_or_else(|e| Err(e.into())));
-            }
-            _ => std::future::pending().await,
+    /// Resolves when the write or the check slice beside the loop ends (never while
+    /// none runs); the next apply takes the result. Cancel-safe.
+    pub async fn background_ended(&mut self) {
+        let check = &mut self.pending_check;
+        tokio::select! {
+            () = write_ended(&mut self.pending_write) => {}
+            () = async {
+                match check {
+                    Some(c) if c.reading() => c.ended().await,
+                    _ => std::future::pending().await,
+                }
+            } => {}
         }
     }
 
     /// Takes the result of the write beside the loop once it ended (`wait`: waits for
-    /// it); `None` while none ended. A written file becomes the deployed and last good
-    /// one; a failed write is due again (and retried with the loop's backoff).
-    async fn finish_write(&mut self, wait: bool) -> Option<Result<(), ReloadError>> {
+    /// it); `None` while none ended, else whether it wrote. A written file becomes the
+    /// deployed and last good one; a failed write is due again (and retried with the
+    /// loop's backoff).
+    async fn finish_write(&mut self, wait: bool) -> Option<Result<bool, ReloadError>> {
         let p = self.pending_write.as_ref()?;
         if p.done.is_none() {
             if !wait && !p.task.is_finished() {
                 return None;
             }
-            self.write_ended().await;
+            write_ended(&mut self.pending_write).await;
         }
         let p = self.pending_write.take()?;
         let text = match p.done? {
-            Ok(text) => text,
+            Ok(Some(text)) => text,
+            // The file holds this text already.
+            Ok(None) => return Some(Ok(false)),
             Err(e) => {
                 if !matches!(e, ReloadError::CheckFailed { .. }) {
                     Counters::inc(&self.counters.write_failures);
@@ -512,9 +584,13 @@ impl HaproxyOutput {
             }
         }
         // HAProxy runs what the file holds (the runtime passes left nothing to reload).
-        self.good_text = Some(text.clone());
+        self.write_paced_until = Some(
+            Instant::now() + Duration::from_secs_f64(text.len() as f64 / FILE_WRITE_BYTES_PER_SEC),
+        );
+        self.good_text = Some(Arc::clone(&text));
         self.deployed = Some(text);
-        Some(Ok(()))
+        self.deployed_checked = self.config.do_checks;
+        Some(Ok(true))
     }
 
     /// Whether synapse knows that HAProxy runs what it last applied (the drain barrier
@@ -531,8 +607,9 @@ impl HaproxyOutput {
         [
             reload.map(|_| self.next_reload_at),
             self.retry_deletes_at,
-            self.next_verify_at,
-            // While a write runs, its end wakes the loop (`write_ended`).
+            // While a slice is read, its end wakes the loop (`background_ended`).
+            self.next_verify_at.filter(|_| self.pending_check.is_none()),
+            // While a write runs, its end wakes the loop.
             self.write_due_at.filter(|_| self.pending_write.is_none()),
         ]
         .into_iter()

@@ -226,6 +226,20 @@ pub fn next_chunk(desired: &Desired, after: Option<&str>, servers: usize) -> (Ve
     (chunk, rest.next().is_some())
 }
 
+/// The share of the periodic check's round that `chunk` is: its servers over all of
+/// `desired`'s (an empty backend counts as one), in `0..=1`. The round's slices are
+/// spread over its interval by this share.
+pub fn chunk_share(desired: &Desired, chunk: &[String]) -> f64 {
+    let weight = |b: &BackendModel| b.servers.len().max(1);
+    let total: usize = desired.config.backends.values().map(weight).sum();
+    let this: usize = chunk
+        .iter()
+        .filter_map(|n| desired.config.backends.get(n))
+        .map(weight)
+        .sum();
+    (this as f64 / total.max(1) as f64).min(1.0)
+}
+
 fn plan_one(plan: &mut Plan, running: &RunningView<'_>, desired: &Desired, name: &String) {
     let no_servers = BTreeMap::new();
     let Some(want) = desired.config.backends.get(name) else {

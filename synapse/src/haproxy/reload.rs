@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use tokio::process::Command;
 
-use super::answers::summarize_to;
+use super::answers::{summarize, summarize_to};
 use super::runtime::SocketError;
 use crate::config::{HaproxyConfig, ReloadMethod};
 use crate::failpoint;
@@ -83,7 +83,7 @@ pub struct Writer {
     /// Always set: `do_checks: false` does not switch it off (issue 17).
     check: Check,
     timeout: Duration,
-    /// The check runs at a lower CPU priority (`nice -n 10`): the deferred write's,
+    /// The check runs at the lowest CPU priority (`SCHED_IDLE`): the deferred write's,
     /// which shares the cores with HAProxy and the runtime path (see [`Self::deferred`]).
     lowered: bool,
 }
@@ -123,8 +123,10 @@ impl Writer {
     }
 
     /// This writer for a write nothing waits for (haproxy.cfg following the runtime
-    /// API): its check runs at a lower CPU priority, so that a 100,000-server `haproxy
-    /// -c` yields the cores to HAProxy and to the changes being applied meanwhile.
+    /// API): its check runs under `SCHED_IDLE` (`chrt --idle 0`; `nice -n 19` where
+    /// there is no `chrt`), so that a 100,000-server `haproxy -c` (~1 s of CPU) only
+    /// takes what HAProxy, etcd and the changes being applied leave idle: a task woken on
+    /// its core preempts it at once, where a niced one could wait for its time slice.
     pub fn deferred(&self) -> Self {
         Self {
             lowered: true,
@@ -132,13 +134,21 @@ impl Writer {
         }
     }
 
-    /// `program`, under `nice -n 10` when `lowered`, without synapse's secrets
+    /// `program`, at the lowest priority when `lowered`, without synapse's secrets
     /// in its environment (`common::child_env`).
     fn command(&self, program: &str) -> Command {
         let mut cmd = if self.lowered {
-            let mut nice = Command::new("nice");
-            nice.args(["-n", "10", program]);
-            nice
+            let mut idle = if has_chrt() {
+                let mut chrt = Command::new("chrt");
+                chrt.args(["--idle", "0"]);
+                chrt
+            } else {
+                let mut nice = Command::new("nice");
+                nice.args(["-n", "19"]);
+                nice
+            };
+            idle.arg(program);
+            idle
         } else {
             Command::new(program)
         };
@@ -198,10 +208,12 @@ impl Writer {
         let dir = parent_dir(&path);
         if !check {
             let (text, mode) = (text.to_owned(), self.mode);
-            return tokio::task::spawn_blocking(move || {
-                write_atomically_with(&dir, &path, &text, mode)
-            })
-            .await?;
+            let write = move || write_atomically_with(&dir, &path, &text, mode);
+            return if self.lowered {
+                lowered(write).await?
+            } else {
+                tokio::task::spawn_blocking(write).await?
+            };
         }
         let (candidate, temp) = self.check_candidate(text, &dir, &path).await?;
         tokio::task::spawn_blocking(move || {
@@ -218,6 +230,39 @@ impl Writer {
             Ok(())
         })
         .await?
+    }
+
+    /// [`Self::write`] with the check (when `check`) on `reduced` first: `text` with
+    /// the `server` lines of the services unchanged since the last file `haproxy -c`
+    /// accepted left out ([`crate::haproxy::config::RenderedParts::text_checking_only`]).
+    /// The rest of `text` is that accepted file's, so the check need not read it again:
+    /// at 100,000 servers it is ~1 s of CPU for a change to one service. When the
+    /// reduced file is refused, the whole one is checked (a refusal is then the whole
+    /// file's, and names its servers as before). Only the default check, without a
+    /// `candidate_config_file_path` (what an operator's command or another container
+    /// reads is always the whole file).
+    pub async fn write_checking(
+        &self,
+        text: &str,
+        check: bool,
+        reduced: Option<&str>,
+    ) -> Result<(), ReloadError> {
+        let plain = matches!(self.check, Check::Haproxy) && self.candidate_path.is_none();
+        if let Some(reduced) = reduced.filter(|_| check && plain) {
+            let started = std::time::Instant::now();
+            match self.check_only(reduced).await {
+                Ok(()) => {
+                    let checked = started.elapsed();
+                    let written = self.write(text, false).await;
+                    tracing::debug!(check = ?checked, write = ?started.elapsed() - checked, "reduced check and write");
+                    return written;
+                }
+                Err(output) => {
+                    tracing::debug!(output = %summarize(&output), "the reduced check refused; checking the whole file");
+                }
+            }
+        }
+        self.write(text, check).await
     }
 
     /// Runs the check on `text` without putting it in place (the bisection of refused
@@ -305,6 +350,42 @@ impl Writer {
         }
         Err(failed)
     }
+}
+
+/// Runs `work` on a thread of its own at the lowest priority (nice 19): the CPU-heavy
+/// parts of the deferred write (at 100,000 servers: joining and comparing 8.5 MB,
+/// copying it into the file, some 30–70 ms of a core) then yield the cores to HAProxy
+/// and to the changes being applied meanwhile. A new thread per call (at most one write
+/// a second), so that no pooled thread keeps the low priority.
+pub async fn lowered<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ReloadError> {
+    let spawn_error = |source| ReloadError::Spawn {
+        command: "the deferred write's thread".to_owned(),
+        source,
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("synapse-write".to_owned())
+        .spawn(move || {
+            // On Linux a thread's nice value is its own; at worst it runs at the
+            // normal priority.
+            let _ = rustix::process::setpriority_process(Some(rustix::thread::gettid()), 19);
+            let _ = tx.send(work());
+        })
+        .map_err(spawn_error)?;
+    rx.await
+        .map_err(|_| spawn_error(std::io::Error::other("it ended without an answer")))
+}
+
+/// Whether util-linux's `chrt` is on `PATH` (in every Debian root: util-linux is
+/// essential; another base image may lack it).
+fn has_chrt() -> bool {
+    static FOUND: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FOUND.get_or_init(|| {
+        std::env::var_os("PATH")
+            .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join("chrt").is_file()))
+    })
 }
 
 /// The directory `path` is in (`.` for a bare file name).

@@ -157,6 +157,29 @@ impl Session {
         })
     }
 
+    /// What this HAProxy runs: its capabilities, its backends, and the servers of
+    /// every backend or of `only` some (those it lacks are left out: the plan sees
+    /// them missing from `show backend`).
+    pub async fn running(&mut self, only: Option<&[String]>) -> Result<Running, SocketError> {
+        let caps = self.capabilities().await?;
+        let backends = self.backends().await?;
+        let servers = match only {
+            None => self.servers().await?,
+            Some(names) => {
+                let mut servers = LiveServers::new();
+                for name in names.iter().filter(|n| backends.contains(*n)) {
+                    servers.extend(self.servers_of(name).await?);
+                }
+                servers
+            }
+        };
+        Ok(Running {
+            caps,
+            backends,
+            servers,
+        })
+    }
+
     /// `show servers state <backend>`, parsed: one backend's servers, for a change that
     /// touched only some backends (an unknown backend is an error: ask `show backend`
     /// first).
@@ -168,6 +191,16 @@ impl Session {
             answer: format!("{why}: {}", summarize(&answer)),
         })
     }
+}
+
+/// What one HAProxy runs, read over its stats socket ([`Session::running`]).
+#[derive(Debug)]
+pub struct Running {
+    pub caps: Capabilities,
+    /// `show backend`.
+    pub backends: BTreeSet<String>,
+    /// `show servers state`, of every backend or of some.
+    pub servers: LiveServers,
 }
 
 /// One command on the master CLI (`-S`), which answers only once our side is shut.

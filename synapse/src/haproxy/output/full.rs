@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::ServiceName;
@@ -30,6 +31,8 @@ impl HaproxyOutput {
         // The file on disk is one to compare with and write over: no write beside the
         // loop may land after this one. Its failure does not matter (this one follows).
         let _ = self.finish_write(true).await;
+        // This path reads everything itself: a slice being read is moot.
+        self.pending_check = None;
         self.modelled = None;
         self.write_due_at = None;
         let mut applied = Applied::default();
@@ -72,7 +75,8 @@ impl HaproxyOutput {
             if self.writer.config_path().is_some() {
                 Counters::inc(&self.counters.config_writes);
             }
-            self.deployed = Some(rendered);
+            self.deployed = Some(Arc::from(rendered));
+            self.deployed_checked = check;
             self.deployed_structure = Some(model.config.structure());
             applied.written = true;
             if !self.runtime_enabled() {
@@ -358,7 +362,7 @@ impl HaproxyOutput {
         let (Some(good), Some(path)) = (self.good_text.clone(), self.writer.config_path()) else {
             return;
         };
-        if self.deployed.as_deref() == Some(good.as_str()) {
+        if self.deployed.as_deref() == Some(&*good) {
             return;
         }
         let (dir, path) = (
@@ -373,6 +377,7 @@ impl HaproxyOutput {
                     "HAProxy refused the new configuration: the last good file is back in place"
                 );
                 self.deployed = Some(good);
+                self.deployed_checked = false;
                 self.deployed_structure = self
                     .deployed
                     .as_deref()

@@ -24,7 +24,7 @@ impl HaproxyOutput {
     pub async fn observer(config: HaproxyConfig) -> Self {
         let writer = Writer::new(&config);
         let deployed = match writer.config_path() {
-            Some(p) => tokio::fs::read_to_string(p).await.ok(),
+            Some(p) => tokio::fs::read_to_string(p).await.ok().map(Arc::from),
             None => None,
         };
         let ids = deployed
@@ -40,6 +40,7 @@ impl HaproxyOutput {
             deployed_structure: model.as_ref().map(ConfigModel::structure),
             loaded: model,
             deployed,
+            deployed_checked: false,
             reload_pending: None,
             next_reload_at: Instant::now(),
             next_verify_at: None,
@@ -54,7 +55,11 @@ impl HaproxyOutput {
             counters: Arc::default(),
             modelled: None,
             write_due_at: None,
+            write_paced_until: None,
             pending_write: None,
+            pending_check: None,
+            pass_seq: 0,
+            touched: BTreeMap::new(),
             runtime_failed: false,
             unconfirmed_reload: false,
             config,
@@ -74,7 +79,7 @@ impl HaproxyOutput {
         let mut preview = Preview {
             commands: Vec::new(),
             reload: None,
-            deployed: self.deployed.clone(),
+            deployed: self.deployed.as_deref().map(str::to_owned),
             rendered,
             runtime_errors: Vec::new(),
         };

@@ -10,12 +10,12 @@ use tokio::time::Instant;
 use crate::counters::Counters;
 
 use super::{HaproxyOutput, RuntimePass, DELETE_RETRY, VERIFY_INTERVAL};
-use crate::haproxy::answers::{summarize, LiveServers};
+use crate::haproxy::answers::summarize;
 use crate::haproxy::plan::{
     self, plan_backends, plan_view, Desired, ReloadReason, RunningView, RuntimeCommand,
 };
 use crate::haproxy::reload::write_atomically;
-use crate::haproxy::runtime::{Session, SocketError};
+use crate::haproxy::runtime::{Running, Session, SocketError};
 
 impl HaproxyOutput {
     /// Reads what every stats socket's HAProxy runs, and applies the plan's commands:
@@ -26,26 +26,64 @@ impl HaproxyOutput {
         only: Option<&[String]>,
     ) -> RuntimePass {
         let started = Instant::now();
+        match only {
+            // The periodic check's slice being read leaves these out (see `check`).
+            Some(names) => self.note_touched(names),
+            // This pass checks everything: a slice being read is moot.
+            None => self.pending_check = None,
+        }
         let mut pass = RuntimePass::default();
         let mut failed = false;
         for path in self.config.socket_file_paths.clone() {
-            if let Err(e) = self.runtime_pass_on(&path, desired, only, &mut pass).await {
-                failed = true;
-                Counters::inc(&self.counters.runtime_failures);
-                let in_sync = self.loaded.as_ref() == Some(&desired.config);
-                tracing::warn!(socket = %path.display(), error = %common::error::error_chain(&e), in_sync, "the HAProxy runtime API failed");
-                if !in_sync {
-                    pass.reload.get_or_insert(ReloadReason::NoRuntimeApi);
+            let read = match Session::open(&path).await {
+                Ok(mut session) => session
+                    .running(only)
+                    .await
+                    .map(|snapshot| (session, snapshot)),
+                Err(e) => Err(e),
+            };
+            let applied = match read {
+                Ok((session, snapshot)) => {
+                    self.apply_snapshot(Some(session), &path, &snapshot, desired, only, &mut pass)
+                        .await
                 }
+                Err(e) => Err(e),
+            };
+            if let Err(e) = applied {
+                failed = true;
+                self.socket_failed(&path, &e, desired, &mut pass);
             }
         }
-        self.runtime_failed = failed;
+        self.pass_ended(failed, only.is_none(), &pass);
         tracing::debug!(backends = only.map(<[String]>::len), took = ?started.elapsed(), commands = pass.commands, "runtime pass");
+        pass
+    }
+
+    /// A stats socket could not be read or written: counted and logged; a reload is
+    /// due unless HAProxy already runs what is desired.
+    pub(super) fn socket_failed(
+        &self,
+        path: &std::path::Path,
+        e: &SocketError,
+        desired: &Desired,
+        pass: &mut RuntimePass,
+    ) {
+        Counters::inc(&self.counters.runtime_failures);
+        let in_sync = self.loaded.as_ref() == Some(&desired.config);
+        tracing::warn!(socket = %path.display(), error = %common::error::error_chain(e), in_sync, "the HAProxy runtime API failed");
+        if !in_sync {
+            pass.reload.get_or_insert(ReloadReason::NoRuntimeApi);
+        }
+    }
+
+    /// After a pass over every socket (`whole`: of every backend).
+    pub(super) fn pass_ended(&mut self, failed: bool, whole: bool, pass: &RuntimePass) {
+        self.runtime_failed = failed;
         // Every socket answered with what HAProxy runs: whatever reload came before is
         // in force.
         self.unconfirmed_reload &= failed;
         let now = Instant::now();
-        if only.is_none() {
+        if whole {
             self.next_verify_at = Some(now + VERIFY_INTERVAL);
             self.verify_after = None;
             self.retry_deletes.clear();
@@ -56,21 +94,44 @@ impl HaproxyOutput {
                 .extend(pass.retry_deletes.iter().cloned());
             self.retry_deletes_at.get_or_insert(now + DELETE_RETRY);
         }
-        pass
     }
 
-    pub(super) async fn runtime_pass_on(
+    /// Plans the way from `snapshot` (read from the socket at `path`) to `desired`, and
+    /// sends the commands, over `session` or a new one.
+    pub(super) async fn apply_snapshot(
         &mut self,
+        session: Option<Session>,
         path: &std::path::Path,
+        snapshot: &Running,
         desired: &Desired,
         only: Option<&[String]>,
         pass: &mut RuntimePass,
     ) -> Result<(), SocketError> {
-        let mut session = Session::open(path).await?;
-        let Some(plan) = self.running_plan(&mut session, desired, only).await? else {
+        let Some(plan) = self.plan_snapshot(snapshot, desired, only) else {
             pass.reload.get_or_insert(ReloadReason::Initial);
             return Ok(());
         };
+        if !plan.commands.is_empty() {
+            let mut session = match session {
+                Some(s) => s,
+                None => Session::open(path).await?,
+            };
+            self.send_commands(&mut session, &plan, desired, pass)
+                .await?;
+        }
+        if let Some(why) = plan.reload {
+            pass.reload.get_or_insert(why);
+        }
+        Ok(())
+    }
+
+    async fn send_commands(
+        &mut self,
+        session: &mut Session,
+        plan: &plan::Plan,
+        desired: &Desired,
+        pass: &mut RuntimePass,
+    ) -> Result<(), SocketError> {
         let mut refused = BTreeSet::new();
         for cmd in &plan.commands {
             if refused.contains(&(cmd.backend().clone(), cmd.server().clone())) {
@@ -102,9 +163,6 @@ impl HaproxyOutput {
                 answer: summarize(&answer),
             });
         }
-        if let Some(why) = plan.reload {
-            pass.reload.get_or_insert(why);
-        }
         Ok(())
     }
 
@@ -116,32 +174,26 @@ impl HaproxyOutput {
         desired: &Desired,
         only: Option<&[String]>,
     ) -> Result<Option<plan::Plan>, SocketError> {
-        let caps = session.capabilities().await?;
-        let backends = session.backends().await?;
-        let servers = match only {
-            None => session.servers().await?,
-            Some(names) => {
-                let mut servers = LiveServers::new();
-                // A backend HAProxy lacks is planned as such (a reload).
-                for name in names.iter().filter(|n| backends.contains(*n)) {
-                    servers.extend(session.servers_of(name).await?);
-                }
-                servers
-            }
-        };
-        let Some(loaded) = self.loaded.as_ref() else {
-            return Ok(None);
-        };
+        let snapshot = session.running(only).await?;
+        Ok(self.plan_snapshot(&snapshot, desired, only))
+    }
+
+    fn plan_snapshot(
+        &self,
+        snapshot: &Running,
+        desired: &Desired,
+        only: Option<&[String]>,
+    ) -> Option<plan::Plan> {
         let running = RunningView {
-            caps: &caps,
-            loaded,
-            backends: &backends,
-            servers: &servers,
+            caps: &snapshot.caps,
+            loaded: self.loaded.as_ref()?,
+            backends: &snapshot.backends,
+            servers: &snapshot.servers,
         };
-        Ok(Some(match only {
+        Some(match only {
             None => plan_view(&running, desired),
             Some(names) => plan_backends(&running, desired, names),
-        }))
+        })
     }
 
     /// Keeps `loaded` equal to what runs after a command HAProxy accepted.

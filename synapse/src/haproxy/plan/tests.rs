@@ -52,6 +52,20 @@ fn the_periodic_check_goes_through_every_backend_in_bounded_chunks() {
     }
     // Whole backends, each once, a chunk ending once it holds 4 servers.
     assert_eq!(chunks, [vec!["a", "b"], vec!["c", "d"], vec!["e"]]);
+    // Each slice's share of the round (of 11: "b" counts as one): the slices are
+    // spread over the interval by it, and a round adds up to one interval.
+    let shares: Vec<f64> = chunks
+        .iter()
+        .map(|c| {
+            chunk_share(
+                &desired,
+                &c.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+            )
+        })
+        .collect();
+    assert_eq!(shares, [4.0 / 11.0, 5.0 / 11.0, 2.0 / 11.0]);
+    assert!((shares.iter().sum::<f64>() - 1.0).abs() < 1e-9);
+    assert_eq!(chunk_share(&desired, &["nope".to_owned()]), 0.0);
     assert_eq!(
         next_chunk(&desired, None, 1_000),
         (

@@ -204,3 +204,125 @@ async fn reload_failure_is_reported() {
         .to_string();
     assert!(err.contains("boom"), "{err}");
 }
+
+/// The deferred write's check (`write_checking`) with the real `haproxy -c`: it reads
+/// every section and the servers of the services named as changed, not the others'
+/// servers (those are the accepted file's); a reduced file refused falls back to the
+/// whole file, so a refusal is always the whole file's.
+#[tokio::test]
+async fn the_reduced_check_reads_what_changed_and_falls_back_to_the_whole_file() {
+    use crate::haproxy::config::RenderedParts;
+    use common::ServiceName;
+    use std::collections::BTreeSet;
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir().unwrap();
+    let w = writer(dir.path(), r#", "do_checks": true"#).deferred();
+    let (a, b) = (
+        ServiceName::new("a").unwrap(),
+        ServiceName::new("b").unwrap(),
+    );
+    let parts = |a_servers: &str, b_servers: &str| RenderedParts {
+        head: "defaults\n    mode http\n    timeout connect 1s\n    timeout client 1s\n    \
+               timeout server 1s\n"
+            .into(),
+        services: [
+            (
+                a.clone(),
+                Arc::from(format!("\nbackend a\n    balance roundrobin\n{a_servers}")),
+            ),
+            (b.clone(), Arc::from(format!("\nbackend b\n{b_servers}"))),
+        ]
+        .into(),
+        tail: "\nfrontend f\n    bind 127.0.0.1:1\n    use_backend a if { path /a }\n    \
+               default_backend b\n"
+            .into(),
+    };
+    let only_a = BTreeSet::from([a.clone()]);
+    let on_disk = || std::fs::read_to_string(dir.path().join("haproxy.cfg")).unwrap();
+    let b1 = "    server b1 127.0.0.1:2\n";
+
+    let first = parts("    server a1 127.0.0.1:3\n", b1);
+    w.write(&first.text(), true).await.unwrap();
+
+    // `a` changed: the check reads `a`'s servers and every section, not `b`'s servers.
+    let next = parts("    server a1 127.0.0.1:3\n    server a2 127.0.0.1:4\n", b1);
+    let reduced = next.text_checking_only(&only_a).unwrap();
+    assert!(reduced.contains("server a2") && reduced.contains("backend b"));
+    assert!(!reduced.contains("server b1"), "{reduced}");
+    w.write_checking(&next.text(), true, Some(&reduced))
+        .await
+        .unwrap();
+    assert_eq!(on_disk(), next.text());
+
+    // A bad server line in `a` is refused: the reduced file and then the whole one.
+    let bad = parts("    server a3 127.0.0.1:5 no-such-option\n", b1);
+    let reduced = bad.text_checking_only(&only_a).unwrap();
+    let err = w
+        .write_checking(&bad.text(), true, Some(&reduced))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ReloadError::CheckFailed { .. }), "{err}");
+    assert_eq!(on_disk(), next.text());
+
+    // The reduced check does not read the servers left out: a line of `b` it would
+    // refuse passes when `b` is (wrongly) said to be unchanged.
+    let b_bad = parts(
+        "    server a1 127.0.0.1:3\n",
+        "    server b1 127.0.0.1:2 no-such-option\n",
+    );
+    let reduced = b_bad.text_checking_only(&only_a).unwrap();
+    w.write_checking(&b_bad.text(), true, Some(&reduced))
+        .await
+        .unwrap();
+    assert_eq!(on_disk(), b_bad.text());
+    w.write(&next.text(), true).await.unwrap();
+
+    // `a`'s new server tracks `b1`, which the reduced file lacks: refused there,
+    // accepted whole, written.
+    let tracking = parts(
+        "    server a1 127.0.0.1:3 track b/b1\n",
+        "    server b1 127.0.0.1:2 check\n",
+    );
+    let reduced = tracking.text_checking_only(&only_a).unwrap();
+    w.write_checking(&tracking.text(), true, Some(&reduced))
+        .await
+        .unwrap();
+    assert_eq!(on_disk(), tracking.text());
+
+    // A server left out that tracks another: no reduced file (the whole is checked).
+    let tracked_by_b = parts(
+        "    server a1 127.0.0.1:3 check\n",
+        "    server b1 127.0.0.1:2 track a/a1\n",
+    );
+    assert_eq!(tracked_by_b.text_checking_only(&only_a), None);
+    assert!(tracked_by_b
+        .text_checking_only(&BTreeSet::from([a, b]))
+        .is_some());
+}
+
+/// The deferred write's CPU work runs at nice 19, on a thread of its own: the caller's
+/// threads (tokio's pools among them) keep their priority.
+#[tokio::test]
+async fn lowered_work_runs_at_the_lowest_priority_on_its_own_thread() {
+    let priority = || rustix::process::getpriority_process(Some(rustix::thread::gettid()));
+    let before = priority().unwrap();
+    let (inside, name) = lowered(move || {
+        (
+            priority().unwrap(),
+            std::thread::current().name().map(str::to_owned),
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(inside, 19);
+    assert_eq!(name.as_deref(), Some("synapse-write"));
+    assert_eq!(priority().unwrap(), before);
+    assert_eq!(
+        tokio::task::spawn_blocking(priority)
+            .await
+            .unwrap()
+            .unwrap(),
+        before
+    );
+}
