@@ -178,13 +178,32 @@ async fn put_delete_trials(
     let (mut put, mut delete) = (Vec::new(), Vec::new());
     for trial in 0..WARMUP + trials {
         gap().await;
-        let t0 = Instant::now();
+        let (at, t0) = (std::time::SystemTime::now(), Instant::now());
         kv.put(key, value, None).await.expect("put");
+        let put_done = t0.elapsed();
         let served = first_from(port, "new").await - t0;
         gap().await;
-        let t1 = Instant::now();
+        let (del_at, t1) = (std::time::SystemTime::now(), Instant::now());
         kv.delete(key, None).await.expect("delete");
+        let del_done = t1.elapsed();
         let stopped = last_from(port, "new").await.saturating_duration_since(t1);
+        if std::env::var_os("BENCH_TRIAL_LOG").is_some() {
+            // When each trial began (UTC) and its etcd round trip, to read beside a
+            // daemon's log (BENCH_DAEMON_LOG).
+            let utc = |t: std::time::SystemTime| {
+                t.duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0.0, |d| d.as_secs_f64())
+            };
+            eprintln!(
+                "trial {trial}: put at {:.6} (etcd {:.2} ms) served {:.2} ms; delete at {:.6} (etcd {:.2} ms) gone {:.2} ms",
+                utc(at),
+                ms(put_done),
+                ms(served),
+                utc(del_at),
+                ms(del_done),
+                ms(stopped)
+            );
+        }
         if trial >= WARMUP {
             put.push(ms(served));
             delete.push(ms(stopped));
