@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use super::config::{check_grammar, render_service, RenderError, RenderedParts, ServerIds};
 use super::managed::{ManagedHandle, Supervisor};
 use super::model::{ConfigModel, Structure};
-use super::plan::{chunk_share, next_chunk, Desired, ReloadReason};
+use super::plan::{chunk_share, next_chunk, servers_to_check, Desired, ReloadReason};
 use super::quarantine::Quarantine;
 use super::reload::{lowered, write_atomically, ReloadError, Reloader, Writer};
 use super::runtime::{Running, SocketError};
@@ -31,6 +31,11 @@ use crate::counters::Counters;
 
 /// How often the running state is compared with the desired one without any change.
 const VERIFY_INTERVAL: Duration = Duration::from_secs(2);
+/// ... reading at most this many servers' state a second: past 20,000 servers a round
+/// takes longer than [`VERIFY_INTERVAL`] (10 s at 100,000), so that the check's share of
+/// HAProxy's and synapse's time stays the same at any size. (A dead HAProxy is still
+/// seen by the next slice's read, a fraction of a second later.)
+const VERIFY_SERVERS_PER_SEC: f64 = 10_000.0;
 /// A `del server` refused because the server still has connections is tried again
 /// this often (the server is in maintenance meanwhile: no new traffic).
 const DELETE_RETRY: Duration = Duration::from_secs(1);
@@ -422,9 +427,7 @@ impl HaproxyOutput {
         // The changes first, then the periodic check's next chunk: a change waits for at
         // most one chunk, never for the whole fleet.
         if !touched.is_empty() {
-            let paced = self.write_paced_until.unwrap_or(now);
-            self.write_due_at
-                .get_or_insert((now + FILE_WRITE_DELAY).max(paced));
+            self.write_due_at.get_or_insert(now + FILE_WRITE_DELAY);
         }
         let mut only: BTreeSet<String> = touched.into_iter().collect();
         if self.retry_deletes_at.is_some_and(|t| now >= t) {
@@ -448,7 +451,7 @@ impl HaproxyOutput {
             }
         }
         self.start_check(&m.desired);
-        if self.write_due_at.is_some_and(|t| now >= t) && self.pending_write.is_none() {
+        if self.write_due().is_some_and(|t| now >= t) && self.pending_write.is_none() {
             self.start_write(&mut m, desired);
         }
         self.modelled = Some(m);
@@ -457,14 +460,17 @@ impl HaproxyOutput {
 
     /// The periodic check's next backends: whole backends from where the last chunk
     /// ended, about [`VERIFY_CHUNK_SERVERS`] servers in all. The slices of a round are
-    /// spread over [`VERIFY_INTERVAL`]: the next one is due after the interval's share
-    /// of this one's servers (at 100,000 servers a 1,000-server slice every 20 ms,
-    /// rather than a train of them that keeps HAProxy and synapse busy for a quarter
-    /// of a second); with one slice, the next round is due an interval later.
+    /// spread over the round ([`VERIFY_INTERVAL`], longer past 20,000 servers: see
+    /// [`VERIFY_SERVERS_PER_SEC`]): the next one is due after the round's share of this
+    /// one's servers (at 100,000 servers a 1,000-server slice every 100 ms, rather than
+    /// a train of them that kept HAProxy and synapse busy for a quarter of a second
+    /// every 2 s); with one slice, the next round is due an interval later.
     fn verify_chunk(&mut self, desired: &Desired) -> Vec<String> {
         let (chunk, more) = next_chunk(desired, self.verify_after.as_deref(), VERIFY_CHUNK_SERVERS);
-        let share = chunk_share(desired, &chunk);
-        self.next_verify_at = Some(Instant::now() + VERIFY_INTERVAL.mul_f64(share));
+        let round = VERIFY_INTERVAL.max(Duration::from_secs_f64(
+            servers_to_check(desired) as f64 / VERIFY_SERVERS_PER_SEC,
+        ));
+        self.next_verify_at = Some(Instant::now() + round.mul_f64(chunk_share(desired, &chunk)));
         self.verify_after = chunk.last().filter(|_| more).cloned();
         chunk
     }
@@ -593,6 +599,13 @@ impl HaproxyOutput {
         Some(Ok(true))
     }
 
+    /// When the write beside the loop is due: [`FILE_WRITE_DELAY`] after the first
+    /// change it brings, and not before the last write's pace allows.
+    fn write_due(&self) -> Option<Instant> {
+        let due = self.write_due_at?;
+        Some(self.write_paced_until.map_or(due, |p| due.max(p)))
+    }
+
     /// Whether synapse knows that HAProxy runs what it last applied (the drain barrier
     /// publishes a revision only then): not while a managed HAProxy is down, a stats
     /// socket did not answer, or a reload is unconfirmed and unverified.
@@ -610,7 +623,7 @@ impl HaproxyOutput {
             // While a slice is read, its end wakes the loop (`background_ended`).
             self.next_verify_at.filter(|_| self.pending_check.is_none()),
             // While a write runs, its end wakes the loop.
-            self.write_due_at.filter(|_| self.pending_write.is_none()),
+            self.write_due().filter(|_| self.pending_write.is_none()),
         ]
         .into_iter()
         .flatten()

@@ -230,14 +230,22 @@ pub fn next_chunk(desired: &Desired, after: Option<&str>, servers: usize) -> (Ve
 /// `desired`'s (an empty backend counts as one), in `0..=1`. The round's slices are
 /// spread over its interval by this share.
 pub fn chunk_share(desired: &Desired, chunk: &[String]) -> f64 {
-    let weight = |b: &BackendModel| b.servers.len().max(1);
-    let total: usize = desired.config.backends.values().map(weight).sum();
     let this: usize = chunk
         .iter()
         .filter_map(|n| desired.config.backends.get(n))
-        .map(weight)
+        .map(check_weight)
         .sum();
-    (this as f64 / total.max(1) as f64).min(1.0)
+    (this as f64 / servers_to_check(desired).max(1) as f64).min(1.0)
+}
+
+/// How many servers a round of the periodic check reads (an empty backend counts as
+/// one).
+pub fn servers_to_check(desired: &Desired) -> usize {
+    desired.config.backends.values().map(check_weight).sum()
+}
+
+fn check_weight(b: &BackendModel) -> usize {
+    b.servers.len().max(1)
 }
 
 fn plan_one(plan: &mut Plan, running: &RunningView<'_>, desired: &Desired, name: &String) {

@@ -66,6 +66,7 @@ fn the_periodic_check_goes_through_every_backend_in_bounded_chunks() {
     assert_eq!(shares, [4.0 / 11.0, 5.0 / 11.0, 2.0 / 11.0]);
     assert!((shares.iter().sum::<f64>() - 1.0).abs() < 1e-9);
     assert_eq!(chunk_share(&desired, &["nope".to_owned()]), 0.0);
+    assert_eq!(servers_to_check(&desired), 11);
     assert_eq!(
         next_chunk(&desired, None, 1_000),
         (

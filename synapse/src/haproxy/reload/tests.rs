@@ -326,3 +326,25 @@ async fn lowered_work_runs_at_the_lowest_priority_on_its_own_thread() {
         before
     );
 }
+
+/// The deferred write's paced form (pieces, each flushed, with pauses) puts the same
+/// bytes in place as the one-go write, mode included, and leaves no temp file.
+#[test]
+fn a_paced_write_puts_the_same_file_in_place() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("haproxy.cfg");
+    let text: String = (0..40_000)
+        .map(|i| format!("    server s{i} 127.0.0.1:{i}\n"))
+        .collect();
+    let mode = FileMode {
+        mode: 0o640,
+        group: None,
+    };
+    write_atomically_paced(dir.path(), &path, &text, mode, Some(100_000)).unwrap();
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
+    let meta = std::fs::metadata(&path).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o640);
+    let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert_eq!(names.len(), 1, "{names:?}");
+}
