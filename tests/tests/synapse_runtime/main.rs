@@ -5,8 +5,10 @@
 //!
 //! The world each test starts is in [`world`]; the tests by family: [`runtime_api`]
 //! (server changes without reloads), [`reloads`] (hitless reloads, a refused reload,
-//! managed HAProxy), [`quarantine`] and [`guard`] (issue 17).
+//! managed HAProxy), [`quarantine`] and [`guard`] (issue 17), [`check_slices`] (a change
+//! while the periodic check reads a slice beside the loop, issue 19).
 
+mod check_slices;
 mod guard;
 mod quarantine;
 mod reloads;
