@@ -250,7 +250,7 @@ async fn the_reduced_check_reads_what_changed_and_falls_back_to_the_whole_file()
     let reduced = next.text_checking_only(&only_a).unwrap();
     assert!(reduced.contains("server a2") && reduced.contains("backend b"));
     assert!(!reduced.contains("server b1"), "{reduced}");
-    w.write_checking(&next.text(), true, Some(&reduced))
+    w.write_checking(&Arc::from(next.text()), true, Some(&reduced))
         .await
         .unwrap();
     assert_eq!(on_disk(), next.text());
@@ -259,7 +259,7 @@ async fn the_reduced_check_reads_what_changed_and_falls_back_to_the_whole_file()
     let bad = parts("    server a3 127.0.0.1:5 no-such-option\n", b1);
     let reduced = bad.text_checking_only(&only_a).unwrap();
     let err = w
-        .write_checking(&bad.text(), true, Some(&reduced))
+        .write_checking(&Arc::from(bad.text()), true, Some(&reduced))
         .await
         .unwrap_err();
     assert!(matches!(err, ReloadError::CheckFailed { .. }), "{err}");
@@ -272,7 +272,7 @@ async fn the_reduced_check_reads_what_changed_and_falls_back_to_the_whole_file()
         "    server b1 127.0.0.1:2 no-such-option\n",
     );
     let reduced = b_bad.text_checking_only(&only_a).unwrap();
-    w.write_checking(&b_bad.text(), true, Some(&reduced))
+    w.write_checking(&Arc::from(b_bad.text()), true, Some(&reduced))
         .await
         .unwrap();
     assert_eq!(on_disk(), b_bad.text());
@@ -285,7 +285,7 @@ async fn the_reduced_check_reads_what_changed_and_falls_back_to_the_whole_file()
         "    server b1 127.0.0.1:2 check\n",
     );
     let reduced = tracking.text_checking_only(&only_a).unwrap();
-    w.write_checking(&tracking.text(), true, Some(&reduced))
+    w.write_checking(&Arc::from(tracking.text()), true, Some(&reduced))
         .await
         .unwrap();
     assert_eq!(on_disk(), tracking.text());
