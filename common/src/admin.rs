@@ -361,6 +361,15 @@ async fn answer(
     let method = request.method().as_str().to_owned();
     let path = request.uri().path().to_owned();
     let query = request.uri().query().unwrap_or("").to_owned();
+    if let Some(why) = from_a_browser(&method, request.headers()) {
+        return http_response(&AdminResponse::text(
+            403,
+            format!(
+                "refused: a {method} with {why} comes from a web page; the admin routes that \
+                 change things are for the daemon's own CLI and for curl\n"
+            ),
+        ));
+    }
     let response = if let Some(routes) = &state.routes {
         let body = match Limited::new(request.into_body(), MAX_REQUEST_BODY)
             .collect()
@@ -383,6 +392,33 @@ async fn answer(
         built_in(&method, &path, state).await
     };
     http_response(&response)
+}
+
+/// Why a request that may change something (any method but GET and HEAD) comes from a
+/// web page, `None` when it does not: a browser sends `Origin` with every such request,
+/// cross-site or not, and `Sec-Fetch-Site` other than `none` when a page (not the user)
+/// made it. A page on any site can POST to 127.0.0.1 without reading the answer
+/// (nerve's `/drain` would deregister a service); a page behind a DNS name rebound to
+/// 127.0.0.1 sends `Origin` as well. curl, the daemons' CLIs and scripts send neither.
+fn from_a_browser(method: &str, headers: &hyper::HeaderMap) -> Option<String> {
+    if method == "GET" || method == "HEAD" {
+        return None;
+    }
+    if let Some(origin) = headers.get(hyper::header::ORIGIN) {
+        return Some(format!(
+            "Origin: {}",
+            String::from_utf8_lossy(origin.as_bytes())
+        ));
+    }
+    headers
+        .get("sec-fetch-site")
+        .filter(|site| site.as_bytes() != b"none")
+        .map(|site| {
+            format!(
+                "Sec-Fetch-Site: {}",
+                String::from_utf8_lossy(site.as_bytes())
+            )
+        })
 }
 
 async fn built_in(method: &str, path: &str, state: &AdminState) -> AdminResponse {

@@ -2,6 +2,8 @@
 //! over real loopback sockets.
 
 use super::*;
+use std::sync::atomic::AtomicU64;
+
 use prometheus_client::metrics::counter::Counter;
 
 #[test]
@@ -333,6 +335,67 @@ async fn daemon_routes_come_first_and_fall_through() {
     // GETs not taken by a route are the built-in ones.
     assert_eq!(fetch(addr, "/healthz").await.unwrap(), (200, "ok\n".into()));
     assert_eq!(fetch(addr, "/drain/web").await.unwrap().0, 404);
+    cancel.cancel();
+}
+
+/// A POST from a web page (`Origin`, or `Sec-Fetch-Site` other than `none`) is refused
+/// before any route sees it: a page on any site could otherwise drain this host's
+/// services through 127.0.0.1. The same POST from curl or the CLI goes through, and so
+/// do GETs with those headers.
+#[tokio::test]
+async fn a_post_from_a_web_page_is_refused_before_any_route() {
+    let taken = Arc::new(AtomicU64::new(0));
+    let mut state = plain_state();
+    let seen = taken.clone();
+    state.routes = Some(Arc::new(move |request: AdminRequest| {
+        let seen = seen.clone();
+        Box::pin(async move {
+            (request.method == "POST").then(|| {
+                seen.fetch_add(1, Ordering::SeqCst);
+                AdminResponse::text(200, "drained\n")
+            })
+        })
+    }));
+    let (addr, cancel) = serve_limited(state, Limits::DEFAULT).await;
+    let send = |method: &'static str, headers: &'static str| async move {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let head = format!(
+            "{method} /drain/web HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers}Content-Length: 0\r\n\r\n"
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let got = read_until_closed(&mut stream, Duration::from_secs(10))
+            .await
+            .unwrap();
+        String::from_utf8_lossy(&got).into_owned()
+    };
+    for headers in [
+        "Origin: https://evil.example\r\n",
+        "Origin: null\r\n",
+        "Sec-Fetch-Site: cross-site\r\nSec-Fetch-Mode: no-cors\r\n",
+        "Sec-Fetch-Site: same-origin\r\n",
+    ] {
+        let answer = send("POST", headers).await;
+        assert!(answer.starts_with("HTTP/1.1 403"), "{headers}: {answer}");
+        assert!(answer.contains("web page"), "{answer}");
+    }
+    assert_eq!(
+        taken.load(Ordering::SeqCst),
+        0,
+        "a route saw a refused request"
+    );
+    // curl, the CLI, or a user typing the address (Sec-Fetch-Site: none).
+    for headers in [
+        "",
+        "User-Agent: curl/7.88.1\r\n",
+        "Sec-Fetch-Site: none\r\n",
+    ] {
+        let answer = send("POST", headers).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{headers:?}: {answer}");
+    }
+    assert_eq!(taken.load(Ordering::SeqCst), 3);
+    // Reading is not refused: a GET with Origin is answered as before.
+    let answer = send("GET", "Origin: https://evil.example\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
     cancel.cancel();
 }
 
