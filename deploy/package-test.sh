@@ -18,8 +18,9 @@
 #     postinst and route again;
 #  5. the files (binaries, units, the haproxy.service drop-in, man pages, completions,
 #     examples), the users, owners and modes, and `systemd-analyze verify` of the units
-#     are checked; `systemctl reload nerve` keeps the same process; `systemctl stop`
-#     stops both cleanly.
+#     are checked; `systemctl reload nerve` keeps the same process; an edit of
+#     /etc/synapse/synapse.json reaches haproxy.cfg on `systemctl reload synapse`, in the
+#     same process, and requests are still routed; `systemctl stop` stops both cleanly.
 #
 # Everything the daemons send stays on the container's own loopback; the container
 # reaches only Debian's mirror (apt). It is always removed, also on failure.
@@ -206,13 +207,26 @@ ctr 'systemd-analyze verify /usr/lib/systemd/system/nerve.service /usr/lib/syste
     [ "$rc" = 0 ] && ! grep -Ei "nerve|synapse" /tmp/verify.log' \
   || fail "systemd-analyze verify"
 
-say "systemctl reload nerve (SIGHUP: same process, still routing), then stop"
+say "systemctl reload nerve (SIGHUP: same process, still routing)"
 pid=$(ctr 'systemctl show -p MainPID --value nerve')
 ctr 'systemctl reload nerve && sleep 1 && systemctl is-active nerve'
 [ "$(ctr 'systemctl show -p MainPID --value nerve')" = "$pid" ] || fail "reload replaced the process"
 route "after systemctl reload nerve"
 ctr 'ls /run/nerve >/dev/null && [ "$(stat -c "%U:%G %a" /run/nerve)" = "nerve:nerve 755" ]' \
   || fail "/run/nerve (the unit's RuntimeDirectory)"
+
+say "systemctl reload synapse (SIGHUP: same process, the operator's edit applied, still routing)"
+pid=$(ctr 'systemctl show -p MainPID --value synapse')
+ctr 'sed -i "s/\"timeout connect 2s\"/\"timeout connect 3s\"/" /etc/synapse/synapse.json &&
+    grep -q "timeout connect 3s" /etc/synapse/synapse.json'
+ctr 'systemctl reload synapse && systemctl is-active synapse'
+wait_for 60 "synapse renders the edited defaults" \
+  'grep -q "timeout connect 3s" /var/lib/synapse/haproxy/haproxy.cfg'
+[ "$(ctr 'systemctl show -p MainPID --value synapse')" = "$pid" ] || fail "reload replaced synapse's process"
+ctr 'busybox wget -qO- http://127.0.0.1:9102/metrics | grep -qx "synapse_config_reloads_total{result=\"ok\"} 1"' \
+  || fail "synapse does not count the accepted config reload"
+route "after systemctl reload synapse"
+say "systemctl stop"
 ctr 'timeout 60 systemctl stop nerve synapse'
 ctr 'for u in nerve synapse; do r=$(systemctl show -p Result --value $u); [ "$r" = success ] || { echo "$u: $r"; exit 1; }; done' \
   || fail "a daemon did not stop cleanly"

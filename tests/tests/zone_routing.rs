@@ -212,16 +212,33 @@ async fn traffic_stays_in_zone_and_fails_over_when_the_zone_dies() {
     // One more server in zone-b is added by the runtime API (`add server … backup`), not
     // by a reload, and traffic stays in zone-a.
     // First, synapse settled on the four: no reload pending from the start (a server
-    // arriving while one is pending rides on it).
+    // arriving while one is pending rides on it), its last reload a second old, and the
+    // worker that ran before it gone (a runtime command that reaches that worker in its
+    // soft stop is refused, "Proxy is disabled.", and settled by another reload).
+    let master = w.haproxy.as_ref().expect("haproxy").master();
     eventually(ROUTE_TIMEOUT, || async {
         let status = synapse.counters.services.snapshot();
         let web = &status.services["web"];
-        !status.outputs.reload_pending
+        let settled = !status.outputs.reload_pending
             && web.servers.len() == 4
             && web
                 .last_change
                 .as_ref()
                 .is_some_and(|c| c.method != ApplyMethod::ReloadDeferred)
+            && status
+                .outputs
+                .last_reload
+                .as_ref()
+                .is_some_and(|r| r.seconds_ago >= 1.0);
+        let procs = master.show_proc().await.map_err(|e| e.to_string())?;
+        if settled && procs.old_workers.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "settled: {settled}, HAProxy's old workers: {:?}",
+                procs.old_workers
+            ))
+        }
     })
     .await;
     let b3 = Backend::start("b3").await;
@@ -234,9 +251,19 @@ async fn traffic_stays_in_zone_and_fails_over_when_the_zone_dies() {
     eventually(ROUTE_TIMEOUT, || async {
         let status = synapse.counters.services.snapshot();
         let web = &status.services["web"];
-        web.servers.len() == 5
-            && web.last_change.as_ref().map(|c| c.method) == Some(ApplyMethod::Runtime)
-            && backup_flags(&w, &[&b3]) == [("b3".to_owned(), true)]
+        let method = web.last_change.as_ref().map(|c| c.method);
+        let b3_flags = backup_flags(&w, &[&b3]);
+        if web.servers.len() == 5
+            && method == Some(ApplyMethod::Runtime)
+            && b3_flags == [("b3".to_owned(), true)]
+        {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} servers, last change {method:?}, b3 in the file: {b3_flags:?}",
+                web.servers.len()
+            ))
+        }
     })
     .await;
     w.wait_answering(&["a1", "a2"]).await;
