@@ -146,8 +146,8 @@ type CheckRead = Vec<(PathBuf, Result<Running, SocketError>)>;
 /// A slice of the periodic check being read beside the loop (see `check`).
 struct PendingCheck {
     backends: Vec<String>,
-    /// `pass_seq` when the read began.
-    seq: u64,
+    /// The backends a runtime pass touched since the read began: not planned from it.
+    touched: BTreeSet<String>,
     task: tokio::task::JoinHandle<CheckRead>,
     /// The task's result, once the loop saw it end.
     done: Option<CheckRead>,
@@ -226,10 +226,6 @@ pub struct HaproxyOutput {
     pending_write: Option<PendingWrite>,
     /// The periodic check's slice being read beside the loop, at most one.
     pending_check: Option<PendingCheck>,
-    /// Runtime passes of some backends so far, and the last one that touched each
-    /// backend: a slice read before it does not plan that backend.
-    pass_seq: u64,
-    touched: BTreeMap<String, u64>,
     counters: Arc<Counters>,
 }
 
@@ -308,8 +304,6 @@ impl HaproxyOutput {
             write_paced_until: None,
             pending_write: None,
             pending_check: None,
-            pass_seq: 0,
-            touched: BTreeMap::new(),
             counters,
             config,
         };

@@ -4,6 +4,8 @@
 //! waiting for it. The loop plans the slice once it is read, leaving out the backends
 //! that a runtime pass touched since the read began: that pass read them afresh.
 
+use std::collections::BTreeSet;
+
 use tokio::time::Instant;
 
 use super::{CheckRead, HaproxyOutput, PendingCheck, RuntimePass};
@@ -36,9 +38,8 @@ impl HaproxyOutput {
     /// A runtime pass of `backends` is beginning: a slice read before it does not
     /// plan them.
     pub(super) fn note_touched(&mut self, backends: &[String]) {
-        self.pass_seq += 1;
-        for b in backends {
-            self.touched.insert(b.clone(), self.pass_seq);
+        if let Some(p) = &mut self.pending_check {
+            p.touched.extend(backends.iter().cloned());
         }
     }
 
@@ -66,7 +67,7 @@ impl HaproxyOutput {
         });
         self.pending_check = Some(PendingCheck {
             backends,
-            seq: self.pass_seq,
+            touched: BTreeSet::new(),
             task,
             done: None,
         });
@@ -84,10 +85,9 @@ impl HaproxyOutput {
         let started = Instant::now();
         let mut p = self.pending_check.take()?;
         let read = p.done.take()?;
-        let seq = p.seq;
         let backends: Vec<String> = std::mem::take(&mut p.backends)
             .into_iter()
-            .filter(|b| self.touched.get(b).is_none_or(|&t| t <= seq))
+            .filter(|b| !p.touched.contains(b))
             .collect();
         let mut pass = RuntimePass::default();
         let mut failed = false;

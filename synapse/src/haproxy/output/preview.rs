@@ -58,8 +58,6 @@ impl HaproxyOutput {
             write_paced_until: None,
             pending_write: None,
             pending_check: None,
-            pass_seq: 0,
-            touched: BTreeMap::new(),
             runtime_failed: false,
             unconfirmed_reload: false,
             config,
